@@ -1,0 +1,69 @@
+"""Solver options for one slimTik step (method.md §2–3)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal
+
+LambdaMode = Literal["sgcv", "constant", "reference"]
+
+#: Integer codes shared with the compiled kernels (csrc/slimfast_math.h, ``SLIMFAST_MODE_*``).
+MODE_CODES: dict[str, int] = {"sgcv": 0, "constant": 1, "reference": 2}
+
+#: Machine epsilon used by the public reference to build its trial points.
+FLOAT64_EPS = 2.220446049250313e-16
+
+
+@dataclass(frozen=True)
+class SolverConfig:
+    """How λ_k is chosen and which values it may take.
+
+    The admissible interval for the new cumulative regularisation μ = Λ_{k−1} + λ_k is
+
+        μ ∈ [max(Λ_min, Λ_{k−1} + λ_min), min(Λ_max, Λ_{k−1} + λ_max)],
+
+    with ``Lambda_bounds = (Λ_min, Λ_max)`` and ``lambda_bounds = (λ_min, λ_max)``.
+
+    Modes:
+        ``"sgcv"``: minimise the sampled GCV function over the whole admissible interval
+            (coarse grid in log μ, then a root of dsGCV/dμ on the best bracket).
+        ``"constant"``: λ_k = ``lambda_const`` every step, clipped into the interval.
+        ``"reference"``: the public reference's 60 trial points (±logspace between machine
+            epsilon and the bounds), best sGCV value among the admissible ones. For
+            side-by-side comparisons only.
+    """
+
+    mode: LambdaMode = "sgcv"
+    lambda_const: float = 0.0
+    Lambda_bounds: tuple[float, float] = (1e-7, 1e3)
+    lambda_bounds: tuple[float, float] = (-math.inf, 1e3)
+    n_grid: int = 33
+    root_tol: float = 1e-13
+    max_root_iter: int = 100
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODE_CODES:
+            raise ValueError(f"mode must be one of {sorted(MODE_CODES)}, got {self.mode!r}")
+        lo, hi = (float(v) for v in self.Lambda_bounds)
+        if not (math.isfinite(lo) and math.isfinite(hi)) or lo <= 0.0 or hi < lo:
+            raise ValueError(
+                f"Lambda_bounds must satisfy 0 < Lambda_min <= Lambda_max < inf, got {self.Lambda_bounds}"
+            )
+        lam_lo, lam_hi = (float(v) for v in self.lambda_bounds)
+        if math.isnan(lam_lo) or math.isnan(lam_hi) or lam_hi <= lam_lo or lam_hi <= 0.0:
+            raise ValueError(
+                f"lambda_bounds must satisfy lambda_min < lambda_max and lambda_max > 0, got {self.lambda_bounds}"
+            )
+        if not math.isfinite(self.lambda_const):
+            raise ValueError(f"lambda_const must be finite, got {self.lambda_const}")
+        if self.n_grid < 2:
+            raise ValueError(f"n_grid must be at least 2, got {self.n_grid}")
+        if not (0.0 < self.root_tol < 1.0):
+            raise ValueError(f"root_tol must lie in (0, 1), got {self.root_tol}")
+        if self.max_root_iter < 1:
+            raise ValueError(f"max_root_iter must be positive, got {self.max_root_iter}")
+
+    @property
+    def mode_code(self) -> int:
+        return MODE_CODES[self.mode]
