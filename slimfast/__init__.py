@@ -1,0 +1,19 @@
+"""slimfast: fast slimTrain — separable networks whose linear head is solved every step.
+
+The head is updated by a sampled limited-memory Tikhonov step (slimTik) whose regularisation
+is chosen by sampled GCV; see ``slimtik_step`` for the batched functional solver.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from ._version import __version__
+from .backends import backend_info
+from .config import SolverConfig
+from .solver import StepInfo, slimtik_step
+from .state import SlimTikState
+
+logging.getLogger("slimfast").addHandler(logging.NullHandler())
+
+__all__ = ["SlimTikState", "SolverConfig", "StepInfo", "__version__", "backend_info", "slimtik_step"]

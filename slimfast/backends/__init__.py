@@ -1,0 +1,9 @@
+"""Solver backends and the loader that picks one.
+
+Each backend module exposes ``slimtik_step(G_mem, G, H, c, m, W, Lambda_prev, memory_empty,
+config) -> (W_new, info)`` with the semantics of ``slimfast._torch_impl._slimtik_step``.
+"""
+
+from .loader import BACKEND_NAMES, backend_info, load_backend, resolve_backend
+
+__all__ = ["BACKEND_NAMES", "backend_info", "load_backend", "resolve_backend"]

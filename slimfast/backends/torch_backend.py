@@ -1,0 +1,7 @@
+"""The float64 torch reference as a backend (on CUDA tensors: the cuSOLVER baseline)."""
+
+from __future__ import annotations
+
+from .._torch_impl import _slimtik_step as slimtik_step
+
+__all__ = ["slimtik_step"]
