@@ -98,6 +98,11 @@ def _sgcv_precompute(
     return _Projections(s, U, Bt, Wt, a, b, torch.diagonal(K, dim1=1, dim2=2), Q0, Q1, Q2, res0, diagonal=False)
 
 
+def _trace_term(mu: torch.Tensor, p: _Projections) -> torch.Tensor:
+    """[B, N] n_t · tr(β² Z_kᵀ (G_mem + μI)^{−1} Z_k) = n_t Σ_j K̃_jj/(s_j + μ) (method.md §4)."""
+    return p.Wt.shape[1] * (p.k[:, None] / (p.s[:, None, :] + mu[..., None])).sum(-1)
+
+
 def _sgcv_eval(
     mu: torch.Tensor, p: _Projections, m: torch.Tensor, Lambda_prev: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -126,7 +131,7 @@ def _sgcv_eval(
     R = p.res0[:, None] - 2.0 * (d * (a + lam3 * b)).sum(-1) + (d * q_lam_d).sum(-1)
     R_der = 2.0 * (d2 * (a + lam3 * b)).sum(-1) - 2.0 * (d * b).sum(-1) - 2.0 * (d2 * q_lam_d).sum(-1) + (d * q_der_d).sum(-1)
     m2 = m[:, None]
-    D = m2 - n_t * (k * d).sum(-1)
+    D = m2 - _trace_term(mu, p)
     D_der = n_t * (k * d2).sum(-1)
     g = R_der * D - 2.0 * R * D_der
     f = torch.where(D > 0, m2 * R.clamp_min(0.0) / (D * D), torch.full_like(D, math.inf))

@@ -1,0 +1,35 @@
+"""Backend parametrisation: one test body, every backend; unavailable ones skip per case."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from slimfast.backends import load_backend
+
+CPU_BACKENDS = ("cpp", "numba", "torch")
+ALL_BACKENDS = ("cuda",) + CPU_BACKENDS
+
+
+def require_backend(name: str) -> torch.device:
+    """Skip this test case unless ``name`` can run here; return the device it runs on."""
+    if name == "cuda":
+        if not torch.cuda.is_available():
+            pytest.skip("no CUDA device")
+        if load_backend("cuda") is None:
+            pytest.skip("cuda backend not built")
+        return torch.device("cuda")
+    if load_backend(name) is None:
+        pytest.skip(f"{name} backend not available")
+    return torch.device("cpu")
+
+
+@pytest.fixture(params=ALL_BACKENDS)
+def backend(request: pytest.FixtureRequest) -> str:
+    require_backend(request.param)
+    return request.param
+
+
+@pytest.fixture
+def device(backend: str) -> torch.device:
+    return torch.device("cuda") if backend == "cuda" else torch.device("cpu")
