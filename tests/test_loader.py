@@ -1,0 +1,65 @@
+"""The loader never breaks import, reports what exists, honours forcing, and falls back with a notice."""
+
+from __future__ import annotations
+
+import logging
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import slimfast
+from slimfast.backends import loader
+
+
+def test_backend_info_reports_every_backend() -> None:
+    info = slimfast.backend_info()
+    assert set(info["available"]) == {"cuda", "cpp", "numba", "torch"}
+    assert info["available"]["torch"] is True
+    assert info["default_cpu"] in ("cpp", "numba", "torch")
+    assert info["available"][info["default_cpu"]] is True
+
+
+def test_cpu_preference_order() -> None:
+    name, _ = loader.resolve_backend(None, torch.device("cpu"))
+    expected = next(n for n in ("cpp", "numba", "torch") if loader.load_backend(n) is not None)
+    assert name == expected
+
+
+def test_environment_variable_forces_backend(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SLIMFAST_BACKEND", "torch")
+    assert loader.resolve_backend(None, torch.device("cpu"))[0] == "torch"
+    monkeypatch.setenv("SLIMFAST_BACKEND", "nonsense")
+    with pytest.raises(ValueError, match="backend"):
+        loader.resolve_backend(None, torch.device("cpu"))
+
+
+def test_missing_compiled_module_falls_back_to_numba_with_notice(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    if loader.load_backend("numba") is None:
+        pytest.skip("numba not installed")
+    monkeypatch.setitem(loader._cache, "cpp", ImportError("No module named 'slimfast._cpu'"))
+    monkeypatch.setattr(loader, "_announced", {})
+    with caplog.at_level(logging.WARNING, logger="slimfast"):
+        name, _ = loader.resolve_backend(None, torch.device("cpu"))
+    assert name == "numba"
+    assert any("falling back" in r.getMessage() for r in caplog.records)
+    assert "unavailable" in str(slimfast.backend_info()["available"]["cpp"])
+    with pytest.raises(RuntimeError, match="cpp"):
+        loader.resolve_backend("cpp", torch.device("cpu"))
+
+
+def test_import_survives_broken_extension() -> None:
+    """A compiled module that fails to load must not break ``import slimfast``."""
+    code = (
+        "import sys\n"
+        "sys.modules['slimfast._cpu'] = None\n"  # makes 'import slimfast._cpu' raise ImportError
+        "import slimfast\n"
+        "info = slimfast.backend_info()\n"
+        "assert info['available']['cpp'] is not True, info\n"
+        "print(info['default_cpu'])\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() in ("numba", "torch")
