@@ -215,6 +215,8 @@ def _assemble(
         G = Gb
         H = torch.cat([H, c_sum[:, None]], dim=1)
     c = (C * C).sum()
+    # GEMM blocking can make G asymmetric in the last bit; the solver's eigh reads one triangle.
+    G = 0.5 * (G + G.T)
     return (beta2 * G).contiguous(), (beta2 * H).contiguous(), beta2 * c
 
 
