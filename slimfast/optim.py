@@ -1,0 +1,263 @@
+"""``SlimTik``: a torch optimizer that solves for a linear head's weights every step.
+
+    head = nn.Linear(n_f, n_t)
+    slim = SlimTik(head, memory_depth=5)
+    info = slim.step(features.detach(), target)      # head.weight/bias now hold W_k
+
+Each ``step`` forms the float64 sufficient statistics of the batch (``slimfast.heads``) and
+takes one slimTik step (``slimfast.slimtik_step``, B = 1). With ``reduction="mean"`` the
+new weights W_k are the exact minimiser of
+
+    ½ · MSE(head(Z_k), C_k) + ½ Σ_{j=k−r..k−1} β_j² ‖(W − W_{k−1}) Z_j‖² + (Λ_{k−1}/2)‖W − W_{k−1}‖² + (λ_k/2)‖W‖²
+
+where MSE is ``((pred − target)**2).mean()`` and β_j² = 1/m_j is the scaling of batch j
+(stored with batch j's Gram matrix in the memory, so a partial last batch rescales nothing
+else). With ``reduction="sum"``, β = 1 and the first term is ½·((pred − target)**2).sum().
+λ_k is chosen by sampled GCV (``lambda_mode="sgcv"``), fixed (``"constant"``), or taken from
+the public reference's trial points (``"reference"``); Λ_k = Λ_{k−1} + λ_k.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import torch
+from torch import nn
+
+from .config import LambdaMode, SolverConfig
+from .heads import HeadLayer, Reduction, check_head, check_head_inputs, head_shape, head_statistics, head_to_matrix, write_matrix_
+from .solver import slimtik_step
+from .state import SlimTikState
+
+logger = logging.getLogger("slimfast")
+
+__all__ = ["ScalarWriter", "SlimTik", "SlimTikInfo"]
+
+
+class ScalarWriter(Protocol):
+    """Anything with TensorBoard's ``add_scalar`` (SummaryWriter, a test double, …)."""
+
+    def add_scalar(self, tag: str, scalar_value: float, global_step: int | None = None) -> Any: ...
+
+
+@dataclass(frozen=True)
+class SlimTikInfo:
+    """Record of one ``SlimTik.step`` (plain Python numbers).
+
+    Attributes:
+        step: number of completed steps after this one (k + 1 for the zero-based step k).
+        lambda_: λ_k chosen this step (may be negative).
+        Lambda: Λ_k = Λ_{k−1} + λ_k.
+        alpha: Λ_k/(k + 1), the effective ridge parameter per batch objective.
+        sgcv: sampled GCV value at λ_k.
+        rel_residual: ‖β(W_k Z_k − C_k)‖/‖β C_k‖ on this batch.
+        cond: condition number of G_mem + Λ_k I.
+        m: scalar residuals in this batch.
+        backend: solver backend that ran the step.
+    """
+
+    step: int
+    lambda_: float
+    Lambda: float
+    alpha: float
+    sgcv: float
+    rel_residual: float
+    cond: float
+    m: int
+    backend: str
+
+
+_HISTORIES = ("lambda_history_", "Lambda_history_", "alpha_history_", "sgcv_history_", "rel_residual_history_")
+
+
+class SlimTik(torch.optim.Optimizer):
+    """Optimizer owning a linear head (nn.Linear / nn.Conv2d / nn.ConvTranspose2d, groups=1).
+
+    Args:
+        head: the layer whose weight (and bias) this optimizer sets; no other parameters.
+        memory_depth: r, number of earlier batches whose Gram matrices are kept.
+        Lambda0: initial cumulative regularisation Λ_0 ≥ 0.
+        lambda_mode: "sgcv" (default), "constant" (λ_k = ``lambda_const``) or "reference".
+        lambda_const: λ per step in "constant" mode.
+        Lambda_bounds: (Λ_min, Λ_max) for Λ_k.
+        lambda_bounds: (λ_min, λ_max) for λ_k.
+        reduction: "mean" (β² = 1/m, matches ``nn.MSELoss()``) or "sum" (β² = 1).
+        backend: force a solver backend ("cuda", "cpp", "numba", "torch"); default: best available.
+        writer: optional object with ``add_scalar(tag, value, global_step)``.
+
+    The params form one group with an unused ``lr`` (1.0) so LR schedulers attach without error.
+    ``step(features, target)`` replaces the usual ``step(closure)``; it needs no gradients.
+
+    Attributes (after steps): ``alpha_``, ``Lambda_``, ``n_steps_``, ``last_info_`` and the lists
+    ``lambda_history_``, ``Lambda_history_``, ``alpha_history_``, ``sgcv_history_``,
+    ``rel_residual_history_``.
+    """
+
+    def __init__(
+        self,
+        head: nn.Module,
+        memory_depth: int = 5,
+        Lambda0: float = 0.05,
+        lambda_mode: LambdaMode = "sgcv",
+        lambda_const: float = 0.0,
+        Lambda_bounds: tuple[float, float] = (1e-7, 1e3),
+        lambda_bounds: tuple[float, float] = (-math.inf, 1e3),
+        reduction: Reduction = "mean",
+        backend: str | None = None,
+        writer: ScalarWriter | None = None,
+    ) -> None:
+        check_head(head)
+        if reduction not in ("mean", "sum"):
+            raise ValueError(f"reduction must be 'mean' or 'sum', got {reduction!r}")
+        if not isinstance(memory_depth, int) or isinstance(memory_depth, bool) or memory_depth < 0:
+            raise ValueError(f"memory_depth must be an integer >= 0, got {memory_depth!r}")
+        Lambda0 = float(Lambda0)
+        if not (0.0 <= Lambda0 < math.inf):
+            raise ValueError(f"Lambda0 must be finite and >= 0, got {Lambda0}")
+        config = SolverConfig(mode=lambda_mode, lambda_const=float(lambda_const),
+                              Lambda_bounds=tuple(Lambda_bounds), lambda_bounds=tuple(lambda_bounds))
+        params = [head.weight] + ([head.bias] if head.bias is not None else [])
+        super().__init__([{"params": params}], {"lr": 1.0})
+        self.head: HeadLayer = head
+        self.config = config
+        self.memory_depth = memory_depth
+        self.Lambda0 = Lambda0
+        self.reduction: Reduction = reduction
+        self.backend = backend
+        self.writer = writer
+        # Created lazily on the first step (or load) so it lands on the head's device then.
+        self.solver_state: SlimTikState | None = None
+        self.n_steps_ = 0
+        self.last_info_: SlimTikInfo | None = None
+        for name in _HISTORIES:
+            setattr(self, name, [])
+
+    # ------------------------------------------------------------------ properties
+
+    @property
+    def Lambda_(self) -> float:
+        """Current cumulative regularisation Λ (Λ_0 before the first step)."""
+        return self.Lambda_history_[-1] if self.Lambda_history_ else self.Lambda0
+
+    @property
+    def alpha_(self) -> float:
+        """Effective regularisation Λ_k/(k+1) after k+1 = n_steps_ steps (Λ_0 before any step).
+
+        In the full-memory limit W_k minimises Σ_{i≤k} ½·MSE_i + (Λ_k/2)‖W‖², i.e. k+1 batch
+        objectives, so Λ_k/(k+1) is the ridge parameter per batch-mean objective.
+        """
+        return self.Lambda_ / max(self.n_steps_, 1)
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        if hasattr(self, "head"):
+            raise TypeError("SlimTik owns exactly its head's weight and bias; it takes no further param groups")
+        super().add_param_group(param_group)
+
+    def _ensure_state(self) -> SlimTikState:
+        if self.solver_state is None:
+            n_t, n_f = head_shape(self.head)
+            self.solver_state = SlimTikState(1, n_f, n_t, self.memory_depth, self.Lambda0, self.head.weight.device)
+        return self.solver_state
+
+    # ------------------------------------------------------------------ the step
+
+    @torch.no_grad()
+    def step(self, features: torch.Tensor, target: torch.Tensor) -> SlimTikInfo:  # type: ignore[override]
+        """Solve for the head's weights on one batch; returns the step's record.
+
+        Args:
+            features: the head's input for this batch (detached; any float dtype, autocast ok):
+                Linear [..., n_in]; Conv2d/ConvTranspose2d [n_b, C_in, H, W].
+            target: exactly the shape of ``head(features)``.
+
+        Raises ValueError naming ``features`` or ``target`` for a wrong shape, device or
+        non-finite value; the head and the solver state are then untouched.
+        """
+        check_head_inputs(self.head, features, target)
+        G, H, c, m = head_statistics(self.head, features, target, self.reduction, check=False)
+        state = self._ensure_state()
+        W = head_to_matrix(self.head)
+        dev = state.device
+        W_new, info = slimtik_step(state, G[None].to(dev), H[None].to(dev), c.reshape(1).to(dev), m, W[None],
+                                   config=self.config, backend=self.backend)
+        write_matrix_(self.head, W_new[0])
+        # One transfer for all five numbers (one sync on CUDA).
+        lam, Lam, sgcv, rel, cond = torch.stack(
+            [info.lambda_[0], info.Lambda[0], info.sgcv[0], info.rel_residual[0], info.cond[0]]).tolist()
+        self.n_steps_ += 1
+        rec = SlimTikInfo(step=self.n_steps_, lambda_=lam, Lambda=Lam, alpha=Lam / self.n_steps_, sgcv=sgcv,
+                          rel_residual=rel, cond=cond, m=int(m), backend=info.backend)
+        self._record(rec)
+        return rec
+
+    def _record(self, rec: SlimTikInfo) -> None:
+        self.last_info_ = rec
+        self.lambda_history_.append(rec.lambda_)
+        self.Lambda_history_.append(rec.Lambda)
+        self.alpha_history_.append(rec.alpha)
+        self.sgcv_history_.append(rec.sgcv)
+        self.rel_residual_history_.append(rec.rel_residual)
+        logger.debug("slimtik step %d: lambda=%.4g Lambda=%.4g alpha=%.4g sgcv=%.4g rel_res=%.4g cond=%.3g [%s]",
+                     rec.step, rec.lambda_, rec.Lambda, rec.alpha, rec.sgcv, rec.rel_residual, rec.cond, rec.backend)
+        if self.writer is not None:
+            for tag, value in (("lambda", rec.lambda_), ("Lambda", rec.Lambda), ("alpha", rec.alpha),
+                               ("sgcv", rec.sgcv), ("rel_residual", rec.rel_residual), ("cond", rec.cond)):
+                self.writer.add_scalar(f"slimtik/{tag}", value, rec.step)
+
+    # ------------------------------------------------------------------ checkpoints
+
+    def state_dict(self) -> dict[str, Any]:
+        """The base optimizer's dict plus a ``"slimtik"`` entry with the float64 solver state.
+
+        The solver state is kept outside ``Optimizer.state`` on purpose: the base class casts
+        floating state to the parameter dtype on load, which would round the float64 memory.
+        """
+        sd = super().state_dict()
+        cfg = self.config
+        sd["slimtik"] = {
+            "solver": None if self.solver_state is None else self.solver_state.state_dict(),
+            "n_steps": self.n_steps_,
+            "memory_depth": self.memory_depth,
+            "Lambda0": self.Lambda0,
+            "reduction": self.reduction,
+            "config": {"mode": cfg.mode, "lambda_const": cfg.lambda_const, "Lambda_bounds": tuple(cfg.Lambda_bounds),
+                       "lambda_bounds": tuple(cfg.lambda_bounds), "n_grid": cfg.n_grid, "root_tol": cfg.root_tol,
+                       "max_root_iter": cfg.max_root_iter},
+            "histories": {name: list(getattr(self, name)) for name in _HISTORIES},
+        }
+        return sd
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Restore exactly (float64 stays float64). Like torch's group hyperparameters, the
+        solver settings (memory depth, λ mode and bounds, reduction) come from the dict;
+        ``backend`` and ``writer`` stay as constructed."""
+        state_dict = dict(state_dict)
+        if "slimtik" not in state_dict:
+            raise ValueError("state_dict has no 'slimtik' entry; it was not saved by SlimTik.state_dict()")
+        extra = state_dict.pop("slimtik")
+        n_t, n_f = head_shape(self.head)
+        solver = extra["solver"]
+        if solver is not None and (solver["n_features"], solver["n_targets"]) != (n_f, n_t):
+            raise ValueError(f"state_dict is for a head with (n_f, n_t)=({solver['n_features']}, "
+                             f"{solver['n_targets']}), this head has ({n_f}, {n_t})")
+        config = SolverConfig(**extra["config"])
+        super().load_state_dict(state_dict)
+        self.config = config
+        self.memory_depth = int(extra["memory_depth"])
+        self.Lambda0 = float(extra["Lambda0"])
+        self.reduction = extra["reduction"]
+        self.solver_state = None
+        if solver is not None:
+            self.solver_state = SlimTikState.from_state_dict(solver, device=self.head.weight.device)
+        self.n_steps_ = int(extra["n_steps"])
+        for name in _HISTORIES:
+            setattr(self, name, [float(v) for v in extra["histories"][name]])
+        self.last_info_ = None
+
+    def __repr__(self) -> str:
+        n_t, n_f = head_shape(self.head)
+        return (f"SlimTik(head={type(self.head).__name__}, n_f={n_f}, n_t={n_t}, memory_depth={self.memory_depth}, "
+                f"lambda_mode={self.config.mode!r}, reduction={self.reduction!r}, n_steps_={self.n_steps_})")
