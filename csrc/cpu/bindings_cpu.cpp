@@ -1,0 +1,170 @@
+// pybind11 module slimfast._cpu. Arrays cross as data pointers (Python ints) plus sizes, so the
+// module never links libtorch and survives torch upgrades; slimfast/backends/cpp.py owns the
+// tensors. Every argument is checked here (ValueError naming it) because a wrong size or pointer
+// would otherwise be a silent out-of-bounds write.
+#include <pybind11/pybind11.h>
+
+#include <cmath>
+#include <cstdint>
+#include <stdexcept>
+#include <string>
+
+#include "slimtik_step_cpu.h"
+
+#if defined(__linux__)
+#include <dlfcn.h>
+#include <link.h>
+#endif
+
+namespace py = pybind11;
+using namespace slimfast;
+
+namespace {
+
+Lapack g_lapack;
+
+// Function pointer behind scipy.linalg.<module>.__pyx_capi__[name] (a PyCapsule whose name is
+// the C signature).
+void* capi_pointer(const char* module, const char* name) {
+  py::dict capi = py::module_::import(module).attr("__pyx_capi__");
+  py::object cap = capi[name];
+  void* ptr = PyCapsule_GetPointer(cap.ptr(), PyCapsule_GetName(cap.ptr()));
+  if (ptr == nullptr) throw py::error_already_set();
+  return ptr;
+}
+
+#if defined(__linux__)
+// Thread-count functions of an OpenBLAS already loaded into the process (SciPy's wheels bundle
+// one with prefixed names). Searched, not linked: the extension must not pin a BLAS.
+int find_openblas(struct dl_phdr_info* info, size_t, void* out) {
+  const char* path = info->dlpi_name;
+  if (path == nullptr || std::string(path).find("openblas") == std::string::npos) return 0;
+  void* handle = dlopen(path, RTLD_LAZY | RTLD_NOLOAD);
+  if (handle == nullptr) return 0;
+  static const char* const names[][2] = {{"scipy_openblas_get_num_threads", "scipy_openblas_set_num_threads"},
+                                         {"openblas_get_num_threads", "openblas_set_num_threads"}};
+  auto* lapack = static_cast<Lapack*>(out);
+  for (const auto& pair : names) {
+    void* get = dlsym(handle, pair[0]);
+    void* set = dlsym(handle, pair[1]);
+    if (get && set) {
+      lapack->get_threads = reinterpret_cast<int (*)()>(get);
+      lapack->set_threads = reinterpret_cast<void (*)(int)>(set);
+      // Prefer SciPy's own (prefixed) build; keep looking only if this one is unprefixed.
+      return pair == names[0] ? 1 : 0;
+    }
+  }
+  return 0;
+}
+#endif
+
+void require(bool ok, const std::string& message) {
+  if (!ok) throw std::invalid_argument(message);
+}
+
+void require_size(long long value, const char* name, long long max_value = 46340) {
+  // 46340² < 2³¹: LAPACK's int arguments (n², workspace) must not overflow.
+  require(value >= 1 && value <= max_value,
+          std::string(name) + " must be in [1, " + std::to_string(max_value) + "], got " + std::to_string(value));
+}
+
+template <class T>
+T* as_ptr(std::uintptr_t value, const char* name) {
+  require(value != 0, std::string(name) + " must be a non-null data pointer");
+  return reinterpret_cast<T*>(value);
+}
+
+void py_slimtik_step(long long B, long long n_f, long long n_t, std::uintptr_t G_mem_ptr, std::uintptr_t G_ptr,
+                  std::uintptr_t H_ptr, std::uintptr_t c_ptr, std::uintptr_t m_ptr, std::uintptr_t W_ptr,
+                  std::uintptr_t Lambda_prev_ptr, bool memory_empty, int mode, double lambda_const, double Lambda_min,
+                  double Lambda_max, double lambda_min, double lambda_max, int n_grid, double root_tol,
+                  int max_root_iter, std::uintptr_t W_out_ptr, std::uintptr_t info_ptr, int eigensolver) {
+  require_size(B, "B", 1LL << 30);
+  require_size(n_f, "n_f");
+  require_size(n_t, "n_t", 1LL << 30);
+  require(n_t * n_f <= (1LL << 31) - 1, "n_t * n_f must fit in a 32-bit int");
+  require(mode == SLIMFAST_MODE_SGCV || mode == SLIMFAST_MODE_CONSTANT || mode == SLIMFAST_MODE_REFERENCE,
+          "mode must be 0 (sgcv), 1 (constant) or 2 (reference), got " + std::to_string(mode));
+  require(std::isfinite(lambda_const), "lambda_const must be finite");
+  require(std::isfinite(Lambda_min) && std::isfinite(Lambda_max) && Lambda_min > 0 && Lambda_min <= Lambda_max,
+          "Lambda_min, Lambda_max must satisfy 0 < Lambda_min <= Lambda_max < inf");
+  require(!std::isnan(lambda_min) && !std::isnan(lambda_max) && lambda_min < lambda_max && lambda_max > 0,
+          "lambda_min, lambda_max must satisfy lambda_min < lambda_max and lambda_max > 0");
+  require(n_grid >= 2, "n_grid must be at least 2, got " + std::to_string(n_grid));
+  require(root_tol > 0 && root_tol < 1, "root_tol must lie in (0, 1)");
+  require(max_root_iter >= 1, "max_root_iter must be positive, got " + std::to_string(max_root_iter));
+  require(eigensolver >= EIG_AUTO && eigensolver <= EIG_JACOBI, "eigensolver must be 0 (auto), 1 (syevd), 2 (syevr) or 3 (jacobi)");
+  const StepOptions opts{mode, lambda_const, Lambda_min, Lambda_max, lambda_min, lambda_max, n_grid, root_tol,
+                         max_root_iter};
+  const double* G_mem = as_ptr<const double>(G_mem_ptr, "G_mem_ptr");
+  const double* G = as_ptr<const double>(G_ptr, "G_ptr");
+  const double* H = as_ptr<const double>(H_ptr, "H_ptr");
+  const double* c = as_ptr<const double>(c_ptr, "c_ptr");
+  const double* m = as_ptr<const double>(m_ptr, "m_ptr");
+  const double* W = as_ptr<const double>(W_ptr, "W_ptr");
+  const double* Lambda_prev = as_ptr<const double>(Lambda_prev_ptr, "Lambda_prev_ptr");
+  double* W_out = as_ptr<double>(W_out_ptr, "W_out_ptr");
+  double* info = as_ptr<double>(info_ptr, "info_ptr");
+  int lapack_info = 0, failed = 0;
+  {
+    py::gil_scoped_release release;
+    failed = slimtik_step_cpu(g_lapack, (int)B, (int)n_f, (int)n_t, G_mem, G, H, c, m, W, Lambda_prev, memory_empty,
+                              opts, eigensolver, W_out, info, &lapack_info);
+  }
+  if (failed != 0)
+    throw std::runtime_error("LAPACK eigensolver failed for problem " + std::to_string(failed - 1) +
+                             " (info = " + std::to_string(lapack_info) + ")");
+}
+
+int py_jacobi_eigh(long long B, long long n, std::uintptr_t A_ptr, std::uintptr_t U0_ptr, std::uintptr_t s_out_ptr,
+                std::uintptr_t U_out_ptr, double tol, int max_sweeps) {
+  require_size(B, "B", 1LL << 30);
+  require_size(n, "n");
+  require(std::isfinite(tol) && tol >= 0, "tol must be finite and >= 0");
+  require(max_sweeps >= 1, "max_sweeps must be positive, got " + std::to_string(max_sweeps));
+  const double* A = as_ptr<const double>(A_ptr, "A_ptr");
+  const double* U0 = reinterpret_cast<const double*>(U0_ptr);  // 0: cold start
+  double* s = as_ptr<double>(s_out_ptr, "s_out_ptr");
+  double* U = as_ptr<double>(U_out_ptr, "U_out_ptr");
+  py::gil_scoped_release release;
+  return jacobi_eigh_cpu((int)B, (int)n, A, U0, s, U, tol, max_sweeps);
+}
+
+}  // namespace
+
+PYBIND11_MODULE(_cpu, mod) {
+  mod.doc() = "slimfast CPU kernels (csrc/cpu): batched slimTik step and Jacobi eigensolver on raw float64 pointers.";
+  g_lapack.dsyevd = reinterpret_cast<dsyevd_t>(capi_pointer("scipy.linalg.cython_lapack", "dsyevd"));
+  g_lapack.dsyevr = reinterpret_cast<dsyevr_t>(capi_pointer("scipy.linalg.cython_lapack", "dsyevr"));
+  g_lapack.dgemm = reinterpret_cast<dgemm_t>(capi_pointer("scipy.linalg.cython_blas", "dgemm"));
+#if defined(__linux__)
+  dl_iterate_phdr(find_openblas, &g_lapack);
+#endif
+
+  mod.def("slimtik_step", &py_slimtik_step, py::arg("B"), py::arg("n_f"), py::arg("n_t"), py::arg("G_mem_ptr"),
+          py::arg("G_ptr"), py::arg("H_ptr"), py::arg("c_ptr"), py::arg("m_ptr"), py::arg("W_ptr"),
+          py::arg("Lambda_prev_ptr"), py::arg("memory_empty"), py::arg("mode"), py::arg("lambda_const"),
+          py::arg("Lambda_min"), py::arg("Lambda_max"), py::arg("lambda_min"), py::arg("lambda_max"),
+          py::arg("n_grid"), py::arg("root_tol"), py::arg("max_root_iter"), py::arg("W_out_ptr"),
+          py::arg("info_ptr"), py::arg("eigensolver") = 0,
+          "One slimTik step for B problems on contiguous float64 buffers (see slimfast/_cpu.pyi).");
+  mod.def("jacobi_eigh", &py_jacobi_eigh, py::arg("B"), py::arg("n"), py::arg("A_ptr"), py::arg("U0_ptr"),
+          py::arg("s_out_ptr"), py::arg("U_out_ptr"), py::arg("tol"), py::arg("max_sweeps"),
+          "Cyclic Jacobi eigendecomposition of B symmetric n×n matrices; returns the largest sweep count.");
+  mod.attr("MODE_SGCV") = SLIMFAST_MODE_SGCV;
+  mod.attr("MODE_CONSTANT") = SLIMFAST_MODE_CONSTANT;
+  mod.attr("MODE_REFERENCE") = SLIMFAST_MODE_REFERENCE;
+  mod.attr("N_INFO") = SLIMFAST_N_INFO;
+  py::dict solvers;
+  solvers["auto"] = (int)EIG_AUTO;
+  solvers["syevd"] = (int)EIG_SYEVD;
+  solvers["syevr"] = (int)EIG_SYEVR;
+  solvers["jacobi"] = (int)EIG_JACOBI;
+  mod.attr("EIGENSOLVERS") = solvers;
+  mod.attr("blas_thread_control") = g_lapack.set_threads != nullptr;
+#ifdef _OPENMP
+  mod.attr("openmp") = true;
+#else
+  mod.attr("openmp") = false;
+#endif
+}

@@ -1,0 +1,202 @@
+// CPU launcher: loops over the B problems (OpenMP), factors G_mem with LAPACK, forms the n_f³
+// products with dgemm, and leaves all other arithmetic to csrc/slimfast_math.h — the same code the
+// CUDA kernel runs. Twin of csrc/cuda/slimtik_step_cuda.cu.
+#include "slimtik_step_cpu.h"
+
+#include <algorithm>
+#include <cstring>
+#include <vector>
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+namespace slimfast {
+namespace {
+
+// Below this n_f a plain cyclic Jacobi (header) beats dsyevd's call and workspace overhead and the
+// dgemm calls lose to the header's loops (benchmarks/bench_eigh.py; measured on a 2-core EPYC).
+constexpr int kJacobiMaxN = 8;
+constexpr int kGemmMinN = 24;
+// Full-memory sGCV grids with n_f at least this are evaluated with one dgemm (Q·D for all grid
+// points) instead of n_grid matrix-vector passes over Q0..Q2.
+constexpr int kGridGemmMinN = 32;
+constexpr double kJacobiTol = 1e-15;
+constexpr int kJacobiMaxSweeps = 60;
+
+int resolve_eigensolver(int requested, int n) {
+  if (requested != EIG_AUTO) return requested;
+  return n <= kJacobiMaxN ? EIG_JACOBI : EIG_SYEVD;
+}
+
+// Workspace sizes (doubles, ints) of the LAPACK eigensolver: the larger of the documented minimum
+// and the optimum from a workspace query.
+void eig_workspace(const Lapack& L, int method, int n, int* lwork, int* liwork) {
+  double dummy = 0.0, wq = 0.0;
+  int iq = 0, info = 0;
+  const int query = -1;
+  if (method == EIG_SYEVD) {
+    L.dsyevd("V", "U", &n, &dummy, &n, &dummy, &wq, &query, &iq, &query, &info);
+    *lwork = std::max(1 + 6 * n + 2 * n * n, (int)wq);
+    *liwork = std::max(3 + 5 * n, iq);
+  } else if (method == EIG_SYEVR) {
+    const double zero = 0.0;
+    const int one = 1;
+    int found = 0, isuppz[2];
+    L.dsyevr("V", "A", "U", &n, &dummy, &n, &zero, &zero, &one, &one, &zero, &found, &dummy, &dummy, &n, isuppz,
+             &wq, &query, &iq, &query, &info);
+    *lwork = std::max(26 * n, (int)wq) + n * n;  // + Z, stored at the front of work
+    *liwork = std::max(10 * n, iq) + 2 * n;  // + isuppz
+  } else {
+    *lwork = *liwork = 0;
+  }
+}
+
+// G_mem = U diag(s) Uᵀ with s ascending, U row-major with eigenvectors as columns. LAPACK is
+// column-major, so it sees the row-major matrix transposed: its "U" triangle is our lower one
+// (what torch.linalg.eigh reads), and its column-major eigenvectors arrive as rows of E.
+int eigh(const Lapack& L, int method, int n, const double* A, double* s, double* U, double* E, double* work,
+         int lwork, int* iwork, int liwork) {
+  int info = 0;
+  if (method == EIG_JACOBI) {
+    jacobi_eigh(n, A, nullptr, s, U, kJacobiTol, kJacobiMaxSweeps, work);
+    return 0;
+  }
+  std::memcpy(E, A, sizeof(double) * n * n);
+  double* vecs = E;
+  if (method == EIG_SYEVD) {
+    L.dsyevd("V", "U", &n, E, &n, s, work, &lwork, iwork, &liwork, &info);
+  } else {
+    const double zero = 0.0;
+    const int one = 1;
+    int found = 0;
+    vecs = work;  // Z [n, n] at the front of the work array, LAPACK's work after it
+    const int lw = lwork - n * n;
+    const int liw = liwork - 2 * n;
+    L.dsyevr("V", "A", "U", &n, E, &n, &zero, &zero, &one, &one, &zero, &found, s, vecs, &n, iwork + liw,
+             work + n * n, &lw, iwork, &liw, &info);
+  }
+  for (int i = 0; i < n; ++i)
+    for (int j = 0; j < n; ++j) U[(long)i * n + j] = vecs[(long)j * n + i];
+  return info;
+}
+
+// K = Uᵀ G U [n, n] with two dgemms (row-major C = A B is column-major Cᵀ = Bᵀ Aᵀ). T: n*n.
+void project_gram_blas(const Lapack& L, int n, const double* U, const double* G, double* K, double* T) {
+  const double one = 1.0, zero = 0.0;
+  L.dgemm("N", "N", &n, &n, &n, &one, U, &n, G, &n, &zero, T, &n);  // T = G U
+  L.dgemm("N", "T", &n, &n, &n, &one, T, &n, U, &n, &zero, K, &n);  // K = Uᵀ T
+}
+
+// Grid of mode SGCV evaluated with one dgemm: QD [n_grid, 3 n_f] = D [n_grid, n_f] · [Q0;Q1;Q2]ᵀ
+// (Q0..Q2 are contiguous in the projection buffer), then sgcv_eval_qd per grid point.
+double select_mu_grid_gemm(const Lapack& L, const Projections& p, double m, double Lambda_prev,
+                           const StepOptions& o, double* scratch) {
+  const int n = o.n_grid, nf = p.n_f, nq = 3 * nf;
+  double mu_lo, mu_hi;
+  admissible_interval(Lambda_prev, o, &mu_lo, &mu_hi);
+  double* t_grid = scratch;
+  double* f_grid = t_grid + n;
+  double* g_grid = f_grid + n;
+  double* D = g_grid + n;
+  double* QD = D + (long)n * nf;
+  double* eval_scratch = QD + (long)n * nq;
+  for (int i = 0; i < n; ++i) {
+    t_grid[i] = grid_t(mu_lo, mu_hi, n, i);
+    shifted_inverse(p, exp(t_grid[i]), D + (long)i * nf);
+  }
+  const double one = 1.0, zero = 0.0;
+  L.dgemm("T", "N", &nq, &n, &nf, &one, p.Q0, &nf, D, &nf, &zero, QD, &nq);
+  for (int i = 0; i < n; ++i) {
+    const double* qd = QD + (long)i * nq;
+    const SgcvPoint pt = sgcv_eval_qd(exp(t_grid[i]), p, m, Lambda_prev, D + (long)i * nf, qd, qd + nf, qd + 2 * nf);
+    f_grid[i] = pt.f;
+    g_grid[i] = pt.g;
+  }
+  return select_mu_from_grid(t_grid, f_grid, g_grid, mu_lo, mu_hi, p, m, Lambda_prev, o, eval_scratch);
+}
+
+}  // namespace
+
+int slimtik_step_cpu(const Lapack& L, int B, int n_f, int n_t, const double* G_mem, const double* G, const double* H,
+                     const double* c, const double* m, const double* W, const double* Lambda_prev, bool memory_empty,
+                     const StepOptions& opts, int eigensolver, double* W_out, double* info, int* lapack_info) {
+  const int method = resolve_eigensolver(eigensolver, n_f);
+  int lwork = 0, liwork = 0;
+  eig_workspace(L, method, n_f, &lwork, &liwork);
+  const long nn = (long)n_f * n_f;
+  const bool grid_gemm = !memory_empty && n_f >= kGridGemmMinN && opts.mode == SLIMFAST_MODE_SGCV;
+  const long select_doubles = select_mu_doubles(n_f, opts.n_grid) + n_f +
+                              (grid_gemm ? 4L * opts.n_grid * n_f : 0L);
+  const long work_doubles = std::max<long>(lwork, method == EIG_JACOBI ? jacobi_doubles(n_f) : 0L);
+  // Per problem: E, U, K, T (n_f² each), s, projections, select/finish scratch, LAPACK work.
+  const long per_thread = 4 * nn + n_f + projections_doubles(n_f, n_t, memory_empty) + select_doubles + work_doubles;
+  int failed = 0;  // 1 + first failing problem
+  // Parallelism goes over problems; BLAS inside the loop must stay single-threaded. With B == 1
+  // there is no parallel region and LAPACK may use its own threads.
+  const int blas_threads = (B > 1 && L.get_threads && L.set_threads) ? L.get_threads() : 0;
+  if (blas_threads > 1) L.set_threads(1);
+
+#pragma omp parallel if (B > 1)
+  {
+    std::vector<double> buf(per_thread);
+    std::vector<int> ibuf(std::max(liwork, 1));
+    double* E = buf.data();
+    double* U = E + nn;
+    double* K = U + nn;
+    double* T = K + nn;
+    double* s = T + nn;
+    double* proj = s + n_f;
+    double* sel = proj + projections_doubles(n_f, n_t, memory_empty);
+    double* work = sel + select_doubles;
+#pragma omp for schedule(dynamic)
+    for (int bi = 0; bi < B; ++bi) {
+      const long off_g = (long)bi * nn, off_w = (long)bi * n_t * n_f;
+      const int inf = eigh(L, method, n_f, G_mem + off_g, s, U, E, work, lwork, ibuf.data(), liwork);
+      if (inf != 0) {
+#pragma omp critical
+        if (failed == 0 || bi + 1 < failed) {
+          failed = bi + 1;
+          *lapack_info = inf;
+        }
+        continue;
+      }
+      if (!memory_empty) {
+        if (n_f >= kGemmMinN)
+          project_gram_blas(L, n_f, U, G + off_g, K, T);
+        else
+          project_gram(n_f, U, G + off_g, K, T);
+      }
+      Projections p;
+      double* pwork = projections_bind(p, n_f, n_t, memory_empty, proj);
+      p.s = s;
+      p.U = U;
+      sgcv_precompute(p, s, G + off_g, H + off_w, c[bi], W + off_w, K, pwork);
+      const double mu = grid_gemm ? select_mu_grid_gemm(L, p, m[bi], Lambda_prev[bi], opts, sel)
+                                  : select_mu(p, m[bi], Lambda_prev[bi], opts, sel);
+      finish_step(p, mu, m[bi], Lambda_prev[bi], c[bi], W + off_w, W_out + off_w, info + (long)bi * SLIMFAST_N_INFO,
+                  sel);
+    }
+  }
+  if (blas_threads > 1) L.set_threads(blas_threads);
+  return failed;
+}
+
+int jacobi_eigh_cpu(int B, int n, const double* A, const double* U0, double* s, double* U, double tol,
+                    int max_sweeps) {
+  const long nn = (long)n * n;
+  int sweeps = 0;
+#pragma omp parallel if (B > 1)
+  {
+    std::vector<double> scratch(jacobi_doubles(n));
+#pragma omp for schedule(dynamic) reduction(max : sweeps)
+    for (int bi = 0; bi < B; ++bi) {
+      const int k = jacobi_eigh(n, A + bi * nn, U0 ? U0 + bi * nn : nullptr, s + (long)bi * n, U + bi * nn, tol,
+                                max_sweeps, scratch.data());
+      sweeps = std::max(sweeps, k);
+    }
+  }
+  return sweeps;
+}
+
+}  // namespace slimfast

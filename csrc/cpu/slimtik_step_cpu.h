@@ -1,0 +1,48 @@
+// CPU launcher of the slimTik step: LAPACK/BLAS entry points and the batched step.
+// Twin of csrc/cuda/slimtik_step_cuda.cu; the per-problem math is csrc/slimfast_math.h.
+#pragma once
+
+#include "slimfast_math.h"
+
+namespace slimfast {
+
+// Fortran LAPACK/BLAS signatures (every argument by pointer), as exported by SciPy's
+// scipy.linalg.cython_lapack / cython_blas capsules. Taking them from SciPy at import time means
+// the extension links no BLAS of its own and uses the one SciPy already loaded.
+using dsyevd_t = void (*)(const char* jobz, const char* uplo, const int* n, double* a, const int* lda, double* w,
+                          double* work, const int* lwork, int* iwork, const int* liwork, int* info);
+using dsyevr_t = void (*)(const char* jobz, const char* range, const char* uplo, const int* n, double* a,
+                          const int* lda, const double* vl, const double* vu, const int* il, const int* iu,
+                          const double* abstol, int* m, double* w, double* z, const int* ldz, int* isuppz,
+                          double* work, const int* lwork, int* iwork, const int* liwork, int* info);
+using dgemm_t = void (*)(const char* transa, const char* transb, const int* m, const int* n, const int* k,
+                         const double* alpha, const double* a, const int* lda, const double* b, const int* ldb,
+                         const double* beta, double* c, const int* ldc);
+
+struct Lapack {
+  dsyevd_t dsyevd = nullptr;
+  dsyevr_t dsyevr = nullptr;
+  dgemm_t dgemm = nullptr;
+  // Thread count of SciPy's OpenBLAS, when it can be found (else null). A pthreads OpenBLAS called
+  // from inside an OpenMP loop oversubscribes and may hang, so the batch loop sets it to 1.
+  int (*get_threads)() = nullptr;
+  void (*set_threads)(int) = nullptr;
+};
+
+// Which eigensolver factors G_mem. AUTO picks by n_f (see slimtik_step_cpu.cpp).
+enum Eigensolver { EIG_AUTO = 0, EIG_SYEVD = 1, EIG_SYEVR = 2, EIG_JACOBI = 3 };
+
+// One slimTik step for B independent problems (slimfast._torch_impl._slimtik_step).
+//   G_mem, G [B, n_f, n_f]; H, W, W_out [B, n_t, n_f]; c, m, Lambda_prev [B]; info [B, 5].
+// Returns 0, or 1 + the index of the first problem whose LAPACK call failed (lapack_info set).
+int slimtik_step_cpu(const Lapack& lapack, int B, int n_f, int n_t, const double* G_mem, const double* G,
+                     const double* H, const double* c, const double* m, const double* W, const double* Lambda_prev,
+                     bool memory_empty, const StepOptions& opts, int eigensolver, double* W_out, double* info,
+                     int* lapack_info);
+
+// Batched Jacobi eigensolver (jacobi_eigh of the header) for B matrices A [B, n, n]; U0 may be
+// null (cold start). Writes s [B, n] ascending and U [B, n, n]; returns the largest sweep count.
+int jacobi_eigh_cpu(int B, int n, const double* A, const double* U0, double* s, double* U, double tol,
+                    int max_sweeps);
+
+}  // namespace slimfast

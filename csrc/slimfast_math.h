@@ -1,0 +1,574 @@
+// Per-problem mathematics of one slimTik step (method.md §2–4), shared by the CPU and CUDA
+// launchers. Every function here is the twin of a function in slimfast/_torch_impl.py with the
+// same name minus the underscore, and follows it operation by operation (same grid, same bracket
+// rule, same Illinois iteration), so backends agree to rounding.
+//
+// Rules that let nvcc compile this header for the device: functions are `inline SLIMFAST_HD`,
+// take raw pointers plus caller-provided scratch, and use no STL, exceptions or allocation.
+// All arrays are row-major, contiguous float64. Sizes: n_f features, n_t targets.
+#pragma once
+
+#include <float.h>
+#include <math.h>
+
+#if defined(__CUDACC__)
+#define SLIMFAST_HD __host__ __device__
+#else
+#define SLIMFAST_HD
+#endif
+
+// Mode codes shared with slimfast/config.py MODE_CODES.
+inline constexpr int SLIMFAST_MODE_SGCV = 0;
+inline constexpr int SLIMFAST_MODE_CONSTANT = 1;
+inline constexpr int SLIMFAST_MODE_REFERENCE = 2;
+// Columns of the info row: λ_k, Λ_k, sGCV(λ_k), ‖res‖/‖βC‖, cond(G_mem + Λ_k I).
+inline constexpr int SLIMFAST_N_INFO = 5;
+// Trial points per sign of the public reference's λ grid.
+inline constexpr int SLIMFAST_N_REFERENCE_POINTS = 30;
+inline constexpr double SLIMFAST_FLOAT64_EPS = 2.220446049250313e-16;
+
+namespace slimfast {
+
+// ---------------------------------------------------------------------------------------------
+// Scalar helpers with torch semantics: torch.minimum/maximum/clamp propagate NaN, std::fmin
+// does not, and a NaN that silently became a bound would hide a failure from the caller.
+// ---------------------------------------------------------------------------------------------
+SLIMFAST_HD inline double nan_min(double a, double b) { return (a != a || a < b) ? a : b; }
+SLIMFAST_HD inline double nan_max(double a, double b) { return (a != a || a > b) ? a : b; }
+SLIMFAST_HD inline double clamp_min(double x, double lo) { return x < lo ? lo : x; }
+SLIMFAST_HD inline double clamp_max(double x, double hi) { return x > hi ? hi : x; }
+SLIMFAST_HD inline double slim_inf() { return HUGE_VAL; }
+SLIMFAST_HD inline double slim_nan() { return NAN; }
+
+// Element i of torch.linspace(start, end, n): the first half counts up from start, the second
+// half down from end (ATen's linspace kernel), so both endpoints are exact.
+SLIMFAST_HD inline double linspace_at(double start, double end, int n, int i) {
+  const double step = (end - start) / (n - 1);
+  return i < n / 2 ? start + step * i : end - step * (n - 1 - i);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Options (slimfast.config.SolverConfig) and the projected statistics (_Projections).
+// ---------------------------------------------------------------------------------------------
+struct StepOptions {
+  int mode;             // SLIMFAST_MODE_*
+  double lambda_const;  // λ for mode CONSTANT
+  double Lambda_min, Lambda_max;  // bounds on Λ_k (finite, 0 < min <= max)
+  double lambda_min, lambda_max;  // bounds on λ_k (min may be -inf, max may be +inf)
+  int n_grid;           // log-grid points for mode SGCV (>= 2)
+  double root_tol;      // Illinois termination, relative in t = log μ
+  int max_root_iter;
+};
+
+// Everything sGCV needs after G_mem = U diag(s) Uᵀ. With `diagonal` (memory empty, K̃ = diag(s))
+// Q0..Q2 are length n_f, otherwise n_f × n_f.
+struct Projections {
+  int n_f, n_t;
+  bool diagonal;
+  const double* s;  // [n_f] eigenvalues, clipped at 0, ascending
+  const double* U;  // [n_f, n_f] eigenvectors as columns: U[i*n_f + j] = component i of vector j
+  double* Bt;       // [n_t, n_f] B̃ = (W G − H) U
+  double* Wt;       // [n_t, n_f] W̃ = W U
+  double* a;        // [n_f] (B̃ᵀB̃)_jj
+  double* b;        // [n_f] (B̃ᵀW̃)_jj
+  double* k;        // [n_f] K̃_jj, K̃ = Uᵀ G U
+  double* Q0;       // K̃∘B̃ᵀB̃
+  double* Q1;       // K̃∘(B̃ᵀW̃ + W̃ᵀB̃)
+  double* Q2;       // K̃∘W̃ᵀW̃
+  double res0;      // ‖β(W Z − C)‖² = tr(W G Wᵀ) − 2 tr(W Hᵀ) + c
+};
+
+// Doubles needed by projections_bind (outputs of sgcv_precompute plus its n_t×n_f work array).
+SLIMFAST_HD inline long projections_doubles(int n_f, int n_t, bool diagonal) {
+  const long q = diagonal ? (long)n_f : (long)n_f * n_f;
+  return 3L * n_t * n_f + 3L * n_f + 3L * q;
+}
+
+// Point p's output arrays into buf (projections_doubles long); returns the work array for
+// sgcv_precompute (n_t × n_f).
+SLIMFAST_HD inline double* projections_bind(Projections& p, int n_f, int n_t, bool diagonal, double* buf) {
+  const long q = diagonal ? (long)n_f : (long)n_f * n_f;
+  p.n_f = n_f;
+  p.n_t = n_t;
+  p.diagonal = diagonal;
+  p.Bt = buf;
+  p.Wt = p.Bt + (long)n_t * n_f;
+  p.a = p.Wt + (long)n_t * n_f;
+  p.b = p.a + n_f;
+  p.k = p.b + n_f;
+  p.Q0 = p.k + n_f;
+  p.Q1 = p.Q0 + q;
+  p.Q2 = p.Q1 + q;
+  return p.Q2 + q;
+}
+
+// ---------------------------------------------------------------------------------------------
+// _admissible_interval: μ = Λ_{k−1} + λ ∈ [max(Λ_min, Λ_{k−1}+λ_min), min(Λ_max, Λ_{k−1}+λ_max)].
+// ---------------------------------------------------------------------------------------------
+SLIMFAST_HD inline void admissible_interval(double Lambda_prev, const StepOptions& o, double* mu_lo, double* mu_hi) {
+  *mu_lo = isfinite(o.lambda_min) ? clamp_min(Lambda_prev + o.lambda_min, o.Lambda_min) : o.Lambda_min;
+  *mu_hi = clamp_max(Lambda_prev + o.lambda_max, o.Lambda_max);
+}
+
+// K = Uᵀ G U [n, n] by plain loops (the CPU launcher uses dgemm instead). work: n*n.
+SLIMFAST_HD inline void project_gram(int n, const double* U, const double* G, double* K, double* work) {
+  // work = G U, row by row as axpys so the inner loop is contiguous.
+  for (long i = 0; i < (long)n * n; ++i) work[i] = 0.0;
+  for (int i = 0; i < n; ++i)
+    for (int l = 0; l < n; ++l) {
+      const double g = G[(long)i * n + l];
+      const double* u = U + (long)l * n;
+      double* w = work + (long)i * n;
+      for (int j = 0; j < n; ++j) w[j] += g * u[j];
+    }
+  // K = Uᵀ work: K[i, :] = Σ_l U[l, i] work[l, :].
+  for (long i = 0; i < (long)n * n; ++i) K[i] = 0.0;
+  for (int l = 0; l < n; ++l)
+    for (int i = 0; i < n; ++i) {
+      const double u = U[(long)l * n + i];
+      const double* w = work + (long)l * n;
+      double* kr = K + (long)i * n;
+      for (int j = 0; j < n; ++j) kr[j] += u * w[j];
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// _sgcv_precompute after the eigendecomposition (method.md §4). p must be bound
+// (projections_bind) with p.U = U and p.s = s. s [n_f] is clipped at 0 in place (G_mem is PSD;
+// rounding is not). K = Uᵀ G U [n_f, n_f] is read only when !p.diagonal. work: n_t × n_f.
+// ---------------------------------------------------------------------------------------------
+SLIMFAST_HD inline void sgcv_precompute(Projections& p, double* s, const double* G, const double* H, double c,
+                                        const double* W, const double* K, double* work) {
+  const int nf = p.n_f, nt = p.n_t;
+  const double* U = p.U;
+  for (int j = 0; j < nf; ++j) s[j] = clamp_min(s[j], 0.0);
+  // work = W G; res0 = Σ (W G)∘W − 2 Σ W∘H + c.
+  double* WG = work;
+  for (long i = 0; i < (long)nt * nf; ++i) WG[i] = 0.0;
+  for (int t = 0; t < nt; ++t)
+    for (int l = 0; l < nf; ++l) {
+      const double w = W[(long)t * nf + l];
+      const double* g = G + (long)l * nf;
+      double* o = WG + (long)t * nf;
+      for (int i = 0; i < nf; ++i) o[i] += w * g[i];
+    }
+  double s_wgw = 0.0, s_wh = 0.0;
+  for (long i = 0; i < (long)nt * nf; ++i) {
+    s_wgw += WG[i] * W[i];
+    s_wh += W[i] * H[i];
+  }
+  p.res0 = s_wgw - 2.0 * s_wh + c;
+  // B̃ = (W G − H) U and W̃ = W U.
+  for (long i = 0; i < (long)nt * nf; ++i) {
+    WG[i] -= H[i];
+    p.Bt[i] = 0.0;
+    p.Wt[i] = 0.0;
+  }
+  for (int t = 0; t < nt; ++t)
+    for (int i = 0; i < nf; ++i) {
+      const double x = WG[(long)t * nf + i], w = W[(long)t * nf + i];
+      const double* u = U + (long)i * nf;
+      double* bt = p.Bt + (long)t * nf;
+      double* wt = p.Wt + (long)t * nf;
+      for (int j = 0; j < nf; ++j) {
+        bt[j] += x * u[j];
+        wt[j] += w * u[j];
+      }
+    }
+  for (int j = 0; j < nf; ++j) p.a[j] = p.b[j] = 0.0;
+  for (int t = 0; t < nt; ++t)
+    for (int j = 0; j < nf; ++j) {
+      const double bt = p.Bt[(long)t * nf + j];
+      p.a[j] += bt * bt;
+      p.b[j] += bt * p.Wt[(long)t * nf + j];
+    }
+  if (p.diagonal) {
+    // K̃ = diag(s): Q0 = s∘a, Q1 = 2 s∘b, Q2 = s∘(W̃ᵀW̃)_jj.
+    for (int j = 0; j < nf; ++j) {
+      double cw = 0.0;
+      for (int t = 0; t < nt; ++t) cw += p.Wt[(long)t * nf + j] * p.Wt[(long)t * nf + j];
+      p.k[j] = s[j];
+      p.Q0[j] = s[j] * p.a[j];
+      p.Q1[j] = 2.0 * s[j] * p.b[j];
+      p.Q2[j] = s[j] * cw;
+    }
+    return;
+  }
+  // Row i of B̃ᵀB̃, B̃ᵀW̃ + W̃ᵀB̃ and W̃ᵀW̃ accumulated over t, then multiplied by K̃ elementwise.
+  for (int i = 0; i < nf; ++i) {
+    double* q0 = p.Q0 + (long)i * nf;
+    double* q1 = p.Q1 + (long)i * nf;
+    double* q2 = p.Q2 + (long)i * nf;
+    for (int j = 0; j < nf; ++j) q0[j] = q1[j] = q2[j] = 0.0;
+    for (int t = 0; t < nt; ++t) {
+      const double* bt = p.Bt + (long)t * nf;
+      const double* wt = p.Wt + (long)t * nf;
+      const double bi = bt[i], wi = wt[i];
+      for (int j = 0; j < nf; ++j) {
+        q0[j] += bi * bt[j];
+        q1[j] += bi * wt[j] + wi * bt[j];
+        q2[j] += wi * wt[j];
+      }
+    }
+    const double* kr = K + (long)i * nf;
+    for (int j = 0; j < nf; ++j) {
+      q0[j] *= kr[j];
+      q1[j] *= kr[j];
+      q2[j] *= kr[j];
+    }
+    p.k[i] = kr[i];
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// _sgcv_eval at one μ (method.md §3–4), λ = μ − Λ_{k−1}, d = 1/(s + μ):
+//   R  = res0 − 2 Σ_j d_j (a_j + λ b_j) + dᵀ(Q0 + λQ1 + λ²Q2)d
+//   R' = 2 Σ d²(a + λb) − 2 Σ d b − 2 Σ d²∘(Q(λ)d) + Σ d∘((Q1 + 2λQ2)d)
+//   D  = m − n_t Σ k d,  D' = n_t Σ k d²,  g = R' D − 2 R D'  (sign of dsGCV/dμ when D > 0)
+//   f  = m max(R, 0) / D²  (D > 0), then torch.nan_to_num(nan=inf): NaN → +inf, ±inf → ±DBL_MAX
+// ---------------------------------------------------------------------------------------------
+struct SgcvPoint {
+  double f, R, g;
+};
+
+SLIMFAST_HD inline double nan_to_num_inf(double f) {
+  if (f != f) return slim_inf();
+  if (f == slim_inf()) return DBL_MAX;
+  if (f == -slim_inf()) return -DBL_MAX;
+  return f;
+}
+
+// The evaluation given d [n_f] and, when !p.diagonal, the products Q0 d, Q1 d, Q2 d [n_f] (the
+// CPU launcher forms those for a whole grid with one dgemm).
+SLIMFAST_HD inline SgcvPoint sgcv_eval_qd(double mu, const Projections& p, double m, double Lambda_prev,
+                                          const double* d, const double* Q0d, const double* Q1d,
+                                          const double* Q2d) {
+  const double lam = mu - Lambda_prev;
+  double r1 = 0.0, r2 = 0.0, e1 = 0.0, e2 = 0.0, e3 = 0.0, e4 = 0.0, t1 = 0.0, t2 = 0.0;
+  for (int j = 0; j < p.n_f; ++j) {
+    const double dj = d[j], dj2 = dj * dj;
+    double q_lam_d, q_der_d;
+    if (p.diagonal) {
+      q_lam_d = (p.Q0[j] + lam * (p.Q1[j] + lam * p.Q2[j])) * dj;
+      q_der_d = (p.Q1[j] + 2.0 * lam * p.Q2[j]) * dj;
+    } else {
+      q_lam_d = Q0d[j] + lam * (Q1d[j] + lam * Q2d[j]);
+      q_der_d = Q1d[j] + 2.0 * lam * Q2d[j];
+    }
+    const double ab = p.a[j] + lam * p.b[j];
+    r1 += dj * ab;
+    r2 += dj * q_lam_d;
+    e1 += dj2 * ab;
+    e2 += dj * p.b[j];
+    e3 += dj2 * q_lam_d;
+    e4 += dj * q_der_d;
+    t1 += p.k[j] * dj;
+    t2 += p.k[j] * dj2;
+  }
+  SgcvPoint out;
+  out.R = p.res0 - 2.0 * r1 + r2;
+  const double R_der = 2.0 * e1 - 2.0 * e2 - 2.0 * e3 + e4;
+  const double D = m - p.n_t * t1;
+  const double D_der = p.n_t * t2;
+  out.g = R_der * D - 2.0 * out.R * D_der;
+  out.f = nan_to_num_inf(D > 0 ? m * clamp_min(out.R, 0.0) / (D * D) : slim_inf());
+  return out;
+}
+
+// d = 1/(s + μ) into d [n_f].
+SLIMFAST_HD inline void shifted_inverse(const Projections& p, double mu, double* d) {
+  for (int j = 0; j < p.n_f; ++j) d[j] = 1.0 / (p.s[j] + mu);
+}
+
+// (Q d)_i = Σ_j Q_ij d_j for Q0, Q1, Q2 in one pass over the rows.
+SLIMFAST_HD inline void q_times_d(const Projections& p, const double* d, double* Q0d, double* Q1d, double* Q2d) {
+  const int nf = p.n_f;
+  for (int i = 0; i < nf; ++i) {
+    const double* q0 = p.Q0 + (long)i * nf;
+    const double* q1 = p.Q1 + (long)i * nf;
+    const double* q2 = p.Q2 + (long)i * nf;
+    double x0 = 0.0, x1 = 0.0, x2 = 0.0;
+    for (int j = 0; j < nf; ++j) {
+      x0 += q0[j] * d[j];
+      x1 += q1[j] * d[j];
+      x2 += q2[j] * d[j];
+    }
+    Q0d[i] = x0;
+    Q1d[i] = x1;
+    Q2d[i] = x2;
+  }
+}
+
+// _sgcv_eval at one μ. scratch: sgcv_eval_doubles(n_f).
+SLIMFAST_HD inline long sgcv_eval_doubles(int n_f) { return 4L * n_f; }
+SLIMFAST_HD inline SgcvPoint sgcv_eval(double mu, const Projections& p, double m, double Lambda_prev, double* scratch) {
+  double* d = scratch;
+  double* Q0d = d + p.n_f;
+  double* Q1d = Q0d + p.n_f;
+  double* Q2d = Q1d + p.n_f;
+  shifted_inverse(p, mu, d);
+  if (!p.diagonal) q_times_d(p, d, Q0d, Q1d, Q2d);
+  return sgcv_eval_qd(mu, p, m, Lambda_prev, d, Q0d, Q1d, Q2d);
+}
+
+// ---------------------------------------------------------------------------------------------
+// _reference_candidates, element i of 60: 30 negative λ then 30 positive, NaN when dropped.
+// ---------------------------------------------------------------------------------------------
+SLIMFAST_HD inline double reference_candidate(int i, double Lambda_prev, const StepOptions& o) {
+  const int n = SLIMFAST_N_REFERENCE_POINTS;
+  const double log_eps = log10(SLIMFAST_FLOAT64_EPS);
+  if (i >= n) {  // torch.logspace(log10 eps, log10 λ_max, n): 10^linspace
+    const double lmax = isfinite(o.lambda_max) ? o.lambda_max : o.Lambda_max;
+    return pow(10.0, linspace_at(log_eps, log10(lmax), n, i - n));
+  }
+  const double n_low = Lambda_prev / 2.0 - o.Lambda_min;
+  if (!(n_low > 0)) return slim_nan();
+  const double log_low = log10(clamp_min(n_low, SLIMFAST_FLOAT64_EPS));
+  return -pow(10.0, log_low + (log_eps - log_low) * linspace_at(0.0, 1.0, n, i));
+}
+
+// ---------------------------------------------------------------------------------------------
+// _illinois_root for one problem: root of g(t) = sgcv_eval(exp t).g on [ta, tb], g(ta), g(tb)
+// of opposite signs. Stops when g(c) == 0 or |c − c_prev| <= tol·max(|c|, 1).
+// ---------------------------------------------------------------------------------------------
+SLIMFAST_HD inline double illinois_root(double ta, double tb, double ga, double gb, const Projections& p, double m,
+                                        double Lambda_prev, const StepOptions& o, double* scratch) {
+  int side = 0;  // −1: b moved last, +1: a moved last
+  double c_prev = slim_nan();
+  double c = ta;
+  for (int it = 0; it < o.max_root_iter; ++it) {
+    const double c_new = (ta * gb - tb * ga) / (gb - ga);
+    c = nan_min(nan_max(c_new, nan_min(ta, tb)), nan_max(ta, tb));
+    const double gc = sgcv_eval(exp(c), p, m, Lambda_prev, scratch).g;
+    if (gc == 0 || fabs(c - c_prev) <= o.root_tol * clamp_min(fabs(c), 1.0)) break;
+    // Illinois: halve the value kept at the endpoint that did not move twice in a row.
+    if ((gc > 0) == (gb > 0)) {
+      if (side == -1) ga /= 2;
+      tb = c;
+      gb = gc;
+      side = -1;
+    } else {
+      if (side == 1) gb /= 2;
+      ta = c;
+      ga = gc;
+      side = 1;
+    }
+    c_prev = c;
+  }
+  return c;
+}
+
+// ---------------------------------------------------------------------------------------------
+// _select_mu, split so a launcher may evaluate the grid itself (e.g. with dgemm):
+//   grid_t:             t_i = log μ_lo + (log μ_hi − log μ_lo)·linspace(0, 1, n)_i
+//   select_mu_from_grid: argmin (first occurrence) of f on the grid, bracket on the downhill side
+//                        of dsGCV/dμ, Illinois root in t, clamp exp(t*) into [μ_lo, μ_hi].
+//   select_mu:          all modes, grid evaluated with sgcv_eval.
+// ---------------------------------------------------------------------------------------------
+SLIMFAST_HD inline double grid_t(double mu_lo, double mu_hi, int n, int i) {
+  const double t_lo = log(mu_lo), t_hi = log(mu_hi);
+  return t_lo + (t_hi - t_lo) * linspace_at(0.0, 1.0, n, i);
+}
+
+SLIMFAST_HD inline double select_mu_from_grid(const double* t_grid, const double* f_grid, const double* g_grid,
+                                               double mu_lo, double mu_hi, const Projections& p, double m,
+                                               double Lambda_prev, const StepOptions& o, double* scratch) {
+  const int n = o.n_grid;
+  int i = 0;
+  for (int j = 1; j < n; ++j)
+    if (f_grid[j] < f_grid[i]) i = j;
+  const double t_best = t_grid[i], g_best = g_grid[i];
+  // The minimum lies on the side where dsGCV/dμ points downhill from the best grid point.
+  const bool go_left = i > 0 && g_best > 0;
+  const bool go_right = i < n - 1 && g_best < 0;
+  const int i_other = go_left ? i - 1 : (i + 1 < n - 1 ? i + 1 : n - 1);
+  const double t_other = t_grid[i_other], g_other = g_grid[i_other];
+  const bool bracketed = ((go_left && g_other < 0) || (go_right && g_other > 0)) && log(mu_hi) > log(mu_lo);
+  const double t_star =
+      bracketed ? illinois_root(t_other, t_best, g_other, g_best, p, m, Lambda_prev, o, scratch) : t_best;
+  return clamp_max(clamp_min(exp(t_star), mu_lo), mu_hi);
+}
+
+// Scratch doubles for select_mu: the grid (t, f, g) and one sgcv_eval.
+SLIMFAST_HD inline long select_mu_doubles(int n_f, int n_grid) { return 3L * n_grid + sgcv_eval_doubles(n_f); }
+
+SLIMFAST_HD inline double select_mu(const Projections& p, double m, double Lambda_prev, const StepOptions& o,
+                                    double* scratch) {
+  double mu_lo, mu_hi;
+  admissible_interval(Lambda_prev, o, &mu_lo, &mu_hi);
+  if (o.mode == SLIMFAST_MODE_CONSTANT)
+    return nan_min(nan_max(Lambda_prev + o.lambda_const, mu_lo), mu_hi);
+  if (o.mode == SLIMFAST_MODE_REFERENCE) {
+    // Best sGCV among the admissible candidates; first occurrence on ties, as torch.argmin.
+    double best_f = slim_inf(), best_mu = slim_nan();
+    bool any_finite = false;
+    for (int i = 0; i < 2 * SLIMFAST_N_REFERENCE_POINTS; ++i) {
+      const double mu = Lambda_prev + reference_candidate(i, Lambda_prev, o);
+      const bool ok = mu >= mu_lo && mu <= mu_hi;
+      const double f = ok ? sgcv_eval(mu, p, m, Lambda_prev, scratch).f : slim_inf();
+      if (i == 0 || f < best_f) {
+        best_f = f;
+        best_mu = mu;
+      }
+      any_finite = any_finite || isfinite(f);
+    }
+    return any_finite ? best_mu : nan_min(nan_max(Lambda_prev, mu_lo), mu_hi);
+  }
+  const int n = o.n_grid;
+  double* t_grid = scratch;
+  double* f_grid = t_grid + n;
+  double* g_grid = f_grid + n;
+  double* eval_scratch = g_grid + n;
+  for (int i = 0; i < n; ++i) {
+    t_grid[i] = grid_t(mu_lo, mu_hi, n, i);
+    const SgcvPoint pt = sgcv_eval(exp(t_grid[i]), p, m, Lambda_prev, eval_scratch);
+    f_grid[i] = pt.f;
+    g_grid[i] = pt.g;
+  }
+  return select_mu_from_grid(t_grid, f_grid, g_grid, mu_lo, mu_hi, p, m, Lambda_prev, o, eval_scratch);
+}
+
+// ---------------------------------------------------------------------------------------------
+// End of _slimtik_step for one problem, μ = Λ_k chosen:
+//   W_new = W − ((B̃ + λW̃)∘d) Uᵀ,  d = 1/(s + μ)
+//   info  = [λ, μ, sGCV(μ), sqrt(max(R, 0)/c) (0 if c <= 0), (s_max + μ)/(s_min + μ)]
+// scratch: sgcv_eval_doubles(n_f) + n_f.
+// ---------------------------------------------------------------------------------------------
+SLIMFAST_HD inline void finish_step(const Projections& p, double mu, double m, double Lambda_prev, double c,
+                                    const double* W, double* W_out, double* info, double* scratch) {
+  const int nf = p.n_f, nt = p.n_t;
+  const SgcvPoint pt = sgcv_eval(mu, p, m, Lambda_prev, scratch);
+  const double lam = mu - Lambda_prev;
+  double* y = scratch + sgcv_eval_doubles(nf);
+  double* d = scratch;  // sgcv_eval left d = 1/(s + μ) at the front of its scratch
+  for (int t = 0; t < nt; ++t) {
+    const double* bt = p.Bt + (long)t * nf;
+    const double* wt = p.Wt + (long)t * nf;
+    for (int j = 0; j < nf; ++j) y[j] = (bt[j] + lam * wt[j]) * d[j];
+    for (int i = 0; i < nf; ++i) {
+      const double* u = p.U + (long)i * nf;
+      double acc = 0.0;
+      for (int j = 0; j < nf; ++j) acc += y[j] * u[j];
+      W_out[(long)t * nf + i] = W[(long)t * nf + i] - acc;
+    }
+  }
+  info[0] = lam;
+  info[1] = mu;
+  info[2] = pt.f;
+  info[3] = c > 0 ? sqrt(clamp_min(pt.R, 0.0) / c) : 0.0;
+  info[4] = (p.s[nf - 1] + mu) / (p.s[0] + mu);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Cyclic Jacobi eigensolver for a symmetric A [n, n] (lower triangle read, as torch.linalg.eigh).
+// Output: s_out [n] ascending, U_out [n, n] with eigenvectors as columns.
+// Warm start: with U0 (e.g. the previous step's eigenvectors) the rotations start from
+// A' = U0ᵀ A U0 and V = U0, which is nearly diagonal when A changed little, so far fewer sweeps
+// are needed. Stops when off(A') = ‖A' − diag(A')‖_F <= tol·‖A‖_F or after max_sweeps sweeps.
+// Returns the number of sweeps run. scratch: jacobi_doubles(n).
+// ---------------------------------------------------------------------------------------------
+SLIMFAST_HD inline long jacobi_doubles(int n) { return 3L * n * n; }
+
+SLIMFAST_HD inline double sym_lower(const double* A, int n, int i, int j) {
+  return j <= i ? A[(long)i * n + j] : A[(long)j * n + i];
+}
+
+SLIMFAST_HD inline int jacobi_eigh(int n, const double* A, const double* U0, double* s_out, double* U_out, double tol,
+                                   int max_sweeps, double* scratch) {
+  double* M = scratch;               // working matrix, full symmetric storage
+  double* Vt = M + (long)n * n;      // eigenvectors as ROWS, so rotations touch contiguous rows
+  double* T = Vt + (long)n * n;      // warm start: A U0
+  double norm2 = 0.0;
+  for (int i = 0; i < n; ++i)
+    for (int j = 0; j < n; ++j) {
+      const double x = sym_lower(A, n, i, j);
+      norm2 += x * x;
+    }
+  if (U0 == nullptr) {
+    for (int i = 0; i < n; ++i)
+      for (int j = 0; j < n; ++j) {
+        M[(long)i * n + j] = sym_lower(A, n, i, j);
+        Vt[(long)i * n + j] = i == j ? 1.0 : 0.0;
+      }
+  } else {
+    // T = A U0 (axpy rows), M = U0ᵀ T, Vt = U0ᵀ.
+    for (long i = 0; i < (long)n * n; ++i) T[i] = M[i] = 0.0;
+    for (int i = 0; i < n; ++i)
+      for (int l = 0; l < n; ++l) {
+        const double a = sym_lower(A, n, i, l);
+        for (int j = 0; j < n; ++j) T[(long)i * n + j] += a * U0[(long)l * n + j];
+      }
+    for (int l = 0; l < n; ++l)
+      for (int i = 0; i < n; ++i) {
+        const double u = U0[(long)l * n + i];
+        for (int j = 0; j < n; ++j) M[(long)i * n + j] += u * T[(long)l * n + j];
+      }
+    // U0ᵀ A U0 is symmetric only up to rounding; keep its lower triangle.
+    for (int i = 0; i < n; ++i)
+      for (int j = i + 1; j < n; ++j) M[(long)i * n + j] = M[(long)j * n + i];
+    for (int i = 0; i < n; ++i)
+      for (int j = 0; j < n; ++j) Vt[(long)i * n + j] = U0[(long)j * n + i];
+  }
+  const double thresh = tol * sqrt(norm2);
+  int sweep = 0;
+  for (; sweep < max_sweeps; ++sweep) {
+    double off2 = 0.0;
+    for (int i = 0; i < n; ++i)
+      for (int j = i + 1; j < n; ++j) off2 += 2.0 * M[(long)i * n + j] * M[(long)i * n + j];
+    if (sqrt(off2) <= thresh) break;
+    for (int p = 0; p < n - 1; ++p)
+      for (int q = p + 1; q < n; ++q) {
+        const double apq = M[(long)p * n + q];
+        if (apq == 0.0) continue;
+        const double app = M[(long)p * n + p], aqq = M[(long)q * n + q];
+        // Rutishauser's rotation: t = tan φ of the smaller angle zeroing a_pq.
+        const double theta = (aqq - app) / (2.0 * apq);
+        const double t = fabs(theta) > 1e150 ? 0.5 / theta
+                                              : (theta >= 0 ? 1.0 : -1.0) / (fabs(theta) + sqrt(theta * theta + 1.0));
+        const double cs = 1.0 / sqrt(t * t + 1.0), sn = t * cs;
+        double* rp = M + (long)p * n;
+        double* rq = M + (long)q * n;
+        for (int k = 0; k < n; ++k) {  // rows p, q of Jᵀ M (contiguous) ...
+          const double x = rp[k], y = rq[k];
+          rp[k] = cs * x - sn * y;
+          rq[k] = sn * x + cs * y;
+        }
+        for (int k = 0; k < n; ++k) {  // ... mirrored into columns p, q (M stays symmetric)
+          M[(long)k * n + p] = rp[k];
+          M[(long)k * n + q] = rq[k];
+        }
+        rp[p] = app - t * apq;
+        rq[q] = aqq + t * apq;
+        rp[q] = rq[p] = 0.0;
+        double* vp = Vt + (long)p * n;
+        double* vq = Vt + (long)q * n;
+        for (int k = 0; k < n; ++k) {
+          const double x = vp[k], y = vq[k];
+          vp[k] = cs * x - sn * y;
+          vq[k] = sn * x + cs * y;
+        }
+      }
+  }
+  // Ascending order by selection sort (n swaps of rows of Vt), then transpose into U_out.
+  for (int i = 0; i < n; ++i) s_out[i] = M[(long)i * n + i];
+  for (int i = 0; i < n; ++i) {
+    int jm = i;
+    for (int j = i + 1; j < n; ++j)
+      if (s_out[j] < s_out[jm]) jm = j;
+    if (jm != i) {
+      const double tmp = s_out[i];
+      s_out[i] = s_out[jm];
+      s_out[jm] = tmp;
+      for (int k = 0; k < n; ++k) {
+        const double v = Vt[(long)i * n + k];
+        Vt[(long)i * n + k] = Vt[(long)jm * n + k];
+        Vt[(long)jm * n + k] = v;
+      }
+    }
+  }
+  for (int i = 0; i < n; ++i)
+    for (int j = 0; j < n; ++j) U_out[(long)i * n + j] = Vt[(long)j * n + i];
+  return sweep;
+}
+
+}  // namespace slimfast
