@@ -1,0 +1,173 @@
+"""``SlimTrain``: the slimTrain loop (method.md §2) for a body network and a linear head.
+
+Each step: features from the body, the head solved exactly by ``SlimTik`` on those features
+(detached), then one step of any torch optimizer on the body for the loss with the new head:
+
+    z = body(x);  slim.step(z.detach(), y);  loss = loss_fn(head(z), y);  loss.backward();  body_opt.step()
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable
+from typing import Any, Literal
+
+import torch
+from torch import nn
+from torch.func import functional_call
+
+from .optim import SlimTik
+
+__all__ = ["ProgressFn", "SlimTrain"]
+
+#: progress(epoch, batch_index, n_batches or None, loss) — called after every training step.
+ProgressFn = Callable[[int, int, "int | None", float], None]
+#: callback(epoch, history) — called after every epoch; returning True stops training.
+CallbackFn = Callable[[int, dict[str, list[float]]], "bool | None"]
+
+
+def _batch_size(x: Any) -> int:
+    return int(x.shape[0]) if isinstance(x, torch.Tensor) and x.ndim > 0 else 1
+
+
+class SlimTrain:
+    """Train ``body`` with ``body_optimizer`` while ``slim`` solves for ``head`` every step.
+
+    Args:
+        body: feature extractor F(·; θ).
+        head: the linear head that ``slim`` owns (must be ``slim.head``).
+        body_optimizer: any torch optimizer over the body's parameters (not the head's).
+        slim: the ``SlimTik`` optimizer of ``head``.
+        loss_fn: loss of (head(z), y); default ``nn.MSELoss(reduction=slim.reduction)``, the
+            loss whose half the head step minimises exactly.
+
+    Batches are moved to the head's device. The head's forward in the body step uses its
+    parameters detached, so the head never accumulates gradients (it is not trained by them).
+    """
+
+    def __init__(
+        self,
+        body: nn.Module,
+        head: nn.Module,
+        body_optimizer: torch.optim.Optimizer,
+        slim: SlimTik,
+        loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+    ) -> None:
+        if not isinstance(slim, SlimTik):
+            raise TypeError(f"slim must be a SlimTik optimizer, got {type(slim).__name__}")
+        if slim.head is not head:
+            raise ValueError("slim must be the SlimTik optimizer of this head (slim.head is not head)")
+        head_ids = {id(p) for p in head.parameters()}
+        if any(id(p) in head_ids for g in body_optimizer.param_groups for p in g["params"]):
+            raise ValueError("body_optimizer must not hold the head's parameters (SlimTik sets them)")
+        self.body, self.head, self.body_optimizer, self.slim = body, head, body_optimizer, slim
+        self.loss_fn = loss_fn if loss_fn is not None else nn.MSELoss(reduction=slim.reduction)
+
+    @property
+    def device(self) -> torch.device:
+        return self.head.weight.device
+
+    def _head_forward(self, z: torch.Tensor) -> torch.Tensor:
+        params = {name: p.detach() for name, p in self.head.named_parameters()}
+        return functional_call(self.head, params, (z,))
+
+    def train_step(self, x: torch.Tensor, y: torch.Tensor) -> float:
+        """One slimTrain iteration on the batch (x, y); returns the batch loss with W_k."""
+        x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+        self.body_optimizer.zero_grad(set_to_none=True)
+        z = self.body(x)
+        self.slim.step(z.detach(), y)
+        loss = self.loss_fn(self._head_forward(z), y)
+        loss.backward()
+        self.body_optimizer.step()
+        return float(loss.detach())
+
+    @torch.no_grad()
+    def evaluate(self, loader: Iterable[tuple[torch.Tensor, torch.Tensor]]) -> float:
+        """Batch losses averaged with weights = batch size (the dataset mean for a mean loss)."""
+        modes = (self.body.training, self.head.training)
+        self.body.eval()
+        self.head.eval()
+        total, count = 0.0, 0
+        try:
+            for x, y in loader:
+                x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+                n = _batch_size(x)
+                total += float(self.loss_fn(self.head(self.body(x)), y)) * n
+                count += n
+        finally:
+            self.body.train(modes[0])
+            self.head.train(modes[1])
+        return total / max(count, 1)
+
+    def fit(
+        self,
+        loader: Iterable[tuple[torch.Tensor, torch.Tensor]],
+        epochs: int,
+        val_loader: Iterable[tuple[torch.Tensor, torch.Tensor]] | None = None,
+        callback: CallbackFn | None = None,
+        scheduler: Any | None = None,
+        progress: ProgressFn | None = None,
+        scheduler_interval: Literal["epoch", "step"] = "epoch",
+    ) -> dict[str, list[float]]:
+        """Train for ``epochs`` passes over ``loader``; returns the history.
+
+        Args:
+            loader: iterable of (x, y) batches (re-iterated every epoch).
+            epochs: number of passes.
+            val_loader: optional (x, y) batches evaluated after every epoch.
+            callback: ``callback(epoch, history)`` after every epoch; return True to stop.
+            scheduler: LR scheduler of the body optimizer, stepped every epoch (or every step
+                with ``scheduler_interval="step"``); ReduceLROnPlateau gets the validation loss
+                (the epoch's training loss without ``val_loader``).
+            progress: ``progress(epoch, batch_index, n_batches or None, loss)`` after each step.
+
+        Returns:
+            dict of lists: per step ``train_loss``, ``step_time`` (s), ``alpha``, ``lambda``;
+            per epoch ``epoch_train_loss`` (batch-size weighted), ``val_loss`` (when
+            ``val_loader``), ``lr`` (body optimizer, first group, at the epoch's start),
+            ``epoch_time`` (s).
+        """
+        if not isinstance(epochs, int) or epochs < 0:
+            raise ValueError(f"epochs must be a non-negative integer, got {epochs!r}")
+        if scheduler_interval not in ("epoch", "step"):
+            raise ValueError(f"scheduler_interval must be 'epoch' or 'step', got {scheduler_interval!r}")
+        keys = ("train_loss", "step_time", "alpha", "lambda", "epoch_train_loss", "val_loss", "lr", "epoch_time")
+        history: dict[str, list[float]] = {k: [] for k in keys}
+        plateau = isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau)
+        try:
+            n_batches: int | None = len(loader)  # type: ignore[arg-type]
+        except TypeError:
+            n_batches = None
+        for epoch in range(epochs):
+            self.body.train()
+            self.head.train()
+            history["lr"].append(float(self.body_optimizer.param_groups[0]["lr"]))
+            t_epoch = time.perf_counter()
+            total, count = 0.0, 0
+            for i, (x, y) in enumerate(loader):
+                t0 = time.perf_counter()
+                loss = self.train_step(x, y)   # float(loss) synchronises, so the time is complete
+                history["step_time"].append(time.perf_counter() - t0)
+                history["train_loss"].append(loss)
+                history["alpha"].append(self.slim.alpha_)
+                history["lambda"].append(self.slim.lambda_history_[-1])
+                n = _batch_size(x)
+                total, count = total + loss * n, count + n
+                if scheduler is not None and scheduler_interval == "step" and not plateau:
+                    scheduler.step()
+                if progress is not None:
+                    progress(epoch, i, n_batches, loss)
+            epoch_loss = total / max(count, 1)
+            history["epoch_train_loss"].append(epoch_loss)
+            if val_loader is not None:
+                history["val_loss"].append(self.evaluate(val_loader))
+            history["epoch_time"].append(time.perf_counter() - t_epoch)
+            if scheduler is not None and (scheduler_interval == "epoch" or plateau):
+                if plateau:
+                    scheduler.step(history["val_loss"][-1] if val_loader is not None else epoch_loss)
+                else:
+                    scheduler.step()
+            if callback is not None and callback(epoch, history):
+                break
+        return history
