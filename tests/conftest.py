@@ -33,3 +33,11 @@ def backend(request: pytest.FixtureRequest) -> str:
 @pytest.fixture
 def device(backend: str) -> torch.device:
     return torch.device("cuda") if backend == "cuda" else torch.device("cpu")
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """In CI the compiled CPU backend must be importable, or its tests would all skip silently."""
+    import os
+
+    if os.environ.get("CI") and load_backend("cpp") is None:
+        raise pytest.UsageError("CI: slimfast._cpu is not importable (tests would import an unbuilt source tree)")
