@@ -223,9 +223,11 @@ def _assemble(
 def _linear_stats(head: nn.Linear, x: torch.Tensor, y: torch.Tensor, beta2: float):
     Z = x.reshape(-1, head.in_features)          # [rows, n_in]
     C = y.reshape(-1, head.out_features)         # [rows, n_t]
-    bias = head.bias is not None
-    return _assemble(Z.T @ Z, C.T @ Z, Z.sum(0) if bias else None, C.sum(0) if bias else None,
-                     Z.shape[0], C, beta2)
+    if head.bias is not None:
+        # A dense head's features are small next to its GEMMs: appending the ones column is
+        # cheaper than assembling the bias row from separate reductions.
+        Z = torch.cat([Z, Z.new_ones(Z.shape[0], 1)], dim=1)
+    return _assemble(Z.T @ Z, C.T @ Z, None, None, Z.shape[0], C, beta2)
 
 
 def _conv_stats(head: nn.Conv2d, x: torch.Tensor, y: torch.Tensor, beta2: float):

@@ -14,7 +14,6 @@ from typing import Any, Literal
 
 import torch
 from torch import nn
-from torch.func import functional_call
 
 from .optim import SlimTik
 
@@ -41,8 +40,9 @@ class SlimTrain:
         loss_fn: loss of (head(z), y); default ``nn.MSELoss(reduction=slim.reduction)``, the
             loss whose half the head step minimises exactly.
 
-    Batches are moved to the head's device. The head's forward in the body step uses its
-    parameters detached, so the head never accumulates gradients (it is not trained by them).
+    Batches are moved to the head's device. The head's forward in the body step runs with its
+    parameters' ``requires_grad`` switched off, so no head gradient is computed or accumulated
+    (the head is solved, not trained by gradients).
     """
 
     def __init__(
@@ -68,8 +68,15 @@ class SlimTrain:
         return self.head.weight.device
 
     def _head_forward(self, z: torch.Tensor) -> torch.Tensor:
-        params = {name: p.detach() for name, p in self.head.named_parameters()}
-        return functional_call(self.head, params, (z,))
+        """head(z) with the head's parameters out of the graph: gradients reach the body only."""
+        params = [p for p in self.head.parameters() if p.requires_grad]
+        try:
+            for p in params:
+                p.requires_grad_(False)
+            return self.head(z)
+        finally:
+            for p in params:
+                p.requires_grad_(True)
 
     def train_step(self, x: torch.Tensor, y: torch.Tensor) -> float:
         """One slimTrain iteration on the batch (x, y); returns the batch loss with W_k."""
