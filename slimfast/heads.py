@@ -56,7 +56,8 @@ HeadLayer = nn.Linear | nn.Conv2d | nn.ConvTranspose2d
 F64 = torch.float64
 
 __all__ = [
-    "HeadLayer", "Reduction", "check_head", "check_head_inputs", "head_output_shape", "head_shape",
+    "HeadLayer", "Reduction", "check_head", "check_head_inputs", "check_statistics_finite", "head_output_shape",
+    "head_shape",
     "head_statistics", "head_to_matrix", "matrix_to_params", "write_matrix_",
 ]
 
@@ -109,12 +110,13 @@ def head_output_shape(head: HeadLayer, input_shape: tuple[int, ...]) -> tuple[in
     return lead + (head.out_channels, sizes[0], sizes[1])
 
 
-def check_head_inputs(head: HeadLayer, features: torch.Tensor, target: torch.Tensor) -> None:
+def check_head_inputs(head: HeadLayer, features: torch.Tensor, target: torch.Tensor, finite: bool = True) -> None:
     """Validate one batch for ``head``; errors name ``features`` or ``target``.
 
     Features: Linear [..., n_in] (rows = product of leading dims); Conv2d/ConvTranspose2d
     [n_b, C_in, H, W] or unbatched [C_in, H, W]. Target: exactly the shape of head(features).
-    Both real (not bool/complex), on the head's device, non-empty and finite.
+    Both real (not bool/complex), on the head's device, non-empty and (``finite``) finite;
+    ``finite=False`` leaves that to ``check_statistics_finite`` on the much smaller statistics.
     """
     for name, x in (("features", features), ("target", target)):
         if not isinstance(x, torch.Tensor):
@@ -137,9 +139,24 @@ def check_head_inputs(head: HeadLayer, features: torch.Tensor, target: torch.Ten
         raise ValueError(f"features is empty (shape {list(features.shape)})")
     if tuple(target.shape) != expected:
         raise ValueError(f"target must have the head's output shape {list(expected)}, got {list(target.shape)}")
-    for name, x in (("features", features), ("target", target)):
-        if x.is_floating_point() and not bool(torch.isfinite(x).all()):
-            raise ValueError(f"{name} contains NaN or Inf")
+    if finite:
+        for name, x in (("features", features), ("target", target)):
+            if x.is_floating_point() and not bool(torch.isfinite(x).all()):
+                raise ValueError(f"{name} contains NaN or Inf")
+
+
+def check_statistics_finite(G: torch.Tensor, c: torch.Tensor) -> None:
+    """ValueError naming ``features`` / ``target`` if tr(G) / c is not finite (one sync).
+
+    tr(G) = β² Σ z² over every feature the layer reads and c = β² Σ C² over every target entry,
+    so a NaN or Inf that would reach the layer's output or loss shows up here; overflow (|x| ≳
+    1e154 in float64) is reported the same way, since the statistics would be unusable.
+    """
+    ok = torch.isfinite(torch.stack([G.diagonal().sum(), c])).tolist()
+    bad = [name for name, good in zip(("features", "target"), ok) if not good]
+    if bad:
+        raise ValueError(f"{' and '.join(bad)} contain{'s' if len(bad) == 1 else ''} NaN or Inf "
+                         "(or values too large for float64 statistics)")
 
 
 # ----------------------------------------------------------------------------- weights ↔ W

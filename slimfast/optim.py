@@ -28,7 +28,10 @@ import torch
 from torch import nn
 
 from .config import LambdaMode, SolverConfig
-from .heads import HeadLayer, Reduction, check_head, check_head_inputs, head_shape, head_statistics, head_to_matrix, write_matrix_
+from .heads import (
+    HeadLayer, Reduction, check_head, check_head_inputs, check_statistics_finite, head_shape, head_statistics,
+    head_to_matrix, write_matrix_,
+)
 from .solver import slimtik_step
 from .state import SlimTikState
 
@@ -176,8 +179,9 @@ class SlimTik(torch.optim.Optimizer):
         Raises ValueError naming ``features`` or ``target`` for a wrong shape, device or
         non-finite value; the head and the solver state are then untouched.
         """
-        check_head_inputs(self.head, features, target)
+        check_head_inputs(self.head, features, target, finite=False)
         G, H, c, m = head_statistics(self.head, features, target, self.reduction, check=False)
+        check_statistics_finite(G, c)
         state = self._ensure_state()
         W = head_to_matrix(self.head)
         dev = state.device

@@ -7,8 +7,8 @@ import torch
 from torch import nn
 
 from slimfast.heads import (
-    _dense_design, _dense_statistics, head_output_shape, head_shape, head_statistics, head_to_matrix,
-    matrix_to_params, write_matrix_,
+    _dense_design, _dense_statistics, check_statistics_finite, head_output_shape, head_shape, head_statistics,
+    head_to_matrix, matrix_to_params, write_matrix_,
 )
 
 F64 = torch.float64
@@ -118,3 +118,15 @@ def test_bad_inputs_name_the_argument() -> None:
         head_statistics(nn.Conv2d(2, 4, 3, groups=2), x, torch.randn(2, 4, 4, 4))
     with pytest.raises(TypeError, match="head"):
         head_statistics(nn.Conv1d(2, 3, 3), x, x)
+
+
+def test_statistics_finiteness_check_names_the_argument() -> None:
+    head = nn.Linear(3, 2).double()
+    x, y = _case(head, (5, 3))
+    x[1, 2], y[0, 0] = float("nan"), float("inf")
+    G, H, c, _ = head_statistics(head, x, y, check=False)
+    with pytest.raises(ValueError, match="features and target"):
+        check_statistics_finite(G, c)
+    G, H, c, _ = head_statistics(head, x.nan_to_num(), y, check=False)
+    with pytest.raises(ValueError, match="^target"):
+        check_statistics_finite(G, c)
