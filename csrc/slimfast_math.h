@@ -572,3 +572,190 @@ SLIMFAST_HD inline int jacobi_eigh(int n, const double* A, const double* U0, dou
 }
 
 }  // namespace slimfast
+
+// =============================================================================================
+// Shared with the CUDA launcher (csrc/cuda/slimtik_step_cuda.cuh).
+// The block-parallel kernel splits the functions above into pieces that many threads run: a
+// Jacobi rotation per pair of a parallel (round-robin) ordering, sGCV sums that a block reduces,
+// the grid bracket and an Illinois iteration that advances one trial point at a time. Each piece
+// mirrors the corresponding part of the serial functions above (and of slimfast/_torch_impl.py)
+// operation by operation. Appended section: nothing above depends on it.
+// =============================================================================================
+namespace slimfast {
+
+// Rutishauser's rotation zeroing a_pq of the symmetric 2×2 block [[a_pp, a_pq], [a_pq, a_qq]]:
+// t = tan φ of the smaller angle, c = cos φ, s = sin φ (jacobi_eigh's inline formula). Applied as
+//   row_p ← c·row_p − s·row_q,  row_q ← s·row_p + c·row_q  (and the same on columns),
+// it gives a_pp' = a_pp − t·a_pq, a_qq' = a_qq + t·a_pq, a_pq' = 0. Exactly the identity
+// (c = 1, s = t = 0) when a_pq == 0, so a zero row/column (padding) stays exactly zero.
+struct JacobiRotation {
+  double c, s, t;
+};
+
+SLIMFAST_HD inline JacobiRotation jacobi_rotation(double app, double aqq, double apq) {
+  JacobiRotation r;
+  if (apq == 0.0) {
+    r.c = 1.0;
+    r.s = 0.0;
+    r.t = 0.0;
+    return r;
+  }
+  const double theta = (aqq - app) / (2.0 * apq);
+  r.t = fabs(theta) > 1e150 ? 0.5 / theta : (theta >= 0 ? 1.0 : -1.0) / (fabs(theta) + sqrt(theta * theta + 1.0));
+  r.c = 1.0 / sqrt(r.t * r.t + 1.0);
+  r.s = r.t * r.c;
+  return r;
+}
+
+// Round-robin ("circle method") parallel ordering for an even n_pad: in round r (0 <= r < n_pad−1)
+// the n_pad/2 pairs k = 0 .. n_pad/2−1 are disjoint, and over the n_pad−1 rounds of a sweep every
+// pair (p, q), p < q, occurs exactly once. Index n_pad−1 stays put; the others rotate.
+SLIMFAST_HD inline void round_robin_pair(int n_pad, int r, int k, int* p, int* q) {
+  const int m = n_pad - 1;
+  int a, b;
+  if (k == 0) {
+    a = r;
+    b = m;
+  } else {
+    a = (r + k) % m;
+    b = (r - k + m) % m;
+  }
+  *p = a < b ? a : b;
+  *q = a < b ? b : a;
+}
+
+// The eight sums of sgcv_eval_qd, split so a block can reduce them: index j's terms are added to
+// acc = {Σ d(a+λb), Σ d·q_λd, Σ d²(a+λb), Σ d·b, Σ d²·q_λd, Σ d·q_der d, Σ k·d, Σ k·d²}, and
+// sgcv_from_sums turns the totals into (f, R, g) exactly as sgcv_eval_qd does.
+inline constexpr int SLIMFAST_SGCV_NSUMS = 8;
+
+SLIMFAST_HD inline void sgcv_accumulate(const Projections& p, double lam, int j, double dj, double Q0dj, double Q1dj,
+                                        double Q2dj, double* acc) {
+  const double dj2 = dj * dj;
+  double q_lam_d, q_der_d;
+  if (p.diagonal) {
+    q_lam_d = (p.Q0[j] + lam * (p.Q1[j] + lam * p.Q2[j])) * dj;
+    q_der_d = (p.Q1[j] + 2.0 * lam * p.Q2[j]) * dj;
+  } else {
+    q_lam_d = Q0dj + lam * (Q1dj + lam * Q2dj);
+    q_der_d = Q1dj + 2.0 * lam * Q2dj;
+  }
+  const double ab = p.a[j] + lam * p.b[j];
+  acc[0] += dj * ab;
+  acc[1] += dj * q_lam_d;
+  acc[2] += dj2 * ab;
+  acc[3] += dj * p.b[j];
+  acc[4] += dj2 * q_lam_d;
+  acc[5] += dj * q_der_d;
+  acc[6] += p.k[j] * dj;
+  acc[7] += p.k[j] * dj2;
+}
+
+SLIMFAST_HD inline SgcvPoint sgcv_from_sums(const Projections& p, double m, const double* acc) {
+  SgcvPoint out;
+  out.R = p.res0 - 2.0 * acc[0] + acc[1];
+  const double R_der = 2.0 * acc[2] - 2.0 * acc[3] - 2.0 * acc[4] + acc[5];
+  const double D = m - p.n_t * acc[6];
+  const double D_der = p.n_t * acc[7];
+  out.g = R_der * D - 2.0 * out.R * D_der;
+  out.f = nan_to_num_inf(D > 0 ? m * clamp_min(out.R, 0.0) / (D * D) : slim_inf());
+  return out;
+}
+
+// Mode CONSTANT of select_mu: Λ_{k−1} + λ_const clipped into [μ_lo, μ_hi].
+SLIMFAST_HD inline double constant_mu(double Lambda_prev, double mu_lo, double mu_hi, const StepOptions& o) {
+  return nan_min(nan_max(Lambda_prev + o.lambda_const, mu_lo), mu_hi);
+}
+
+// Mode REFERENCE of select_mu given the 60 candidates μ_i = Λ_{k−1} + reference_candidate(i) and
+// their sGCV values f_i (+inf where μ_i is not admissible): first minimiser, or Λ_{k−1} clipped
+// into [μ_lo, μ_hi] when no value is finite.
+SLIMFAST_HD inline double reference_pick(const double* mu, const double* f, double Lambda_prev, double mu_lo,
+                                         double mu_hi) {
+  double best_f = slim_inf(), best_mu = slim_nan();
+  bool any_finite = false;
+  for (int i = 0; i < 2 * SLIMFAST_N_REFERENCE_POINTS; ++i) {
+    if (i == 0 || f[i] < best_f) {
+      best_f = f[i];
+      best_mu = mu[i];
+    }
+    any_finite = any_finite || isfinite(f[i]);
+  }
+  return any_finite ? best_mu : nan_min(nan_max(Lambda_prev, mu_lo), mu_hi);
+}
+
+// First half of select_mu_from_grid: the best grid point and, on the downhill side of dsGCV/dμ,
+// its neighbour; `bracketed` when g changes sign between them (then the minimiser is the root of
+// g on [t_other, t_best]).
+struct GridBracket {
+  double t_best, g_best, t_other, g_other;
+  bool bracketed;
+};
+
+SLIMFAST_HD inline GridBracket grid_bracket(const double* t_grid, const double* f_grid, const double* g_grid, int n,
+                                            double mu_lo, double mu_hi) {
+  int i = 0;
+  for (int j = 1; j < n; ++j)
+    if (f_grid[j] < f_grid[i]) i = j;
+  GridBracket br;
+  br.t_best = t_grid[i];
+  br.g_best = g_grid[i];
+  const bool go_left = i > 0 && br.g_best > 0;
+  const bool go_right = i < n - 1 && br.g_best < 0;
+  const int i_other = go_left ? i - 1 : (i + 1 < n - 1 ? i + 1 : n - 1);
+  br.t_other = t_grid[i_other];
+  br.g_other = g_grid[i_other];
+  br.bracketed = ((go_left && br.g_other < 0) || (go_right && br.g_other > 0)) && log(mu_hi) > log(mu_lo);
+  return br;
+}
+
+// illinois_root as a state machine, so that a block can evaluate g(c) in parallel between steps:
+//   IllinoisState st = illinois_start(ta, tb, ga, gb);
+//   for (int it = 0; it < o.max_root_iter; ++it) {
+//     const double c = illinois_next(st);
+//     if (illinois_feed(st, g(c), o)) break;
+//   }
+//   root = st.c;
+// follows illinois_root step for step (same clamp, same stopping test, same halving).
+struct IllinoisState {
+  double ta, tb, ga, gb, c, c_prev;
+  int side;  // −1: b moved last, +1: a moved last, 0: neither yet
+};
+
+SLIMFAST_HD inline IllinoisState illinois_start(double ta, double tb, double ga, double gb) {
+  IllinoisState st;
+  st.ta = ta;
+  st.tb = tb;
+  st.ga = ga;
+  st.gb = gb;
+  st.c = ta;
+  st.c_prev = slim_nan();
+  st.side = 0;
+  return st;
+}
+
+SLIMFAST_HD inline double illinois_next(IllinoisState& st) {
+  const double c_new = (st.ta * st.gb - st.tb * st.ga) / (st.gb - st.ga);
+  st.c = nan_min(nan_max(c_new, nan_min(st.ta, st.tb)), nan_max(st.ta, st.tb));
+  return st.c;
+}
+
+// Feed g(st.c); true when the iteration has converged (nothing is changed then).
+SLIMFAST_HD inline bool illinois_feed(IllinoisState& st, double gc, const StepOptions& o) {
+  if (gc == 0 || fabs(st.c - st.c_prev) <= o.root_tol * clamp_min(fabs(st.c), 1.0)) return true;
+  if ((gc > 0) == (st.gb > 0)) {
+    if (st.side == -1) st.ga /= 2;
+    st.tb = st.c;
+    st.gb = gc;
+    st.side = -1;
+  } else {
+    if (st.side == 1) st.gb /= 2;
+    st.ta = st.c;
+    st.ga = gc;
+    st.side = 1;
+  }
+  st.c_prev = st.c;
+  return false;
+}
+
+}  // namespace slimfast
