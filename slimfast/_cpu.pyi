@@ -1,0 +1,58 @@
+"""Type stub of the compiled module slimfast._cpu (csrc/cpu/bindings_cpu.cpp).
+
+All arrays are contiguous float64 buffers passed as data pointers (``tensor.data_ptr()``);
+shapes are given by the size arguments. Invalid sizes, null pointers or options raise
+ValueError naming the argument; a LAPACK failure raises RuntimeError.
+"""
+
+MODE_SGCV: int
+MODE_CONSTANT: int
+MODE_REFERENCE: int
+N_INFO: int
+#: Eigensolver codes of ``slimtik_step``: "auto", "syevd", "syevr", "jacobi".
+EIGENSOLVERS: dict[str, int]
+#: Whether the batch loop was compiled with OpenMP.
+openmp: bool
+#: Whether SciPy's OpenBLAS thread count was found (set to 1 inside the batch loop).
+blas_thread_control: bool
+
+def slimtik_step(
+    B: int,
+    n_f: int,
+    n_t: int,
+    G_mem_ptr: int,
+    G_ptr: int,
+    H_ptr: int,
+    c_ptr: int,
+    m_ptr: int,
+    W_ptr: int,
+    Lambda_prev_ptr: int,
+    memory_empty: bool,
+    mode: int,
+    lambda_const: float,
+    Lambda_min: float,
+    Lambda_max: float,
+    lambda_min: float,
+    lambda_max: float,
+    n_grid: int,
+    root_tol: float,
+    max_root_iter: int,
+    W_out_ptr: int,
+    info_ptr: int,
+    eigensolver: int = 0,
+) -> None:
+    """One slimTik step for B problems (twin: slimfast._torch_impl._slimtik_step).
+
+    G_mem, G: [B, n_f, n_f]; H, W, W_out: [B, n_t, n_f]; c, m, Lambda_prev: [B]; info: [B, 5].
+    Writes W_out = W − (W G − H + λW)(G_mem + Λ_k I)^{-1} and info rows (λ, Λ_k, sGCV,
+    relative residual, cond). The GIL is released while computing.
+    """
+
+def jacobi_eigh(
+    B: int, n: int, A_ptr: int, U0_ptr: int, s_out_ptr: int, U_out_ptr: int, tol: float, max_sweeps: int
+) -> int:
+    """Cyclic Jacobi eigendecomposition of B symmetric matrices A [B, n, n] (lower triangle read).
+
+    U0_ptr: 0 for a cold start, else [B, n, n] starting eigenvectors. Writes s [B, n] ascending
+    and U [B, n, n] (eigenvectors as columns). Returns the largest number of sweeps used.
+    """

@@ -1,0 +1,285 @@
+"""Compiled CPU kernel (slimfast._cpu via slimfast.backends.cpp) against its float64 torch twin.
+
+The kernel follows ``_torch_impl._slimtik_step`` operation by operation, so the two must agree to
+rounding (1e-9 relative), not merely to the tolerance of a minimiser. The data keep the batch
+residual at least ~1e-3 of β²‖C‖², so the cancellation in ‖res(λ)‖² from statistics
+(method.md §4, numerical note) costs at most a few digits.
+"""
+
+from __future__ import annotations
+
+import math
+import zlib
+
+import pytest
+import torch
+
+_cpu = pytest.importorskip("slimfast._cpu")
+
+from slimfast._torch_impl import INFO_FIELDS, _slimtik_step  # noqa: E402
+from slimfast.backends import cpp  # noqa: E402
+from slimfast.config import SolverConfig  # noqa: E402
+
+RTOL = 1e-9
+F64 = torch.float64
+
+
+def make_problem(B: int, n_f: int, n_t: int, memory_empty: bool, kind: str, seed: int, n_b: int | None = None):
+    """Sufficient statistics of B random problems (method.md §4), memory of 3 earlier batches.
+
+    kind "fit": C = W_true Z + 0.1·noise (sGCV minimum interior); "noise": C independent of Z.
+    """
+    g = torch.Generator().manual_seed(seed)
+    n_b = n_b if n_b is not None else 2 * n_f + 3
+    beta2 = 1.0 / n_b
+    Zs = [torch.randn(B, n_f, n_b, generator=g, dtype=F64) for _ in range(1 if memory_empty else 4)]
+    Z = Zs[-1]
+    if kind == "fit":
+        W_true = torch.randn(B, n_t, n_f, generator=g, dtype=F64)
+        C = W_true @ Z + 0.1 * torch.randn(B, n_t, n_b, generator=g, dtype=F64)
+    else:
+        C = torch.randn(B, n_t, n_b, generator=g, dtype=F64)
+    G = beta2 * Z @ Z.transpose(1, 2)
+    G_mem = G.clone() if memory_empty else sum(beta2 * z @ z.transpose(1, 2) for z in Zs)
+    H = beta2 * C @ Z.transpose(1, 2)
+    c = beta2 * (C * C).sum((1, 2))
+    m = torch.full((B,), float(n_b * n_t), dtype=F64)
+    W = 0.3 * torch.randn(B, n_t, n_f, generator=g, dtype=F64)
+    Lambda_prev = 10.0 ** (-3.0 + 3.0 * torch.rand(B, generator=g, dtype=F64))
+    return G_mem, G, H, c, m, W, Lambda_prev
+
+
+CONFIGS = {
+    "sgcv": SolverConfig(),
+    "sgcv_bounded": SolverConfig(lambda_bounds=(-0.01, 0.5), Lambda_bounds=(1e-4, 10.0), n_grid=9),
+    "constant": SolverConfig(mode="constant", lambda_const=0.02),
+    "constant_clipped": SolverConfig(mode="constant", lambda_const=-5.0),
+    "reference": SolverConfig(mode="reference"),
+    "reference_bounded": SolverConfig(mode="reference", lambda_bounds=(-0.1, 2.0), Lambda_bounds=(1e-3, 1e2)),
+}
+
+
+def assert_step_close(out, ref, spread=None):
+    """W per problem in norm; info columns elementwise (λ relative to Λ_k, since λ = Λ_k − Λ_{k−1}).
+
+    ``spread`` (optional, from ``twin_spread``): how far the twin moves under a rounding-level
+    change of its own; the kernel may then differ by up to 10× that (flash-attention's rule).
+    """
+    W, info = out
+    W_ref, info_ref = ref
+    assert W.shape == W_ref.shape and info.shape == info_ref.shape
+    dW = (W - W_ref).flatten(1).norm(dim=1)
+    tol_W = RTOL * W_ref.flatten(1).norm(dim=1)
+    scale = info_ref.abs()
+    scale[:, 0] = torch.maximum(scale[:, 0], info_ref[:, 1].abs())
+    tol_info = RTOL * scale
+    if spread is not None:
+        tol_W = torch.maximum(tol_W, 10 * spread[0])
+        tol_info = torch.maximum(tol_info, 10 * spread[1])
+    assert bool((dW <= tol_W).all()), f"W differs: {(dW / tol_W).max().item():.3e} x tolerance"
+    for j, name in enumerate(INFO_FIELDS):
+        err = (info[:, j] - info_ref[:, j]).abs()
+        same = info[:, j] == info_ref[:, j]  # exact matches include ±DBL_MAX and inf
+        ok = same | (err <= tol_info[:, j])
+        assert bool(ok.all()), f"info[{name}] differs: {info[:, j].tolist()} vs {info_ref[:, j].tolist()}"
+
+
+def twin_spread(args, memory_empty, config, ref):
+    """Twin's change when the features are permuted (same problem, different rounding): [B], [B, 5]."""
+    G_mem, G, H, c, m, W, Lambda_prev = args
+    perm = torch.randperm(W.shape[-1], generator=torch.Generator().manual_seed(0))
+    inv = torch.argsort(perm)
+    G_mem_p, G_p = (x[:, perm][:, :, perm] for x in (G_mem, G))
+    W_p, info_p = _slimtik_step(G_mem_p, G_p, H[..., perm], c, m, W[..., perm], Lambda_prev, memory_empty, config)
+    return (W_p[..., inv] - ref[0]).flatten(1).norm(dim=1), (info_p - ref[1]).abs()
+
+
+@pytest.mark.parametrize("config_name", list(CONFIGS))
+@pytest.mark.parametrize("n_f", [1, 3, 17, 64])
+@pytest.mark.parametrize("n_t", [1, 5])
+@pytest.mark.parametrize("memory_empty", [True, False])
+@pytest.mark.parametrize("kind", ["fit", "noise"])
+def test_step_matches_torch_twin(config_name, n_f, n_t, memory_empty, kind):
+    seed = zlib.crc32(repr((config_name, n_f, n_t, memory_empty, kind)).encode())
+    B = 8 if n_f < 64 else 3
+    args = make_problem(B, n_f, n_t, memory_empty, kind, seed)
+    config = CONFIGS[config_name]
+    assert_step_close(cpp.slimtik_step(*args, memory_empty, config), _slimtik_step(*args, memory_empty, config))
+
+
+@pytest.mark.parametrize("n_b", [5, 20])
+@pytest.mark.parametrize("memory_empty", [True, False])
+def test_step_rank_deficient_memory(n_b, memory_empty):
+    """Fewer samples than features: G (and G_mem without memory) singular, eigenvalues clipped at 0.
+
+    The fit can then be nearly exact (‖res‖² ~ 1e-7 β²‖C‖²), so sGCV and its derivative carry
+    the cancellation noise of method.md §4 and the minimiser μ is only defined to ~1e-8: the
+    tolerance is taken from the twin's own spread.
+    """
+    args = make_problem(4, 24, 3, memory_empty, "fit", 7 + n_b, n_b=n_b)
+    for config in (CONFIGS["sgcv"], CONFIGS["reference"]):
+        ref = _slimtik_step(*args, memory_empty, config)
+        spread = twin_spread(args, memory_empty, config, ref)
+        assert_step_close(cpp.slimtik_step(*args, memory_empty, config), ref, spread)
+
+
+def test_step_denominator_not_positive():
+    """m_k below n_t·tr(...) makes sGCV's denominator ≤ 0 on part of the interval (f = DBL_MAX there)."""
+    G_mem, G, H, c, m, W, Lambda_prev = make_problem(6, 17, 2, True, "fit", 11)
+    m = torch.full_like(m, 3.0)
+    for config in (CONFIGS["sgcv"], CONFIGS["reference"]):
+        out = cpp.slimtik_step(G_mem, G, H, c, m, W, Lambda_prev, True, config)
+        assert_step_close(out, _slimtik_step(G_mem, G, H, c, m, W, Lambda_prev, True, config))
+
+
+def test_reference_negative_candidates_dropped():
+    """Λ_{k−1}/2 <= Λ_min: the reference grid has no negative λ."""
+    G_mem, G, H, c, m, W, _ = make_problem(4, 9, 2, False, "noise", 3)
+    Lambda_prev = torch.full((4,), 1.5e-7, dtype=F64)
+    config = CONFIGS["reference"]
+    assert_step_close(
+        cpp.slimtik_step(G_mem, G, H, c, m, W, Lambda_prev, False, config),
+        _slimtik_step(G_mem, G, H, c, m, W, Lambda_prev, False, config),
+    )
+
+
+@pytest.mark.parametrize("eigensolver", ["syevd", "syevr", "jacobi"])
+@pytest.mark.parametrize("n_f", [5, 40])
+def test_step_every_eigensolver(eigensolver, n_f):
+    args = make_problem(3, n_f, 2, False, "fit", n_f)
+    config = CONFIGS["sgcv"]
+    out = cpp.slimtik_step(*args, False, config, eigensolver=eigensolver)
+    assert_step_close(out, _slimtik_step(*args, False, config))
+
+
+def test_step_large_single_problem():
+    """n_f above every size threshold (dgemm projections, dgemm grid), one problem."""
+    args = make_problem(1, 129, 3, False, "fit", 5)
+    assert_step_close(cpp.slimtik_step(*args, False, CONFIGS["sgcv"]), _slimtik_step(*args, False, CONFIGS["sgcv"]))
+
+
+# ---- Jacobi eigensolver (the arithmetic of the CUDA kernel, run on the CPU) ---------------------
+
+
+def random_symmetric(B: int, n: int, seed: int, clustered: bool = False) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    if not clustered:
+        X = torch.randn(B, n, n, generator=g, dtype=F64)
+        return (X + X.transpose(1, 2)) / 2
+    # Repeated eigenvalues: rotations of the eigenbasis within each cluster are all valid.
+    Q, _ = torch.linalg.qr(torch.randn(B, n, n, generator=g, dtype=F64))
+    s = torch.tensor([float(i // 3) for i in range(n)], dtype=F64)
+    return Q @ torch.diag_embed(s.expand(B, n)) @ Q.transpose(1, 2)
+
+
+def assert_eigh_ok(A: torch.Tensor, s: torch.Tensor, U: torch.Tensor):
+    norm = torch.linalg.matrix_norm(A, ord=2).clamp_min(1e-300)[:, None]
+    s_ref = torch.linalg.eigh(A).eigenvalues
+    assert bool(((s - s_ref).abs() <= 1e-10 * norm).all())
+    assert bool((s[:, 1:] >= s[:, :-1]).all()), "eigenvalues not ascending"
+    recon = U @ torch.diag_embed(s) @ U.transpose(1, 2)
+    assert bool(((recon - A).flatten(1).norm(dim=1) <= 1e-12 * A.shape[-1] * norm[:, 0]).all())
+    eye = torch.eye(A.shape[-1], dtype=F64)
+    assert bool(((U.transpose(1, 2) @ U - eye).flatten(1).norm(dim=1) <= 1e-12 * A.shape[-1]).all())
+
+
+@pytest.mark.parametrize("n", [1, 2, 5, 17, 64])
+@pytest.mark.parametrize("clustered", [False, True])
+def test_jacobi_cold(n, clustered):
+    A = random_symmetric(4, n, n, clustered)
+    s, U = cpp.jacobi_eigh(A)
+    assert_eigh_ok(A, s, U)
+
+
+@pytest.mark.parametrize("n", [5, 17, 64])
+def test_jacobi_warm_start(n):
+    """Warm start from a nearby matrix's eigenvectors: same accuracy, fewer sweeps."""
+    A = random_symmetric(3, n, 100 + n)
+    _, U0 = torch.linalg.eigh(A)
+    A2 = A + 1e-4 * random_symmetric(3, n, 200 + n)
+    s_cold, U_cold, sweeps_cold = cpp.jacobi_eigh(A2, return_sweeps=True)
+    s_warm, U_warm, sweeps_warm = cpp.jacobi_eigh(A2, U0, return_sweeps=True)
+    assert_eigh_ok(A2, s_cold, U_cold)
+    assert_eigh_ok(A2, s_warm, U_warm)
+    assert sweeps_warm < sweeps_cold
+
+
+def test_jacobi_reads_lower_triangle_and_zero_matrix():
+    A = random_symmetric(2, 6, 9)
+    A_bad = A.clone()
+    A_bad[:, 0, 5] += 3.0  # upper triangle ignored, as torch.linalg.eigh does by default
+    s, U = cpp.jacobi_eigh(A_bad)
+    assert_eigh_ok(A, s, U)
+    s0, U0 = cpp.jacobi_eigh(torch.zeros(1, 4, 4, dtype=F64))
+    assert bool((s0 == 0).all()) and torch.equal(U0[0], torch.eye(4, dtype=F64))
+
+
+def test_jacobi_unbatched_shape():
+    A = random_symmetric(1, 7, 4)[0]
+    s, U = cpp.jacobi_eigh(A)
+    assert s.shape == (7,) and U.shape == (7, 7)
+    assert_eigh_ok(A[None], s[None], U[None])
+
+
+# ---- argument validation -----------------------------------------------------------------------
+
+
+def _valid_call_args():
+    G_mem, G, H, c, m, W, Lp = make_problem(2, 3, 2, False, "fit", 0)
+    W_out, info = torch.empty_like(W), torch.empty(2, 5, dtype=F64)
+    keep = (G_mem, G, H, c, m, W, Lp, W_out, info)  # keeps the buffers alive
+    kwargs = dict(
+        B=2, n_f=3, n_t=2, G_mem_ptr=G_mem.data_ptr(), G_ptr=G.data_ptr(), H_ptr=H.data_ptr(),
+        c_ptr=c.data_ptr(), m_ptr=m.data_ptr(), W_ptr=W.data_ptr(), Lambda_prev_ptr=Lp.data_ptr(),
+        memory_empty=False, mode=0, lambda_const=0.0, Lambda_min=1e-7, Lambda_max=1e3,
+        lambda_min=-math.inf, lambda_max=1e3, n_grid=33, root_tol=1e-13, max_root_iter=100,
+        W_out_ptr=W_out.data_ptr(), info_ptr=info.data_ptr(),
+    )  # fmt: skip
+    return kwargs, keep
+
+
+def test_binding_accepts_valid_arguments():
+    kwargs, keep = _valid_call_args()
+    _cpu.slimtik_step(**kwargs)
+    assert bool(torch.isfinite(keep[-1]).all())
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("B", 0), ("n_f", 0), ("n_t", -1), ("n_f", 50000), ("G_mem_ptr", 0), ("G_ptr", 0), ("H_ptr", 0),
+        ("c_ptr", 0), ("m_ptr", 0), ("W_ptr", 0), ("Lambda_prev_ptr", 0), ("W_out_ptr", 0), ("info_ptr", 0),
+        ("mode", 3), ("n_grid", 1), ("Lambda_min", 0.0), ("Lambda_max", math.inf), ("Lambda_min", 1e4),
+        ("lambda_min", math.nan), ("lambda_max", -1.0), ("lambda_const", math.nan), ("root_tol", 0.0),
+        ("max_root_iter", 0), ("eigensolver", 9),
+    ],
+)  # fmt: skip
+def test_binding_rejects_bad_arguments(name, value):
+    kwargs, _keep = _valid_call_args()
+    kwargs[name] = value
+    with pytest.raises(ValueError, match=name.split("_ptr")[0]):
+        _cpu.slimtik_step(**kwargs)
+
+
+@pytest.mark.parametrize(("name", "value"), [("B", 0), ("n", 0), ("A_ptr", 0), ("s_out_ptr", 0), ("U_out_ptr", 0), ("tol", -1.0), ("max_sweeps", 0)])
+def test_jacobi_binding_rejects_bad_arguments(name, value):
+    A = random_symmetric(1, 3, 0)
+    s, U = torch.empty(1, 3, dtype=F64), torch.empty(1, 3, 3, dtype=F64)
+    kwargs = dict(B=1, n=3, A_ptr=A.data_ptr(), U0_ptr=0, s_out_ptr=s.data_ptr(), U_out_ptr=U.data_ptr(), tol=1e-14, max_sweeps=30)
+    kwargs[name] = value
+    with pytest.raises(ValueError, match=name.split("_ptr")[0]):
+        _cpu.jacobi_eigh(**kwargs)
+
+
+def test_backend_rejects_wrong_tensors():
+    G_mem, G, H, c, m, W, Lp = make_problem(2, 3, 2, False, "fit", 0)
+    config = CONFIGS["sgcv"]
+    with pytest.raises(ValueError, match="G_mem"):
+        cpp.slimtik_step(G_mem.float(), G, H, c, m, W, Lp, False, config)
+    with pytest.raises(ValueError, match="H"):
+        cpp.slimtik_step(G_mem, G, H[:, :1], c, m, W, Lp, False, config)
+    with pytest.raises(ValueError, match="eigensolver"):
+        cpp.slimtik_step(G_mem, G, H, c, m, W, Lp, False, config, eigensolver="qr")
+    # Non-contiguous input is copied, not misread.
+    Gt = G.transpose(1, 2).contiguous().transpose(1, 2)
+    assert_step_close(cpp.slimtik_step(G_mem, Gt, H, c, m, W, Lp, False, config), _slimtik_step(G_mem, G, H, c, m, W, Lp, False, config))
