@@ -8,7 +8,7 @@ from torch import nn
 
 from slimfast.heads import (
     _dense_design, _dense_statistics, check_statistics_finite, head_output_shape, head_shape, head_statistics,
-    head_to_matrix, matrix_to_params, write_matrix_,
+    _unfold, head_to_matrix, matrix_to_params, write_matrix_,
 )
 
 F64 = torch.float64
@@ -130,3 +130,10 @@ def test_statistics_finiteness_check_names_the_argument() -> None:
     G, H, c, _ = head_statistics(head, x.nan_to_num(), y, check=False)
     with pytest.raises(ValueError, match="^target"):
         check_statistics_finite(G, c)
+
+
+@pytest.mark.parametrize("kernel,dilation,stride", [((2, 2), (1, 1), (1, 1)), ((3, 2), (2, 1), (2, 3)), ((1, 4), (1, 2), (1, 1))])
+def test_strided_unfold_equals_F_unfold(kernel, dilation, stride) -> None:
+    x = torch.randn(2, 3, 11, 12, dtype=F64)[:, :, 1:, 2:]          # a non-contiguous view too
+    ref = torch.nn.functional.unfold(x, kernel, dilation=dilation, stride=stride)
+    assert torch.equal(_unfold(x, kernel, dilation, stride), ref)
