@@ -3,6 +3,10 @@
 // same name minus the underscore, and follows it operation by operation (same grid, same bracket
 // rule, same Illinois iteration), so backends agree to rounding.
 //
+// The serial functions are composed of smaller pieces (a Jacobi rotation, the sGCV sums, the grid
+// bracket, an Illinois step) that the block-parallel CUDA launcher (csrc/cuda/slimtik_step_cuda.cuh)
+// calls directly, so the CPU runs the very arithmetic of the GPU.
+//
 // Rules that let nvcc compile this header for the device: functions are `inline SLIMFAST_HD`,
 // take raw pointers plus caller-provided scratch, and use no STL, exceptions or allocation.
 // All arrays are row-major, contiguous float64. Sizes: n_f features, n_t targets.
@@ -108,6 +112,11 @@ SLIMFAST_HD inline double* projections_bind(Projections& p, int n_f, int n_t, bo
 SLIMFAST_HD inline void admissible_interval(double Lambda_prev, const StepOptions& o, double* mu_lo, double* mu_hi) {
   *mu_lo = isfinite(o.lambda_min) ? clamp_min(Lambda_prev + o.lambda_min, o.Lambda_min) : o.Lambda_min;
   *mu_hi = clamp_max(Lambda_prev + o.lambda_max, o.Lambda_max);
+}
+
+// Mode CONSTANT of select_mu: Λ_{k−1} + λ_const clipped into [μ_lo, μ_hi].
+SLIMFAST_HD inline double constant_mu(double Lambda_prev, double mu_lo, double mu_hi, const StepOptions& o) {
+  return nan_min(nan_max(Lambda_prev + o.lambda_const, mu_lo), mu_hi);
 }
 
 // K = Uᵀ G U [n, n] by plain loops (the CPU launcher uses dgemm instead). work: n*n.
@@ -238,41 +247,58 @@ SLIMFAST_HD inline double nan_to_num_inf(double f) {
   return f;
 }
 
+// The eight sums of sgcv_eval_qd, split so a block can reduce them: index j's terms are added to
+// acc = {Σ d(a+λb), Σ d·q_λd, Σ d²(a+λb), Σ d·b, Σ d²·q_λd, Σ d·q_der d, Σ k·d, Σ k·d²}, and
+// sgcv_from_sums turns the totals into (f, R, g) exactly as sgcv_eval_qd does.
+inline constexpr int SLIMFAST_SGCV_NSUMS = 8;
+
+SLIMFAST_HD inline void sgcv_accumulate(const Projections& p, double lam, int j, double dj, double Q0dj, double Q1dj,
+                                        double Q2dj, double* acc) {
+  const double dj2 = dj * dj;
+  double q_lam_d, q_der_d;
+  if (p.diagonal) {
+    q_lam_d = (p.Q0[j] + lam * (p.Q1[j] + lam * p.Q2[j])) * dj;
+    q_der_d = (p.Q1[j] + 2.0 * lam * p.Q2[j]) * dj;
+  } else {
+    q_lam_d = Q0dj + lam * (Q1dj + lam * Q2dj);
+    q_der_d = Q1dj + 2.0 * lam * Q2dj;
+  }
+  const double ab = p.a[j] + lam * p.b[j];
+  acc[0] += dj * ab;
+  acc[1] += dj * q_lam_d;
+  acc[2] += dj2 * ab;
+  acc[3] += dj * p.b[j];
+  acc[4] += dj2 * q_lam_d;
+  acc[5] += dj * q_der_d;
+  acc[6] += p.k[j] * dj;
+  acc[7] += p.k[j] * dj2;
+}
+
+SLIMFAST_HD inline SgcvPoint sgcv_from_sums(const Projections& p, double m, const double* acc) {
+  SgcvPoint out;
+  out.R = p.res0 - 2.0 * acc[0] + acc[1];
+  const double R_der = 2.0 * acc[2] - 2.0 * acc[3] - 2.0 * acc[4] + acc[5];
+  const double D = m - p.n_t * acc[6];
+  const double D_der = p.n_t * acc[7];
+  out.g = R_der * D - 2.0 * out.R * D_der;
+  out.f = nan_to_num_inf(D > 0 ? m * clamp_min(out.R, 0.0) / (D * D) : slim_inf());
+  return out;
+}
+
 // The evaluation given d [n_f] and, when !p.diagonal, the products Q0 d, Q1 d, Q2 d [n_f] (the
 // CPU launcher forms those for a whole grid with one dgemm).
 SLIMFAST_HD inline SgcvPoint sgcv_eval_qd(double mu, const Projections& p, double m, double Lambda_prev,
                                           const double* d, const double* Q0d, const double* Q1d,
                                           const double* Q2d) {
   const double lam = mu - Lambda_prev;
-  double r1 = 0.0, r2 = 0.0, e1 = 0.0, e2 = 0.0, e3 = 0.0, e4 = 0.0, t1 = 0.0, t2 = 0.0;
+  double acc[SLIMFAST_SGCV_NSUMS] = {0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0};
   for (int j = 0; j < p.n_f; ++j) {
-    const double dj = d[j], dj2 = dj * dj;
-    double q_lam_d, q_der_d;
-    if (p.diagonal) {
-      q_lam_d = (p.Q0[j] + lam * (p.Q1[j] + lam * p.Q2[j])) * dj;
-      q_der_d = (p.Q1[j] + 2.0 * lam * p.Q2[j]) * dj;
-    } else {
-      q_lam_d = Q0d[j] + lam * (Q1d[j] + lam * Q2d[j]);
-      q_der_d = Q1d[j] + 2.0 * lam * Q2d[j];
-    }
-    const double ab = p.a[j] + lam * p.b[j];
-    r1 += dj * ab;
-    r2 += dj * q_lam_d;
-    e1 += dj2 * ab;
-    e2 += dj * p.b[j];
-    e3 += dj2 * q_lam_d;
-    e4 += dj * q_der_d;
-    t1 += p.k[j] * dj;
-    t2 += p.k[j] * dj2;
+    if (p.diagonal)
+      sgcv_accumulate(p, lam, j, d[j], 0.0, 0.0, 0.0, acc);
+    else
+      sgcv_accumulate(p, lam, j, d[j], Q0d[j], Q1d[j], Q2d[j], acc);
   }
-  SgcvPoint out;
-  out.R = p.res0 - 2.0 * r1 + r2;
-  const double R_der = 2.0 * e1 - 2.0 * e2 - 2.0 * e3 + e4;
-  const double D = m - p.n_t * t1;
-  const double D_der = p.n_t * t2;
-  out.g = R_der * D - 2.0 * out.R * D_der;
-  out.f = nan_to_num_inf(D > 0 ? m * clamp_min(out.R, 0.0) / (D * D) : slim_inf());
-  return out;
+  return sgcv_from_sums(p, m, acc);
 }
 
 // d = 1/(s + μ) into d [n_f].
@@ -327,35 +353,83 @@ SLIMFAST_HD inline double reference_candidate(int i, double Lambda_prev, const S
   return -pow(10.0, log_low + (log_eps - log_low) * linspace_at(0.0, 1.0, n, i));
 }
 
+// Mode REFERENCE of select_mu given the 60 candidates μ_i = Λ_{k−1} + reference_candidate(i) and
+// their sGCV values f_i (+inf where μ_i is not admissible): first minimiser, or Λ_{k−1} clipped
+// into [μ_lo, μ_hi] when no value is finite.
+SLIMFAST_HD inline double reference_pick(const double* mu, const double* f, double Lambda_prev, double mu_lo,
+                                         double mu_hi) {
+  double best_f = slim_inf(), best_mu = slim_nan();
+  bool any_finite = false;
+  for (int i = 0; i < 2 * SLIMFAST_N_REFERENCE_POINTS; ++i) {
+    if (i == 0 || f[i] < best_f) {
+      best_f = f[i];
+      best_mu = mu[i];
+    }
+    any_finite = any_finite || isfinite(f[i]);
+  }
+  return any_finite ? best_mu : nan_min(nan_max(Lambda_prev, mu_lo), mu_hi);
+}
+
 // ---------------------------------------------------------------------------------------------
 // _illinois_root for one problem: root of g(t) = sgcv_eval(exp t).g on [ta, tb], g(ta), g(tb)
 // of opposite signs. Stops when g(c) == 0 or |c − c_prev| <= tol·max(|c|, 1).
+// Written as a state machine so that a block can evaluate g(c) in parallel between steps:
+//   IllinoisState st = illinois_start(ta, tb, ga, gb);
+//   for (int it = 0; it < o.max_root_iter; ++it) {
+//     const double c = illinois_next(st);
+//     if (illinois_feed(st, g(c), o)) break;
+//   }
+//   root = st.c;   (illinois_root below is exactly this loop)
 // ---------------------------------------------------------------------------------------------
+struct IllinoisState {
+  double ta, tb, ga, gb, c, c_prev;
+  int side;  // −1: b moved last, +1: a moved last, 0: neither yet
+};
+
+SLIMFAST_HD inline IllinoisState illinois_start(double ta, double tb, double ga, double gb) {
+  IllinoisState st;
+  st.ta = ta;
+  st.tb = tb;
+  st.ga = ga;
+  st.gb = gb;
+  st.c = ta;
+  st.c_prev = slim_nan();
+  st.side = 0;
+  return st;
+}
+
+SLIMFAST_HD inline double illinois_next(IllinoisState& st) {
+  const double c_new = (st.ta * st.gb - st.tb * st.ga) / (st.gb - st.ga);
+  st.c = nan_min(nan_max(c_new, nan_min(st.ta, st.tb)), nan_max(st.ta, st.tb));
+  return st.c;
+}
+
+// Feed g(st.c); true when the iteration has converged (nothing is changed then).
+SLIMFAST_HD inline bool illinois_feed(IllinoisState& st, double gc, const StepOptions& o) {
+  if (gc == 0 || fabs(st.c - st.c_prev) <= o.root_tol * clamp_min(fabs(st.c), 1.0)) return true;
+  if ((gc > 0) == (st.gb > 0)) {
+    if (st.side == -1) st.ga /= 2;
+    st.tb = st.c;
+    st.gb = gc;
+    st.side = -1;
+  } else {
+    if (st.side == 1) st.gb /= 2;
+    st.ta = st.c;
+    st.ga = gc;
+    st.side = 1;
+  }
+  st.c_prev = st.c;
+  return false;
+}
+
 SLIMFAST_HD inline double illinois_root(double ta, double tb, double ga, double gb, const Projections& p, double m,
                                         double Lambda_prev, const StepOptions& o, double* scratch) {
-  int side = 0;  // −1: b moved last, +1: a moved last
-  double c_prev = slim_nan();
-  double c = ta;
+  IllinoisState st = illinois_start(ta, tb, ga, gb);
   for (int it = 0; it < o.max_root_iter; ++it) {
-    const double c_new = (ta * gb - tb * ga) / (gb - ga);
-    c = nan_min(nan_max(c_new, nan_min(ta, tb)), nan_max(ta, tb));
-    const double gc = sgcv_eval(exp(c), p, m, Lambda_prev, scratch).g;
-    if (gc == 0 || fabs(c - c_prev) <= o.root_tol * clamp_min(fabs(c), 1.0)) break;
-    // Illinois: halve the value kept at the endpoint that did not move twice in a row.
-    if ((gc > 0) == (gb > 0)) {
-      if (side == -1) ga /= 2;
-      tb = c;
-      gb = gc;
-      side = -1;
-    } else {
-      if (side == 1) gb /= 2;
-      ta = c;
-      ga = gc;
-      side = 1;
-    }
-    c_prev = c;
+    const double c = illinois_next(st);
+    if (illinois_feed(st, sgcv_eval(exp(c), p, m, Lambda_prev, scratch).g, o)) break;
   }
-  return c;
+  return st.c;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -370,55 +444,70 @@ SLIMFAST_HD inline double grid_t(double mu_lo, double mu_hi, int n, int i) {
   return t_lo + (t_hi - t_lo) * linspace_at(0.0, 1.0, n, i);
 }
 
-SLIMFAST_HD inline double select_mu_from_grid(const double* t_grid, const double* f_grid, const double* g_grid,
-                                               double mu_lo, double mu_hi, const Projections& p, double m,
-                                               double Lambda_prev, const StepOptions& o, double* scratch) {
-  const int n = o.n_grid;
+// First half of select_mu_from_grid: the best grid point and, on the downhill side of dsGCV/dμ,
+// its neighbour; `bracketed` when g changes sign between them (then the minimiser is the root of
+// g on [t_other, t_best]).
+struct GridBracket {
+  double t_best, g_best, t_other, g_other;
+  bool bracketed;
+};
+
+SLIMFAST_HD inline GridBracket grid_bracket(const double* t_grid, const double* f_grid, const double* g_grid, int n,
+                                            double mu_lo, double mu_hi) {
   int i = 0;
   for (int j = 1; j < n; ++j)
     if (f_grid[j] < f_grid[i]) i = j;
-  const double t_best = t_grid[i], g_best = g_grid[i];
-  // The minimum lies on the side where dsGCV/dμ points downhill from the best grid point.
-  const bool go_left = i > 0 && g_best > 0;
-  const bool go_right = i < n - 1 && g_best < 0;
+  GridBracket br;
+  br.t_best = t_grid[i];
+  br.g_best = g_grid[i];
+  const bool go_left = i > 0 && br.g_best > 0;
+  const bool go_right = i < n - 1 && br.g_best < 0;
   const int i_other = go_left ? i - 1 : (i + 1 < n - 1 ? i + 1 : n - 1);
-  const double t_other = t_grid[i_other], g_other = g_grid[i_other];
-  const bool bracketed = ((go_left && g_other < 0) || (go_right && g_other > 0)) && log(mu_hi) > log(mu_lo);
+  br.t_other = t_grid[i_other];
+  br.g_other = g_grid[i_other];
+  br.bracketed = ((go_left && br.g_other < 0) || (go_right && br.g_other > 0)) && log(mu_hi) > log(mu_lo);
+  return br;
+}
+
+SLIMFAST_HD inline double select_mu_from_grid(const double* t_grid, const double* f_grid, const double* g_grid,
+                                               double mu_lo, double mu_hi, const Projections& p, double m,
+                                               double Lambda_prev, const StepOptions& o, double* scratch) {
+  const GridBracket br = grid_bracket(t_grid, f_grid, g_grid, o.n_grid, mu_lo, mu_hi);
   const double t_star =
-      bracketed ? illinois_root(t_other, t_best, g_other, g_best, p, m, Lambda_prev, o, scratch) : t_best;
+      br.bracketed ? illinois_root(br.t_other, br.t_best, br.g_other, br.g_best, p, m, Lambda_prev, o, scratch)
+                   : br.t_best;
   return clamp_max(clamp_min(exp(t_star), mu_lo), mu_hi);
 }
 
-// Scratch doubles for select_mu: the grid (t, f, g) and one sgcv_eval.
-SLIMFAST_HD inline long select_mu_doubles(int n_f, int n_grid) { return 3L * n_grid + sgcv_eval_doubles(n_f); }
+// Scratch doubles for select_mu: the trial points (t, f, g for the grid; μ, f for the 60
+// reference candidates) and one sgcv_eval.
+SLIMFAST_HD inline long select_mu_doubles(int n_f, int n_grid) {
+  const long points = n_grid > 2 * SLIMFAST_N_REFERENCE_POINTS ? n_grid : 2 * SLIMFAST_N_REFERENCE_POINTS;
+  return 3L * points + sgcv_eval_doubles(n_f);
+}
 
 SLIMFAST_HD inline double select_mu(const Projections& p, double m, double Lambda_prev, const StepOptions& o,
                                     double* scratch) {
   double mu_lo, mu_hi;
   admissible_interval(Lambda_prev, o, &mu_lo, &mu_hi);
-  if (o.mode == SLIMFAST_MODE_CONSTANT)
-    return nan_min(nan_max(Lambda_prev + o.lambda_const, mu_lo), mu_hi);
+  if (o.mode == SLIMFAST_MODE_CONSTANT) return constant_mu(Lambda_prev, mu_lo, mu_hi, o);
   if (o.mode == SLIMFAST_MODE_REFERENCE) {
-    // Best sGCV among the admissible candidates; first occurrence on ties, as torch.argmin.
-    double best_f = slim_inf(), best_mu = slim_nan();
-    bool any_finite = false;
-    for (int i = 0; i < 2 * SLIMFAST_N_REFERENCE_POINTS; ++i) {
-      const double mu = Lambda_prev + reference_candidate(i, Lambda_prev, o);
-      const bool ok = mu >= mu_lo && mu <= mu_hi;
-      const double f = ok ? sgcv_eval(mu, p, m, Lambda_prev, scratch).f : slim_inf();
-      if (i == 0 || f < best_f) {
-        best_f = f;
-        best_mu = mu;
-      }
-      any_finite = any_finite || isfinite(f);
+    // sGCV at the admissible candidates (+inf elsewhere), then the first minimiser.
+    const int n = 2 * SLIMFAST_N_REFERENCE_POINTS;
+    double* mu = scratch;
+    double* f = mu + n;
+    for (int i = 0; i < n; ++i) {
+      mu[i] = Lambda_prev + reference_candidate(i, Lambda_prev, o);
+      const bool ok = mu[i] >= mu_lo && mu[i] <= mu_hi;
+      f[i] = ok ? sgcv_eval(mu[i], p, m, Lambda_prev, f + n).f : slim_inf();
     }
-    return any_finite ? best_mu : nan_min(nan_max(Lambda_prev, mu_lo), mu_hi);
+    return reference_pick(mu, f, Lambda_prev, mu_lo, mu_hi);
   }
   const int n = o.n_grid;
   double* t_grid = scratch;
   double* f_grid = t_grid + n;
   double* g_grid = f_grid + n;
-  double* eval_scratch = g_grid + n;
+  double* eval_scratch = scratch + 3L * (n > 2 * SLIMFAST_N_REFERENCE_POINTS ? n : 2 * SLIMFAST_N_REFERENCE_POINTS);
   for (int i = 0; i < n; ++i) {
     t_grid[i] = grid_t(mu_lo, mu_hi, n, i);
     const SgcvPoint pt = sgcv_eval(exp(t_grid[i]), p, m, Lambda_prev, eval_scratch);
@@ -467,6 +556,47 @@ SLIMFAST_HD inline void finish_step(const Projections& p, double mu, double m, d
 // are needed. Stops when off(A') = ‖A' − diag(A')‖_F <= tol·‖A‖_F or after max_sweeps sweeps.
 // Returns the number of sweeps run. scratch: jacobi_doubles(n).
 // ---------------------------------------------------------------------------------------------
+// Rutishauser's rotation zeroing a_pq of the symmetric 2×2 block [[a_pp, a_pq], [a_pq, a_qq]]:
+// t = tan φ of the smaller angle, c = cos φ, s = sin φ (jacobi_eigh's inline formula). Applied as
+//   row_p ← c·row_p − s·row_q,  row_q ← s·row_p + c·row_q  (and the same on columns),
+// it gives a_pp' = a_pp − t·a_pq, a_qq' = a_qq + t·a_pq, a_pq' = 0. Exactly the identity
+// (c = 1, s = t = 0) when a_pq == 0, so a zero row/column (padding) stays exactly zero.
+struct JacobiRotation {
+  double c, s, t;
+};
+
+SLIMFAST_HD inline JacobiRotation jacobi_rotation(double app, double aqq, double apq) {
+  JacobiRotation r;
+  if (apq == 0.0) {
+    r.c = 1.0;
+    r.s = 0.0;
+    r.t = 0.0;
+    return r;
+  }
+  const double theta = (aqq - app) / (2.0 * apq);
+  r.t = fabs(theta) > 1e150 ? 0.5 / theta : (theta >= 0 ? 1.0 : -1.0) / (fabs(theta) + sqrt(theta * theta + 1.0));
+  r.c = 1.0 / sqrt(r.t * r.t + 1.0);
+  r.s = r.t * r.c;
+  return r;
+}
+
+// Round-robin ("circle method") parallel ordering for an even n_pad: in round r (0 <= r < n_pad−1)
+// the n_pad/2 pairs k = 0 .. n_pad/2−1 are disjoint, and over the n_pad−1 rounds of a sweep every
+// pair (p, q), p < q, occurs exactly once. Index n_pad−1 stays put; the others rotate.
+SLIMFAST_HD inline void round_robin_pair(int n_pad, int r, int k, int* p, int* q) {
+  const int m = n_pad - 1;
+  int a, b;
+  if (k == 0) {
+    a = r;
+    b = m;
+  } else {
+    a = (r + k) % m;
+    b = (r - k + m) % m;
+  }
+  *p = a < b ? a : b;
+  *q = a < b ? b : a;
+}
+
 SLIMFAST_HD inline long jacobi_doubles(int n) { return 3L * n * n; }
 
 SLIMFAST_HD inline double sym_lower(const double* A, int n, int i, int j) {
@@ -521,11 +651,8 @@ SLIMFAST_HD inline int jacobi_eigh(int n, const double* A, const double* U0, dou
         const double apq = M[(long)p * n + q];
         if (apq == 0.0) continue;
         const double app = M[(long)p * n + p], aqq = M[(long)q * n + q];
-        // Rutishauser's rotation: t = tan φ of the smaller angle zeroing a_pq.
-        const double theta = (aqq - app) / (2.0 * apq);
-        const double t = fabs(theta) > 1e150 ? 0.5 / theta
-                                              : (theta >= 0 ? 1.0 : -1.0) / (fabs(theta) + sqrt(theta * theta + 1.0));
-        const double cs = 1.0 / sqrt(t * t + 1.0), sn = t * cs;
+        const JacobiRotation r = jacobi_rotation(app, aqq, apq);
+        const double t = r.t, cs = r.c, sn = r.s;
         double* rp = M + (long)p * n;
         double* rq = M + (long)q * n;
         for (int k = 0; k < n; ++k) {  // rows p, q of Jᵀ M (contiguous) ...
@@ -569,193 +696,6 @@ SLIMFAST_HD inline int jacobi_eigh(int n, const double* A, const double* U0, dou
   for (int i = 0; i < n; ++i)
     for (int j = 0; j < n; ++j) U_out[(long)i * n + j] = Vt[(long)j * n + i];
   return sweep;
-}
-
-}  // namespace slimfast
-
-// =============================================================================================
-// Shared with the CUDA launcher (csrc/cuda/slimtik_step_cuda.cuh).
-// The block-parallel kernel splits the functions above into pieces that many threads run: a
-// Jacobi rotation per pair of a parallel (round-robin) ordering, sGCV sums that a block reduces,
-// the grid bracket and an Illinois iteration that advances one trial point at a time. Each piece
-// mirrors the corresponding part of the serial functions above (and of slimfast/_torch_impl.py)
-// operation by operation. Appended section: nothing above depends on it.
-// =============================================================================================
-namespace slimfast {
-
-// Rutishauser's rotation zeroing a_pq of the symmetric 2×2 block [[a_pp, a_pq], [a_pq, a_qq]]:
-// t = tan φ of the smaller angle, c = cos φ, s = sin φ (jacobi_eigh's inline formula). Applied as
-//   row_p ← c·row_p − s·row_q,  row_q ← s·row_p + c·row_q  (and the same on columns),
-// it gives a_pp' = a_pp − t·a_pq, a_qq' = a_qq + t·a_pq, a_pq' = 0. Exactly the identity
-// (c = 1, s = t = 0) when a_pq == 0, so a zero row/column (padding) stays exactly zero.
-struct JacobiRotation {
-  double c, s, t;
-};
-
-SLIMFAST_HD inline JacobiRotation jacobi_rotation(double app, double aqq, double apq) {
-  JacobiRotation r;
-  if (apq == 0.0) {
-    r.c = 1.0;
-    r.s = 0.0;
-    r.t = 0.0;
-    return r;
-  }
-  const double theta = (aqq - app) / (2.0 * apq);
-  r.t = fabs(theta) > 1e150 ? 0.5 / theta : (theta >= 0 ? 1.0 : -1.0) / (fabs(theta) + sqrt(theta * theta + 1.0));
-  r.c = 1.0 / sqrt(r.t * r.t + 1.0);
-  r.s = r.t * r.c;
-  return r;
-}
-
-// Round-robin ("circle method") parallel ordering for an even n_pad: in round r (0 <= r < n_pad−1)
-// the n_pad/2 pairs k = 0 .. n_pad/2−1 are disjoint, and over the n_pad−1 rounds of a sweep every
-// pair (p, q), p < q, occurs exactly once. Index n_pad−1 stays put; the others rotate.
-SLIMFAST_HD inline void round_robin_pair(int n_pad, int r, int k, int* p, int* q) {
-  const int m = n_pad - 1;
-  int a, b;
-  if (k == 0) {
-    a = r;
-    b = m;
-  } else {
-    a = (r + k) % m;
-    b = (r - k + m) % m;
-  }
-  *p = a < b ? a : b;
-  *q = a < b ? b : a;
-}
-
-// The eight sums of sgcv_eval_qd, split so a block can reduce them: index j's terms are added to
-// acc = {Σ d(a+λb), Σ d·q_λd, Σ d²(a+λb), Σ d·b, Σ d²·q_λd, Σ d·q_der d, Σ k·d, Σ k·d²}, and
-// sgcv_from_sums turns the totals into (f, R, g) exactly as sgcv_eval_qd does.
-inline constexpr int SLIMFAST_SGCV_NSUMS = 8;
-
-SLIMFAST_HD inline void sgcv_accumulate(const Projections& p, double lam, int j, double dj, double Q0dj, double Q1dj,
-                                        double Q2dj, double* acc) {
-  const double dj2 = dj * dj;
-  double q_lam_d, q_der_d;
-  if (p.diagonal) {
-    q_lam_d = (p.Q0[j] + lam * (p.Q1[j] + lam * p.Q2[j])) * dj;
-    q_der_d = (p.Q1[j] + 2.0 * lam * p.Q2[j]) * dj;
-  } else {
-    q_lam_d = Q0dj + lam * (Q1dj + lam * Q2dj);
-    q_der_d = Q1dj + 2.0 * lam * Q2dj;
-  }
-  const double ab = p.a[j] + lam * p.b[j];
-  acc[0] += dj * ab;
-  acc[1] += dj * q_lam_d;
-  acc[2] += dj2 * ab;
-  acc[3] += dj * p.b[j];
-  acc[4] += dj2 * q_lam_d;
-  acc[5] += dj * q_der_d;
-  acc[6] += p.k[j] * dj;
-  acc[7] += p.k[j] * dj2;
-}
-
-SLIMFAST_HD inline SgcvPoint sgcv_from_sums(const Projections& p, double m, const double* acc) {
-  SgcvPoint out;
-  out.R = p.res0 - 2.0 * acc[0] + acc[1];
-  const double R_der = 2.0 * acc[2] - 2.0 * acc[3] - 2.0 * acc[4] + acc[5];
-  const double D = m - p.n_t * acc[6];
-  const double D_der = p.n_t * acc[7];
-  out.g = R_der * D - 2.0 * out.R * D_der;
-  out.f = nan_to_num_inf(D > 0 ? m * clamp_min(out.R, 0.0) / (D * D) : slim_inf());
-  return out;
-}
-
-// Mode CONSTANT of select_mu: Λ_{k−1} + λ_const clipped into [μ_lo, μ_hi].
-SLIMFAST_HD inline double constant_mu(double Lambda_prev, double mu_lo, double mu_hi, const StepOptions& o) {
-  return nan_min(nan_max(Lambda_prev + o.lambda_const, mu_lo), mu_hi);
-}
-
-// Mode REFERENCE of select_mu given the 60 candidates μ_i = Λ_{k−1} + reference_candidate(i) and
-// their sGCV values f_i (+inf where μ_i is not admissible): first minimiser, or Λ_{k−1} clipped
-// into [μ_lo, μ_hi] when no value is finite.
-SLIMFAST_HD inline double reference_pick(const double* mu, const double* f, double Lambda_prev, double mu_lo,
-                                         double mu_hi) {
-  double best_f = slim_inf(), best_mu = slim_nan();
-  bool any_finite = false;
-  for (int i = 0; i < 2 * SLIMFAST_N_REFERENCE_POINTS; ++i) {
-    if (i == 0 || f[i] < best_f) {
-      best_f = f[i];
-      best_mu = mu[i];
-    }
-    any_finite = any_finite || isfinite(f[i]);
-  }
-  return any_finite ? best_mu : nan_min(nan_max(Lambda_prev, mu_lo), mu_hi);
-}
-
-// First half of select_mu_from_grid: the best grid point and, on the downhill side of dsGCV/dμ,
-// its neighbour; `bracketed` when g changes sign between them (then the minimiser is the root of
-// g on [t_other, t_best]).
-struct GridBracket {
-  double t_best, g_best, t_other, g_other;
-  bool bracketed;
-};
-
-SLIMFAST_HD inline GridBracket grid_bracket(const double* t_grid, const double* f_grid, const double* g_grid, int n,
-                                            double mu_lo, double mu_hi) {
-  int i = 0;
-  for (int j = 1; j < n; ++j)
-    if (f_grid[j] < f_grid[i]) i = j;
-  GridBracket br;
-  br.t_best = t_grid[i];
-  br.g_best = g_grid[i];
-  const bool go_left = i > 0 && br.g_best > 0;
-  const bool go_right = i < n - 1 && br.g_best < 0;
-  const int i_other = go_left ? i - 1 : (i + 1 < n - 1 ? i + 1 : n - 1);
-  br.t_other = t_grid[i_other];
-  br.g_other = g_grid[i_other];
-  br.bracketed = ((go_left && br.g_other < 0) || (go_right && br.g_other > 0)) && log(mu_hi) > log(mu_lo);
-  return br;
-}
-
-// illinois_root as a state machine, so that a block can evaluate g(c) in parallel between steps:
-//   IllinoisState st = illinois_start(ta, tb, ga, gb);
-//   for (int it = 0; it < o.max_root_iter; ++it) {
-//     const double c = illinois_next(st);
-//     if (illinois_feed(st, g(c), o)) break;
-//   }
-//   root = st.c;
-// follows illinois_root step for step (same clamp, same stopping test, same halving).
-struct IllinoisState {
-  double ta, tb, ga, gb, c, c_prev;
-  int side;  // −1: b moved last, +1: a moved last, 0: neither yet
-};
-
-SLIMFAST_HD inline IllinoisState illinois_start(double ta, double tb, double ga, double gb) {
-  IllinoisState st;
-  st.ta = ta;
-  st.tb = tb;
-  st.ga = ga;
-  st.gb = gb;
-  st.c = ta;
-  st.c_prev = slim_nan();
-  st.side = 0;
-  return st;
-}
-
-SLIMFAST_HD inline double illinois_next(IllinoisState& st) {
-  const double c_new = (st.ta * st.gb - st.tb * st.ga) / (st.gb - st.ga);
-  st.c = nan_min(nan_max(c_new, nan_min(st.ta, st.tb)), nan_max(st.ta, st.tb));
-  return st.c;
-}
-
-// Feed g(st.c); true when the iteration has converged (nothing is changed then).
-SLIMFAST_HD inline bool illinois_feed(IllinoisState& st, double gc, const StepOptions& o) {
-  if (gc == 0 || fabs(st.c - st.c_prev) <= o.root_tol * clamp_min(fabs(st.c), 1.0)) return true;
-  if ((gc > 0) == (st.gb > 0)) {
-    if (st.side == -1) st.ga /= 2;
-    st.tb = st.c;
-    st.gb = gc;
-    st.side = -1;
-  } else {
-    if (st.side == 1) st.gb /= 2;
-    st.ta = st.c;
-    st.ga = gc;
-    st.side = 1;
-  }
-  st.c_prev = st.c;
-  return false;
 }
 
 }  // namespace slimfast
