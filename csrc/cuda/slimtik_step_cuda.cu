@@ -1,0 +1,153 @@
+// CUDA launcher of the slimTik step: one thread block per problem, B problems per launch, on the
+// caller's stream. The block code is slimtik_step_cuda.cuh (run here with DeviceCtx); the scalar
+// mathematics is csrc/slimfast_math.h. Twin of csrc/cpu/slimtik_step_cpu.cpp.
+//
+// Nothing here synchronises with the host or allocates: scratch is the caller's workspace and the
+// only runtime calls are attribute queries/sets and the launch, so a step can be graph-captured.
+#include <cuda_runtime.h>
+
+#include <stdexcept>
+#include <string>
+
+#include "slimtik_step_cuda.cuh"
+#include "slimtik_step_cuda.h"
+
+namespace slimfast {
+namespace {
+
+constexpr int kMaxThreads = 512;
+// Shared memory kept free for the kernel's static reduction buffer and the runtime's own use.
+constexpr long kSharedReserveBytes = 4096;
+
+__global__ void __launch_bounds__(kMaxThreads) slimtik_step_kernel(StepArgs a) {
+  extern __shared__ double smem[];
+  __shared__ double red[DeviceCtx::kReductionDoubles];
+  const DeviceCtx ctx{(int)threadIdx.x, (int)blockDim.x, red};
+  slimtik_problem(ctx, a, (long)blockIdx.x, smem);
+}
+
+__global__ void __launch_bounds__(kMaxThreads) jacobi_kernel(JacobiArgs a) {
+  extern __shared__ double smem[];
+  __shared__ double red[DeviceCtx::kReductionDoubles];
+  const DeviceCtx ctx{(int)threadIdx.x, (int)blockDim.x, red};
+  jacobi_problem(ctx, a, (long)blockIdx.x, smem);
+}
+
+void check(cudaError_t err, const char* what) {
+  if (err != cudaSuccess)
+    throw std::runtime_error(std::string("slimfast._cuda: ") + what + " failed: " + cudaGetErrorName(err) + ": " +
+                             cudaGetErrorString(err));
+}
+
+// Makes `device` current for the lifetime of the guard (restores the previous one).
+class DeviceGuard {
+ public:
+  explicit DeviceGuard(int device) {
+    check(cudaGetDevice(&prev_), "cudaGetDevice");
+    if (device != prev_) check(cudaSetDevice(device), "cudaSetDevice");
+  }
+  ~DeviceGuard() { cudaSetDevice(prev_); }
+  DeviceGuard(const DeviceGuard&) = delete;
+  DeviceGuard& operator=(const DeviceGuard&) = delete;
+
+ private:
+  int prev_ = 0;
+};
+
+int threads_for(int n, int requested) {
+  if (requested != 0) {
+    if (requested < 32 || requested > kMaxThreads || requested % 32 != 0)
+      throw std::invalid_argument("n_threads must be 0 or a multiple of 32 in [32, " + std::to_string(kMaxThreads) +
+                                  "], got " + std::to_string(requested));
+    return requested;
+  }
+  return padded_order(n) <= 32 ? 128 : 256;
+}
+
+// Dynamic shared memory (bytes) for the kernel: the Jacobi matrices when they are to live there.
+template <class Kernel>
+size_t shared_bytes(Kernel kernel, int device, int n, int mode) {
+  if (mode == SHARED_OFF) return 0;
+  int optin = 0;
+  check(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device), "cudaDeviceGetAttribute");
+  const long long need = jacobi_shared_doubles(n) * (long long)sizeof(double);
+  const bool fits = need + kSharedReserveBytes <= optin;
+  if (!fits) {
+    if (mode == SHARED_ON)
+      throw std::invalid_argument("shared memory requested, but the Jacobi matrices of n = " + std::to_string(n) +
+                                  " need " + std::to_string(need) + " bytes and the device allows " +
+                                  std::to_string(optin - kSharedReserveBytes));
+    return 0;
+  }
+  if (need > 48 * 1024)
+    check(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)need),
+          "cudaFuncSetAttribute");
+  return (size_t)need;
+}
+
+}  // namespace
+
+long long step_workspace_doubles(long long B, int n_f, int n_t, int n_grid, bool memory_empty) {
+  return B * step_layout(n_f, n_t, n_grid, memory_empty).total;
+}
+
+long long jacobi_workspace_doubles(long long B, int n) { return B * jacobi_layout(n).total; }
+
+void slimtik_step_cuda(long long B, int n_f, int n_t, const double* G_mem, const double* G, const double* H,
+                       const double* c, const double* m, const double* W, const double* Lambda_prev, bool memory_empty,
+                       const StepOptions& opts, const double* U0, double* W_out, double* info, double* U_out,
+                       double* workspace, double jacobi_tol, int max_sweeps, const CudaLaunch& launch) {
+  if (B <= 0) return;
+  const int threads = threads_for(n_f, launch.n_threads);
+  DeviceGuard guard(launch.device);
+  const size_t smem = shared_bytes(slimtik_step_kernel, launch.device, n_f, launch.shared_mode);
+  StepArgs a{};
+  a.n = n_f;
+  a.nt = n_t;
+  a.memory_empty = memory_empty;
+  a.opts = opts;
+  a.G_mem = G_mem;
+  a.G = G;
+  a.H = H;
+  a.c = c;
+  a.m = m;
+  a.W = W;
+  a.Lambda_prev = Lambda_prev;
+  a.U0 = U0;
+  a.W_out = W_out;
+  a.info = info;
+  a.U_out = U_out;
+  a.ws = workspace;
+  a.ws_stride = step_layout(n_f, n_t, opts.n_grid, memory_empty).total;
+  a.jacobi_tol = jacobi_tol;
+  a.max_sweeps = max_sweeps;
+  a.use_shared = smem > 0;
+  const cudaStream_t stream = reinterpret_cast<cudaStream_t>(launch.stream);
+  slimtik_step_kernel<<<(unsigned)B, threads, smem, stream>>>(a);
+  check(cudaGetLastError(), "slimtik_step kernel launch");
+}
+
+void jacobi_eigh_cuda(long long B, int n, const double* A, const double* U0, double* s, double* U, int* sweeps,
+                      double* workspace, double tol, int max_sweeps, const CudaLaunch& launch) {
+  if (B <= 0) return;
+  const int threads = threads_for(n, launch.n_threads);
+  DeviceGuard guard(launch.device);
+  const size_t smem = shared_bytes(jacobi_kernel, launch.device, n, launch.shared_mode);
+  JacobiArgs a{};
+  a.n = n;
+  a.A = A;
+  a.U0 = U0;
+  a.s = s;
+  a.U = U;
+  a.sweeps = sweeps;
+  a.ws = workspace;
+  a.ws_stride = jacobi_layout(n).total;
+  a.tol = tol;
+  a.max_sweeps = max_sweeps;
+  a.use_shared = smem > 0;
+  const cudaStream_t stream = reinterpret_cast<cudaStream_t>(launch.stream);
+  jacobi_kernel<<<(unsigned)B, threads, smem, stream>>>(a);
+  check(cudaGetLastError(), "jacobi_eigh kernel launch");
+}
+
+}  // namespace slimfast

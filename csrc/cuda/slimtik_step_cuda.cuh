@@ -1,0 +1,692 @@
+// Block-parallel slimTik step: what ONE thread block does for ONE problem. Twin of the per-problem
+// loop body of csrc/cpu/slimtik_step_cpu.cpp; the scalar mathematics is csrc/slimfast_math.h.
+//
+// Every function here is a template over an execution context `ctx` with three operations:
+//   ctx.par(f)            every thread runs f(tid, nthr), then a block barrier;
+//   ctx.sums<K>(f, out)   every thread adds its terms to acc[K] in f(tid, nthr, acc); the block
+//                         reduces, and every thread receives the totals in out[K];
+// Code outside these calls is run by every thread with identical values ("uniform"), so a block
+// never diverges at a barrier. Two contexts exist:
+//   DeviceCtx (CUDA, slimtik_step_cuda.cu): threadIdx.x, __syncthreads, warp-shuffle reduction;
+//   HostCtx (here): a serial emulation that runs the simulated threads one after another, in
+//     forward or reverse order. bindings_cuda.cpp exposes it, so CPU tests run this exact code;
+//     a result that changes with the order would expose a data race between threads.
+// Rules the code below keeps, so that the serial emulation is faithful to the GPU:
+//   1. Inside one ctx.par, no work item reads what another work item of the same par writes.
+//   2. Memory read outside a par (uniform reads) is never written afterwards by the same block.
+//   3. Only ctx.par writes memory.
+//
+// Layout: row-major float64. The Jacobi working matrices are padded to an even order np
+// (n odd: one extra zero row/column, which the rotations leave exactly zero), leading dim np.
+#pragma once
+
+#include "slimfast_math.h"
+
+#if defined(__CUDACC__)
+#define SLIMFAST_BLOCK __device__  // block functions exist only on the device under nvcc
+#else
+#define SLIMFAST_BLOCK
+#endif
+
+namespace slimfast {
+
+// Most values a single block reduction carries (the eight sGCV sums).
+inline constexpr int SLIMFAST_MAX_SUMS = SLIMFAST_SGCV_NSUMS;
+// Default Jacobi stopping rule of the step: off(A') <= tol·‖A‖_F, as the CPU launcher's Jacobi.
+inline constexpr double SLIMFAST_CUDA_JACOBI_TOL = 1e-15;
+inline constexpr int SLIMFAST_CUDA_JACOBI_MAX_SWEEPS = 60;
+// Trial points a workspace must hold: the sGCV grid or the 60 reference candidates.
+SLIMFAST_HD inline int step_points(int n_grid) {
+  return n_grid > 2 * SLIMFAST_N_REFERENCE_POINTS ? n_grid : 2 * SLIMFAST_N_REFERENCE_POINTS;
+}
+
+SLIMFAST_HD inline int padded_order(int n) { return n + (n & 1); }
+
+// ---------------------------------------------------------------------------------------------
+// Workspace layouts (doubles per problem). The Jacobi matrices M, Vt and the rotations live in
+// shared memory when they fit, else in the jac_* regions; those regions are always allocated
+// because the step reuses them afterwards (T = G U in jac_M, K = Uᵀ G U in jac_Vt).
+// ---------------------------------------------------------------------------------------------
+struct JacobiLayout {
+  long jac_M, jac_Vt, rot, perm, total;
+};
+
+SLIMFAST_HD inline JacobiLayout jacobi_layout(int n) {
+  const long np = padded_order(n);
+  JacobiLayout L;
+  L.jac_M = 0;
+  L.jac_Vt = L.jac_M + np * np;
+  L.rot = L.jac_Vt + np * np;
+  L.perm = L.rot + 3 * (np / 2);
+  L.total = L.perm + n;
+  return L;
+}
+
+// Doubles of shared memory for M, Vt and the rotations of one block.
+SLIMFAST_HD inline long jacobi_shared_doubles(int n) {
+  const long np = padded_order(n);
+  return 2 * np * np + 3 * (np / 2);
+}
+
+struct StepLayout {
+  long jac_M, jac_Vt, rot, perm;  // as JacobiLayout
+  long U, s, proj;                // eigenvectors [n, n], eigenvalues [n], Projections buffer
+  long pt_t, pt_mu, pt_f, pt_g;   // trial points [npts] each
+  long D, QD;                     // [npts, n], [npts, 3, n] (QD only with a full memory)
+  long ev;                        // one-point evaluation: d, Q0d, Q1d, Q2d [4, n]
+  long total;
+};
+
+SLIMFAST_HD inline StepLayout step_layout(int n, int nt, int n_grid, bool memory_empty) {
+  const JacobiLayout J = jacobi_layout(n);
+  const long npts = step_points(n_grid);
+  StepLayout L;
+  L.jac_M = J.jac_M;
+  L.jac_Vt = J.jac_Vt;
+  L.rot = J.rot;
+  L.perm = J.perm;
+  L.U = J.total;
+  L.s = L.U + (long)n * n;
+  L.proj = L.s + n;
+  L.pt_t = L.proj + projections_doubles(n, nt, memory_empty);
+  L.pt_mu = L.pt_t + npts;
+  L.pt_f = L.pt_mu + npts;
+  L.pt_g = L.pt_f + npts;
+  L.D = L.pt_g + npts;
+  L.QD = L.D + npts * n;
+  L.ev = L.QD + (memory_empty ? 0L : 3L * npts * n);
+  L.total = L.ev + 4L * n;
+  return L;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Execution contexts.
+// ---------------------------------------------------------------------------------------------
+struct HostCtx {
+  int nthr;      // simulated threads per block
+  bool reverse;  // run the simulated threads in reverse order (data-race probe)
+
+  template <class F>
+  void par(F&& f) const {
+    if (reverse)
+      for (int t = nthr - 1; t >= 0; --t) f(t, nthr);
+    else
+      for (int t = 0; t < nthr; ++t) f(t, nthr);
+  }
+
+  // Partial sums per simulated thread, totalled in thread order (the same whatever `reverse`).
+  template <int K, class F>
+  void sums(F&& f, double* out) const {
+    for (int k = 0; k < K; ++k) out[k] = 0.0;
+    for (int t = 0; t < nthr; ++t) {
+      double acc[K];
+      for (int k = 0; k < K; ++k) acc[k] = 0.0;
+      f(t, nthr, acc);
+      for (int k = 0; k < K; ++k) out[k] += acc[k];
+    }
+  }
+};
+
+#if defined(__CUDACC__)
+// One block: blockDim.x threads, a multiple of 32 and at most 1024. `red` is shared memory of
+// kReductionDoubles doubles: partials of up to 32 warps, then the totals at a fixed offset (so a
+// fast thread's next partials never overwrite totals a slow thread has still to read).
+struct DeviceCtx {
+  int tid, nthr;
+  double* red;
+
+  static constexpr int kReductionDoubles = 33 * SLIMFAST_MAX_SUMS;
+
+  template <class F>
+  __device__ void par(F&& f) const {
+    f(tid, nthr);
+    __syncthreads();
+  }
+
+  template <int K, class F>
+  __device__ void sums(F&& f, double* out) const {
+    static_assert(K >= 1 && K <= SLIMFAST_MAX_SUMS, "too many sums for one reduction");
+    double acc[K];
+    for (int k = 0; k < K; ++k) acc[k] = 0.0;
+    f(tid, nthr, acc);
+    const int lane = tid & 31, warp = tid >> 5, nwarps = nthr >> 5;
+    for (int k = 0; k < K; ++k)
+      for (int off = 16; off > 0; off >>= 1) acc[k] += __shfl_down_sync(0xffffffffu, acc[k], off);
+    if (lane == 0)
+      for (int k = 0; k < K; ++k) red[warp * K + k] = acc[k];
+    __syncthreads();
+    if (warp == 0) {
+      for (int k = 0; k < K; ++k) {
+        double v = lane < nwarps ? red[lane * K + k] : 0.0;
+        for (int off = 16; off > 0; off >>= 1) v += __shfl_down_sync(0xffffffffu, v, off);
+        if (lane == 0) red[32 * SLIMFAST_MAX_SUMS + k] = v;
+      }
+    }
+    __syncthreads();
+    for (int k = 0; k < K; ++k) out[k] = red[32 * SLIMFAST_MAX_SUMS + k];
+  }
+};
+#endif
+
+// ---------------------------------------------------------------------------------------------
+// Block-parallel cyclic Jacobi (round-robin ordering) for a symmetric A [n, n], lower triangle read.
+// M [np, np] and Vt [np, np] (eigenvectors as rows) are left diagonalised: A = Vtᵀ diag(M) Vt.
+// rot: 3·np/2 doubles. Warm start U0 [n, n] (orthogonal, eigenvectors as columns): M = U0ᵀ A U0,
+// Vt = U0ᵀ. Stops when off(M) <= tol·‖A‖_F (checked before each sweep) or after max_sweeps;
+// returns the sweeps run. One round = np/2 disjoint rotations: one thread per pair computes the
+// rotation (jacobi_rotation), then every 2×2 block (pair k, pair l) of M is replaced by
+// R_kᵀ M_kl R_l by one work item (blocks k < l also written transposed, so M stays exactly
+// symmetric; the diagonal block gets a_pp − t·a_pq, a_qq + t·a_pq, 0 as in jacobi_eigh), and the
+// rows p, q of Vt are rotated.
+// ---------------------------------------------------------------------------------------------
+template <class Ctx>
+SLIMFAST_BLOCK int jacobi_block(const Ctx& ctx, int n, const double* A, const double* U0, double* M, double* Vt,
+                                double* rot, double tol, int max_sweeps) {
+  const int np = padded_order(n);
+  const int P = np / 2;
+  const long nn = (long)n * n, npnp = (long)np * np;
+  double norm2;
+  ctx.template sums<1>(
+      [&](int tid, int nthr, double* acc) {
+        for (long e = tid; e < nn; e += nthr) {
+          const double x = sym_lower(A, n, (int)(e / n), (int)(e % n));
+          acc[0] += x * x;
+        }
+      },
+      &norm2);
+  if (U0 == nullptr) {
+    ctx.par([&](int tid, int nthr) {
+      for (long e = tid; e < npnp; e += nthr) {
+        const int i = (int)(e / np), j = (int)(e % np);
+        M[e] = (i < n && j < n) ? sym_lower(A, n, i, j) : 0.0;
+        Vt[e] = i == j ? 1.0 : 0.0;
+      }
+    });
+  } else {
+    double* T = Vt;  // T = A U0 [n, n] (leading dim n) in Vt's storage until Vt is set
+    ctx.par([&](int tid, int nthr) {
+      for (long e = tid; e < nn; e += nthr) {
+        const int i = (int)(e / n), j = (int)(e % n);
+        double acc = 0.0;
+        for (int l = 0; l < n; ++l) acc += sym_lower(A, n, i, l) * U0[(long)l * n + j];
+        T[e] = acc;
+      }
+    });
+    // M = U0ᵀ T; both (i, j) and (j, i) take the lower entry, computed identically (jacobi_eigh
+    // also keeps the lower triangle of U0ᵀ A U0).
+    ctx.par([&](int tid, int nthr) {
+      for (long e = tid; e < npnp; e += nthr) {
+        const int i = (int)(e / np), j = (int)(e % np);
+        if (i >= n || j >= n) {
+          M[e] = 0.0;
+          continue;
+        }
+        const int r = i > j ? i : j, c = i > j ? j : i;
+        double acc = 0.0;
+        for (int l = 0; l < n; ++l) acc += U0[(long)l * n + r] * T[(long)l * n + c];
+        M[e] = acc;
+      }
+    });
+    ctx.par([&](int tid, int nthr) {
+      for (long e = tid; e < npnp; e += nthr) {
+        const int i = (int)(e / np), j = (int)(e % np);
+        Vt[e] = (i < n && j < n) ? U0[(long)j * n + i] : (i == j ? 1.0 : 0.0);
+      }
+    });
+  }
+  const double thresh = tol * sqrt(norm2);
+  int sweep = 0;
+  for (; sweep < max_sweeps; ++sweep) {
+    double off2;
+    ctx.template sums<1>(
+        [&](int tid, int nthr, double* acc) {
+          for (long e = tid; e < npnp; e += nthr)
+            if (e / np != e % np) acc[0] += M[e] * M[e];
+        },
+        &off2);
+    if (sqrt(off2) <= thresh) break;
+    for (int r = 0; r < np - 1; ++r) {
+      ctx.par([&](int tid, int nthr) {
+        for (int k = tid; k < P; k += nthr) {
+          int p, q;
+          round_robin_pair(np, r, k, &p, &q);
+          const JacobiRotation rt = jacobi_rotation(M[(long)p * np + p], M[(long)q * np + q], M[(long)p * np + q]);
+          rot[3 * k] = rt.c;
+          rot[3 * k + 1] = rt.s;
+          rot[3 * k + 2] = rt.t;
+        }
+      });
+      ctx.par([&](int tid, int nthr) {
+        const long nblk = (long)P * P, nvec = (long)P * np;
+        for (long e = tid; e < nblk + nvec; e += nthr) {
+          if (e < nblk) {
+            const int k = (int)(e / P), l = (int)(e % P);
+            if (k > l) continue;
+            int pk, qk;
+            round_robin_pair(np, r, k, &pk, &qk);
+            double* rpk = M + (long)pk * np;
+            double* rqk = M + (long)qk * np;
+            if (k == l) {
+              const double app = rpk[pk], aqq = rqk[qk], apq = rpk[qk], t = rot[3 * k + 2];
+              rpk[pk] = app - t * apq;
+              rqk[qk] = aqq + t * apq;
+              rpk[qk] = 0.0;
+              rqk[pk] = 0.0;
+              continue;
+            }
+            int pl, ql;
+            round_robin_pair(np, r, l, &pl, &ql);
+            const double ck = rot[3 * k], sk = rot[3 * k + 1], cl = rot[3 * l], sl = rot[3 * l + 1];
+            const double x_pp = rpk[pl], x_pq = rpk[ql], x_qp = rqk[pl], x_qq = rqk[ql];
+            // Rows (pair k): row_p ← c·row_p − s·row_q, row_q ← s·row_p + c·row_q.
+            const double y_pp = ck * x_pp - sk * x_qp, y_pq = ck * x_pq - sk * x_qq;
+            const double y_qp = sk * x_pp + ck * x_qp, y_qq = sk * x_pq + ck * x_qq;
+            // Columns (pair l), the same rule.
+            const double z_pp = cl * y_pp - sl * y_pq, z_pq = sl * y_pp + cl * y_pq;
+            const double z_qp = cl * y_qp - sl * y_qq, z_qq = sl * y_qp + cl * y_qq;
+            rpk[pl] = z_pp;
+            rpk[ql] = z_pq;
+            rqk[pl] = z_qp;
+            rqk[ql] = z_qq;
+            M[(long)pl * np + pk] = z_pp;
+            M[(long)ql * np + pk] = z_pq;
+            M[(long)pl * np + qk] = z_qp;
+            M[(long)ql * np + qk] = z_qq;
+          } else {
+            const long v = e - nblk;
+            const int k = (int)(v / np), j = (int)(v % np);
+            int p, q;
+            round_robin_pair(np, r, k, &p, &q);
+            const double c = rot[3 * k], s = rot[3 * k + 1];
+            const double x = Vt[(long)p * np + j], y = Vt[(long)q * np + j];
+            Vt[(long)p * np + j] = c * x - s * y;
+            Vt[(long)q * np + j] = s * x + c * y;
+          }
+        }
+      });
+    }
+  }
+  return sweep;
+}
+
+// Strict total order of (value, index) used to sort eigenvalues ascending: NaNs last, ties by
+// index (so the ranks are a permutation whatever the values).
+SLIMFAST_HD inline bool eig_before(double a, int i, double b, int j) {
+  const bool an = a != a, bn = b != b;
+  if (an != bn) return bn;
+  if (!an && a != b) return a < b;
+  return i < j;
+}
+
+// s_out [n] = diag(M) ascending, U_out [n, n] the matching eigenvectors as columns; perm [n]
+// scratch (doubles holding indices).
+template <class Ctx>
+SLIMFAST_BLOCK void jacobi_extract(const Ctx& ctx, int n, const double* M, const double* Vt, double* s_out,
+                                   double* U_out, double* perm) {
+  const int np = padded_order(n);
+  ctx.par([&](int tid, int nthr) {
+    for (int i = tid; i < n; i += nthr) {
+      const double di = M[(long)i * np + i];
+      int rank = 0;
+      for (int j = 0; j < n; ++j) rank += eig_before(M[(long)j * np + j], j, di, i) ? 1 : 0;
+      s_out[rank] = di;
+      perm[rank] = (double)i;
+    }
+  });
+  ctx.par([&](int tid, int nthr) {
+    const long nn = (long)n * n;
+    for (long e = tid; e < nn; e += nthr) {
+      const int i = (int)(e / n), r = (int)(e % n);
+      U_out[e] = Vt[(long)perm[r] * np + i];
+    }
+  });
+}
+
+// ---------------------------------------------------------------------------------------------
+// sgcv_precompute, block-parallel. p bound (projections_bind) with p.s = s, p.U = U. s is clipped
+// at 0 in place. With a full memory T, K [n, n] are scratch (K = Uᵀ G U, T = G U). work: n_t × n
+// (W G on return, free afterwards).
+// ---------------------------------------------------------------------------------------------
+template <class Ctx>
+SLIMFAST_BLOCK void precompute_block(const Ctx& ctx, Projections& p, double* s, const double* G, const double* H,
+                                     double c, const double* W, double* T, double* K, double* work) {
+  const int nf = p.n_f, nt = p.n_t;
+  const long ntf = (long)nt * nf, nn = (long)nf * nf;
+  const double* U = p.U;
+  double* WG = work;
+  ctx.par([&](int tid, int nthr) {
+    for (int j = tid; j < nf; j += nthr) s[j] = clamp_min(s[j], 0.0);
+    for (long e = tid; e < ntf; e += nthr) {
+      const int t = (int)(e / nf), i = (int)(e % nf);
+      double acc = 0.0;
+      for (int l = 0; l < nf; ++l) acc += W[(long)t * nf + l] * G[(long)l * nf + i];
+      WG[e] = acc;
+    }
+  });
+  double r[2];
+  ctx.template sums<2>(
+      [&](int tid, int nthr, double* acc) {
+        for (long e = tid; e < ntf; e += nthr) {
+          acc[0] += WG[e] * W[e];
+          acc[1] += W[e] * H[e];
+        }
+      },
+      r);
+  p.res0 = r[0] - 2.0 * r[1] + c;
+  // B̃ = (W G − H) U, W̃ = W U; with a full memory also T = G U.
+  ctx.par([&](int tid, int nthr) {
+    for (long e = tid; e < ntf; e += nthr) {
+      const int t = (int)(e / nf), j = (int)(e % nf);
+      const double* wg = WG + (long)t * nf;
+      const double* h = H + (long)t * nf;
+      const double* w = W + (long)t * nf;
+      double bt = 0.0, wt = 0.0;
+      for (int i = 0; i < nf; ++i) {
+        const double u = U[(long)i * nf + j];
+        bt += (wg[i] - h[i]) * u;
+        wt += w[i] * u;
+      }
+      p.Bt[e] = bt;
+      p.Wt[e] = wt;
+    }
+    if (!p.diagonal)
+      for (long e = tid; e < nn; e += nthr) {
+        const int i = (int)(e / nf), j = (int)(e % nf);
+        double acc = 0.0;
+        for (int l = 0; l < nf; ++l) acc += G[(long)i * nf + l] * U[(long)l * nf + j];
+        T[e] = acc;
+      }
+  });
+  // a, b (and the diagonal-memory Q's); with a full memory K = Uᵀ T.
+  ctx.par([&](int tid, int nthr) {
+    for (int j = tid; j < nf; j += nthr) {
+      double a = 0.0, b = 0.0, cw = 0.0;
+      for (int t = 0; t < nt; ++t) {
+        const double bt = p.Bt[(long)t * nf + j], wt = p.Wt[(long)t * nf + j];
+        a += bt * bt;
+        b += bt * wt;
+        cw += wt * wt;
+      }
+      p.a[j] = a;
+      p.b[j] = b;
+      if (p.diagonal) {
+        p.k[j] = s[j];
+        p.Q0[j] = s[j] * a;
+        p.Q1[j] = 2.0 * s[j] * b;
+        p.Q2[j] = s[j] * cw;
+      }
+    }
+    if (!p.diagonal)
+      for (long e = tid; e < nn; e += nthr) {
+        const int i = (int)(e / nf), j = (int)(e % nf);
+        double acc = 0.0;
+        for (int l = 0; l < nf; ++l) acc += U[(long)l * nf + i] * T[(long)l * nf + j];
+        K[e] = acc;
+      }
+  });
+  if (p.diagonal) return;
+  ctx.par([&](int tid, int nthr) {
+    for (long e = tid; e < nn; e += nthr) {
+      const int i = (int)(e / nf), j = (int)(e % nf);
+      double q0 = 0.0, q1 = 0.0, q2 = 0.0;
+      for (int t = 0; t < nt; ++t) {
+        const double* bt = p.Bt + (long)t * nf;
+        const double* wt = p.Wt + (long)t * nf;
+        q0 += bt[i] * bt[j];
+        q1 += bt[i] * wt[j] + wt[i] * bt[j];
+        q2 += wt[i] * wt[j];
+      }
+      const double k = K[e];
+      p.Q0[e] = q0 * k;
+      p.Q1[e] = q1 * k;
+      p.Q2[e] = q2 * k;
+      if (i == j) p.k[i] = k;
+    }
+  });
+}
+
+// ---------------------------------------------------------------------------------------------
+// sGCV at npts trial points mu [npts] in parallel: f, g [npts]. With `admissible_only`, points
+// outside [mu_lo, mu_hi] (or NaN) get f = +inf, g = NaN without evaluation (reference mode).
+// D [npts, n] and (full memory) QD [npts, 3, n] are scratch.
+// ---------------------------------------------------------------------------------------------
+template <class Ctx>
+SLIMFAST_BLOCK void eval_points(const Ctx& ctx, const Projections& p, double m, double Lambda_prev, int npts,
+                                const double* mu, bool admissible_only, double mu_lo, double mu_hi, double* D,
+                                double* QD, double* f, double* g) {
+  const int nf = p.n_f;
+  const long nd = (long)npts * nf;
+  ctx.par([&](int tid, int nthr) {
+    for (long e = tid; e < nd; e += nthr) D[e] = 1.0 / (p.s[e % nf] + mu[e / nf]);
+  });
+  if (!p.diagonal)
+    ctx.par([&](int tid, int nthr) {
+      for (long e = tid; e < nd; e += nthr) {
+        const int i = (int)(e / nf), row = (int)(e % nf);
+        const double* d = D + (long)i * nf;
+        const double* q0 = p.Q0 + (long)row * nf;
+        const double* q1 = p.Q1 + (long)row * nf;
+        const double* q2 = p.Q2 + (long)row * nf;
+        double x0 = 0.0, x1 = 0.0, x2 = 0.0;
+        for (int j = 0; j < nf; ++j) {
+          x0 += q0[j] * d[j];
+          x1 += q1[j] * d[j];
+          x2 += q2[j] * d[j];
+        }
+        double* qd = QD + 3L * i * nf;
+        qd[row] = x0;
+        qd[nf + row] = x1;
+        qd[2 * nf + row] = x2;
+      }
+    });
+  ctx.par([&](int tid, int nthr) {
+    for (int i = tid; i < npts; i += nthr) {
+      if (admissible_only && !(mu[i] >= mu_lo && mu[i] <= mu_hi)) {
+        f[i] = slim_inf();
+        g[i] = slim_nan();
+        continue;
+      }
+      const double* qd = p.diagonal ? nullptr : QD + 3L * i * nf;
+      const SgcvPoint pt = sgcv_eval_qd(mu[i], p, m, Lambda_prev, D + (long)i * nf, qd, p.diagonal ? nullptr : qd + nf,
+                                        p.diagonal ? nullptr : qd + 2 * nf);
+      f[i] = pt.f;
+      g[i] = pt.g;
+    }
+  });
+}
+
+// sGCV at one μ with the whole block: ev [4, n] scratch (on return ev[0..n) = d = 1/(s + μ)).
+template <class Ctx>
+SLIMFAST_BLOCK SgcvPoint eval_point(const Ctx& ctx, const Projections& p, double m, double Lambda_prev, double mu,
+                                    double* ev) {
+  const int nf = p.n_f;
+  double* d = ev;
+  double* Q0d = ev + nf;
+  double* Q1d = Q0d + nf;
+  double* Q2d = Q1d + nf;
+  ctx.par([&](int tid, int nthr) {
+    for (int j = tid; j < nf; j += nthr) d[j] = 1.0 / (p.s[j] + mu);
+  });
+  if (!p.diagonal)
+    ctx.par([&](int tid, int nthr) {
+      for (int i = tid; i < nf; i += nthr) {
+        const double* q0 = p.Q0 + (long)i * nf;
+        const double* q1 = p.Q1 + (long)i * nf;
+        const double* q2 = p.Q2 + (long)i * nf;
+        double x0 = 0.0, x1 = 0.0, x2 = 0.0;
+        for (int j = 0; j < nf; ++j) {
+          x0 += q0[j] * d[j];
+          x1 += q1[j] * d[j];
+          x2 += q2[j] * d[j];
+        }
+        Q0d[i] = x0;
+        Q1d[i] = x1;
+        Q2d[i] = x2;
+      }
+    });
+  const double lam = mu - Lambda_prev;
+  double acc[SLIMFAST_SGCV_NSUMS];
+  ctx.template sums<SLIMFAST_SGCV_NSUMS>(
+      [&](int tid, int nthr, double* a) {
+        for (int j = tid; j < nf; j += nthr) {
+          if (p.diagonal)
+            sgcv_accumulate(p, lam, j, d[j], 0.0, 0.0, 0.0, a);
+          else
+            sgcv_accumulate(p, lam, j, d[j], Q0d[j], Q1d[j], Q2d[j], a);
+        }
+      },
+      acc);
+  return sgcv_from_sums(p, m, acc);
+}
+
+// select_mu, block-parallel: grid / candidates evaluated in parallel, then the bracket and the
+// Illinois iteration (every thread holds the same iteration state; g(c) comes from eval_point).
+template <class Ctx>
+SLIMFAST_BLOCK double select_mu_block(const Ctx& ctx, const Projections& p, double m, double Lambda_prev,
+                                      const StepOptions& o, double* pt_t, double* pt_mu, double* pt_f, double* pt_g,
+                                      double* D, double* QD, double* ev) {
+  double mu_lo, mu_hi;
+  admissible_interval(Lambda_prev, o, &mu_lo, &mu_hi);
+  if (o.mode == SLIMFAST_MODE_CONSTANT) return constant_mu(Lambda_prev, mu_lo, mu_hi, o);
+  if (o.mode == SLIMFAST_MODE_REFERENCE) {
+    const int n = 2 * SLIMFAST_N_REFERENCE_POINTS;
+    ctx.par([&](int tid, int nthr) {
+      for (int i = tid; i < n; i += nthr) pt_mu[i] = Lambda_prev + reference_candidate(i, Lambda_prev, o);
+    });
+    eval_points(ctx, p, m, Lambda_prev, n, pt_mu, true, mu_lo, mu_hi, D, QD, pt_f, pt_g);
+    return reference_pick(pt_mu, pt_f, Lambda_prev, mu_lo, mu_hi);
+  }
+  const int n = o.n_grid;
+  ctx.par([&](int tid, int nthr) {
+    for (int i = tid; i < n; i += nthr) {
+      pt_t[i] = grid_t(mu_lo, mu_hi, n, i);
+      pt_mu[i] = exp(pt_t[i]);
+    }
+  });
+  eval_points(ctx, p, m, Lambda_prev, n, pt_mu, false, mu_lo, mu_hi, D, QD, pt_f, pt_g);
+  const GridBracket br = grid_bracket(pt_t, pt_f, pt_g, n, mu_lo, mu_hi);
+  double t_star = br.t_best;
+  if (br.bracketed) {
+    IllinoisState st = illinois_start(br.t_other, br.t_best, br.g_other, br.g_best);
+    for (int it = 0; it < o.max_root_iter; ++it) {
+      const double c = illinois_next(st);
+      const SgcvPoint pt = eval_point(ctx, p, m, Lambda_prev, exp(c), ev);
+      if (illinois_feed(st, pt.g, o)) break;
+    }
+    t_star = st.c;
+  }
+  return clamp_max(clamp_min(exp(t_star), mu_lo), mu_hi);
+}
+
+// finish_step, block-parallel: W_out = W − ((B̃ + λW̃)∘d) Uᵀ and the info row. y: n_t × n scratch.
+template <class Ctx>
+SLIMFAST_BLOCK void finish_block(const Ctx& ctx, const Projections& p, double mu, double m, double Lambda_prev,
+                                 double c, const double* W, double* W_out, double* info, double* ev, double* y) {
+  const int nf = p.n_f;
+  const long ntf = (long)p.n_t * nf;
+  const SgcvPoint pt = eval_point(ctx, p, m, Lambda_prev, mu, ev);
+  const double lam = mu - Lambda_prev;
+  const double* d = ev;
+  ctx.par([&](int tid, int nthr) {
+    for (long e = tid; e < ntf; e += nthr) y[e] = (p.Bt[e] + lam * p.Wt[e]) * d[e % nf];
+  });
+  ctx.par([&](int tid, int nthr) {
+    for (long e = tid; e < ntf; e += nthr) {
+      const int t = (int)(e / nf), i = (int)(e % nf);
+      const double* yt = y + (long)t * nf;
+      const double* u = p.U + (long)i * nf;
+      double acc = 0.0;
+      for (int j = 0; j < nf; ++j) acc += yt[j] * u[j];
+      W_out[e] = W[e] - acc;
+    }
+    if (tid == 0) {
+      info[0] = lam;
+      info[1] = mu;
+      info[2] = pt.f;
+      info[3] = c > 0 ? sqrt(clamp_min(pt.R, 0.0) / c) : 0.0;
+      info[4] = (p.s[nf - 1] + mu) / (p.s[0] + mu);
+    }
+  });
+}
+
+// ---------------------------------------------------------------------------------------------
+// One problem b of a batched launch.
+// ---------------------------------------------------------------------------------------------
+struct StepArgs {
+  int n, nt;
+  bool memory_empty;
+  StepOptions opts;
+  const double *G_mem, *G, *H, *c, *m, *W, *Lambda_prev;
+  const double* U0;  // [B, n, n] warm start or null
+  double *W_out, *info;
+  double* U_out;  // [B, n, n] eigenvectors of G_mem (for the next warm start) or null
+  double* ws;     // [B, ws_stride]
+  long ws_stride;
+  double jacobi_tol;
+  int max_sweeps;
+  bool use_shared;  // Jacobi matrices in `smem` (jacobi_shared_doubles(n)) instead of ws
+};
+
+template <class Ctx>
+SLIMFAST_BLOCK void slimtik_problem(const Ctx& ctx, const StepArgs& a, long b, double* smem) {
+  const int n = a.n, np = padded_order(n);
+  const long nn = (long)n * n, ntf = (long)a.nt * n;
+  const StepLayout L = step_layout(n, a.nt, a.opts.n_grid, a.memory_empty);
+  double* ws = a.ws + b * a.ws_stride;
+  double* M = a.use_shared ? smem : ws + L.jac_M;
+  double* Vt = a.use_shared ? smem + (long)np * np : ws + L.jac_Vt;
+  double* rot = a.use_shared ? smem + 2L * np * np : ws + L.rot;
+  double* U = ws + L.U;
+  double* s = ws + L.s;
+  jacobi_block(ctx, n, a.G_mem + b * nn, a.U0 ? a.U0 + b * nn : nullptr, M, Vt, rot, a.jacobi_tol, a.max_sweeps);
+  jacobi_extract(ctx, n, M, Vt, s, U, ws + L.perm);
+  if (a.U_out) {
+    double* U_out = a.U_out + b * nn;
+    ctx.par([&](int tid, int nthr) {
+      for (long e = tid; e < nn; e += nthr) U_out[e] = U[e];
+    });
+  }
+  Projections p;
+  double* work = projections_bind(p, n, a.nt, a.memory_empty, ws + L.proj);
+  p.s = s;
+  p.U = U;
+  const double c = a.c[b], m = a.m[b], Lambda_prev = a.Lambda_prev[b];
+  // M's and Vt's global regions are free now (the eigenpairs are in U, s): T and K go there.
+  precompute_block(ctx, p, s, a.G + b * nn, a.H + b * ntf, c, a.W + b * ntf, ws + L.jac_M, ws + L.jac_Vt, work);
+  const double mu = select_mu_block(ctx, p, m, Lambda_prev, a.opts, ws + L.pt_t, ws + L.pt_mu, ws + L.pt_f,
+                                    ws + L.pt_g, ws + L.D, a.memory_empty ? nullptr : ws + L.QD, ws + L.ev);
+  finish_block(ctx, p, mu, m, Lambda_prev, c, a.W + b * ntf, a.W_out + b * ntf, a.info + b * SLIMFAST_N_INFO,
+               ws + L.ev, work);
+}
+
+struct JacobiArgs {
+  int n;
+  const double* A;   // [B, n, n]
+  const double* U0;  // [B, n, n] or null
+  double *s, *U;     // [B, n], [B, n, n]
+  int* sweeps;       // [B] or null
+  double* ws;        // [B, ws_stride]
+  long ws_stride;
+  double tol;
+  int max_sweeps;
+  bool use_shared;
+};
+
+template <class Ctx>
+SLIMFAST_BLOCK void jacobi_problem(const Ctx& ctx, const JacobiArgs& a, long b, double* smem) {
+  const int n = a.n, np = padded_order(n);
+  const long nn = (long)n * n;
+  const JacobiLayout L = jacobi_layout(n);
+  double* ws = a.ws + b * a.ws_stride;
+  double* M = a.use_shared ? smem : ws + L.jac_M;
+  double* Vt = a.use_shared ? smem + (long)np * np : ws + L.jac_Vt;
+  double* rot = a.use_shared ? smem + 2L * np * np : ws + L.rot;
+  const int sw = jacobi_block(ctx, n, a.A + b * nn, a.U0 ? a.U0 + b * nn : nullptr, M, Vt, rot, a.tol, a.max_sweeps);
+  jacobi_extract(ctx, n, M, Vt, a.s + b * n, a.U + b * nn, ws + L.perm);
+  if (a.sweeps)
+    ctx.par([&](int tid, int) {
+      if (tid == 0) a.sweeps[b] = sw;
+    });
+}
+
+}  // namespace slimfast

@@ -1,0 +1,57 @@
+// CUDA launcher of the slimTik step (twin of csrc/cpu/slimtik_step_cpu.h). Plain C++: included by
+// bindings_cuda.cpp, which the host compiler builds; no CUDA types cross this header.
+//
+// One thread block per problem, B problems per launch, on the caller's stream. No host
+// synchronisation and no allocation: all scratch is the caller's `workspace` (device memory of
+// step_workspace_doubles(...) doubles), so a step can be captured in a CUDA graph.
+#pragma once
+
+#include <cstdint>
+
+#include "slimfast_math.h"
+
+namespace slimfast {
+
+// Where the Jacobi matrices of a block live: shared memory when they fit (AUTO), never (OFF),
+// or always (ON: std::invalid_argument if they do not fit on the device).
+enum SharedMode { SHARED_AUTO = -1, SHARED_OFF = 0, SHARED_ON = 1 };
+
+struct CudaLaunch {
+  int device;            // CUDA device index of every pointer
+  std::uintptr_t stream; // cudaStream_t as an integer (0: the legacy default stream)
+  int n_threads;         // threads per block, a multiple of 32 in [32, 512]; 0: by n
+  int shared_mode;       // SharedMode
+};
+
+// Workspace doubles for B problems.
+long long step_workspace_doubles(long long B, int n_f, int n_t, int n_grid, bool memory_empty);
+long long jacobi_workspace_doubles(long long B, int n);
+
+// One slimTik step for B problems (slimfast._torch_impl._slimtik_step), device pointers:
+//   G_mem, G [B, n_f, n_f]; H, W, W_out [B, n_t, n_f]; c, m, Lambda_prev [B]; info [B, 5].
+// U0 [B, n_f, n_f] (optional): eigenvectors of a nearby G_mem (e.g. the previous step's U_out) to
+// warm-start the Jacobi sweeps; U_out [B, n_f, n_f] (optional) receives G_mem's eigenvectors.
+// Throws std::runtime_error if the launch fails.
+void slimtik_step_cuda(long long B, int n_f, int n_t, const double* G_mem, const double* G, const double* H,
+                       const double* c, const double* m, const double* W, const double* Lambda_prev, bool memory_empty,
+                       const StepOptions& opts, const double* U0, double* W_out, double* info, double* U_out,
+                       double* workspace, double jacobi_tol, int max_sweeps, const CudaLaunch& launch);
+
+// Batched block-parallel Jacobi: A [B, n, n] → s [B, n] ascending, U [B, n, n] (columns);
+// sweeps [B] (optional) receives the sweeps each problem ran.
+void jacobi_eigh_cuda(long long B, int n, const double* A, const double* U0, double* s, double* U, int* sweeps,
+                      double* workspace, double tol, int max_sweeps, const CudaLaunch& launch);
+
+// The same block code run serially on the host (slimtik_step_emulate.cpp), host pointers: the
+// blocks' threads are simulated one after another (in reverse order with `reverse`), and the
+// Jacobi matrices sit in a separate "shared" buffer with `use_shared`. For tests on machines
+// without a GPU.
+void slimtik_step_emulate(long long B, int n_f, int n_t, const double* G_mem, const double* G, const double* H,
+                          const double* c, const double* m, const double* W, const double* Lambda_prev,
+                          bool memory_empty, const StepOptions& opts, const double* U0, double* W_out, double* info,
+                          double* U_out, double* workspace, double jacobi_tol, int max_sweeps, int n_threads,
+                          bool reverse, bool use_shared);
+void jacobi_eigh_emulate(long long B, int n, const double* A, const double* U0, double* s, double* U, int* sweeps,
+                         double* workspace, double tol, int max_sweeps, int n_threads, bool reverse, bool use_shared);
+
+}  // namespace slimfast
