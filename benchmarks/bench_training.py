@@ -1,0 +1,250 @@
+"""Time per training step: slimTrain vs Adam on the same network and the same batches.
+
+Cases (batch 32, memory depth r = 5):
+    peaks   residual tanh body (width 8), head Linear(8 → 1)          n_f = 9,   n_t = 1
+    cdr     residual tanh body (width 16), head Linear(16 → 72)       n_f = 17,  n_t = 72
+    digits  conv autoencoder on 8×8 digits, head ConvTranspose2d(16 → 1)   n_f = 257, n_t = 1
+    mnist   the paper's MNIST autoencoder on random 28×28 data, head ConvTranspose2d(16 → 1)
+
+slimTrain step = body forward, SlimTik head solve (statistics + sGCV step), head forward,
+backward through the body, Adam step on the body (``SlimTrain.train_step``). Adam step = forward,
+backward, Adam on body and head. Both start from the same weights and cycle through the same
+batches.
+
+Correctness first: before timing, every slimTik backend takes the same first step from the
+same state and their heads must agree (relative difference ≤ 1e-6), and the solved head must
+fit the batch at least as well as the initial head. Then the two methods are timed in
+interleaved blocks (so load changes on a shared machine hit both alike); the table reports
+the median per-step time over blocks after warm-up, the ratio slimTrain/Adam, the time of
+the head solve alone (``SlimTik.step`` on fixed features), and the batch loss after the last
+timed step next to every time.
+
+Clock: by default the process CPU time (``time.process_time``, all threads of this process),
+which a busy shared machine does not inflate the way it inflates wall time (a 5 ms step is
+preempted far more often than a 1 ms one, which biases wall-clock ratios). ``--clock wall``
+uses ``time.perf_counter`` instead; use it on an idle machine or with several threads.
+
+    python benchmarks/bench_training.py [--cases peaks,cdr,digits,mnist] [--backends auto,torch]
+                                        [--threads 1] [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import slimfast
+from slimfast.backends import load_backend, resolve_backend
+from slimfast.heads import head_shape
+from slimfast.optim import SlimTik
+from slimfast.train import SlimTrain
+
+BATCH = 32
+MEMORY_DEPTH = 5
+LR = 1e-3
+#: Target ratios slimTrain/Adam (per-step time) of the project.
+TARGETS = {"peaks": 1.3, "cdr": 1.3, "mnist": 3.0}
+CLOCKS = {"cpu": time.process_time, "wall": time.perf_counter}
+CLOCK = time.process_time
+
+
+@dataclass
+class Case:
+    name: str
+    make_body: Callable[[], nn.Module]
+    make_head: Callable[[], nn.Module]
+    batches: list[tuple[torch.Tensor, torch.Tensor]]
+    blocks: int
+    block_steps: int
+    warmup: int
+
+
+def _seeded(seed: int, fn: Callable[[], nn.Module]) -> Callable[[], nn.Module]:
+    def build() -> nn.Module:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return fn()
+    return build
+
+
+def _split(x: torch.Tensor, y: torch.Tensor, n_batches: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    return [(x[i * BATCH:(i + 1) * BATCH].contiguous(), y[i * BATCH:(i + 1) * BATCH].contiguous())
+            for i in range(n_batches)]
+
+
+def make_case(name: str, quick: bool) -> Case:
+    from slimfast.problems import get_problem
+    from slimfast.problems.cdr import load_cdr
+    from slimfast.problems.mnist import make_mnist_body, make_mnist_head
+
+    small = dict(blocks=15 if quick else 41, block_steps=10, warmup=20)
+    if name == "peaks":
+        p = get_problem("peaks", seed=0)
+        return Case(name, p.make_body, p.make_head, _split(p.x_train, p.y_train, 16), **small)
+    if name == "cdr":
+        p = load_cdr(seed=0, n_samples=8 * BATCH + 2, n_train=8 * BATCH, n_val=1)
+        return Case(name, p.make_body, p.make_head, _split(p.x_train, p.y_train, 8), **small)
+    if name == "digits":
+        p = get_problem("digits", seed=0)
+        return Case(name, p.make_body, p.make_head, _split(p.x_train, p.y_train, 8),
+                    blocks=7 if quick else 15, block_steps=3, warmup=4)
+    if name == "mnist":
+        g = torch.Generator().manual_seed(0)
+        x = torch.rand(4 * BATCH, 1, 28, 28, generator=g)
+        return Case(name, _seeded(0, make_mnist_body), _seeded(7919, make_mnist_head), _split(x, x, 4),
+                    blocks=5 if quick else 11, block_steps=2, warmup=3)
+    raise ValueError(f"unknown case {name!r}")
+
+
+class AdamStep:
+    def __init__(self, body: nn.Module, head: nn.Module) -> None:
+        self.body, self.head = body, head
+        self.opt = torch.optim.Adam(list(body.parameters()) + list(head.parameters()), lr=LR)
+
+    def train_step(self, x: torch.Tensor, y: torch.Tensor) -> float:
+        self.opt.zero_grad(set_to_none=True)
+        loss = F.mse_loss(self.head(self.body(x)), y)
+        loss.backward()
+        self.opt.step()
+        return float(loss.detach())
+
+
+def make_slimtrain(case: Case, backend: str | None) -> SlimTrain:
+    body, head = case.make_body(), case.make_head()
+    return SlimTrain(body, head, torch.optim.Adam(body.parameters(), lr=LR),
+                     SlimTik(head, memory_depth=MEMORY_DEPTH, backend=backend))
+
+
+def check_backends(case: Case, backends: list[str | None]) -> None:
+    """Same first step from the same state on every backend: heads agree; the solve fits the batch."""
+    x, y = case.batches[0]
+    heads = []
+    for be in backends:
+        st = make_slimtrain(case, be)
+        with torch.no_grad():
+            z = st.body(x)
+            before = F.mse_loss(st.head(z), y).item()
+        st.slim.step(z, y)
+        with torch.no_grad():
+            after = F.mse_loss(st.head(z), y).item()
+        if not after <= before * (1 + 1e-6):
+            raise AssertionError(f"{case.name}/{be}: head solve raised the batch loss {before:.4e} → {after:.4e}")
+        heads.append(torch.cat([p.detach().double().reshape(-1) for p in st.head.parameters()]))
+    for be, h in zip(backends[1:], heads[1:]):
+        rel = float((h - heads[0]).norm() / heads[0].norm())
+        if rel > 1e-6:
+            raise AssertionError(f"{case.name}: backend {be} head differs from {backends[0]} by {rel:.2e}")
+
+
+def time_interleaved(case: Case, trainers: dict[str, object]) -> dict[str, tuple[float, float]]:
+    """{label: (median seconds per step, batch loss after the last step)}, blocks interleaved."""
+    n = len(case.batches)
+    counters = {k: 0 for k in trainers}
+    last_loss = {k: float("nan") for k in trainers}
+
+    def run(label: str, steps: int) -> float:
+        tr = trainers[label]
+        t0 = CLOCK()
+        for _ in range(steps):
+            x, y = case.batches[counters[label] % n]
+            last_loss[label] = tr.train_step(x, y)
+            counters[label] += 1
+        return CLOCK() - t0
+
+    for label in trainers:
+        run(label, case.warmup)
+    samples: dict[str, list[float]] = {k: [] for k in trainers}
+    labels = list(trainers)
+    for b in range(case.blocks):
+        order = labels if b % 2 == 0 else labels[::-1]
+        for label in order:
+            samples[label].append(run(label, case.block_steps) / case.block_steps)
+    return {k: (statistics.median(v), last_loss[k]) for k, v in samples.items()}
+
+
+def time_head_solve(case: Case, backend: str | None) -> float:
+    """Median seconds of ``SlimTik.step`` alone on fixed features (memory full after warm-up)."""
+    body, head = case.make_body(), case.make_head()
+    slim = SlimTik(head, memory_depth=MEMORY_DEPTH, backend=backend)
+    with torch.no_grad():
+        feats = [(body(x), y) for x, y in case.batches]
+    for i in range(MEMORY_DEPTH + 2):
+        slim.step(*feats[i % len(feats)])
+    times = []
+    for i in range(max(case.blocks, 5)):
+        z, y = feats[i % len(feats)]
+        t0 = CLOCK()
+        slim.step(z, y)
+        times.append(CLOCK() - t0)
+    return statistics.median(times)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--cases", default="peaks,cdr,digits,mnist")
+    parser.add_argument("--backends", default="auto",
+                        help="comma list of slimTik backends to time (auto = slimfast's default choice; "
+                             "'all' = every available CPU backend)")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch intra-op threads (default 1: stable timings on a shared machine)")
+    parser.add_argument("--clock", choices=sorted(CLOCKS), default="cpu",
+                        help="cpu: process CPU time (default, robust to other load); wall: perf_counter")
+    parser.add_argument("--quick", action="store_true", help="fewer timed blocks")
+    args = parser.parse_args(argv)
+    global CLOCK
+    CLOCK = CLOCKS[args.clock]
+    torch.set_num_threads(args.threads)
+    if args.backends == "all":
+        names: list[str | None] = [b for b in ("cpp", "numba", "torch") if load_backend(b) is not None]
+    else:
+        names = [None if b == "auto" else b for b in args.backends.split(",")]
+    default_cpu = resolve_backend(None, torch.device("cpu"))[0]
+    print(f"slimfast {slimfast.__version__}, torch {torch.__version__}, python {platform.python_version()}, "
+          f"{platform.machine()}, torch threads {torch.get_num_threads()}, default CPU backend {default_cpu!r}")
+    print(f"batch {BATCH}, memory depth r = {MEMORY_DEPTH}, Adam lr {LR:g}; medians over interleaved blocks; "
+          f"clock: {args.clock} ({CLOCK.__name__})\n")
+
+    header = ("case", "n_f x n_t", "backend", "Adam ms", "slimTrain ms", "ratio", "target", "head solve ms",
+              "Adam loss", "slimTrain loss")
+    rows = []
+    for name in args.cases.split(","):
+        case = make_case(name, args.quick)
+        check_backends(case, names)
+        trainers: dict[str, object] = {"adam": AdamStep(case.make_body(), case.make_head())}
+        for be in names:
+            trainers[f"slim:{be or 'auto'}"] = make_slimtrain(case, be)
+        res = time_interleaved(case, trainers)
+        n_t, n_f = head_shape(case.make_head())
+        adam_t, adam_loss = res["adam"]
+        for be in names:
+            label = be or f"auto={default_cpu}"
+            slim_t, slim_loss = res[f"slim:{be or 'auto'}"]
+            solve_t = time_head_solve(case, be)
+            target = TARGETS.get(name)
+            ratio = slim_t / adam_t
+            mark = "" if target is None else (" ok" if ratio <= target else " MISSED")
+            rows.append((name, f"{n_f} x {n_t}", label, f"{1e3 * adam_t:.3f}", f"{1e3 * slim_t:.3f}",
+                         f"{ratio:.2f}{mark}", "—" if target is None else f"≤ {target:g}", f"{1e3 * solve_t:.3f}",
+                         f"{adam_loss:.3e}", f"{slim_loss:.3e}"))
+        print(f"  {name}: done", flush=True)
+    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(header)]
+    print()
+    print("| " + " | ".join(h.ljust(w) for h, w in zip(header, widths)) + " |")
+    print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
+    for r in rows:
+        print("| " + " | ".join(c.ljust(w) for c, w in zip(r, widths)) + " |")
+    print("\nratio = slimTrain / Adam time per step; head solve = SlimTik.step alone (statistics + sGCV step + "
+          "weight write); losses are the batch losses after the last timed step.")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
