@@ -1,0 +1,312 @@
+"""CUDA backend: the slimTik step of ``slimfast._cuda`` on CUDA float64 torch tensors.
+
+Same signature and results as ``slimfast._torch_impl._slimtik_step`` (its twin). One thread
+block per problem; the eigendecomposition of G_mem is a block-parallel cyclic Jacobi (optionally
+warm-started from a previous step's eigenvectors), then the projections, the sGCV search and the
+update, all on the device. A step never synchronises with the host and allocates only through
+torch (outputs and a workspace on the tensors' device), so it can be captured in a CUDA graph.
+
+Tensors cross into C++ as data pointers and the stream as an integer, so the extension is
+independent of the torch version; this module owns the checks that make those pointers safe
+(device, dtype, shape, contiguity).
+
+``emulate_slimtik_step`` / ``emulate_jacobi_eigh`` run the kernels' block code serially on the
+host (CPU tensors): the tests use them to check the GPU arithmetic on machines without a GPU.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .. import _cuda  # ImportError here means "backend unavailable" to the loader
+from .._torch_impl import N_INFO
+from ..config import SolverConfig
+
+__all__ = [
+    "JACOBI_MAX_SWEEPS", "JACOBI_TOL", "emulate_jacobi_eigh", "emulate_slimtik_step", "jacobi_eigh", "slimtik_step",
+    "workspace_size",
+]
+
+#: Jacobi stopping rule of the step: ‖offdiag‖_F <= JACOBI_TOL·‖G_mem‖_F, at most JACOBI_MAX_SWEEPS.
+JACOBI_TOL: float = float(_cuda.JACOBI_TOL)
+JACOBI_MAX_SWEEPS: int = int(_cuda.JACOBI_MAX_SWEEPS)
+_SHARED = {"auto": _cuda.SHARED_AUTO, "off": _cuda.SHARED_OFF, "on": _cuda.SHARED_ON}
+
+F64 = torch.float64
+
+
+def _as_buffer(name: str, x: torch.Tensor, shape: tuple[int, ...], device: torch.device | None) -> torch.Tensor:
+    """x as a contiguous float64 tensor of ``shape`` on ``device`` (a CUDA device, or the CPU when
+    None); ValueError naming ``name`` otherwise."""
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+    want = "CPU" if device is None else "CUDA"
+    if x.dtype != F64 or (x.device.type != "cuda") == (device is not None):
+        raise ValueError(f"{name} must be a {want} float64 tensor, got {x.dtype} on {x.device}")
+    if device is not None and x.device != device:
+        raise ValueError(f"{name} is on {x.device}, expected {device} (all tensors on one device)")
+    if tuple(x.shape) != shape:
+        raise ValueError(f"{name} must have shape {list(shape)}, got {list(x.shape)}")
+    return x.contiguous()
+
+
+def _shared_code(shared: str) -> int:
+    if shared not in _SHARED:
+        raise ValueError(f"shared must be one of {sorted(_SHARED)}, got {shared!r}")
+    return _SHARED[shared]
+
+
+def _device_index(device: torch.device) -> int:
+    return device.index if device.index is not None else torch.cuda.current_device()
+
+
+def workspace_size(B: int, n_f: int, n_t: int, config: SolverConfig, memory_empty: bool) -> int:
+    """float64 elements of the workspace one step of B problems needs (see ``slimtik_step``)."""
+    return int(_cuda.workspace_doubles(int(B), int(n_f), int(n_t), int(config.n_grid), bool(memory_empty)))
+
+
+def _step_inputs(G_mem, G, H, c, m, W, Lambda_prev, U0, U_out, device):
+    if not isinstance(W, torch.Tensor) or W.dim() != 3:
+        raise ValueError(f"W must be a tensor of shape [B, n_t, n_f], got {getattr(W, 'shape', type(W))}")
+    B, n_t, n_f = W.shape
+    if device is not None:
+        if W.device.type != "cuda":
+            raise ValueError(f"W must be a CUDA float64 tensor, got {W.dtype} on {W.device}")
+        device = W.device
+    t = dict(
+        W=_as_buffer("W", W, (B, n_t, n_f), device),
+        G_mem=_as_buffer("G_mem", G_mem, (B, n_f, n_f), device),
+        G=_as_buffer("G", G, (B, n_f, n_f), device),
+        H=_as_buffer("H", H, (B, n_t, n_f), device),
+        c=_as_buffer("c", c, (B,), device),
+        m=_as_buffer("m", m, (B,), device),
+        Lambda_prev=_as_buffer("Lambda_prev", Lambda_prev, (B,), device),
+        U0=None if U0 is None else _as_buffer("U0", U0, (B, n_f, n_f), device),
+    )
+    if U_out is not None:
+        # Written in place, so it must already be contiguous (a .contiguous() copy would be lost).
+        _as_buffer("U_out", U_out, (B, n_f, n_f), device)
+        if not U_out.is_contiguous():
+            raise ValueError("U_out must be contiguous")
+    return B, n_t, n_f, device, t
+
+
+def _config_args(config: SolverConfig) -> tuple:
+    if not isinstance(config, SolverConfig):
+        raise TypeError(f"config must be a SolverConfig, got {type(config).__name__}")
+    Lmin, Lmax = (float(v) for v in config.Lambda_bounds)
+    lmin, lmax = (float(v) for v in config.lambda_bounds)
+    return (config.mode_code, float(config.lambda_const), Lmin, Lmax, lmin, lmax, int(config.n_grid),
+            float(config.root_tol), int(config.max_root_iter))
+
+
+def _workspace(workspace: torch.Tensor | None, size: int, device: torch.device) -> torch.Tensor:
+    if workspace is None:
+        return torch.empty(max(size, 1), dtype=F64, device=device)
+    if workspace.dtype != F64 or workspace.device != device or not workspace.is_contiguous():
+        raise ValueError(f"workspace must be a contiguous float64 tensor on {device}")
+    if workspace.numel() < size:
+        raise ValueError(f"workspace must hold at least {size} elements, got {workspace.numel()}")
+    return workspace
+
+
+def slimtik_step(
+    G_mem: torch.Tensor,
+    G: torch.Tensor,
+    H: torch.Tensor,
+    c: torch.Tensor,
+    m: torch.Tensor,
+    W: torch.Tensor,
+    Lambda_prev: torch.Tensor,
+    memory_empty: bool,
+    config: SolverConfig,
+    *,
+    U0: torch.Tensor | None = None,
+    U_out: torch.Tensor | None = None,
+    workspace: torch.Tensor | None = None,
+    jacobi_tol: float = JACOBI_TOL,
+    max_sweeps: int = JACOBI_MAX_SWEEPS,
+    n_threads: int = 0,
+    shared: str = "auto",
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One slimTik step for B problems (twin: ``slimfast._torch_impl._slimtik_step``).
+
+    Args:
+        G_mem, G: [B, n_f, n_f]; H, W: [B, n_t, n_f]; c, m, Lambda_prev: [B]; CUDA float64, all
+            on one device.
+        memory_empty: True when G_mem is G alone.
+        config: λ mode and bounds.
+        U0: optional [B, n_f, n_f] orthogonal matrices close to G_mem's eigenvectors (e.g. the
+            previous step's ``U_out``): the Jacobi sweeps start from U0ᵀ G_mem U0 and need fewer
+            sweeps. Only the speed depends on it.
+        U_out: optional contiguous [B, n_f, n_f] tensor that receives G_mem's eigenvectors
+            (columns, eigenvalues ascending), for the next step's warm start.
+        workspace: optional float64 tensor of at least ``workspace_size(...)`` elements on the
+            device (reuse one across steps, e.g. inside a CUDA graph); allocated per call if None.
+        jacobi_tol, max_sweeps: Jacobi stopping rule (‖offdiag‖_F <= tol·‖G_mem‖_F).
+        n_threads: threads per block (0: chosen by n_f); shared: "auto" | "on" | "off", where the
+            Jacobi matrices live (benchmarks and tests).
+
+    Returns:
+        W_new [B, n_t, n_f] and info [B, 5] (columns ``_torch_impl.INFO_FIELDS``), enqueued on
+        the current stream of the tensors' device; nothing is synchronised.
+    """
+    B, n_t, n_f, device, t = _step_inputs(G_mem, G, H, c, m, W, Lambda_prev, U0, U_out, device=W.device)
+    opts = _config_args(config)
+    shared_code = _shared_code(shared)
+    W_new = torch.empty_like(t["W"])
+    info = torch.empty(B, N_INFO, dtype=F64, device=device)
+    if B == 0:
+        return W_new, info
+    ws = _workspace(workspace, workspace_size(B, n_f, n_t, config, memory_empty), device)
+    with torch.cuda.device(device):
+        stream = torch.cuda.current_stream(device).cuda_stream
+        _cuda.slimtik_step(
+            B, n_f, n_t,
+            t["G_mem"].data_ptr(), t["G"].data_ptr(), t["H"].data_ptr(), t["c"].data_ptr(), t["m"].data_ptr(),
+            t["W"].data_ptr(), t["Lambda_prev"].data_ptr(), bool(memory_empty), *opts,
+            W_new.data_ptr(), info.data_ptr(), ws.data_ptr(),
+            0 if t["U0"] is None else t["U0"].data_ptr(), 0 if U_out is None else U_out.data_ptr(),
+            stream, _device_index(device), float(jacobi_tol), int(max_sweeps), int(n_threads), shared_code,
+        )  # fmt: skip
+    return W_new, info
+
+
+def _jacobi_inputs(A: torch.Tensor, U0: torch.Tensor | None, device) -> tuple:
+    if not isinstance(A, torch.Tensor) or A.dim() < 2 or A.shape[-1] != A.shape[-2]:
+        raise ValueError(f"A must be a tensor of shape [..., n, n], got {getattr(A, 'shape', type(A))}")
+    n = A.shape[-1]
+    batch = tuple(A.shape[:-2])
+    B = 1
+    for size in batch:
+        B *= size
+    A = _as_buffer("A", A, batch + (n, n), device)
+    if U0 is not None:
+        U0 = _as_buffer("U0", U0, batch + (n, n), device)
+    return A, U0, n, batch, B
+
+
+def jacobi_eigh(
+    A: torch.Tensor,
+    U0: torch.Tensor | None = None,
+    tol: float = 1e-14,
+    max_sweeps: int = 60,
+    *,
+    return_sweeps: bool = False,
+    n_threads: int = 0,
+    shared: str = "auto",
+):
+    """Eigendecomposition by the block-parallel Jacobi kernel (one block per matrix).
+
+    Args:
+        A: [..., n, n] symmetric CUDA float64 (lower triangle read, as ``torch.linalg.eigh``).
+        U0: optional [..., n, n] orthogonal warm start (e.g. eigenvectors of a nearby matrix).
+        tol: stop when ‖offdiag‖_F <= tol·‖A‖_F.
+        max_sweeps: at most this many sweeps (n−1 rounds of n/2 parallel rotations each).
+        return_sweeps: also return the largest number of sweeps used (synchronises).
+
+    Returns:
+        (s [..., n] ascending, U [..., n, n] eigenvectors as columns)[, sweeps].
+    """
+    if not isinstance(A, torch.Tensor) or A.device.type != "cuda":
+        raise ValueError(f"A must be a CUDA float64 tensor, got {getattr(A, 'device', type(A))}")
+    device = A.device
+    A, U0, n, batch, B = _jacobi_inputs(A, U0, device)
+    shared_code = _shared_code(shared)
+    s = torch.empty(batch + (n,), dtype=F64, device=device)
+    U = torch.empty(batch + (n, n), dtype=F64, device=device)
+    sweeps = torch.zeros(max(B, 1), dtype=torch.int32, device=device)
+    if B == 0 or n == 0:
+        return (s, U, 0) if return_sweeps else (s, U)
+    ws = torch.empty(int(_cuda.jacobi_workspace_doubles(B, n)), dtype=F64, device=device)
+    with torch.cuda.device(device):
+        stream = torch.cuda.current_stream(device).cuda_stream
+        _cuda.jacobi_eigh(
+            B, n, A.data_ptr(), 0 if U0 is None else U0.data_ptr(), s.data_ptr(), U.data_ptr(), float(tol),
+            int(max_sweeps), ws.data_ptr(), stream, _device_index(device), sweeps.data_ptr(), int(n_threads),
+            shared_code,
+        )
+    return (s, U, int(sweeps.max())) if return_sweeps else (s, U)
+
+
+# ------------------------------------------------------------------ host emulation (tests)
+
+
+def emulate_slimtik_step(
+    G_mem: torch.Tensor,
+    G: torch.Tensor,
+    H: torch.Tensor,
+    c: torch.Tensor,
+    m: torch.Tensor,
+    W: torch.Tensor,
+    Lambda_prev: torch.Tensor,
+    memory_empty: bool,
+    config: SolverConfig,
+    *,
+    U0: torch.Tensor | None = None,
+    U_out: torch.Tensor | None = None,
+    workspace: torch.Tensor | None = None,
+    jacobi_tol: float = JACOBI_TOL,
+    max_sweeps: int = JACOBI_MAX_SWEEPS,
+    n_threads: int = 128,
+    reverse: bool = False,
+    shared: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``slimtik_step`` on CPU float64 tensors by the kernel's own block code run serially on the host.
+
+    ``n_threads`` simulated threads per block run one after another (in reverse order with
+    ``reverse``: a result that depends on the order would reveal a data race between threads);
+    ``shared`` puts the Jacobi matrices in a separate buffer, as the kernel does in shared memory.
+    The workspace starts as NaN unless given, so a read of an unwritten element shows up.
+    """
+    B, n_t, n_f, _, t = _step_inputs(G_mem, G, H, c, m, W, Lambda_prev, U0, U_out, device=None)
+    opts = _config_args(config)
+    W_new = torch.empty_like(t["W"])
+    info = torch.empty(B, N_INFO, dtype=F64)
+    if B == 0:
+        return W_new, info
+    size = workspace_size(B, n_f, n_t, config, memory_empty)
+    if workspace is None:
+        workspace = torch.full((size,), float("nan"), dtype=F64)
+    elif workspace.dtype != F64 or workspace.device.type != "cpu" or not workspace.is_contiguous() or workspace.numel() < size:
+        raise ValueError(f"workspace must be a contiguous CPU float64 tensor of at least {size} elements")
+    _cuda.emulate_slimtik_step(
+        B, n_f, n_t,
+        t["G_mem"].data_ptr(), t["G"].data_ptr(), t["H"].data_ptr(), t["c"].data_ptr(), t["m"].data_ptr(),
+        t["W"].data_ptr(), t["Lambda_prev"].data_ptr(), bool(memory_empty), *opts,
+        W_new.data_ptr(), info.data_ptr(), workspace.data_ptr(),
+        0 if t["U0"] is None else t["U0"].data_ptr(), 0 if U_out is None else U_out.data_ptr(),
+        float(jacobi_tol), int(max_sweeps), int(n_threads), bool(reverse), bool(shared),
+    )  # fmt: skip
+    return W_new, info
+
+
+def emulate_jacobi_eigh(
+    A: torch.Tensor,
+    U0: torch.Tensor | None = None,
+    tol: float = 1e-14,
+    max_sweeps: int = 60,
+    *,
+    return_sweeps: bool = False,
+    n_threads: int = 128,
+    reverse: bool = False,
+    shared: bool = False,
+    workspace: torch.Tensor | None = None,
+):
+    """``jacobi_eigh`` on CPU float64 tensors by the kernel's block code run serially on the host."""
+    A, U0, n, batch, B = _jacobi_inputs(A, U0, None)
+    s = torch.empty(batch + (n,), dtype=F64)
+    U = torch.empty(batch + (n, n), dtype=F64)
+    sweeps = torch.zeros(max(B, 1), dtype=torch.int32)
+    if B == 0 or n == 0:
+        return (s, U, 0) if return_sweeps else (s, U)
+    size = int(_cuda.jacobi_workspace_doubles(B, n))
+    if workspace is None:
+        workspace = torch.full((size,), float("nan"), dtype=F64)
+    elif workspace.dtype != F64 or workspace.device.type != "cpu" or not workspace.is_contiguous() or workspace.numel() < size:
+        raise ValueError(f"workspace must be a contiguous CPU float64 tensor of at least {size} elements")
+    _cuda.emulate_jacobi_eigh(
+        B, n, A.data_ptr(), 0 if U0 is None else U0.data_ptr(), s.data_ptr(), U.data_ptr(), float(tol),
+        int(max_sweeps), workspace.data_ptr(), sweeps.data_ptr(), int(n_threads), bool(reverse), bool(shared),
+    )
+    return (s, U, int(sweeps.max())) if return_sweeps else (s, U)
