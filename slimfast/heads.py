@@ -45,6 +45,7 @@ How the design Z is formed (never as an explicit matrix with structural zeros):
 from __future__ import annotations
 
 import math
+from contextlib import nullcontext
 from typing import Literal
 
 import torch
@@ -181,28 +182,35 @@ def head_to_matrix(head: HeadLayer) -> torch.Tensor:
     return torch.cat(cols, dim=1).contiguous()
 
 
-def matrix_to_params(head: HeadLayer, W: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """(weight, bias) shaped like the layer's parameters from W [n_t, n_f]; dtype of W kept."""
+def _param_views(head: HeadLayer, W: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Views (where possible) of W [n_t, n_f] shaped like the layer's weight and bias."""
     n_t, n_f = head_shape(head)
     if tuple(W.shape) != (n_t, n_f):
         raise ValueError(f"W must have shape [n_t, n_f] = [{n_t}, {n_f}], got {list(W.shape)}")
     has_bias = head.bias is not None
     Wx = W[:, : n_f - 1] if has_bias else W
-    bias = W[:, n_f - 1].clone() if has_bias else None
+    bias = W[:, n_f - 1] if has_bias else None
     if isinstance(head, nn.Linear):
-        weight = Wx.clone()
+        weight = Wx
     elif isinstance(head, nn.Conv2d):
-        weight = Wx.reshape(head.weight.shape).clone()
+        weight = Wx.reshape(head.weight.shape)
     else:
         c_in, c_out, kh, kw = head.weight.shape
-        weight = Wx.reshape(c_out, c_in, kh, kw).transpose(0, 1).contiguous()
+        weight = Wx.reshape(c_out, c_in, kh, kw).transpose(0, 1)
     return weight, bias
+
+
+def matrix_to_params(head: HeadLayer, W: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(weight, bias) shaped like the layer's parameters from W [n_t, n_f]; new contiguous
+    tensors with the dtype of W (inverse of ``head_to_matrix``)."""
+    weight, bias = _param_views(head, W)
+    return weight.clone(memory_format=torch.contiguous_format), None if bias is None else bias.clone()
 
 
 @torch.no_grad()
 def write_matrix_(head: HeadLayer, W: torch.Tensor) -> None:
     """Copy W [n_t, n_f] into the layer's weight and bias in place (cast to their dtype)."""
-    weight, bias = matrix_to_params(head, W)
+    weight, bias = _param_views(head, W)
     head.weight.copy_(weight)
     if bias is not None:
         head.bias.copy_(bias)
@@ -232,10 +240,11 @@ def _assemble(
         Gb[n, n] = rows
         G = Gb
         H = torch.cat([H, c_sum[:, None]], dim=1)
-    c = (C * C).sum()
+    Cf = C.reshape(-1)
+    c = torch.dot(Cf, Cf).mul_(beta2)
     # GEMM blocking can make G asymmetric in the last bit; the solver's eigh reads one triangle.
-    G = 0.5 * (G + G.T)
-    return (beta2 * G).contiguous(), (beta2 * H).contiguous(), beta2 * c
+    G = (G + G.T).mul_(0.5 * beta2)
+    return G, H.mul(beta2).contiguous(), c
 
 
 def _linear_stats(head: nn.Linear, x: torch.Tensor, y: torch.Tensor, beta2: float):
@@ -381,7 +390,11 @@ def head_statistics(
         check_head_inputs(head, features, target)
     m = target.numel()
     beta2 = _beta2(reduction, m)
-    with torch.autocast(device_type=features.device.type, enabled=False):
+    dev_type = features.device.type
+    # Under autocast the GEMMs below would run in bf16/fp16; entering the context costs more
+    # than a small head's statistics, so only do it when autocast is on.
+    no_autocast = torch.autocast(dev_type, enabled=False) if torch.is_autocast_enabled(dev_type) else nullcontext()
+    with no_autocast:
         x, y = features.detach().to(F64), target.detach().to(F64)
         if isinstance(head, nn.Linear):
             G, H, c = _linear_stats(head, x, y, beta2)

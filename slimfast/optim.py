@@ -181,12 +181,17 @@ class SlimTik(torch.optim.Optimizer):
         """
         check_head_inputs(self.head, features, target, finite=False)
         G, H, c, m = head_statistics(self.head, features, target, self.reduction, check=False)
-        check_statistics_finite(G, c)
         state = self._ensure_state()
         W = head_to_matrix(self.head)
         dev = state.device
-        W_new, info = slimtik_step(state, G[None].to(dev), H[None].to(dev), c.reshape(1).to(dev), m, W[None],
-                                   config=self.config, backend=self.backend)
+        try:
+            W_new, info = slimtik_step(state, G[None].to(dev), H[None].to(dev), c.reshape(1).to(dev), m, W[None],
+                                       config=self.config, backend=self.backend)
+        except ValueError:
+            # The solver checks G, H, c for NaN/Inf before touching its state; say which input
+            # caused it (checked only on failure, to keep the sync off the normal path).
+            check_statistics_finite(G, c)
+            raise
         write_matrix_(self.head, W_new[0])
         # One transfer for all five numbers (one sync on CUDA).
         lam, Lam, sgcv, rel, cond = torch.stack(
