@@ -40,7 +40,7 @@ TRAIN_PROBLEMS = ("peaks", "cdr", "digits")
 METHODS = ("slimtrain", "adam")
 LR_SWEEP = (1e-4, 1e-3, 1e-2, 1e-1)
 #: Default epochs of ``train`` per problem (each finishes in well under 2 minutes on 2 cores).
-DEFAULT_EPOCHS = {"peaks": 20, "cdr": 20, "digits": 10}
+DEFAULT_EPOCHS = {"peaks": 30, "cdr": 30, "digits": 10}
 #: Default epochs of each run of ``compare`` (8 runs per problem).
 DEFAULT_COMPARE_EPOCHS = 5
 DEFAULT_LR = 1e-3
@@ -614,6 +614,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.func(args))
     except (ValueError, FileNotFoundError) as exc:
         parser.exit(2, f"slimfast: error: {exc}\n")
+    except BrokenPipeError:  # output piped into e.g. `head`: stop quietly
+        sys.stderr.close()
+        return 1
     return 1  # not reached
 
 
