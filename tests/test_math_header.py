@@ -130,7 +130,7 @@ def test_emulated_jacobi_has_no_races_and_no_layout_dependence(emu, n):
     _, U1 = torch.linalg.eigh(A + 1e-3)
     for U0 in (None, U1):
         base = emu.emulate_jacobi_eigh(A, U0, n_threads=64)
-        for kwargs in (dict(reverse=True), dict(shared=True), dict(shared=True, reverse=True)):
+        for kwargs in (dict(reverse=True), dict(shared="matrix"), dict(shared="on"), dict(shared="on", reverse=True)):
             other = emu.emulate_jacobi_eigh(A, U0, n_threads=64, **kwargs)
             assert torch.equal(base[0], other[0]) and torch.equal(base[1], other[1]), kwargs
 
@@ -200,7 +200,7 @@ def test_emulated_step_has_no_races(emu, n_f, memory, config_name):
     args = make_problem(3, n_f, 4, memory, "wellposed", seed_of("race", n_f, memory, config_name))
     U_out = torch.empty(3, n_f, n_f, dtype=F64)
     base = emu.emulate_slimtik_step(*args, config, n_threads=64, U_out=U_out)
-    for kwargs in (dict(reverse=True), dict(shared=True), dict(shared=True, reverse=True)):
+    for kwargs in (dict(reverse=True), dict(shared="matrix"), dict(shared="on"), dict(shared="on", reverse=True)):
         other = emu.emulate_slimtik_step(*args, config, n_threads=64, **kwargs)
         assert torch.equal(base[0], other[0]) and torch.equal(base[1], other[1]), kwargs
     s = torch.linalg.eigvalsh(args[0])

@@ -76,8 +76,8 @@ CudaLaunch launch_options(int device, std::uintptr_t stream, int n_threads, int 
   require(device >= 0, "device must be a CUDA device index >= 0, got " + std::to_string(device));
   require(n_threads == 0 || (n_threads >= 32 && n_threads <= 512 && n_threads % 32 == 0),
           "n_threads must be 0 (automatic) or a multiple of 32 in [32, 512], got " + std::to_string(n_threads));
-  require(shared == SHARED_AUTO || shared == SHARED_OFF || shared == SHARED_ON,
-          "shared must be -1 (auto), 0 (off) or 1 (on), got " + std::to_string(shared));
+  require(shared >= SHARED_AUTO && shared <= SHARED_ON,
+          "shared must be -1 (auto), 0 (off), 1 (matrix) or 2 (on), got " + std::to_string(shared));
   return CudaLaunch{device, stream, n_threads, shared};
 }
 
@@ -162,12 +162,13 @@ void py_emulate_slimtik_step(long long B, long long n_f, long long n_t, std::uin
                              double Lambda_min, double Lambda_max, double lambda_min, double lambda_max, int n_grid,
                              double root_tol, int max_root_iter, std::uintptr_t W_out_ptr, std::uintptr_t info_ptr,
                              std::uintptr_t workspace_ptr, std::uintptr_t U0_ptr, std::uintptr_t U_out_ptr,
-                             double jacobi_tol, int max_sweeps, int n_threads, bool reverse, bool shared) {
+                             double jacobi_tol, int max_sweeps, int n_threads, bool reverse, int shared) {
   check_step_sizes(B, n_f, n_t);
   const StepOptions opts = step_options(mode, lambda_const, Lambda_min, Lambda_max, lambda_min, lambda_max, n_grid,
                                         root_tol, max_root_iter);
   check_jacobi_options(jacobi_tol, max_sweeps);
   require(n_threads >= 1, "n_threads must be positive, got " + std::to_string(n_threads));
+  require(shared >= SHARED_OFF && shared <= SHARED_ON, "shared must be 0 (off), 1 (matrix) or 2 (on)");
   const StepPointers p = step_pointers(G_mem_ptr, G_ptr, H_ptr, c_ptr, m_ptr, W_ptr, Lambda_prev_ptr, W_out_ptr,
                                        info_ptr, workspace_ptr, U0_ptr, U_out_ptr);
   py::gil_scoped_release release;
@@ -177,11 +178,12 @@ void py_emulate_slimtik_step(long long B, long long n_f, long long n_t, std::uin
 
 void py_emulate_jacobi_eigh(long long B, long long n, std::uintptr_t A_ptr, std::uintptr_t U0_ptr, std::uintptr_t s_ptr,
                             std::uintptr_t U_ptr, double tol, int max_sweeps, std::uintptr_t workspace_ptr,
-                            std::uintptr_t sweeps_ptr, int n_threads, bool reverse, bool shared) {
+                            std::uintptr_t sweeps_ptr, int n_threads, bool reverse, int shared) {
   require_size(B, "B", 1LL << 30);
   require_size(n, "n");
   check_jacobi_options(tol, max_sweeps);
   require(n_threads >= 1, "n_threads must be positive, got " + std::to_string(n_threads));
+  require(shared >= SHARED_OFF && shared <= SHARED_ON, "shared must be 0 (off), 1 (matrix) or 2 (on)");
   const double* A = as_ptr<const double>(A_ptr, "A_ptr");
   const double* U0 = as_optional_ptr<const double>(U0_ptr, "U0_ptr");
   double* s = as_ptr<double>(s_ptr, "s_ptr");
@@ -247,12 +249,12 @@ PYBIND11_MODULE(_cuda, mod) {
           py::arg("W_out_ptr"), py::arg("info_ptr"), py::arg("workspace_ptr"), py::arg("U0_ptr") = null,
           py::arg("U_out_ptr") = null, py::arg("jacobi_tol") = SLIMFAST_CUDA_JACOBI_TOL,
           py::arg("max_sweeps") = SLIMFAST_CUDA_JACOBI_MAX_SWEEPS, py::arg("n_threads") = 128,
-          py::arg("reverse") = false, py::arg("shared") = false,
+          py::arg("reverse") = false, py::arg("shared") = (int)SHARED_OFF,
           "The slimtik_step kernel's block code run serially on the host (host pointers), for tests.");
   mod.def("emulate_jacobi_eigh", &py_emulate_jacobi_eigh, py::arg("B"), py::arg("n"), py::arg("A_ptr"),
           py::arg("U0_ptr"), py::arg("s_ptr"), py::arg("U_ptr"), py::arg("tol"), py::arg("max_sweeps"),
           py::arg("workspace_ptr"), py::arg("sweeps_ptr") = null, py::arg("n_threads") = 128,
-          py::arg("reverse") = false, py::arg("shared") = false,
+          py::arg("reverse") = false, py::arg("shared") = (int)SHARED_OFF,
           "The jacobi_eigh kernel's block code run serially on the host (host pointers), for tests.");
   mod.def("round_robin_schedule", &py_round_robin_schedule, py::arg("n_pad"),
           "Rounds of (p, q) pairs of the parallel Jacobi ordering (slimfast_math.h round_robin_pair).");
@@ -263,6 +265,7 @@ PYBIND11_MODULE(_cuda, mod) {
   mod.attr("MAX_THREADS") = 512;
   mod.attr("SHARED_AUTO") = (int)SHARED_AUTO;
   mod.attr("SHARED_OFF") = (int)SHARED_OFF;
+  mod.attr("SHARED_MATRIX") = (int)SHARED_MATRIX;
   mod.attr("SHARED_ON") = (int)SHARED_ON;
   mod.attr("N_INFO") = SLIMFAST_N_INFO;
 }

@@ -64,25 +64,27 @@ int threads_for(int n, int requested) {
   return padded_order(n) <= 32 ? 128 : 256;
 }
 
-// Dynamic shared memory (bytes) for the kernel: the Jacobi matrices when they are to live there.
+// Shared-memory level (jacobi_storage) for `mode` on `device`, and its dynamic shared bytes.
 template <class Kernel>
-size_t shared_bytes(Kernel kernel, int device, int n, int mode) {
+int shared_level(Kernel kernel, int device, int n, int mode, size_t* bytes) {
+  *bytes = 0;
   if (mode == SHARED_OFF) return 0;
   int optin = 0;
   check(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device), "cudaDeviceGetAttribute");
-  const long long need = jacobi_shared_doubles(n) * (long long)sizeof(double);
-  const bool fits = need + kSharedReserveBytes <= optin;
-  if (!fits) {
-    if (mode == SHARED_ON)
-      throw std::invalid_argument("shared memory requested, but the Jacobi matrices of n = " + std::to_string(n) +
-                                  " need " + std::to_string(need) + " bytes and the device allows " +
-                                  std::to_string(optin - kSharedReserveBytes));
-    return 0;
-  }
-  if (need > 48 * 1024)
+  const long long avail = (long long)optin - kSharedReserveBytes;
+  int level = mode == SHARED_AUTO ? 2 : mode;
+  long long need = jacobi_shared_doubles(n, level) * (long long)sizeof(double);
+  if (mode == SHARED_AUTO)
+    while (level > 0 && need > avail) need = jacobi_shared_doubles(n, --level) * (long long)sizeof(double);
+  if (need > avail)
+    throw std::invalid_argument("shared memory level " + std::to_string(mode) + " requested, but n = " +
+                                std::to_string(n) + " needs " + std::to_string(need) +
+                                " bytes and the device allows " + std::to_string(avail));
+  if (level > 0 && need > 48 * 1024)
     check(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)need),
           "cudaFuncSetAttribute");
-  return (size_t)need;
+  *bytes = (size_t)need;
+  return level;
 }
 
 }  // namespace
@@ -100,7 +102,8 @@ void slimtik_step_cuda(long long B, int n_f, int n_t, const double* G_mem, const
   if (B <= 0) return;
   const int threads = threads_for(n_f, launch.n_threads);
   DeviceGuard guard(launch.device);
-  const size_t smem = shared_bytes(slimtik_step_kernel, launch.device, n_f, launch.shared_mode);
+  size_t smem = 0;
+  const int level = shared_level(slimtik_step_kernel, launch.device, n_f, launch.shared_mode, &smem);
   StepArgs a{};
   a.n = n_f;
   a.nt = n_t;
@@ -121,7 +124,7 @@ void slimtik_step_cuda(long long B, int n_f, int n_t, const double* G_mem, const
   a.ws_stride = step_layout(n_f, n_t, opts.n_grid, memory_empty).total;
   a.jacobi_tol = jacobi_tol;
   a.max_sweeps = max_sweeps;
-  a.use_shared = smem > 0;
+  a.shared_level = level;
   const cudaStream_t stream = reinterpret_cast<cudaStream_t>(launch.stream);
   slimtik_step_kernel<<<(unsigned)B, threads, smem, stream>>>(a);
   check(cudaGetLastError(), "slimtik_step kernel launch");
@@ -132,7 +135,8 @@ void jacobi_eigh_cuda(long long B, int n, const double* A, const double* U0, dou
   if (B <= 0) return;
   const int threads = threads_for(n, launch.n_threads);
   DeviceGuard guard(launch.device);
-  const size_t smem = shared_bytes(jacobi_kernel, launch.device, n, launch.shared_mode);
+  size_t smem = 0;
+  const int level = shared_level(jacobi_kernel, launch.device, n, launch.shared_mode, &smem);
   JacobiArgs a{};
   a.n = n;
   a.A = A;
@@ -144,7 +148,7 @@ void jacobi_eigh_cuda(long long B, int n, const double* A, const double* U0, dou
   a.ws_stride = jacobi_layout(n).total;
   a.tol = tol;
   a.max_sweeps = max_sweeps;
-  a.use_shared = smem > 0;
+  a.shared_level = level;
   const cudaStream_t stream = reinterpret_cast<cudaStream_t>(launch.stream);
   jacobi_kernel<<<(unsigned)B, threads, smem, stream>>>(a);
   check(cudaGetLastError(), "jacobi_eigh kernel launch");

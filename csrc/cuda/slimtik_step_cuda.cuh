@@ -44,8 +44,8 @@ SLIMFAST_HD inline int padded_order(int n) { return n + (n & 1); }
 
 // ---------------------------------------------------------------------------------------------
 // Workspace layouts (doubles per problem). The Jacobi matrices M, Vt and the rotations live in
-// shared memory when they fit, else in the jac_* regions; those regions are always allocated
-// because the step reuses them afterwards (T = G U in jac_M, K = Uᵀ G U in jac_Vt).
+// shared memory as far as they fit (jacobi_storage), else in the jac_* regions; those regions are
+// always allocated because the step reuses them afterwards (T = G U in jac_M, K = Uᵀ G U in jac_Vt).
 // ---------------------------------------------------------------------------------------------
 struct JacobiLayout {
   long jac_M, jac_Vt, rot, perm, total;
@@ -62,10 +62,27 @@ SLIMFAST_HD inline JacobiLayout jacobi_layout(int n) {
   return L;
 }
 
-// Doubles of shared memory for M, Vt and the rotations of one block.
-SLIMFAST_HD inline long jacobi_shared_doubles(int n) {
+// Where a block keeps its Jacobi matrices: level 0 all in the workspace (global memory); level 1
+// M and the rotations in shared memory, Vt in the workspace (Vt is only rotated row-wise, a
+// streaming access that global memory serves well); level 2 M, the rotations and Vt in shared
+// memory. Shared layout: M [np²], rot [3·np/2], Vt [np²].
+SLIMFAST_HD inline long jacobi_shared_doubles(int n, int level) {
   const long np = padded_order(n);
-  return 2 * np * np + 3 * (np / 2);
+  return level <= 0 ? 0L : (level == 1 ? 1 : 2) * np * np + 3 * (np / 2);
+}
+
+struct JacobiStorage {
+  double *M, *Vt, *rot;
+};
+
+SLIMFAST_HD inline JacobiStorage jacobi_storage(int n, int level, double* smem, double* ws_M, double* ws_Vt,
+                                                double* ws_rot) {
+  const long np = padded_order(n);
+  JacobiStorage st;
+  st.M = level >= 1 ? smem : ws_M;
+  st.rot = level >= 1 ? smem + np * np : ws_rot;
+  st.Vt = level >= 2 ? smem + np * np + 3 * (np / 2) : ws_Vt;
+  return st;
 }
 
 struct StepLayout {
@@ -624,22 +641,21 @@ struct StepArgs {
   long ws_stride;
   double jacobi_tol;
   int max_sweeps;
-  bool use_shared;  // Jacobi matrices in `smem` (jacobi_shared_doubles(n)) instead of ws
+  int shared_level;  // jacobi_storage level; `smem` holds jacobi_shared_doubles(n, shared_level)
 };
 
 template <class Ctx>
 SLIMFAST_BLOCK void slimtik_problem(const Ctx& ctx, const StepArgs& a, long b, double* smem) {
-  const int n = a.n, np = padded_order(n);
+  const int n = a.n;
   const long nn = (long)n * n, ntf = (long)a.nt * n;
   const StepLayout L = step_layout(n, a.nt, a.opts.n_grid, a.memory_empty);
   double* ws = a.ws + b * a.ws_stride;
-  double* M = a.use_shared ? smem : ws + L.jac_M;
-  double* Vt = a.use_shared ? smem + (long)np * np : ws + L.jac_Vt;
-  double* rot = a.use_shared ? smem + 2L * np * np : ws + L.rot;
+  const JacobiStorage J = jacobi_storage(n, a.shared_level, smem, ws + L.jac_M, ws + L.jac_Vt, ws + L.rot);
   double* U = ws + L.U;
   double* s = ws + L.s;
-  jacobi_block(ctx, n, a.G_mem + b * nn, a.U0 ? a.U0 + b * nn : nullptr, M, Vt, rot, a.jacobi_tol, a.max_sweeps);
-  jacobi_extract(ctx, n, M, Vt, s, U, ws + L.perm);
+  jacobi_block(ctx, n, a.G_mem + b * nn, a.U0 ? a.U0 + b * nn : nullptr, J.M, J.Vt, J.rot, a.jacobi_tol,
+               a.max_sweeps);
+  jacobi_extract(ctx, n, J.M, J.Vt, s, U, ws + L.perm);
   if (a.U_out) {
     double* U_out = a.U_out + b * nn;
     ctx.par([&](int tid, int nthr) {
@@ -669,20 +685,19 @@ struct JacobiArgs {
   long ws_stride;
   double tol;
   int max_sweeps;
-  bool use_shared;
+  int shared_level;  // as StepArgs
 };
 
 template <class Ctx>
 SLIMFAST_BLOCK void jacobi_problem(const Ctx& ctx, const JacobiArgs& a, long b, double* smem) {
-  const int n = a.n, np = padded_order(n);
+  const int n = a.n;
   const long nn = (long)n * n;
   const JacobiLayout L = jacobi_layout(n);
   double* ws = a.ws + b * a.ws_stride;
-  double* M = a.use_shared ? smem : ws + L.jac_M;
-  double* Vt = a.use_shared ? smem + (long)np * np : ws + L.jac_Vt;
-  double* rot = a.use_shared ? smem + 2L * np * np : ws + L.rot;
-  const int sw = jacobi_block(ctx, n, a.A + b * nn, a.U0 ? a.U0 + b * nn : nullptr, M, Vt, rot, a.tol, a.max_sweeps);
-  jacobi_extract(ctx, n, M, Vt, a.s + b * n, a.U + b * nn, ws + L.perm);
+  const JacobiStorage J = jacobi_storage(n, a.shared_level, smem, ws + L.jac_M, ws + L.jac_Vt, ws + L.rot);
+  const int sw =
+      jacobi_block(ctx, n, a.A + b * nn, a.U0 ? a.U0 + b * nn : nullptr, J.M, J.Vt, J.rot, a.tol, a.max_sweeps);
+  jacobi_extract(ctx, n, J.M, J.Vt, a.s + b * n, a.U + b * nn, ws + L.perm);
   if (a.sweeps)
     ctx.par([&](int tid, int) {
       if (tid == 0) a.sweeps[b] = sw;

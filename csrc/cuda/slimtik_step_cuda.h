@@ -12,9 +12,11 @@
 
 namespace slimfast {
 
-// Where the Jacobi matrices of a block live: shared memory when they fit (AUTO), never (OFF),
-// or always (ON: std::invalid_argument if they do not fit on the device).
-enum SharedMode { SHARED_AUTO = -1, SHARED_OFF = 0, SHARED_ON = 1 };
+// Where the Jacobi matrices of a block live (slimtik_step_cuda.cuh, jacobi_storage): AUTO as much
+// in shared memory as fits on the device; OFF all in global memory; MATRIX the working matrix in
+// shared memory, the eigenvectors in global memory; ON both in shared memory. MATRIX and ON throw
+// std::invalid_argument when they do not fit.
+enum SharedMode { SHARED_AUTO = -1, SHARED_OFF = 0, SHARED_MATRIX = 1, SHARED_ON = 2 };
 
 struct CudaLaunch {
   int device;            // CUDA device index of every pointer
@@ -44,14 +46,14 @@ void jacobi_eigh_cuda(long long B, int n, const double* A, const double* U0, dou
 
 // The same block code run serially on the host (slimtik_step_emulate.cpp), host pointers: the
 // blocks' threads are simulated one after another (in reverse order with `reverse`), and the
-// Jacobi matrices sit in a separate "shared" buffer with `use_shared`. For tests on machines
-// without a GPU.
+// Jacobi matrices sit in a separate "shared" buffer as far as `shared_level` (0, 1, 2: OFF,
+// MATRIX, ON) says. For tests on machines without a GPU.
 void slimtik_step_emulate(long long B, int n_f, int n_t, const double* G_mem, const double* G, const double* H,
                           const double* c, const double* m, const double* W, const double* Lambda_prev,
                           bool memory_empty, const StepOptions& opts, const double* U0, double* W_out, double* info,
                           double* U_out, double* workspace, double jacobi_tol, int max_sweeps, int n_threads,
-                          bool reverse, bool use_shared);
+                          bool reverse, int shared_level);
 void jacobi_eigh_emulate(long long B, int n, const double* A, const double* U0, double* s, double* U, int* sweeps,
-                         double* workspace, double tol, int max_sweeps, int n_threads, bool reverse, bool use_shared);
+                         double* workspace, double tol, int max_sweeps, int n_threads, bool reverse, int shared_level);
 
 }  // namespace slimfast

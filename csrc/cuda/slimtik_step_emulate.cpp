@@ -15,7 +15,7 @@ void slimtik_step_emulate(long long B, int n_f, int n_t, const double* G_mem, co
                           const double* c, const double* m, const double* W, const double* Lambda_prev,
                           bool memory_empty, const StepOptions& opts, const double* U0, double* W_out, double* info,
                           double* U_out, double* workspace, double jacobi_tol, int max_sweeps, int n_threads,
-                          bool reverse, bool use_shared) {
+                          bool reverse, int shared_level) {
   StepArgs a{};
   a.n = n_f;
   a.nt = n_t;
@@ -36,10 +36,10 @@ void slimtik_step_emulate(long long B, int n_f, int n_t, const double* G_mem, co
   a.ws_stride = step_layout(n_f, n_t, opts.n_grid, memory_empty).total;
   a.jacobi_tol = jacobi_tol;
   a.max_sweeps = max_sweeps;
-  a.use_shared = use_shared;
+  a.shared_level = shared_level;
   const HostCtx ctx{n_threads, reverse};
   // "Shared memory" starts as NaN, like an uninitialised buffer that must never be read.
-  std::vector<double> smem(use_shared ? jacobi_shared_doubles(n_f) : 0);
+  std::vector<double> smem(jacobi_shared_doubles(n_f, shared_level));
   for (long long b = 0; b < B; ++b) {
     std::fill(smem.begin(), smem.end(), NAN);
     slimtik_problem(ctx, a, (long)b, smem.data());
@@ -47,7 +47,7 @@ void slimtik_step_emulate(long long B, int n_f, int n_t, const double* G_mem, co
 }
 
 void jacobi_eigh_emulate(long long B, int n, const double* A, const double* U0, double* s, double* U, int* sweeps,
-                         double* workspace, double tol, int max_sweeps, int n_threads, bool reverse, bool use_shared) {
+                         double* workspace, double tol, int max_sweeps, int n_threads, bool reverse, int shared_level) {
   JacobiArgs a{};
   a.n = n;
   a.A = A;
@@ -59,9 +59,9 @@ void jacobi_eigh_emulate(long long B, int n, const double* A, const double* U0, 
   a.ws_stride = jacobi_layout(n).total;
   a.tol = tol;
   a.max_sweeps = max_sweeps;
-  a.use_shared = use_shared;
+  a.shared_level = shared_level;
   const HostCtx ctx{n_threads, reverse};
-  std::vector<double> smem(use_shared ? jacobi_shared_doubles(n) : 0);
+  std::vector<double> smem(jacobi_shared_doubles(n, shared_level));
   for (long long b = 0; b < B; ++b) {
     std::fill(smem.begin(), smem.end(), NAN);
     jacobi_problem(ctx, a, (long)b, smem.data());

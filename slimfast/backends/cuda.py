@@ -30,7 +30,9 @@ __all__ = [
 #: Jacobi stopping rule of the step: ‖offdiag‖_F <= JACOBI_TOL·‖G_mem‖_F, at most JACOBI_MAX_SWEEPS.
 JACOBI_TOL: float = float(_cuda.JACOBI_TOL)
 JACOBI_MAX_SWEEPS: int = int(_cuda.JACOBI_MAX_SWEEPS)
-_SHARED = {"auto": _cuda.SHARED_AUTO, "off": _cuda.SHARED_OFF, "on": _cuda.SHARED_ON}
+#: Where a block keeps its Jacobi matrices: "auto" as much in shared memory as fits, "off" all in
+#: global memory, "matrix" the working matrix in shared memory, "on" also the eigenvectors.
+_SHARED = {"auto": _cuda.SHARED_AUTO, "off": _cuda.SHARED_OFF, "matrix": _cuda.SHARED_MATRIX, "on": _cuda.SHARED_ON}
 
 F64 = torch.float64
 
@@ -50,9 +52,10 @@ def _as_buffer(name: str, x: torch.Tensor, shape: tuple[int, ...], device: torch
     return x.contiguous()
 
 
-def _shared_code(shared: str) -> int:
-    if shared not in _SHARED:
-        raise ValueError(f"shared must be one of {sorted(_SHARED)}, got {shared!r}")
+def _shared_code(shared: str, emulated: bool = False) -> int:
+    allowed = [k for k in _SHARED if not (emulated and k == "auto")]
+    if shared not in allowed:
+        raise ValueError(f"shared must be one of {allowed}, got {shared!r}")
     return _SHARED[shared]
 
 
@@ -144,8 +147,8 @@ def slimtik_step(
         workspace: optional float64 tensor of at least ``workspace_size(...)`` elements on the
             device (reuse one across steps, e.g. inside a CUDA graph); allocated per call if None.
         jacobi_tol, max_sweeps: Jacobi stopping rule (‖offdiag‖_F <= tol·‖G_mem‖_F).
-        n_threads: threads per block (0: chosen by n_f); shared: "auto" | "on" | "off", where the
-            Jacobi matrices live (benchmarks and tests).
+        n_threads: threads per block (0: chosen by n_f); shared: "auto" | "off" | "matrix" | "on",
+            where the Jacobi matrices live (benchmarks and tests; see ``_SHARED``).
 
     Returns:
         W_new [B, n_t, n_f] and info [B, 5] (columns ``_torch_impl.INFO_FIELDS``), enqueued on
@@ -250,17 +253,19 @@ def emulate_slimtik_step(
     max_sweeps: int = JACOBI_MAX_SWEEPS,
     n_threads: int = 128,
     reverse: bool = False,
-    shared: bool = False,
+    shared: str = "off",
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``slimtik_step`` on CPU float64 tensors by the kernel's own block code run serially on the host.
 
     ``n_threads`` simulated threads per block run one after another (in reverse order with
     ``reverse``: a result that depends on the order would reveal a data race between threads);
-    ``shared`` puts the Jacobi matrices in a separate buffer, as the kernel does in shared memory.
+    ``shared`` ("off" | "matrix" | "on") puts the Jacobi matrices in a separate buffer, as the
+    kernel does in shared memory.
     The workspace starts as NaN unless given, so a read of an unwritten element shows up.
     """
     B, n_t, n_f, _, t = _step_inputs(G_mem, G, H, c, m, W, Lambda_prev, U0, U_out, device=None)
     opts = _config_args(config)
+    shared_code = _shared_code(shared, emulated=True)
     W_new = torch.empty_like(t["W"])
     info = torch.empty(B, N_INFO, dtype=F64)
     if B == 0:
@@ -276,7 +281,7 @@ def emulate_slimtik_step(
         t["W"].data_ptr(), t["Lambda_prev"].data_ptr(), bool(memory_empty), *opts,
         W_new.data_ptr(), info.data_ptr(), workspace.data_ptr(),
         0 if t["U0"] is None else t["U0"].data_ptr(), 0 if U_out is None else U_out.data_ptr(),
-        float(jacobi_tol), int(max_sweeps), int(n_threads), bool(reverse), bool(shared),
+        float(jacobi_tol), int(max_sweeps), int(n_threads), bool(reverse), shared_code,
     )  # fmt: skip
     return W_new, info
 
@@ -290,11 +295,12 @@ def emulate_jacobi_eigh(
     return_sweeps: bool = False,
     n_threads: int = 128,
     reverse: bool = False,
-    shared: bool = False,
+    shared: str = "off",
     workspace: torch.Tensor | None = None,
 ):
     """``jacobi_eigh`` on CPU float64 tensors by the kernel's block code run serially on the host."""
     A, U0, n, batch, B = _jacobi_inputs(A, U0, None)
+    shared_code = _shared_code(shared, emulated=True)
     s = torch.empty(batch + (n,), dtype=F64)
     U = torch.empty(batch + (n, n), dtype=F64)
     sweeps = torch.zeros(max(B, 1), dtype=torch.int32)
@@ -307,6 +313,6 @@ def emulate_jacobi_eigh(
         raise ValueError(f"workspace must be a contiguous CPU float64 tensor of at least {size} elements")
     _cuda.emulate_jacobi_eigh(
         B, n, A.data_ptr(), 0 if U0 is None else U0.data_ptr(), s.data_ptr(), U.data_ptr(), float(tol),
-        int(max_sweeps), workspace.data_ptr(), sweeps.data_ptr(), int(n_threads), bool(reverse), bool(shared),
+        int(max_sweeps), workspace.data_ptr(), sweeps.data_ptr(), int(n_threads), bool(reverse), shared_code,
     )
     return (s, U, int(sweeps.max())) if return_sweeps else (s, U)
