@@ -137,6 +137,7 @@ PYBIND11_MODULE(_cpu, mod) {
   g_lapack.dsyevd = reinterpret_cast<dsyevd_t>(capi_pointer("scipy.linalg.cython_lapack", "dsyevd"));
   g_lapack.dsyevr = reinterpret_cast<dsyevr_t>(capi_pointer("scipy.linalg.cython_lapack", "dsyevr"));
   g_lapack.dgemm = reinterpret_cast<dgemm_t>(capi_pointer("scipy.linalg.cython_blas", "dgemm"));
+  g_lapack.dgemv = reinterpret_cast<dgemv_t>(capi_pointer("scipy.linalg.cython_blas", "dgemv"));
 #if defined(__linux__)
   dl_iterate_phdr(find_openblas, &g_lapack);
 #endif

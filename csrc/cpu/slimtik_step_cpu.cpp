@@ -7,8 +7,15 @@
 #include <cstring>
 #include <vector>
 
+#include <cstdlib>  // getloadavg
+
 #ifdef _OPENMP
 #include <omp.h>
+static int omp_max_threads() { return omp_get_max_threads(); }
+static int omp_procs() { return omp_get_num_procs(); }
+#else
+static int omp_max_threads() { return 1; }
+static int omp_procs() { return 1; }
 #endif
 
 namespace slimfast {
@@ -23,6 +30,30 @@ constexpr int kGemmMinN = 24;
 constexpr int kGridGemmMinN = 32;
 constexpr double kJacobiTol = 1e-15;
 constexpr int kJacobiMaxSweeps = 60;
+// Go parallel over problems only when the serial work would take more than ~2 ms: a parallel
+// region's fork/join is cheap on an idle machine but can cost a scheduler time slice (ms) when
+// the cores are shared, which would make small batches slower than serial.
+constexpr double kParallelMinMicros = 2000.0;
+// Smallest n_f for which LAPACK/BLAS may use their own threads (when the batch loop is serial).
+constexpr int kBlasThreadsMinN = 128;
+
+// Threads for a parallel batch loop: all OpenMP threads on an idle machine, fewer when other
+// processes already keep the cores busy (1-minute load average, which includes this process).
+// Threads that get preempted stall every thread at the loop's barrier for a time slice, so on a
+// saturated machine the serial loop is faster.
+int team_size(int B) {
+  int n = std::min(B, omp_max_threads());
+  double load[1];
+  if (n > 1 && getloadavg(load, 1) == 1) n = std::max(1, std::min(n, (int)(omp_procs() + 1.5 - load[0])));
+  return n;
+}
+
+// Rough serial microseconds of one step problem (fit on a 2-core EPYC: eigensolver + projections
+// ~ n³, the sGCV grid ~ n_grid n², fixed overhead).
+double step_micros(int n, int n_t, int n_grid) {
+  const double n3 = (double)n * n * n, n2 = (double)n * n;
+  return 20.0 + 2.5e-3 * n3 + 5e-4 * n_grid * n2 + 1e-3 * n_t * n2;
+}
 
 int resolve_eigensolver(int requested, int n) {
   if (requested != EIG_AUTO) return requested;
@@ -88,10 +119,25 @@ void project_gram_blas(const Lapack& L, int n, const double* U, const double* G,
   L.dgemm("N", "T", &n, &n, &n, &one, T, &n, U, &n, &zero, K, &n);  // K = Uᵀ T
 }
 
-// Grid of mode SGCV evaluated with one dgemm: QD [n_grid, 3 n_f] = D [n_grid, n_f] · [Q0;Q1;Q2]ᵀ
-// (Q0..Q2 are contiguous in the projection buffer), then sgcv_eval_qd per grid point.
-double select_mu_grid_gemm(const Lapack& L, const Projections& p, double m, double Lambda_prev,
-                           const StepOptions& o, double* scratch) {
+// sGCV at μ with Q0 d, Q1 d, Q2 d from one dgemv over the stacked [Q0; Q1; Q2] (contiguous in the
+// projection buffer). scratch: sgcv_eval_doubles(n_f).
+SgcvPoint sgcv_eval_blas(const Lapack& L, double mu, const Projections& p, double m, double Lambda_prev,
+                         double* scratch) {
+  const int nf = p.n_f, nq = 3 * nf, inc = 1;
+  const double one = 1.0, zero = 0.0;
+  double* d = scratch;
+  double* qd = d + nf;
+  shifted_inverse(p, mu, d);
+  L.dgemv("T", &nf, &nq, &one, p.Q0, &nf, d, &inc, &zero, qd, &inc);
+  return sgcv_eval_qd(mu, p, m, Lambda_prev, d, qd, qd + nf, qd + 2 * nf);
+}
+
+// select_mu (mode SGCV, full memory) with BLAS doing the O(n_f²) work: the whole grid with one
+// dgemm, QD [n_grid, 3 n_f] = D [n_grid, n_f] · [Q0; Q1; Q2]ᵀ, then the header's bracket and
+// Illinois state machine with one dgemv per root iterate. Same arithmetic order as select_mu
+// except the summation order inside the products.
+double select_mu_blas(const Lapack& L, const Projections& p, double m, double Lambda_prev, const StepOptions& o,
+                      double* scratch) {
   const int n = o.n_grid, nf = p.n_f, nq = 3 * nf;
   double mu_lo, mu_hi;
   admissible_interval(Lambda_prev, o, &mu_lo, &mu_hi);
@@ -113,7 +159,17 @@ double select_mu_grid_gemm(const Lapack& L, const Projections& p, double m, doub
     f_grid[i] = pt.f;
     g_grid[i] = pt.g;
   }
-  return select_mu_from_grid(t_grid, f_grid, g_grid, mu_lo, mu_hi, p, m, Lambda_prev, o, eval_scratch);
+  const GridBracket br = grid_bracket(t_grid, f_grid, g_grid, n, mu_lo, mu_hi);
+  double t_star = br.t_best;
+  if (br.bracketed) {
+    IllinoisState st = illinois_start(br.t_other, br.t_best, br.g_other, br.g_best);
+    for (int it = 0; it < o.max_root_iter; ++it) {
+      const double c = illinois_next(st);
+      if (illinois_feed(st, sgcv_eval_blas(L, exp(c), p, m, Lambda_prev, eval_scratch).g, o)) break;
+    }
+    t_star = st.c;
+  }
+  return clamp_max(clamp_min(exp(t_star), mu_lo), mu_hi);
 }
 
 }  // namespace
@@ -132,12 +188,16 @@ int slimtik_step_cpu(const Lapack& L, int B, int n_f, int n_t, const double* G_m
   // Per problem: E, U, K, T (n_f² each), s, projections, select/finish scratch, LAPACK work.
   const long per_thread = 4 * nn + n_f + projections_doubles(n_f, n_t, memory_empty) + select_doubles + work_doubles;
   int failed = 0;  // 1 + first failing problem
-  // Parallelism goes over problems; BLAS inside the loop must stay single-threaded. With B == 1
-  // there is no parallel region and LAPACK may use its own threads.
-  const int blas_threads = (B > 1 && L.get_threads && L.set_threads) ? L.get_threads() : 0;
+  // Parallelism goes over problems; a pthreads OpenBLAS called inside the loop must stay
+  // single-threaded (oversubscription, possible hang).
+  const int threads = B > 1 && B * step_micros(n_f, n_t, opts.n_grid) >= kParallelMinMicros ? team_size(B) : 1;
+  // BLAS runs single-threaded inside the parallel loop, and also for small matrices, where its
+  // threads cost more than they save.
+  const bool blas_serial = threads > 1 || n_f < kBlasThreadsMinN;
+  const int blas_threads = (blas_serial && L.get_threads && L.set_threads) ? L.get_threads() : 0;
   if (blas_threads > 1) L.set_threads(1);
 
-#pragma omp parallel if (B > 1)
+#pragma omp parallel if (threads > 1) num_threads(threads)
   {
     std::vector<double> buf(per_thread);
     std::vector<int> ibuf(std::max(liwork, 1));
@@ -172,7 +232,7 @@ int slimtik_step_cpu(const Lapack& L, int B, int n_f, int n_t, const double* G_m
       p.s = s;
       p.U = U;
       sgcv_precompute(p, s, G + off_g, H + off_w, c[bi], W + off_w, K, pwork);
-      const double mu = grid_gemm ? select_mu_grid_gemm(L, p, m[bi], Lambda_prev[bi], opts, sel)
+      const double mu = grid_gemm ? select_mu_blas(L, p, m[bi], Lambda_prev[bi], opts, sel)
                                   : select_mu(p, m[bi], Lambda_prev[bi], opts, sel);
       finish_step(p, mu, m[bi], Lambda_prev[bi], c[bi], W + off_w, W_out + off_w, info + (long)bi * SLIMFAST_N_INFO,
                   sel);
@@ -186,7 +246,9 @@ int jacobi_eigh_cpu(int B, int n, const double* A, const double* U0, double* s, 
                     int max_sweeps) {
   const long nn = (long)n * n;
   int sweeps = 0;
-#pragma omp parallel if (B > 1)
+  // ~8 sweeps of 6n³ flops each per matrix; parallel only above ~2 ms of serial work.
+  const int threads = B > 1 && B * 0.015 * (double)n * n * n >= kParallelMinMicros ? team_size(B) : 1;
+#pragma omp parallel if (threads > 1) num_threads(threads)
   {
     std::vector<double> scratch(jacobi_doubles(n));
 #pragma omp for schedule(dynamic) reduction(max : sweeps)

@@ -18,11 +18,15 @@ using dsyevr_t = void (*)(const char* jobz, const char* range, const char* uplo,
 using dgemm_t = void (*)(const char* transa, const char* transb, const int* m, const int* n, const int* k,
                          const double* alpha, const double* a, const int* lda, const double* b, const int* ldb,
                          const double* beta, double* c, const int* ldc);
+using dgemv_t = void (*)(const char* trans, const int* m, const int* n, const double* alpha, const double* a,
+                         const int* lda, const double* x, const int* incx, const double* beta, double* y,
+                         const int* incy);
 
 struct Lapack {
   dsyevd_t dsyevd = nullptr;
   dsyevr_t dsyevr = nullptr;
   dgemm_t dgemm = nullptr;
+  dgemv_t dgemv = nullptr;
   // Thread count of SciPy's OpenBLAS, when it can be found (else null). A pthreads OpenBLAS called
   // from inside an OpenMP loop oversubscribes and may hang, so the batch loop sets it to 1.
   int (*get_threads)() = nullptr;
