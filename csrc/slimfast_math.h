@@ -142,18 +142,73 @@ SLIMFAST_HD inline void project_gram(int n, const double* U, const double* G, do
 }
 
 // ---------------------------------------------------------------------------------------------
-// _sgcv_precompute after the eigendecomposition (method.md §4). p must be bound
-// (projections_bind) with p.U = U and p.s = s. s [n_f] is clipped at 0 in place (G_mem is PSD;
-// rounding is not). K = Uᵀ G U [n_f, n_f] is read only when !p.diagonal. work: n_t × n_f.
+// _sgcv_precompute after the eigendecomposition (method.md §4), as pieces a launcher can combine
+// with its own matrix products (the CPU uses dgemm for W G, [B̃; W̃] and B̃ᵀB̃, B̃ᵀW̃, W̃ᵀW̃):
+//   res0            = Σ (W G)∘W − 2 Σ W∘H + c
+//   precompute_ab:    a_j = Σ_t B̃_tj², b_j = Σ_t B̃_tj W̃_tj
+//   q_diagonal_at:    K̃ = diag(s): k_j = s_j, Q0_j = s_j a_j, Q1_j = 2 s_j b_j, Q2_j = s_j (W̃ᵀW̃)_jj
+//   q_from_products:  Q0 = K̃∘B̃ᵀB̃, Q1 = K̃∘(B̃ᵀW̃ + W̃ᵀB̃), Q2 = K̃∘W̃ᵀW̃, k = diag(K̃)
 // ---------------------------------------------------------------------------------------------
+SLIMFAST_HD inline double residual0(long ntf, const double* W, const double* WG, const double* H, double c) {
+  double s_wgw = 0.0, s_wh = 0.0;
+  for (long i = 0; i < ntf; ++i) {
+    s_wgw += WG[i] * W[i];
+    s_wh += W[i] * H[i];
+  }
+  return s_wgw - 2.0 * s_wh + c;
+}
+
+SLIMFAST_HD inline void precompute_ab(Projections& p) {
+  const int nf = p.n_f;
+  for (int j = 0; j < nf; ++j) p.a[j] = p.b[j] = 0.0;
+  for (int t = 0; t < p.n_t; ++t)
+    for (int j = 0; j < nf; ++j) {
+      const double bt = p.Bt[(long)t * nf + j];
+      p.a[j] += bt * bt;
+      p.b[j] += bt * p.Wt[(long)t * nf + j];
+    }
+}
+
+SLIMFAST_HD inline void q_diagonal_at(Projections& p, const double* s, int j) {
+  double cw = 0.0;
+  for (int t = 0; t < p.n_t; ++t) cw += p.Wt[(long)t * p.n_f + j] * p.Wt[(long)t * p.n_f + j];
+  p.k[j] = s[j];
+  p.Q0[j] = s[j] * p.a[j];
+  p.Q1[j] = 2.0 * s[j] * p.b[j];
+  p.Q2[j] = s[j] * cw;
+}
+
+// On entry Q0 = B̃ᵀB̃, Q1 = B̃ᵀW̃, Q2 = W̃ᵀW̃ (raw products); on return the Q's above.
+SLIMFAST_HD inline void q_from_products(Projections& p, const double* K) {
+  const int nf = p.n_f;
+  for (int i = 0; i < nf; ++i) {
+    const long ii = (long)i * nf + i;
+    p.Q1[ii] = (p.Q1[ii] + p.Q1[ii]) * K[ii];
+    for (int j = i + 1; j < nf; ++j) {
+      const long ij = (long)i * nf + j, ji = (long)j * nf + i;
+      const double x = p.Q1[ij] + p.Q1[ji];
+      p.Q1[ij] = x * K[ij];
+      p.Q1[ji] = x * K[ji];
+    }
+  }
+  for (long e = 0; e < (long)nf * nf; ++e) {
+    p.Q0[e] *= K[e];
+    p.Q2[e] *= K[e];
+  }
+  for (int i = 0; i < nf; ++i) p.k[i] = K[(long)i * nf + i];
+}
+
+// The whole of _sgcv_precompute with plain loops. p must be bound (projections_bind) with
+// p.U = U and p.s = s. s [n_f] is clipped at 0 in place (G_mem is PSD; rounding is not).
+// K = Uᵀ G U [n_f, n_f] is read only when !p.diagonal. work: n_t × n_f.
 SLIMFAST_HD inline void sgcv_precompute(Projections& p, double* s, const double* G, const double* H, double c,
                                         const double* W, const double* K, double* work) {
   const int nf = p.n_f, nt = p.n_t;
+  const long ntf = (long)nt * nf;
   const double* U = p.U;
   for (int j = 0; j < nf; ++j) s[j] = clamp_min(s[j], 0.0);
-  // work = W G; res0 = Σ (W G)∘W − 2 Σ W∘H + c.
-  double* WG = work;
-  for (long i = 0; i < (long)nt * nf; ++i) WG[i] = 0.0;
+  double* WG = work;  // W G, then W G − H
+  for (long i = 0; i < ntf; ++i) WG[i] = 0.0;
   for (int t = 0; t < nt; ++t)
     for (int l = 0; l < nf; ++l) {
       const double w = W[(long)t * nf + l];
@@ -161,14 +216,9 @@ SLIMFAST_HD inline void sgcv_precompute(Projections& p, double* s, const double*
       double* o = WG + (long)t * nf;
       for (int i = 0; i < nf; ++i) o[i] += w * g[i];
     }
-  double s_wgw = 0.0, s_wh = 0.0;
-  for (long i = 0; i < (long)nt * nf; ++i) {
-    s_wgw += WG[i] * W[i];
-    s_wh += W[i] * H[i];
-  }
-  p.res0 = s_wgw - 2.0 * s_wh + c;
+  p.res0 = residual0(ntf, W, WG, H, c);
   // B̃ = (W G − H) U and W̃ = W U.
-  for (long i = 0; i < (long)nt * nf; ++i) {
+  for (long i = 0; i < ntf; ++i) {
     WG[i] -= H[i];
     p.Bt[i] = 0.0;
     p.Wt[i] = 0.0;
@@ -184,49 +234,29 @@ SLIMFAST_HD inline void sgcv_precompute(Projections& p, double* s, const double*
         wt[j] += w * u[j];
       }
     }
-  for (int j = 0; j < nf; ++j) p.a[j] = p.b[j] = 0.0;
-  for (int t = 0; t < nt; ++t)
-    for (int j = 0; j < nf; ++j) {
-      const double bt = p.Bt[(long)t * nf + j];
-      p.a[j] += bt * bt;
-      p.b[j] += bt * p.Wt[(long)t * nf + j];
-    }
+  precompute_ab(p);
   if (p.diagonal) {
-    // K̃ = diag(s): Q0 = s∘a, Q1 = 2 s∘b, Q2 = s∘(W̃ᵀW̃)_jj.
-    for (int j = 0; j < nf; ++j) {
-      double cw = 0.0;
-      for (int t = 0; t < nt; ++t) cw += p.Wt[(long)t * nf + j] * p.Wt[(long)t * nf + j];
-      p.k[j] = s[j];
-      p.Q0[j] = s[j] * p.a[j];
-      p.Q1[j] = 2.0 * s[j] * p.b[j];
-      p.Q2[j] = s[j] * cw;
-    }
+    for (int j = 0; j < nf; ++j) q_diagonal_at(p, s, j);
     return;
   }
-  // Row i of B̃ᵀB̃, B̃ᵀW̃ + W̃ᵀB̃ and W̃ᵀW̃ accumulated over t, then multiplied by K̃ elementwise.
-  for (int i = 0; i < nf; ++i) {
-    double* q0 = p.Q0 + (long)i * nf;
-    double* q1 = p.Q1 + (long)i * nf;
-    double* q2 = p.Q2 + (long)i * nf;
-    for (int j = 0; j < nf; ++j) q0[j] = q1[j] = q2[j] = 0.0;
-    for (int t = 0; t < nt; ++t) {
-      const double* bt = p.Bt + (long)t * nf;
-      const double* wt = p.Wt + (long)t * nf;
+  // Raw products row by row (B̃ᵀB̃, B̃ᵀW̃, W̃ᵀW̃), accumulated over t as axpys.
+  for (long e = 0; e < (long)nf * nf; ++e) p.Q0[e] = p.Q1[e] = p.Q2[e] = 0.0;
+  for (int t = 0; t < nt; ++t) {
+    const double* bt = p.Bt + (long)t * nf;
+    const double* wt = p.Wt + (long)t * nf;
+    for (int i = 0; i < nf; ++i) {
       const double bi = bt[i], wi = wt[i];
+      double* q0 = p.Q0 + (long)i * nf;
+      double* q1 = p.Q1 + (long)i * nf;
+      double* q2 = p.Q2 + (long)i * nf;
       for (int j = 0; j < nf; ++j) {
         q0[j] += bi * bt[j];
-        q1[j] += bi * wt[j] + wi * bt[j];
+        q1[j] += bi * wt[j];
         q2[j] += wi * wt[j];
       }
     }
-    const double* kr = K + (long)i * nf;
-    for (int j = 0; j < nf; ++j) {
-      q0[j] *= kr[j];
-      q1[j] *= kr[j];
-      q2[j] *= kr[j];
-    }
-    p.k[i] = kr[i];
   }
+  q_from_products(p, K);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -519,33 +549,41 @@ SLIMFAST_HD inline double select_mu(const Projections& p, double m, double Lambd
 
 // ---------------------------------------------------------------------------------------------
 // End of _slimtik_step for one problem, μ = Λ_k chosen:
-//   W_new = W − ((B̃ + λW̃)∘d) Uᵀ,  d = 1/(s + μ)
-//   info  = [λ, μ, sGCV(μ), sqrt(max(R, 0)/c) (0 if c <= 0), (s_max + μ)/(s_min + μ)]
-// scratch: sgcv_eval_doubles(n_f) + n_f.
+//   update_direction: Y = (B̃ + λW̃)∘d [n_t, n_f],  d = 1/(s + μ)
+//   W_new = W − Y Uᵀ
+//   info_row: [λ, μ, sGCV(μ), sqrt(max(R, 0)/c) (0 if c <= 0), (s_max + μ)/(s_min + μ)]
 // ---------------------------------------------------------------------------------------------
+SLIMFAST_HD inline void update_direction(const Projections& p, double lam, const double* d, double* Y) {
+  const int nf = p.n_f;
+  for (long e = 0; e < (long)p.n_t * nf; ++e) Y[e] = (p.Bt[e] + lam * p.Wt[e]) * d[e % nf];
+}
+
+SLIMFAST_HD inline void info_row(const Projections& p, double mu, double Lambda_prev, const SgcvPoint& pt, double c,
+                                 double* info) {
+  info[0] = mu - Lambda_prev;
+  info[1] = mu;
+  info[2] = pt.f;
+  info[3] = c > 0 ? sqrt(clamp_min(pt.R, 0.0) / c) : 0.0;
+  info[4] = (p.s[p.n_f - 1] + mu) / (p.s[0] + mu);
+}
+
+// The whole end of the step with plain loops. scratch: sgcv_eval_doubles(n_f) + n_t·n_f.
+SLIMFAST_HD inline long finish_step_doubles(int n_f, int n_t) { return sgcv_eval_doubles(n_f) + (long)n_t * n_f; }
 SLIMFAST_HD inline void finish_step(const Projections& p, double mu, double m, double Lambda_prev, double c,
                                     const double* W, double* W_out, double* info, double* scratch) {
   const int nf = p.n_f, nt = p.n_t;
-  const SgcvPoint pt = sgcv_eval(mu, p, m, Lambda_prev, scratch);
-  const double lam = mu - Lambda_prev;
-  double* y = scratch + sgcv_eval_doubles(nf);
-  double* d = scratch;  // sgcv_eval left d = 1/(s + μ) at the front of its scratch
-  for (int t = 0; t < nt; ++t) {
-    const double* bt = p.Bt + (long)t * nf;
-    const double* wt = p.Wt + (long)t * nf;
-    for (int j = 0; j < nf; ++j) y[j] = (bt[j] + lam * wt[j]) * d[j];
+  const SgcvPoint pt = sgcv_eval(mu, p, m, Lambda_prev, scratch);  // leaves d = 1/(s + μ) in scratch
+  double* Y = scratch + sgcv_eval_doubles(nf);
+  update_direction(p, mu - Lambda_prev, scratch, Y);
+  for (int t = 0; t < nt; ++t)
     for (int i = 0; i < nf; ++i) {
+      const double* y = Y + (long)t * nf;
       const double* u = p.U + (long)i * nf;
       double acc = 0.0;
       for (int j = 0; j < nf; ++j) acc += y[j] * u[j];
       W_out[(long)t * nf + i] = W[(long)t * nf + i] - acc;
     }
-  }
-  info[0] = lam;
-  info[1] = mu;
-  info[2] = pt.f;
-  info[3] = c > 0 ? sqrt(clamp_min(pt.R, 0.0) / c) : 0.0;
-  info[4] = (p.s[nf - 1] + mu) / (p.s[0] + mu);
+  info_row(p, mu, Lambda_prev, pt, c, info);
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -21,8 +21,9 @@ static int omp_procs() { return 1; }
 namespace slimfast {
 namespace {
 
-// Below this n_f a plain cyclic Jacobi (header) beats dsyevd's call and workspace overhead and the
-// dgemm calls lose to the header's loops (benchmarks/bench_eigh.py; measured on a 2-core EPYC).
+// Below kJacobiMaxN a plain cyclic Jacobi (header) beats dsyevd's call and workspace overhead;
+// below kGemmMinN the header's loops beat the dgemm calls (benchmarks/bench_eigh.py --step;
+// measured on a 2-core EPYC).
 constexpr int kJacobiMaxN = 8;
 constexpr int kGemmMinN = 24;
 // Full-memory sGCV grids with n_f at least this are evaluated with one dgemm (Q·D for all grid
@@ -120,9 +121,10 @@ void project_gram_blas(const Lapack& L, int n, const double* U, const double* G,
 }
 
 // sGCV at μ with Q0 d, Q1 d, Q2 d from one dgemv over the stacked [Q0; Q1; Q2] (contiguous in the
-// projection buffer). scratch: sgcv_eval_doubles(n_f).
+// projection buffer). Leaves d = 1/(s + μ) at the front of scratch (sgcv_eval_doubles(n_f)).
 SgcvPoint sgcv_eval_blas(const Lapack& L, double mu, const Projections& p, double m, double Lambda_prev,
                          double* scratch) {
+  if (p.diagonal) return sgcv_eval(mu, p, m, Lambda_prev, scratch);  // O(n_f), nothing to gain
   const int nf = p.n_f, nq = 3 * nf, inc = 1;
   const double one = 1.0, zero = 0.0;
   double* d = scratch;
@@ -130,6 +132,44 @@ SgcvPoint sgcv_eval_blas(const Lapack& L, double mu, const Projections& p, doubl
   shifted_inverse(p, mu, d);
   L.dgemv("T", &nf, &nq, &one, p.Q0, &nf, d, &inc, &zero, qd, &inc);
   return sgcv_eval_qd(mu, p, m, Lambda_prev, d, qd, qd + nf, qd + 2 * nf);
+}
+
+// sgcv_precompute (header) with dgemm for its matrix products: W G, [B̃; W̃] = [W G − H; W] U (B̃ and
+// W̃ are adjacent in the projection buffer) and B̃ᵀB̃, B̃ᵀW̃, W̃ᵀW̃; the header's pieces do the rest.
+// Row-major C = A B is column-major Cᵀ = Bᵀ Aᵀ, hence the swapped operands. XW: 2 n_t × n_f.
+void sgcv_precompute_blas(const Lapack& L, Projections& p, double* s, const double* G, const double* H, double c,
+                          const double* W, const double* K, double* XW) {
+  const int nf = p.n_f, nt = p.n_t, nt2 = 2 * nt;
+  const long ntf = (long)nt * nf;
+  const double one = 1.0, zero = 0.0;
+  for (int j = 0; j < nf; ++j) s[j] = clamp_min(s[j], 0.0);
+  L.dgemm("N", "N", &nf, &nt, &nf, &one, G, &nf, W, &nf, &zero, XW, &nf);  // W G
+  p.res0 = residual0(ntf, W, XW, H, c);
+  for (long i = 0; i < ntf; ++i) XW[i] -= H[i];
+  std::memcpy(XW + ntf, W, sizeof(double) * ntf);
+  L.dgemm("N", "N", &nf, &nt2, &nf, &one, p.U, &nf, XW, &nf, &zero, p.Bt, &nf);
+  precompute_ab(p);
+  if (p.diagonal) {
+    for (int j = 0; j < nf; ++j) q_diagonal_at(p, s, j);
+    return;
+  }
+  L.dgemm("N", "T", &nf, &nf, &nt, &one, p.Bt, &nf, p.Bt, &nf, &zero, p.Q0, &nf);  // B̃ᵀB̃
+  L.dgemm("N", "T", &nf, &nf, &nt, &one, p.Wt, &nf, p.Bt, &nf, &zero, p.Q1, &nf);  // B̃ᵀW̃
+  L.dgemm("N", "T", &nf, &nf, &nt, &one, p.Wt, &nf, p.Wt, &nf, &zero, p.Q2, &nf);  // W̃ᵀW̃
+  q_from_products(p, K);
+}
+
+// finish_step (header) with W_new = W − Y Uᵀ as one dgemm. scratch: finish_step_doubles(n_f, n_t).
+void finish_step_blas(const Lapack& L, const Projections& p, double mu, double m, double Lambda_prev, double c,
+                      const double* W, double* W_out, double* info, double* scratch) {
+  const int nf = p.n_f, nt = p.n_t;
+  const double one = 1.0, minus_one = -1.0;
+  const SgcvPoint pt = sgcv_eval_blas(L, mu, p, m, Lambda_prev, scratch);
+  double* Y = scratch + sgcv_eval_doubles(nf);
+  update_direction(p, mu - Lambda_prev, scratch, Y);
+  std::memcpy(W_out, W, sizeof(double) * nt * nf);
+  L.dgemm("T", "N", &nf, &nt, &nf, &minus_one, p.U, &nf, Y, &nf, &one, W_out, &nf);
+  info_row(p, mu, Lambda_prev, pt, c, info);
 }
 
 // select_mu (mode SGCV, full memory) with BLAS doing the O(n_f²) work: the whole grid with one
@@ -181,12 +221,15 @@ int slimtik_step_cpu(const Lapack& L, int B, int n_f, int n_t, const double* G_m
   int lwork = 0, liwork = 0;
   eig_workspace(L, method, n_f, &lwork, &liwork);
   const long nn = (long)n_f * n_f;
-  const bool grid_gemm = !memory_empty && n_f >= kGridGemmMinN && opts.mode == SLIMFAST_MODE_SGCV;
-  const long select_doubles = select_mu_doubles(n_f, opts.n_grid) + n_f +
-                              (grid_gemm ? 4L * opts.n_grid * n_f : 0L);
+  const bool blas = n_f >= kGemmMinN;
+  const bool grid_gemm = blas && !memory_empty && n_f >= kGridGemmMinN && opts.mode == SLIMFAST_MODE_SGCV;
+  const long select_doubles = std::max(select_mu_doubles(n_f, opts.n_grid) + (grid_gemm ? 4L * opts.n_grid * n_f : 0L),
+                                       finish_step_doubles(n_f, n_t));
   const long work_doubles = std::max<long>(lwork, method == EIG_JACOBI ? jacobi_doubles(n_f) : 0L);
-  // Per problem: E, U, K, T (n_f² each), s, projections, select/finish scratch, LAPACK work.
-  const long per_thread = 4 * nn + n_f + projections_doubles(n_f, n_t, memory_empty) + select_doubles + work_doubles;
+  // Per problem: E, U, K, T (n_f² each), s, projections, [X; W] (2 n_t n_f), select/finish
+  // scratch, LAPACK work.
+  const long per_thread = 4 * nn + n_f + projections_doubles(n_f, n_t, memory_empty) + 2L * n_t * n_f +
+                          select_doubles + work_doubles;
   int failed = 0;  // 1 + first failing problem
   // Parallelism goes over problems; a pthreads OpenBLAS called inside the loop must stay
   // single-threaded (oversubscription, possible hang).
@@ -207,7 +250,8 @@ int slimtik_step_cpu(const Lapack& L, int B, int n_f, int n_t, const double* G_m
     double* T = K + nn;
     double* s = T + nn;
     double* proj = s + n_f;
-    double* sel = proj + projections_doubles(n_f, n_t, memory_empty);
+    double* XW = proj + projections_doubles(n_f, n_t, memory_empty);
+    double* sel = XW + 2L * n_t * n_f;
     double* work = sel + select_doubles;
 #pragma omp for schedule(dynamic)
     for (int bi = 0; bi < B; ++bi) {
@@ -221,21 +265,24 @@ int slimtik_step_cpu(const Lapack& L, int B, int n_f, int n_t, const double* G_m
         }
         continue;
       }
-      if (!memory_empty) {
-        if (n_f >= kGemmMinN)
-          project_gram_blas(L, n_f, U, G + off_g, K, T);
-        else
-          project_gram(n_f, U, G + off_g, K, T);
-      }
       Projections p;
       double* pwork = projections_bind(p, n_f, n_t, memory_empty, proj);
       p.s = s;
       p.U = U;
-      sgcv_precompute(p, s, G + off_g, H + off_w, c[bi], W + off_w, K, pwork);
+      double* info_b = info + (long)bi * SLIMFAST_N_INFO;
+      if (blas) {
+        if (!memory_empty) project_gram_blas(L, n_f, U, G + off_g, K, T);
+        sgcv_precompute_blas(L, p, s, G + off_g, H + off_w, c[bi], W + off_w, K, XW);
+      } else {
+        if (!memory_empty) project_gram(n_f, U, G + off_g, K, T);
+        sgcv_precompute(p, s, G + off_g, H + off_w, c[bi], W + off_w, K, pwork);
+      }
       const double mu = grid_gemm ? select_mu_blas(L, p, m[bi], Lambda_prev[bi], opts, sel)
                                   : select_mu(p, m[bi], Lambda_prev[bi], opts, sel);
-      finish_step(p, mu, m[bi], Lambda_prev[bi], c[bi], W + off_w, W_out + off_w, info + (long)bi * SLIMFAST_N_INFO,
-                  sel);
+      if (blas)
+        finish_step_blas(L, p, mu, m[bi], Lambda_prev[bi], c[bi], W + off_w, W_out + off_w, info_b, sel);
+      else
+        finish_step(p, mu, m[bi], Lambda_prev[bi], c[bi], W + off_w, W_out + off_w, info_b, sel);
     }
   }
   if (blas_threads > 1) L.set_threads(blas_threads);
