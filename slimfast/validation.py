@@ -16,6 +16,11 @@ from ._torch_impl import _admissible_interval
 from .config import SolverConfig
 from .state import SlimTikState
 
+#: Largest magnitude accepted in G, H, c and W. The kernels form squared sums of these entries
+#: (Frobenius norms in the Jacobi eigensolver, W G Wᵀ, B̃ᵀB̃); beyond ~1e154 those overflow
+#: float64 and a result can be wrong without being non-finite, so larger values are rejected.
+MAX_ABS = 1e150
+
 
 def as_tensor(name: str, value: Any) -> torch.Tensor:
     """Zero-copy view of a numpy array or torch tensor as a torch tensor; TypeError otherwise."""
@@ -31,7 +36,7 @@ def as_tensor(name: str, value: Any) -> torch.Tensor:
 
 
 def check_array(name: str, x: torch.Tensor, shape: tuple[int, ...], shape_doc: str, device: torch.device) -> None:
-    """dtype float64, exact shape, C-contiguous, on ``device``, all finite."""
+    """dtype float64, exact shape, C-contiguous, on ``device``, finite and at most ``MAX_ABS``."""
     if x.dtype != torch.float64:
         raise TypeError(f"{name} must have dtype float64 (statistics are kept in float64), got {x.dtype}")
     if tuple(x.shape) != shape:
@@ -40,8 +45,13 @@ def check_array(name: str, x: torch.Tensor, shape: tuple[int, ...], shape_doc: s
         raise ValueError(f"{name} is on {x.device}, but the solver state is on {device}")
     if not x.is_contiguous():
         raise ValueError(f"{name} must be contiguous (call .contiguous())")
-    if x.numel() and not bool(torch.isfinite(x).all()):
-        raise ValueError(f"{name} contains NaN or Inf")
+    if x.is_neg():
+        # A lazily negated view: its memory holds -x, which the pointer-based kernels would read.
+        raise ValueError(f"{name} is a negated view (call .resolve_neg())")
+    if x.numel() and not bool((x.abs() <= MAX_ABS).all()):   # one reduction; False for NaN too
+        if not bool(torch.isfinite(x).all()):
+            raise ValueError(f"{name} contains NaN or Inf")
+        raise ValueError(f"{name} has entries beyond ±{MAX_ABS:g}; rescale the data (the kernels square them)")
 
 
 def residual_counts(m: Any, batch: int, device: torch.device) -> torch.Tensor:
