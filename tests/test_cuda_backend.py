@@ -66,6 +66,16 @@ def test_step_noise_and_bounded_configs_match_torch_twin(gpu, B, n_f, n_t, memor
     assert_matches(*gpu.slimtik_step(*args, config), *_slimtik_step(*args, config))
 
 
+@pytest.mark.parametrize("eigensolver", ["jacobi", "cusolver"])
+@pytest.mark.parametrize("memory", [False, True], ids=["empty", "memory"])
+@pytest.mark.parametrize(("B", "n_f"), [(1, 130), (7, 64), (64, 33), (64, 130)])
+def test_step_eigensolvers_match_torch_twin(gpu, B, n_f, memory, eigensolver):
+    """Both eigensolvers, on either side of the "auto" crossover."""
+    config = CONFIGS["sgcv"]
+    args = problem(B, n_f, 4, memory, "wellposed", eigensolver)
+    assert_matches(*gpu.slimtik_step(*args, config, eigensolver=eigensolver), *_slimtik_step(*args, config))
+
+
 @pytest.mark.parametrize("shared", ["on", "matrix", "off"])
 @pytest.mark.parametrize("n_threads", [32, 128, 512])
 @pytest.mark.parametrize("n_f", [5, 33])
@@ -74,7 +84,8 @@ def test_step_launch_configurations_agree(gpu, n_f, n_threads, shared):
     args = problem(9, n_f, 3, True, "wellposed", "launch")
     config = CONFIGS["sgcv"]
     ref = _slimtik_step(*args, config)
-    assert_matches(*gpu.slimtik_step(*args, config, n_threads=n_threads, shared=shared), *ref)
+    W_new, info = gpu.slimtik_step(*args, config, n_threads=n_threads, shared=shared, eigensolver="jacobi")
+    assert_matches(W_new, info, *ref)
 
 
 def test_step_warm_start_and_U_out(gpu):
@@ -82,14 +93,14 @@ def test_step_warm_start_and_U_out(gpu):
     args = problem(16, 24, 3, True, "wellposed", "warm")
     config = CONFIGS["sgcv"]
     U_out = torch.empty(16, 24, 24, dtype=F64, device="cuda")
-    cold = gpu.slimtik_step(*args, config, U_out=U_out)
+    cold = gpu.slimtik_step(*args, config, U_out=U_out, eigensolver="jacobi")
     check_eigh(args[0], torch.linalg.eigvalsh(args[0]), U_out)
     # A slightly different memory (next step): warm start from the previous eigenvectors.
     G_mem2 = args[0] + 1e-3 * args[1]
     args2 = (G_mem2,) + tuple(args[1:])
-    warm = gpu.slimtik_step(*args2, config, U0=U_out)
+    warm = gpu.slimtik_step(*args2, config, U0=U_out, eigensolver="jacobi")
     assert_matches(*warm, *_slimtik_step(*args2, config))
-    assert_matches(*gpu.slimtik_step(*args, config, U0=U_out), *cold, rtol=1e-11)
+    assert_matches(*gpu.slimtik_step(*args, config, U0=U_out, eigensolver="jacobi"), *cold, rtol=1e-11)
 
 
 def test_step_on_a_side_stream(gpu):
@@ -109,11 +120,11 @@ def test_step_never_synchronises(gpu):
     args = problem(4, 12, 2, True, "wellposed", "sync")
     config = CONFIGS["sgcv"]
     ws = torch.empty(gpu.workspace_size(4, 12, 2, config, memory_empty=False), dtype=F64, device="cuda")
-    gpu.slimtik_step(*args, config, workspace=ws)  # first call: module load etc.
+    gpu.slimtik_step(*args, config, workspace=ws, eigensolver="jacobi")  # first call: module load etc.
     torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode("error")
     try:
-        W_new, info = gpu.slimtik_step(*args, config, workspace=ws)
+        W_new, info = gpu.slimtik_step(*args, config, workspace=ws, eigensolver="jacobi")
     finally:
         torch.cuda.set_sync_debug_mode("default")
     assert_matches(W_new, info, *_slimtik_step(*args, config))
@@ -121,7 +132,8 @@ def test_step_never_synchronises(gpu):
 
 @pytest.mark.parametrize("n_f", [12, 64, 130], ids=["small", "shared-opt-in", "global"])
 def test_step_can_be_graph_captured(gpu, n_f):
-    """Capture one step in a CUDA graph, change the inputs in place, replay: the new step."""
+    """Capture one step in a CUDA graph, change the inputs in place, replay: the new step. The
+    default eigensolver ("auto") must pick the capturable Jacobi path while capturing."""
     B, n_t = 8, 3
     config = CONFIGS["sgcv"]
     args = problem(B, n_f, n_t, True, "wellposed", "graph")
@@ -132,7 +144,7 @@ def test_step_can_be_graph_captured(gpu, n_f):
     side = torch.cuda.Stream()
     side.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(side):  # warm-up outside the capture, as torch recommends
-        gpu.slimtik_step(*static, memory_empty, config, workspace=ws, U_out=U_out)
+        gpu.slimtik_step(*static, memory_empty, config, workspace=ws, U_out=U_out, eigensolver="jacobi")
     torch.cuda.current_stream().wait_stream(side)
     torch.cuda.synchronize()
     graph = torch.cuda.CUDAGraph()

@@ -209,6 +209,18 @@ def test_emulated_step_has_no_races(emu, n_f, memory, config_name):
     assert_matches(*warm, *base, rtol=1e-11)
 
 
+@pytest.mark.parametrize("config_name", list(CONFIGS))
+@pytest.mark.parametrize("memory", [False, True], ids=["empty", "memory"])
+def test_emulated_step_from_given_eigenpairs(emu, memory, config_name):
+    """The cuSOLVER path: eigenpairs computed outside the kernel replace its Jacobi sweeps."""
+    config = CONFIGS[config_name]
+    args = make_problem(3, 14, 2, memory, "wellposed", seed_of("given", memory, config_name))
+    U_out = torch.empty(3, 14, 14, dtype=F64)
+    W_new, info = emu.emulate_slimtik_step(*args, config, eigensolver="cusolver", U_out=U_out)
+    assert_matches(W_new, info, *_slimtik_step(*args, config))
+    torch.testing.assert_close(U_out, torch.linalg.eigh(args[0])[1], rtol=0, atol=0)
+
+
 @pytest.mark.parametrize("n_threads", [1, 32, 160, 512])
 def test_emulated_step_any_thread_count(emu, n_threads):
     args = make_problem(2, 13, 3, True, "wellposed", seed=11)

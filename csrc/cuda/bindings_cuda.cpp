@@ -82,14 +82,15 @@ CudaLaunch launch_options(int device, std::uintptr_t stream, int n_threads, int 
 }
 
 struct StepPointers {
-  const double *G_mem, *G, *H, *c, *m, *W, *Lambda_prev, *U0;
+  const double *G_mem, *G, *H, *c, *m, *W, *Lambda_prev, *U0, *s_in, *U_in;
   double *W_out, *info, *U_out, *workspace;
 };
 
 StepPointers step_pointers(std::uintptr_t G_mem_ptr, std::uintptr_t G_ptr, std::uintptr_t H_ptr, std::uintptr_t c_ptr,
                            std::uintptr_t m_ptr, std::uintptr_t W_ptr, std::uintptr_t Lambda_prev_ptr,
                            std::uintptr_t W_out_ptr, std::uintptr_t info_ptr, std::uintptr_t workspace_ptr,
-                           std::uintptr_t U0_ptr, std::uintptr_t U_out_ptr) {
+                           std::uintptr_t U0_ptr, std::uintptr_t U_out_ptr, std::uintptr_t s_in_ptr,
+                           std::uintptr_t U_in_ptr) {
   StepPointers p;
   p.G_mem = as_ptr<const double>(G_mem_ptr, "G_mem_ptr");
   p.G = as_ptr<const double>(G_ptr, "G_ptr");
@@ -103,6 +104,9 @@ StepPointers step_pointers(std::uintptr_t G_mem_ptr, std::uintptr_t G_ptr, std::
   p.workspace = as_ptr<double>(workspace_ptr, "workspace_ptr");
   p.U0 = as_optional_ptr<const double>(U0_ptr, "U0_ptr");
   p.U_out = as_optional_ptr<double>(U_out_ptr, "U_out_ptr");
+  p.s_in = as_optional_ptr<const double>(s_in_ptr, "s_in_ptr");
+  p.U_in = as_optional_ptr<const double>(U_in_ptr, "U_in_ptr");
+  require((p.s_in == nullptr) == (p.U_in == nullptr), "s_in_ptr and U_in_ptr must be given together");
   require(p.W_out != p.W, "W_out_ptr must not alias W_ptr");
   return p;
 }
@@ -126,17 +130,17 @@ void py_slimtik_step(long long B, long long n_f, long long n_t, std::uintptr_t G
                      double root_tol, int max_root_iter, std::uintptr_t W_out_ptr, std::uintptr_t info_ptr,
                      std::uintptr_t workspace_ptr, std::uintptr_t U0_ptr, std::uintptr_t U_out_ptr,
                      std::uintptr_t stream, int device, double jacobi_tol, int max_sweeps, int n_threads,
-                     int shared) {
+                     int shared, std::uintptr_t s_in_ptr, std::uintptr_t U_in_ptr) {
   check_step_sizes(B, n_f, n_t);
   const StepOptions opts = step_options(mode, lambda_const, Lambda_min, Lambda_max, lambda_min, lambda_max, n_grid,
                                         root_tol, max_root_iter);
   check_jacobi_options(jacobi_tol, max_sweeps);
   const CudaLaunch launch = launch_options(device, stream, n_threads, shared);
   const StepPointers p = step_pointers(G_mem_ptr, G_ptr, H_ptr, c_ptr, m_ptr, W_ptr, Lambda_prev_ptr, W_out_ptr,
-                                       info_ptr, workspace_ptr, U0_ptr, U_out_ptr);
+                                       info_ptr, workspace_ptr, U0_ptr, U_out_ptr, s_in_ptr, U_in_ptr);
   py::gil_scoped_release release;
   slimtik_step_cuda(B, (int)n_f, (int)n_t, p.G_mem, p.G, p.H, p.c, p.m, p.W, p.Lambda_prev, memory_empty, opts, p.U0,
-                    p.W_out, p.info, p.U_out, p.workspace, jacobi_tol, max_sweeps, launch);
+                    p.s_in, p.U_in, p.W_out, p.info, p.U_out, p.workspace, jacobi_tol, max_sweeps, launch);
 }
 
 void py_jacobi_eigh(long long B, long long n, std::uintptr_t A_ptr, std::uintptr_t U0_ptr, std::uintptr_t s_ptr,
@@ -162,7 +166,8 @@ void py_emulate_slimtik_step(long long B, long long n_f, long long n_t, std::uin
                              double Lambda_min, double Lambda_max, double lambda_min, double lambda_max, int n_grid,
                              double root_tol, int max_root_iter, std::uintptr_t W_out_ptr, std::uintptr_t info_ptr,
                              std::uintptr_t workspace_ptr, std::uintptr_t U0_ptr, std::uintptr_t U_out_ptr,
-                             double jacobi_tol, int max_sweeps, int n_threads, bool reverse, int shared) {
+                             double jacobi_tol, int max_sweeps, int n_threads, bool reverse, int shared,
+                             std::uintptr_t s_in_ptr, std::uintptr_t U_in_ptr) {
   check_step_sizes(B, n_f, n_t);
   const StepOptions opts = step_options(mode, lambda_const, Lambda_min, Lambda_max, lambda_min, lambda_max, n_grid,
                                         root_tol, max_root_iter);
@@ -170,10 +175,11 @@ void py_emulate_slimtik_step(long long B, long long n_f, long long n_t, std::uin
   require(n_threads >= 1, "n_threads must be positive, got " + std::to_string(n_threads));
   require(shared >= SHARED_OFF && shared <= SHARED_ON, "shared must be 0 (off), 1 (matrix) or 2 (on)");
   const StepPointers p = step_pointers(G_mem_ptr, G_ptr, H_ptr, c_ptr, m_ptr, W_ptr, Lambda_prev_ptr, W_out_ptr,
-                                       info_ptr, workspace_ptr, U0_ptr, U_out_ptr);
+                                       info_ptr, workspace_ptr, U0_ptr, U_out_ptr, s_in_ptr, U_in_ptr);
   py::gil_scoped_release release;
   slimtik_step_emulate(B, (int)n_f, (int)n_t, p.G_mem, p.G, p.H, p.c, p.m, p.W, p.Lambda_prev, memory_empty, opts,
-                       p.U0, p.W_out, p.info, p.U_out, p.workspace, jacobi_tol, max_sweeps, n_threads, reverse, shared);
+                       p.U0, p.s_in, p.U_in, p.W_out, p.info, p.U_out, p.workspace, jacobi_tol, max_sweeps,
+                       n_threads, reverse, shared);
 }
 
 void py_emulate_jacobi_eigh(long long B, long long n, std::uintptr_t A_ptr, std::uintptr_t U0_ptr, std::uintptr_t s_ptr,
@@ -234,7 +240,7 @@ PYBIND11_MODULE(_cuda, mod) {
           py::arg("info_ptr"), py::arg("workspace_ptr"), py::arg("U0_ptr") = null, py::arg("U_out_ptr") = null,
           py::arg("stream") = null, py::arg("device") = 0, py::arg("jacobi_tol") = SLIMFAST_CUDA_JACOBI_TOL,
           py::arg("max_sweeps") = SLIMFAST_CUDA_JACOBI_MAX_SWEEPS, py::arg("n_threads") = 0,
-          py::arg("shared") = (int)SHARED_AUTO,
+          py::arg("shared") = (int)SHARED_AUTO, py::arg("s_in_ptr") = null, py::arg("U_in_ptr") = null,
           "Enqueue one slimTik step for B problems on `stream` (device pointers; no synchronisation).");
   mod.def("jacobi_eigh", &py_jacobi_eigh, py::arg("B"), py::arg("n"), py::arg("A_ptr"), py::arg("U0_ptr"),
           py::arg("s_ptr"), py::arg("U_ptr"), py::arg("tol"), py::arg("max_sweeps"), py::arg("workspace_ptr"),
@@ -249,7 +255,8 @@ PYBIND11_MODULE(_cuda, mod) {
           py::arg("W_out_ptr"), py::arg("info_ptr"), py::arg("workspace_ptr"), py::arg("U0_ptr") = null,
           py::arg("U_out_ptr") = null, py::arg("jacobi_tol") = SLIMFAST_CUDA_JACOBI_TOL,
           py::arg("max_sweeps") = SLIMFAST_CUDA_JACOBI_MAX_SWEEPS, py::arg("n_threads") = 128,
-          py::arg("reverse") = false, py::arg("shared") = (int)SHARED_OFF,
+          py::arg("reverse") = false, py::arg("shared") = (int)SHARED_OFF, py::arg("s_in_ptr") = null,
+          py::arg("U_in_ptr") = null,
           "The slimtik_step kernel's block code run serially on the host (host pointers), for tests.");
   mod.def("emulate_jacobi_eigh", &py_emulate_jacobi_eigh, py::arg("B"), py::arg("n"), py::arg("A_ptr"),
           py::arg("U0_ptr"), py::arg("s_ptr"), py::arg("U_ptr"), py::arg("tol"), py::arg("max_sweeps"),

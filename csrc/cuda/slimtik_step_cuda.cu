@@ -6,6 +6,7 @@
 // only runtime calls are attribute queries/sets and the launch, so a step can be graph-captured.
 #include <cuda_runtime.h>
 
+#include <atomic>
 #include <stdexcept>
 #include <string>
 
@@ -64,14 +65,34 @@ int threads_for(int n, int requested) {
   return padded_order(n) <= 32 ? 128 : 256;
 }
 
+constexpr int kMaxDevices = 64;
+
+// Usable dynamic shared memory per block on `device` (bytes), queried once per device and kernel;
+// the kernel's opt-in limit is raised to it at the same time. After the first launch on a device no
+// runtime call is left here, so launches inside a CUDA graph capture only enqueue the kernel.
+template <class Kernel>
+long long shared_available(Kernel kernel, int device) {
+  static std::atomic<long long> cached[kMaxDevices];  // 0: not queried yet
+  if (device < kMaxDevices) {
+    const long long known = cached[device].load(std::memory_order_relaxed);
+    if (known > 0) return known;
+  }
+  int optin = 0;
+  check(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device), "cudaDeviceGetAttribute");
+  const long long avail = (long long)optin - kSharedReserveBytes;
+  if (avail > 48 * 1024)
+    check(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)avail),
+          "cudaFuncSetAttribute");
+  if (device < kMaxDevices && avail > 0) cached[device].store(avail, std::memory_order_relaxed);
+  return avail;
+}
+
 // Shared-memory level (jacobi_storage) for `mode` on `device`, and its dynamic shared bytes.
 template <class Kernel>
 int shared_level(Kernel kernel, int device, int n, int mode, size_t* bytes) {
   *bytes = 0;
   if (mode == SHARED_OFF) return 0;
-  int optin = 0;
-  check(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device), "cudaDeviceGetAttribute");
-  const long long avail = (long long)optin - kSharedReserveBytes;
+  const long long avail = shared_available(kernel, device);
   int level = mode == SHARED_AUTO ? 2 : mode;
   long long need = jacobi_shared_doubles(n, level) * (long long)sizeof(double);
   if (mode == SHARED_AUTO)
@@ -80,9 +101,6 @@ int shared_level(Kernel kernel, int device, int n, int mode, size_t* bytes) {
     throw std::invalid_argument("shared memory level " + std::to_string(mode) + " requested, but n = " +
                                 std::to_string(n) + " needs " + std::to_string(need) +
                                 " bytes and the device allows " + std::to_string(avail));
-  if (level > 0 && need > 48 * 1024)
-    check(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)need),
-          "cudaFuncSetAttribute");
   *bytes = (size_t)need;
   return level;
 }
@@ -97,13 +115,15 @@ long long jacobi_workspace_doubles(long long B, int n) { return B * jacobi_layou
 
 void slimtik_step_cuda(long long B, int n_f, int n_t, const double* G_mem, const double* G, const double* H,
                        const double* c, const double* m, const double* W, const double* Lambda_prev, bool memory_empty,
-                       const StepOptions& opts, const double* U0, double* W_out, double* info, double* U_out,
-                       double* workspace, double jacobi_tol, int max_sweeps, const CudaLaunch& launch) {
+                       const StepOptions& opts, const double* U0, const double* s_in, const double* U_in,
+                       double* W_out, double* info, double* U_out, double* workspace, double jacobi_tol,
+                       int max_sweeps, const CudaLaunch& launch) {
   if (B <= 0) return;
   const int threads = threads_for(n_f, launch.n_threads);
   DeviceGuard guard(launch.device);
-  size_t smem = 0;
-  const int level = shared_level(slimtik_step_kernel, launch.device, n_f, launch.shared_mode, &smem);
+  size_t smem = 0;  // given eigenpairs: no Jacobi, no shared matrices
+  const int level =
+      U_in != nullptr ? 0 : shared_level(slimtik_step_kernel, launch.device, n_f, launch.shared_mode, &smem);
   StepArgs a{};
   a.n = n_f;
   a.nt = n_t;
@@ -117,6 +137,8 @@ void slimtik_step_cuda(long long B, int n_f, int n_t, const double* G_mem, const
   a.W = W;
   a.Lambda_prev = Lambda_prev;
   a.U0 = U0;
+  a.s_in = s_in;
+  a.U_in = U_in;
   a.W_out = W_out;
   a.info = info;
   a.U_out = U_out;

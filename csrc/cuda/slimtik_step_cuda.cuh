@@ -635,6 +635,9 @@ struct StepArgs {
   StepOptions opts;
   const double *G_mem, *G, *H, *c, *m, *W, *Lambda_prev;
   const double* U0;  // [B, n, n] warm start or null
+  // Eigenpairs of G_mem computed elsewhere (e.g. cuSOLVER), or null: s_in [B, n] ascending,
+  // U_in [B, n, n] eigenvectors as columns. Given, the block skips its Jacobi sweeps.
+  const double *s_in, *U_in;
   double *W_out, *info;
   double* U_out;  // [B, n, n] eigenvectors of G_mem (for the next warm start) or null
   double* ws;     // [B, ws_stride]
@@ -653,9 +656,18 @@ SLIMFAST_BLOCK void slimtik_problem(const Ctx& ctx, const StepArgs& a, long b, d
   const JacobiStorage J = jacobi_storage(n, a.shared_level, smem, ws + L.jac_M, ws + L.jac_Vt, ws + L.rot);
   double* U = ws + L.U;
   double* s = ws + L.s;
-  jacobi_block(ctx, n, a.G_mem + b * nn, a.U0 ? a.U0 + b * nn : nullptr, J.M, J.Vt, J.rot, a.jacobi_tol,
-               a.max_sweeps);
-  jacobi_extract(ctx, n, J.M, J.Vt, s, U, ws + L.perm);
+  if (a.U_in != nullptr) {
+    const double* s_in = a.s_in + b * n;
+    const double* U_in = a.U_in + b * nn;
+    ctx.par([&](int tid, int nthr) {
+      for (int j = tid; j < n; j += nthr) s[j] = s_in[j];
+      for (long e = tid; e < nn; e += nthr) U[e] = U_in[e];
+    });
+  } else {
+    jacobi_block(ctx, n, a.G_mem + b * nn, a.U0 ? a.U0 + b * nn : nullptr, J.M, J.Vt, J.rot, a.jacobi_tol,
+                 a.max_sweeps);
+    jacobi_extract(ctx, n, J.M, J.Vt, s, U, ws + L.perm);
+  }
   if (a.U_out) {
     double* U_out = a.U_out + b * nn;
     ctx.par([&](int tid, int nthr) {

@@ -32,12 +32,15 @@ long long jacobi_workspace_doubles(long long B, int n);
 // One slimTik step for B problems (slimfast._torch_impl._slimtik_step), device pointers:
 //   G_mem, G [B, n_f, n_f]; H, W, W_out [B, n_t, n_f]; c, m, Lambda_prev [B]; info [B, 5].
 // U0 [B, n_f, n_f] (optional): eigenvectors of a nearby G_mem (e.g. the previous step's U_out) to
-// warm-start the Jacobi sweeps; U_out [B, n_f, n_f] (optional) receives G_mem's eigenvectors.
+// warm-start the Jacobi sweeps; s_in [B, n_f], U_in [B, n_f, n_f] (optional, together): G_mem's
+// eigenpairs computed elsewhere (cuSOLVER), which replace the Jacobi sweeps; U_out [B, n_f, n_f]
+// (optional) receives G_mem's eigenvectors.
 // Throws std::runtime_error if the launch fails.
 void slimtik_step_cuda(long long B, int n_f, int n_t, const double* G_mem, const double* G, const double* H,
                        const double* c, const double* m, const double* W, const double* Lambda_prev, bool memory_empty,
-                       const StepOptions& opts, const double* U0, double* W_out, double* info, double* U_out,
-                       double* workspace, double jacobi_tol, int max_sweeps, const CudaLaunch& launch);
+                       const StepOptions& opts, const double* U0, const double* s_in, const double* U_in,
+                       double* W_out, double* info, double* U_out, double* workspace, double jacobi_tol,
+                       int max_sweeps, const CudaLaunch& launch);
 
 // Batched block-parallel Jacobi: A [B, n, n] → s [B, n] ascending, U [B, n, n] (columns);
 // sweeps [B] (optional) receives the sweeps each problem ran.
@@ -50,9 +53,9 @@ void jacobi_eigh_cuda(long long B, int n, const double* A, const double* U0, dou
 // MATRIX, ON) says. For tests on machines without a GPU.
 void slimtik_step_emulate(long long B, int n_f, int n_t, const double* G_mem, const double* G, const double* H,
                           const double* c, const double* m, const double* W, const double* Lambda_prev,
-                          bool memory_empty, const StepOptions& opts, const double* U0, double* W_out, double* info,
-                          double* U_out, double* workspace, double jacobi_tol, int max_sweeps, int n_threads,
-                          bool reverse, int shared_level);
+                          bool memory_empty, const StepOptions& opts, const double* U0, const double* s_in,
+                          const double* U_in, double* W_out, double* info, double* U_out, double* workspace,
+                          double jacobi_tol, int max_sweeps, int n_threads, bool reverse, int shared_level);
 void jacobi_eigh_emulate(long long B, int n, const double* A, const double* U0, double* s, double* U, int* sweeps,
                          double* workspace, double tol, int max_sweeps, int n_threads, bool reverse, int shared_level);
 

@@ -13,9 +13,9 @@ namespace slimfast {
 
 void slimtik_step_emulate(long long B, int n_f, int n_t, const double* G_mem, const double* G, const double* H,
                           const double* c, const double* m, const double* W, const double* Lambda_prev,
-                          bool memory_empty, const StepOptions& opts, const double* U0, double* W_out, double* info,
-                          double* U_out, double* workspace, double jacobi_tol, int max_sweeps, int n_threads,
-                          bool reverse, int shared_level) {
+                          bool memory_empty, const StepOptions& opts, const double* U0, const double* s_in,
+                          const double* U_in, double* W_out, double* info, double* U_out, double* workspace,
+                          double jacobi_tol, int max_sweeps, int n_threads, bool reverse, int shared_level) {
   StepArgs a{};
   a.n = n_f;
   a.nt = n_t;
@@ -29,6 +29,8 @@ void slimtik_step_emulate(long long B, int n_f, int n_t, const double* G_mem, co
   a.W = W;
   a.Lambda_prev = Lambda_prev;
   a.U0 = U0;
+  a.s_in = s_in;
+  a.U_in = U_in;
   a.W_out = W_out;
   a.info = info;
   a.U_out = U_out;
@@ -39,7 +41,8 @@ void slimtik_step_emulate(long long B, int n_f, int n_t, const double* G_mem, co
   a.shared_level = shared_level;
   const HostCtx ctx{n_threads, reverse};
   // "Shared memory" starts as NaN, like an uninitialised buffer that must never be read.
-  std::vector<double> smem(jacobi_shared_doubles(n_f, shared_level));
+  if (U_in != nullptr) a.shared_level = 0;
+  std::vector<double> smem(jacobi_shared_doubles(n_f, a.shared_level));
   for (long long b = 0; b < B; ++b) {
     std::fill(smem.begin(), smem.end(), NAN);
     slimtik_problem(ctx, a, (long)b, smem.data());

@@ -23,9 +23,14 @@ from .._torch_impl import N_INFO
 from ..config import SolverConfig
 
 __all__ = [
-    "JACOBI_MAX_SWEEPS", "JACOBI_TOL", "emulate_jacobi_eigh", "emulate_slimtik_step", "jacobi_eigh", "slimtik_step",
-    "workspace_size",
+    "EIGENSOLVERS", "JACOBI_MAX_SWEEPS", "JACOBI_TOL", "choose_eigensolver", "emulate_jacobi_eigh",
+    "emulate_slimtik_step", "jacobi_eigh", "slimtik_step", "workspace_size",
 ]
+
+#: Eigensolvers of the step: "jacobi" (the kernel's own block-parallel Jacobi: no host
+#: synchronisation, graph-capturable), "cusolver" (torch.linalg.eigh, which synchronises, then the
+#: kernel from the eigenpairs), "auto" (see ``choose_eigensolver``).
+EIGENSOLVERS: tuple[str, ...] = ("auto", "jacobi", "cusolver")
 
 #: Jacobi stopping rule of the step: ‖offdiag‖_F <= JACOBI_TOL·‖G_mem‖_F, at most JACOBI_MAX_SWEEPS.
 JACOBI_TOL: float = float(_cuda.JACOBI_TOL)
@@ -61,6 +66,16 @@ def _shared_code(shared: str, emulated: bool = False) -> int:
 
 def _device_index(device: torch.device) -> int:
     return device.index if device.index is not None else torch.cuda.current_device()
+
+
+def choose_eigensolver(B: int, n_f: int) -> str:
+    """The "auto" choice: one block per problem wins when there are many problems or they are small;
+    a few large ones are faster with cuSOLVER, whose cost grows with B but uses the whole GPU per
+    matrix. The crossover B ≈ n_f/5 is an estimate (benchmarks/bench_gpu.py reports both). Never
+    "cusolver" while a CUDA graph is being captured (it synchronises)."""
+    if n_f > 32 and B < max(2, n_f // 5) and not torch.cuda.is_current_stream_capturing():
+        return "cusolver"
+    return "jacobi"
 
 
 def workspace_size(B: int, n_f: int, n_t: int, config: SolverConfig, memory_empty: bool) -> int:
@@ -131,6 +146,7 @@ def slimtik_step(
     max_sweeps: int = JACOBI_MAX_SWEEPS,
     n_threads: int = 0,
     shared: str = "auto",
+    eigensolver: str = "auto",
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """One slimTik step for B problems (twin: ``slimfast._torch_impl._slimtik_step``).
 
@@ -149,19 +165,30 @@ def slimtik_step(
         jacobi_tol, max_sweeps: Jacobi stopping rule (‖offdiag‖_F <= tol·‖G_mem‖_F).
         n_threads: threads per block (0: chosen by n_f); shared: "auto" | "off" | "matrix" | "on",
             where the Jacobi matrices live (benchmarks and tests; see ``_SHARED``).
+        eigensolver: one of ``EIGENSOLVERS``. "jacobi" never synchronises with the host (use it,
+            or "auto", inside CUDA graphs); "cusolver" does (torch.linalg.eigh checks for errors
+            on the host). U0 only matters to "jacobi".
 
     Returns:
         W_new [B, n_t, n_f] and info [B, 5] (columns ``_torch_impl.INFO_FIELDS``), enqueued on
-        the current stream of the tensors' device; nothing is synchronised.
+        the current stream of the tensors' device; nothing is synchronised (except by cuSOLVER).
     """
     B, n_t, n_f, device, t = _step_inputs(G_mem, G, H, c, m, W, Lambda_prev, U0, U_out, device=W.device)
     opts = _config_args(config)
     shared_code = _shared_code(shared)
+    if eigensolver not in EIGENSOLVERS:
+        raise ValueError(f"eigensolver must be one of {EIGENSOLVERS}, got {eigensolver!r}")
     W_new = torch.empty_like(t["W"])
     info = torch.empty(B, N_INFO, dtype=F64, device=device)
     if B == 0:
         return W_new, info
     ws = _workspace(workspace, workspace_size(B, n_f, n_t, config, memory_empty), device)
+    if eigensolver == "auto":
+        eigensolver = choose_eigensolver(B, n_f)
+    s_in = U_in = None
+    if eigensolver == "cusolver":
+        s_in, U_in = torch.linalg.eigh(t["G_mem"])
+        s_in, U_in = s_in.contiguous(), U_in.contiguous()  # eigh returns column-major eigenvectors
     with torch.cuda.device(device):
         stream = torch.cuda.current_stream(device).cuda_stream
         _cuda.slimtik_step(
@@ -171,6 +198,7 @@ def slimtik_step(
             W_new.data_ptr(), info.data_ptr(), ws.data_ptr(),
             0 if t["U0"] is None else t["U0"].data_ptr(), 0 if U_out is None else U_out.data_ptr(),
             stream, _device_index(device), float(jacobi_tol), int(max_sweeps), int(n_threads), shared_code,
+            0 if s_in is None else s_in.data_ptr(), 0 if U_in is None else U_in.data_ptr(),
         )  # fmt: skip
     return W_new, info
 
@@ -254,18 +282,22 @@ def emulate_slimtik_step(
     n_threads: int = 128,
     reverse: bool = False,
     shared: str = "off",
+    eigensolver: str = "jacobi",
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``slimtik_step`` on CPU float64 tensors by the kernel's own block code run serially on the host.
 
     ``n_threads`` simulated threads per block run one after another (in reverse order with
     ``reverse``: a result that depends on the order would reveal a data race between threads);
     ``shared`` ("off" | "matrix" | "on") puts the Jacobi matrices in a separate buffer, as the
-    kernel does in shared memory.
-    The workspace starts as NaN unless given, so a read of an unwritten element shows up.
+    kernel does in shared memory. ``eigensolver="cusolver"`` hands the kernel torch.linalg.eigh's
+    eigenpairs, as ``slimtik_step`` does. The workspace starts as NaN unless given, so a read of an
+    unwritten element shows up.
     """
     B, n_t, n_f, _, t = _step_inputs(G_mem, G, H, c, m, W, Lambda_prev, U0, U_out, device=None)
     opts = _config_args(config)
     shared_code = _shared_code(shared, emulated=True)
+    if eigensolver not in ("jacobi", "cusolver"):
+        raise ValueError(f"eigensolver must be 'jacobi' or 'cusolver' here, got {eigensolver!r}")
     W_new = torch.empty_like(t["W"])
     info = torch.empty(B, N_INFO, dtype=F64)
     if B == 0:
@@ -275,6 +307,9 @@ def emulate_slimtik_step(
         workspace = torch.full((size,), float("nan"), dtype=F64)
     elif workspace.dtype != F64 or workspace.device.type != "cpu" or not workspace.is_contiguous() or workspace.numel() < size:
         raise ValueError(f"workspace must be a contiguous CPU float64 tensor of at least {size} elements")
+    s_in = U_in = None
+    if eigensolver == "cusolver":
+        s_in, U_in = (x.contiguous() for x in torch.linalg.eigh(t["G_mem"]))
     _cuda.emulate_slimtik_step(
         B, n_f, n_t,
         t["G_mem"].data_ptr(), t["G"].data_ptr(), t["H"].data_ptr(), t["c"].data_ptr(), t["m"].data_ptr(),
@@ -282,6 +317,7 @@ def emulate_slimtik_step(
         W_new.data_ptr(), info.data_ptr(), workspace.data_ptr(),
         0 if t["U0"] is None else t["U0"].data_ptr(), 0 if U_out is None else U_out.data_ptr(),
         float(jacobi_tol), int(max_sweeps), int(n_threads), bool(reverse), shared_code,
+        0 if s_in is None else s_in.data_ptr(), 0 if U_in is None else U_in.data_ptr(),
     )  # fmt: skip
     return W_new, info
 
