@@ -1,0 +1,452 @@
+"""numba CPU backend of the slimTik step: the float64 torch twin, one problem per thread.
+
+``slimtik_step`` has the signature and semantics of ``slimfast._torch_impl._slimtik_step``
+and follows it step by step (same log grid over μ, first-occurrence argmin, bracket rule,
+Illinois iteration with the same termination and clamps, reference candidates and fallback,
+info columns), so it agrees with the twin to rounding. The helpers below mirror
+``_sgcv_precompute``, ``_sgcv_eval``, ``_select_mu`` and ``_illinois_root`` for a single
+problem; two entry points loop over the B problems (``prange`` when B > 1, a plain loop when
+B == 1 so a single problem pays no thread-pool overhead and LAPACK keeps all cores).
+
+Nothing is compiled at import: numba compiles each function on its first call and caches
+the machine code under ``__pycache__`` (or numba's user-wide cache directory); when no cache
+location is writable the functions are compiled without caching.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from typing import Any
+
+import numba
+import numpy as np
+import torch
+
+from .._torch_impl import N_INFO, N_REFERENCE_POINTS
+from ..config import FLOAT64_EPS, SolverConfig
+
+__all__ = ["slimtik_step"]
+
+_DBL_MAX = float(np.finfo(np.float64).max)
+_LOG10_EPS = math.log10(FLOAT64_EPS)
+_MODE_SGCV, _MODE_CONSTANT, _MODE_REFERENCE = 0, 1, 2
+
+
+def _jit(**options):
+    """``numba.njit(cache=True, **options)``, without the cache when no location is writable."""
+
+    def wrap(func):
+        try:
+            return numba.njit(cache=True, **options)(func)
+        except RuntimeError:  # "cannot cache function ...: no locator available"
+            return numba.njit(cache=False, **options)(func)
+
+    return wrap
+
+
+# --- scalar helpers with torch semantics -------------------------------------------------
+
+
+@_jit()
+def _fmax(x, y):
+    """torch.maximum: NaN if either argument is NaN."""
+    if math.isnan(x) or math.isnan(y):
+        return math.nan
+    return x if x >= y else y
+
+
+@_jit()
+def _fmin(x, y):
+    """torch.minimum: NaN if either argument is NaN."""
+    if math.isnan(x) or math.isnan(y):
+        return math.nan
+    return x if x <= y else y
+
+
+@_jit()
+def _linspace01(i, n):
+    """Element i of torch.linspace(0, 1, n) in float64 (torch's two-sided formula)."""
+    step = 1.0 / (n - 1)
+    if i < n // 2:
+        return step * i
+    return 1.0 - step * (n - i - 1)
+
+
+# --- mirrors of the torch twin ----------------------------------------------------------
+
+
+@_jit()
+def _admissible_interval(Lambda_prev, Lmin, Lmax, lmin, lmax):
+    """Bounds of μ = Λ_{k−1} + λ: [max(Λ_min, Λ_{k−1}+λ_min), min(Λ_max, Λ_{k−1}+λ_max)]."""
+    if math.isfinite(lmin):
+        mu_lo = _fmax(Lambda_prev + lmin, Lmin)
+    else:
+        mu_lo = Lmin
+    mu_hi = _fmin(Lambda_prev + lmax, Lmax)
+    return mu_lo, mu_hi
+
+
+@_jit()
+def _tree_sum_rows(T, out):
+    """out[r] = Σ_j T[r, j] by pairwise halving (error O(log n · ε), like torch's sums); T is destroyed."""
+    n = T.shape[1]
+    while n > 1:
+        half = n // 2
+        rest = n - half  # element j is paired with j + rest; an odd middle element waits
+        for r in range(T.shape[0]):
+            for j in range(half):
+                T[r, j] += T[r, j + rest]
+        n = rest
+    for r in range(T.shape[0]):
+        out[r] = T[r, 0] if T.shape[1] > 0 else 0.0
+
+
+@_jit()
+def _sgcv_precompute(G_mem, G, H, c, W, memory_empty):
+    """Eigendecompose G_mem [n_f,n_f] and project the batch statistics once (method.md §4).
+
+    Returns (s, Uᵀ, Bt, Wt, a, b, k, Q, res0), all arrays C-contiguous (one matmul layout to
+    compile). Q stacks Q0, Q1, Q2: [3·n_f, n_f] (rows i, n_f + i, 2n_f + i), or only their
+    diagonals [3, n_f] when ``memory_empty`` (K̃ = diag(s)).
+    """
+    n_t, n_f = W.shape
+    s, U_f = np.linalg.eigh(G_mem)  # U_f is Fortran-ordered, so U_f.T is C-contiguous
+    for j in range(n_f):
+        if s[j] < 0.0:
+            s[j] = 0.0
+    U = np.ascontiguousarray(U_f)
+    UT = U_f.T
+    WG = W @ G
+    T = np.empty((2, n_t * n_f))
+    for t in range(n_t):
+        for j in range(n_f):
+            T[0, t * n_f + j] = WG[t, j] * W[t, j]
+            T[1, t * n_f + j] = W[t, j] * H[t, j]
+    sums = np.empty(3 * n_f)
+    _tree_sum_rows(T, sums)
+    res0 = sums[0] - 2.0 * sums[1] + c
+    Bt = (WG - H) @ U
+    Wt = W @ U
+    T = np.empty((3 * n_f, n_t))
+    for j in range(n_f):
+        for t in range(n_t):
+            T[j, t] = Bt[t, j] * Bt[t, j]
+            T[n_f + j, t] = Bt[t, j] * Wt[t, j]
+            T[2 * n_f + j, t] = Wt[t, j] * Wt[t, j]
+    _tree_sum_rows(T, sums)
+    a = sums[:n_f].copy()
+    b = sums[n_f : 2 * n_f].copy()
+    if memory_empty:
+        k = s.copy()
+        Q = np.empty((3, n_f))
+        for j in range(n_f):
+            Q[0, j] = s[j] * a[j]
+            Q[1, j] = 2.0 * s[j] * b[j]
+            Q[2, j] = s[j] * sums[2 * n_f + j]
+        return s, UT, Bt, Wt, a, b, k, Q, res0
+    K = UT @ (G @ U)
+    BtT = np.ascontiguousarray(Bt.T)
+    WtT = np.ascontiguousarray(Wt.T)
+    BB = BtT @ Bt
+    BW = BtT @ Wt
+    WW = WtT @ Wt
+    k = np.empty(n_f)
+    Q = np.empty((3 * n_f, n_f))
+    for i in range(n_f):
+        k[i] = K[i, i]
+        for j in range(n_f):
+            Q[i, j] = K[i, j] * BB[i, j]
+            Q[n_f + i, j] = K[i, j] * (BW[i, j] + BW[j, i])
+            Q[2 * n_f + i, j] = K[i, j] * WW[i, j]
+    return s, UT, Bt, Wt, a, b, k, Q, res0
+
+
+@_jit()
+def _sgcv_eval(mu, Lambda_prev, s, a, b, k, Q, diagonal, res0, m, n_t):
+    """sGCV value, residual and derivative sign at one μ: (f, R, g), as ``_sgcv_eval``.
+
+    R(μ) = res0 − 2 Σ_j d_j (a_j + λ b_j) + dᵀ(Q0 + λQ1 + λ²Q2)d,  d = 1/(s + μ), λ = μ − Λ_{k−1}
+    f(μ) = m R / (m − n_t T)²,  T = Σ_j K̃_jj d_j; g = R' D − 2 R D' with D = m − n_t T.
+    f is +inf where D ≤ 0, then NaN → inf, ±inf → ±DBL_MAX (torch.nan_to_num(f, nan=inf)).
+    """
+    n_f = s.shape[0]
+    lam = mu - Lambda_prev
+    d = np.empty(n_f)
+    for j in range(n_f):
+        d[j] = 1.0 / (s[j] + mu)
+    Qd = d if diagonal else Q @ d  # [Q0 d; Q1 d; Q2 d] (BLAS gemv)
+    # Rows: d(a+λb), d q_λ, d²(a+λb), d b, d² q_λ, d q', k d, k d²  with q_λ = (Q0+λQ1+λ²Q2)d, q' = (Q1+2λQ2)d
+    T = np.empty((8, n_f))
+    for i in range(n_f):
+        if diagonal:
+            q_lam_d = (Q[0, i] + lam * (Q[1, i] + lam * Q[2, i])) * d[i]
+            q_der_d = (Q[1, i] + 2.0 * lam * Q[2, i]) * d[i]
+        else:
+            q_lam_d = Qd[i] + lam * (Qd[n_f + i] + lam * Qd[2 * n_f + i])
+            q_der_d = Qd[n_f + i] + 2.0 * lam * Qd[2 * n_f + i]
+        ab = a[i] + lam * b[i]
+        di = d[i]
+        d2 = di * di
+        T[0, i] = di * ab
+        T[1, i] = di * q_lam_d
+        T[2, i] = d2 * ab
+        T[3, i] = di * b[i]
+        T[4, i] = d2 * q_lam_d
+        T[5, i] = di * q_der_d
+        T[6, i] = k[i] * di
+        T[7, i] = k[i] * d2
+    S = np.empty(8)
+    _tree_sum_rows(T, S)
+    R = res0 - 2.0 * S[0] + S[1]
+    R_der = 2.0 * S[2] - 2.0 * S[3] - 2.0 * S[4] + S[5]
+    D = m - n_t * S[6]
+    D_der = n_t * S[7]
+    g = R_der * D - 2.0 * R * D_der
+    if D > 0:
+        Rc = 0.0 if R < 0.0 else R  # clamp_min(0) keeps NaN
+        f = m * Rc / (D * D)
+    else:
+        f = math.inf
+    if math.isnan(f):
+        f = math.inf
+    elif f == math.inf:
+        f = _DBL_MAX
+    elif f == -math.inf:
+        f = -_DBL_MAX
+    return f, R, g
+
+
+@_jit()
+def _illinois_root(ta, tb, ga, gb, Lambda_prev, s, a, b, k, Q, diagonal, res0, m, n_t, root_tol, max_root_iter):
+    """Root of g(t) = sGCV'(e^t) sign on [ta, tb] by Illinois regula falsi, as ``_illinois_root``."""
+    side = 0
+    c_prev = math.nan
+    c = ta
+    for _ in range(max_root_iter):
+        c_new = (ta * gb - tb * ga) / (gb - ga)
+        c = _fmin(_fmax(c_new, _fmin(ta, tb)), _fmax(ta, tb))
+        gc = _sgcv_eval(math.exp(c), Lambda_prev, s, a, b, k, Q, diagonal, res0, m, n_t)[2]
+        if gc == 0 or abs(c - c_prev) <= root_tol * _fmax(abs(c), 1.0):
+            break
+        if (gc > 0) == (gb > 0):
+            # Illinois: halve the value kept at the endpoint that did not move twice in a row.
+            if side == -1:
+                ga = ga / 2
+            tb = c
+            gb = gc
+            side = -1
+        else:
+            if side == 1:
+                gb = gb / 2
+            ta = c
+            ga = gc
+            side = 1
+        c_prev = c
+    return c
+
+
+@_jit()
+def _select_mu(
+    Lambda_prev, s, a, b, k, Q, diagonal, res0, m, n_t,
+    mode, lambda_const, Lmin, Lmax, lmin, lmax, n_grid, root_tol, max_root_iter,
+):  # fmt: skip
+    """New cumulative regularisation μ = Λ_k for one problem according to ``mode``."""
+    mu_lo, mu_hi = _admissible_interval(Lambda_prev, Lmin, Lmax, lmin, lmax)
+    if mode == _MODE_CONSTANT:
+        return _fmin(_fmax(Lambda_prev + lambda_const, mu_lo), mu_hi)
+
+    if mode == _MODE_REFERENCE:
+        n = N_REFERENCE_POINTS
+        lmax_ref = lmax if math.isfinite(lmax) else Lmax
+        n_low = Lambda_prev / 2.0 - Lmin
+        log_low = math.log10(_fmax(n_low, FLOAT64_EPS))
+        step = (math.log10(lmax_ref) - _LOG10_EPS) / (n - 1)
+        best_f = math.inf
+        best_mu = math.nan
+        found = False  # some f finite
+        for i in range(2 * n):
+            if i < n:  # −logspace from Λ_{k−1}/2 − Λ_min down to eps; dropped (NaN) when ≤ 0
+                if n_low > 0:
+                    lam = -(10.0 ** (log_low + (_LOG10_EPS - log_low) * _linspace01(i, n)))
+                else:
+                    lam = math.nan
+            else:  # torch.logspace(log10(eps), log10(λ_max), n)
+                j = i - n
+                if j < n // 2:
+                    lam = 10.0 ** (_LOG10_EPS + step * j)
+                else:
+                    lam = 10.0 ** (math.log10(lmax_ref) - step * (n - j - 1))
+            mu = Lambda_prev + lam
+            if mu >= mu_lo and mu <= mu_hi:
+                f = _sgcv_eval(mu, Lambda_prev, s, a, b, k, Q, diagonal, res0, m, n_t)[0]
+            else:
+                f = math.inf
+            if math.isfinite(f):
+                found = True
+            if i == 0 or f < best_f:  # first occurrence of the minimum
+                best_f = f
+                best_mu = mu
+        if found:
+            return best_mu
+        return _fmin(_fmax(Lambda_prev, mu_lo), mu_hi)
+
+    # sGCV: grid in log μ, then the root of dsGCV/dμ on the bracket next to the best point.
+    t_lo = math.log(mu_lo)
+    t_hi = math.log(mu_hi)
+    t_grid = np.empty(n_grid)
+    g_grid = np.empty(n_grid)
+    i_best = 0
+    f_best = math.inf
+    for i in range(n_grid):
+        t = t_lo + (t_hi - t_lo) * _linspace01(i, n_grid)
+        f, _, g = _sgcv_eval(math.exp(t), Lambda_prev, s, a, b, k, Q, diagonal, res0, m, n_t)
+        t_grid[i] = t
+        g_grid[i] = g
+        if i == 0 or f < f_best:
+            f_best = f
+            i_best = i
+    t_best = t_grid[i_best]
+    g_best = g_grid[i_best]
+    go_left = i_best > 0 and g_best > 0
+    go_right = i_best < n_grid - 1 and g_best < 0
+    i_other = i_best - 1 if go_left else min(i_best + 1, n_grid - 1)
+    t_other = t_grid[i_other]
+    g_other = g_grid[i_other]
+    bracketed = ((go_left and g_other < 0) or (go_right and g_other > 0)) and t_hi > t_lo
+    t_star = t_best
+    if bracketed:
+        t_star = _illinois_root(
+            t_other, t_best, g_other, g_best, Lambda_prev, s, a, b, k, Q, diagonal, res0, m, n_t,
+            root_tol, max_root_iter,
+        )  # fmt: skip
+    return _fmin(_fmax(math.exp(t_star), mu_lo), mu_hi)
+
+
+@_jit()
+def _slimtik_step_one(
+    G_mem, G, H, c, m, W, Lambda_prev, memory_empty,
+    mode, lambda_const, Lmin, Lmax, lmin, lmax, n_grid, root_tol, max_root_iter,
+    W_out, info_out,
+):  # fmt: skip
+    """One problem of ``_slimtik_step``: writes W_new into W_out [n_t,n_f] and info_out [5]."""
+    n_t = W.shape[0]
+    s, UT, Bt, Wt, a, b, k, Q, res0 = _sgcv_precompute(G_mem, G, H, c, W, memory_empty)
+    mu = _select_mu(
+        Lambda_prev, s, a, b, k, Q, memory_empty, res0, m, n_t,
+        mode, lambda_const, Lmin, Lmax, lmin, lmax, n_grid, root_tol, max_root_iter,
+    )  # fmt: skip
+    f, R, _ = _sgcv_eval(mu, Lambda_prev, s, a, b, k, Q, memory_empty, res0, m, n_t)
+    lam = mu - Lambda_prev
+    n_f = s.shape[0]
+    X = np.empty_like(Bt)
+    for j in range(n_f):
+        d = 1.0 / (s[j] + mu)
+        for t in range(n_t):
+            X[t, j] = (Bt[t, j] + lam * Wt[t, j]) * d
+    step = X @ UT
+    for t in range(n_t):
+        for j in range(n_f):
+            W_out[t, j] = W[t, j] - step[t, j]
+    if c > 0:
+        Rc = 0.0 if R < 0.0 else R
+        rel = math.sqrt(Rc / c)
+    else:
+        rel = 0.0
+    info_out[0] = lam
+    info_out[1] = mu
+    info_out[2] = f
+    info_out[3] = rel
+    info_out[4] = (s[n_f - 1] + mu) / (s[0] + mu)
+
+
+@_jit(parallel=True)
+def _slimtik_step_parallel(
+    G_mem, G, H, c, m, W, Lambda_prev, memory_empty,
+    mode, lambda_const, Lmin, Lmax, lmin, lmax, n_grid, root_tol, max_root_iter,
+    W_out, info_out,
+):  # fmt: skip
+    for p in numba.prange(G_mem.shape[0]):
+        _slimtik_step_one(
+            G_mem[p], G[p], H[p], c[p], m[p], W[p], Lambda_prev[p], memory_empty,
+            mode, lambda_const, Lmin, Lmax, lmin, lmax, n_grid, root_tol, max_root_iter,
+            W_out[p], info_out[p],
+        )  # fmt: skip
+
+
+@_jit()
+def _slimtik_step_serial(
+    G_mem, G, H, c, m, W, Lambda_prev, memory_empty,
+    mode, lambda_const, Lmin, Lmax, lmin, lmax, n_grid, root_tol, max_root_iter,
+    W_out, info_out,
+):  # fmt: skip
+    for p in range(G_mem.shape[0]):
+        _slimtik_step_one(
+            G_mem[p], G[p], H[p], c[p], m[p], W[p], Lambda_prev[p], memory_empty,
+            mode, lambda_const, Lmin, Lmax, lmin, lmax, n_grid, root_tol, max_root_iter,
+            W_out[p], info_out[p],
+        )  # fmt: skip
+
+
+_blas_controller: Any = None  # threadpoolctl selection of the OpenBLAS libraries; False: unavailable
+
+
+def _single_threaded_blas() -> contextlib.AbstractContextManager:
+    """OpenBLAS limited to one thread while the ``prange`` workers call it, restored after.
+
+    Each worker already owns a core; a nested OpenBLAS pool only oversubscribes, and under
+    numba's OpenMP threading layer OpenBLAS (pthreads build) prints "Detect OpenMP Loop" on
+    every threaded call. numba binds the BLAS/LAPACK of ``scipy.linalg.cython_*``; MKL and
+    other OpenMP-aware libraries are left alone.
+    """
+    global _blas_controller
+    if _blas_controller is None:
+        try:
+            import scipy.linalg.cython_lapack  # noqa: F401  (load the library numba calls first)
+            from threadpoolctl import ThreadpoolController
+
+            _blas_controller = ThreadpoolController().select(internal_api="openblas")
+        except Exception:  # threadpoolctl missing or failing: run with the library defaults
+            _blas_controller = False
+    if not _blas_controller or not _blas_controller.lib_controllers:
+        return contextlib.nullcontext()
+    return _blas_controller.limit(limits=1)
+
+
+def _as_array(x: torch.Tensor) -> np.ndarray:
+    """Zero-copy float64 C-contiguous view (copies only if the tensor is not already one)."""
+    return x.detach().to(dtype=torch.float64).contiguous().numpy()
+
+
+def slimtik_step(
+    G_mem: torch.Tensor,
+    G: torch.Tensor,
+    H: torch.Tensor,
+    c: torch.Tensor,
+    m: torch.Tensor,
+    W: torch.Tensor,
+    Lambda_prev: torch.Tensor,
+    memory_empty: bool,
+    config: SolverConfig,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One slimTik step for B problems on CPU float64 tensors; see ``_torch_impl._slimtik_step``.
+
+    Returns W_new [B, n_t, n_f] and info [B, 5] (columns ``INFO_FIELDS``) as torch tensors.
+    """
+    arrays = [_as_array(x) for x in (G_mem, G, H, c, m, W, Lambda_prev)]
+    B, n_t, n_f = arrays[5].shape
+    W_out = np.empty((B, n_t, n_f))
+    info_out = np.empty((B, N_INFO))
+    if B > 0:
+        Lmin, Lmax = (float(v) for v in config.Lambda_bounds)
+        lmin, lmax = (float(v) for v in config.lambda_bounds)
+        scalars = (
+            bool(memory_empty), int(config.mode_code), float(config.lambda_const), Lmin, Lmax, lmin, lmax,
+            int(config.n_grid), float(config.root_tol), int(config.max_root_iter),
+        )  # fmt: skip
+        if B == 1:  # no thread pool; LAPACK/BLAS keep their own threads for a large n_f
+            _slimtik_step_serial(*arrays, *scalars, W_out, info_out)
+        else:
+            with _single_threaded_blas():
+                _slimtik_step_parallel(*arrays, *scalars, W_out, info_out)
+    return torch.from_numpy(W_out), torch.from_numpy(info_out)
