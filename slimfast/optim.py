@@ -15,6 +15,11 @@ where MSE is ``((pred − target)**2).mean()`` and β_j² = 1/m_j is the scaling
 else). With ``reduction="sum"``, β = 1 and the first term is ½·((pred − target)**2).sum().
 λ_k is chosen by sampled GCV (``lambda_mode="sgcv"``), fixed (``"constant"``), or taken from
 the public reference's trial points (``"reference"``); Λ_k = Λ_{k−1} + λ_k.
+
+A batch whose statistics are not finite (NaN/Inf in the features or targets, or overflow)
+raises ValueError naming ``features``/``target`` by default; with ``on_nonfinite="skip"`` it is
+skipped instead: weights, memory, Λ, step count and histories stay exactly as they were, a
+warning goes to the ``"slimfast"`` logger, and the returned record has ``skipped=True``.
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 import torch
 from torch import nn
@@ -34,10 +39,14 @@ from .heads import (
 )
 from .solver import slimtik_step
 from .state import SlimTikState
+from .validation import MAX_ABS
 
 logger = logging.getLogger("slimfast")
 
-__all__ = ["ScalarWriter", "SlimTik", "SlimTikInfo"]
+__all__ = ["NonfiniteAction", "ScalarWriter", "SlimTik", "SlimTikInfo"]
+
+#: What ``SlimTik.step`` does with a batch whose statistics are not finite.
+NonfiniteAction = Literal["raise", "skip"]
 
 
 class ScalarWriter(Protocol):
@@ -57,9 +66,15 @@ class SlimTikInfo:
         alpha: Λ_k/(k + 1), the effective ridge parameter per batch objective.
         sgcv: sampled GCV value at λ_k.
         rel_residual: ‖β(W_k Z_k − C_k)‖/‖β C_k‖ on this batch.
-        cond: condition number of G_mem + Λ_k I.
+        cond: condition number (s_max + Λ_k)/(s_min + Λ_k) of G_mem + Λ_k I, with s the
+            eigenvalues of the memory Gram matrix: how strongly this step's solve amplifies
+            rounding. Large values (≳ 1e12) mean near-singular memory held up only by Λ_k.
         m: scalar residuals in this batch.
-        backend: solver backend that ran the step.
+        backend: solver backend that ran the step ("" when skipped).
+        skipped: True when the batch was skipped (``on_nonfinite="skip"``); then nothing
+            changed, ``step``, ``Lambda`` and ``alpha`` are the current values and ``lambda_``,
+            ``sgcv``, ``rel_residual`` and ``cond`` are NaN (not computed).
+        reason: why the batch was skipped ("" otherwise).
     """
 
     step: int
@@ -71,9 +86,12 @@ class SlimTikInfo:
     cond: float
     m: int
     backend: str
+    skipped: bool = False
+    reason: str = ""
 
 
-_HISTORIES = ("lambda_history_", "Lambda_history_", "alpha_history_", "sgcv_history_", "rel_residual_history_")
+_HISTORIES = ("lambda_history_", "Lambda_history_", "alpha_history_", "sgcv_history_", "rel_residual_history_",
+              "cond_history_")
 
 
 class SlimTik(torch.optim.Optimizer):
@@ -90,13 +108,24 @@ class SlimTik(torch.optim.Optimizer):
         reduction: "mean" (β² = 1/m, matches ``nn.MSELoss()``) or "sum" (β² = 1).
         backend: force a solver backend ("cuda", "cpp", "numba", "torch"); default: best available.
         writer: optional object with ``add_scalar(tag, value, global_step)``.
+        on_nonfinite: a batch whose statistics contain NaN/Inf (from the features or targets,
+            or float64 overflow), or whose solve produced non-finite weights: ``"raise"``
+            (default; ValueError naming ``features``/``target``, FloatingPointError for the
+            solve) or ``"skip"`` (the batch is dropped: weights, memory, Λ, step count and
+            histories untouched, a warning on the ``"slimfast"`` logger, ``n_skipped_`` + 1,
+            and the returned record has ``skipped=True``). Either way the state is unchanged.
+            Other bad input (shapes, devices, non-finite head weights) always raises.
 
     The params form one group with an unused ``lr`` (1.0) so LR schedulers attach without error.
     ``step(features, target)`` replaces the usual ``step(closure)``; it needs no gradients.
 
-    Attributes (after steps): ``alpha_``, ``Lambda_``, ``n_steps_``, ``last_info_`` and the lists
-    ``lambda_history_``, ``Lambda_history_``, ``alpha_history_``, ``sgcv_history_``,
-    ``rel_residual_history_``.
+    Attributes (after steps): ``alpha_``, ``Lambda_``, ``n_steps_``, ``n_skipped_``, ``last_info_``
+    (record of the last ``step`` call, skipped or not) and the lists ``lambda_history_``,
+    ``Lambda_history_``, ``alpha_history_``, ``sgcv_history_``, ``rel_residual_history_``,
+    ``cond_history_`` (one entry per completed step; skipped batches add none).
+
+    ``on_nonfinite``, ``backend`` and ``writer`` are run-time choices: ``load_state_dict`` keeps
+    them as constructed.
     """
 
     def __init__(
@@ -111,8 +140,11 @@ class SlimTik(torch.optim.Optimizer):
         reduction: Reduction = "mean",
         backend: str | None = None,
         writer: ScalarWriter | None = None,
+        on_nonfinite: NonfiniteAction = "raise",
     ) -> None:
         check_head(head)
+        if on_nonfinite not in ("raise", "skip"):
+            raise ValueError(f"on_nonfinite must be 'raise' or 'skip', got {on_nonfinite!r}")
         if reduction not in ("mean", "sum"):
             raise ValueError(f"reduction must be 'mean' or 'sum', got {reduction!r}")
         if not isinstance(memory_depth, int) or isinstance(memory_depth, bool) or memory_depth < 0:
@@ -131,9 +163,11 @@ class SlimTik(torch.optim.Optimizer):
         self.reduction: Reduction = reduction
         self.backend = backend
         self.writer = writer
+        self.on_nonfinite: NonfiniteAction = on_nonfinite
         # Created lazily on the first step (or load) so it lands on the head's device then.
         self.solver_state: SlimTikState | None = None
         self.n_steps_ = 0
+        self.n_skipped_ = 0
         self.last_info_: SlimTikInfo | None = None
         for name in _HISTORIES:
             setattr(self, name, [])
@@ -176,8 +210,9 @@ class SlimTik(torch.optim.Optimizer):
                 Linear [..., n_in]; Conv2d/ConvTranspose2d [n_b, C_in, H, W].
             target: exactly the shape of ``head(features)``.
 
-        Raises ValueError naming ``features`` or ``target`` for a wrong shape, device or
-        non-finite value; the head and the solver state are then untouched.
+        Raises ValueError naming ``features`` or ``target`` for a wrong shape or device, for a
+        non-finite value (unless ``on_nonfinite="skip"``) or for features/targets so large that
+        their float64 statistics exceed ±1e150; the head and the solver state are then untouched.
         """
         check_head_inputs(self.head, features, target, finite=False)
         G, H, c, m = head_statistics(self.head, features, target, self.reduction, check=False)
@@ -188,9 +223,19 @@ class SlimTik(torch.optim.Optimizer):
             W_new, info = slimtik_step(state, G[None].to(dev), H[None].to(dev), c.reshape(1).to(dev), m, W[None],
                                        config=self.config, backend=self.backend)
         except ValueError:
-            # The solver checks G, H, c for NaN/Inf before touching its state; say which input
-            # caused it (checked only on failure, to keep the sync off the normal path).
-            check_statistics_finite(G, c)
+            # The solver checks G, H, c (finite, |x| <= 1e150) before touching its state; say which
+            # input caused it (checked only on failure, to keep the sync off the normal path).
+            try:
+                check_statistics_finite(G, c)
+            except ValueError as fault:
+                if self.on_nonfinite == "skip":
+                    return self._skip(int(m), str(fault))
+                raise fault from None
+            _check_statistics_scale(G, c)
+            raise
+        except FloatingPointError as fault:
+            if self.on_nonfinite == "skip":
+                return self._skip(int(m), str(fault))
             raise
         write_matrix_(self.head, W_new[0])
         # One transfer for all five numbers (one sync on CUDA).
@@ -202,6 +247,19 @@ class SlimTik(torch.optim.Optimizer):
         self._record(rec)
         return rec
 
+    def _skip(self, m: int, reason: str) -> SlimTikInfo:
+        """Record a skipped batch: nothing but ``n_skipped_`` and ``last_info_`` changes."""
+        self.n_skipped_ += 1
+        nan = math.nan
+        rec = SlimTikInfo(step=self.n_steps_, lambda_=nan, Lambda=self.Lambda_, alpha=self.alpha_, sgcv=nan,
+                          rel_residual=nan, cond=nan, m=m, backend="", skipped=True, reason=reason)
+        self.last_info_ = rec
+        logger.warning("slimtik: batch skipped after step %d (on_nonfinite='skip', %d skipped so far): %s",
+                       self.n_steps_, self.n_skipped_, reason)
+        if self.writer is not None:
+            self.writer.add_scalar("slimtik/skipped", float(self.n_skipped_), self.n_steps_)
+        return rec
+
     def _record(self, rec: SlimTikInfo) -> None:
         self.last_info_ = rec
         self.lambda_history_.append(rec.lambda_)
@@ -209,6 +267,7 @@ class SlimTik(torch.optim.Optimizer):
         self.alpha_history_.append(rec.alpha)
         self.sgcv_history_.append(rec.sgcv)
         self.rel_residual_history_.append(rec.rel_residual)
+        self.cond_history_.append(rec.cond)
         logger.debug("slimtik step %d: lambda=%.4g Lambda=%.4g alpha=%.4g sgcv=%.4g rel_res=%.4g cond=%.3g [%s]",
                      rec.step, rec.lambda_, rec.Lambda, rec.alpha, rec.sgcv, rec.rel_residual, rec.cond, rec.backend)
         if self.writer is not None:
@@ -229,6 +288,7 @@ class SlimTik(torch.optim.Optimizer):
         sd["slimtik"] = {
             "solver": None if self.solver_state is None else self.solver_state.state_dict(),
             "n_steps": self.n_steps_,
+            "n_skipped": self.n_skipped_,
             "memory_depth": self.memory_depth,
             "Lambda0": self.Lambda0,
             "reduction": self.reduction,
@@ -262,11 +322,21 @@ class SlimTik(torch.optim.Optimizer):
         if solver is not None:
             self.solver_state = SlimTikState.from_state_dict(solver, device=self.head.weight.device)
         self.n_steps_ = int(extra["n_steps"])
-        for name in _HISTORIES:
-            setattr(self, name, [float(v) for v in extra["histories"][name]])
+        self.n_skipped_ = int(extra.get("n_skipped", 0))
+        for name in _HISTORIES:   # cond_history_ is absent from dicts saved before it existed
+            setattr(self, name, [float(v) for v in extra["histories"].get(name, [])])
         self.last_info_ = None
 
     def __repr__(self) -> str:
         n_t, n_f = head_shape(self.head)
         return (f"SlimTik(head={type(self.head).__name__}, n_f={n_f}, n_t={n_t}, memory_depth={self.memory_depth}, "
                 f"lambda_mode={self.config.mode!r}, reduction={self.reduction!r}, n_steps_={self.n_steps_})")
+
+
+def _check_statistics_scale(G: torch.Tensor, c: torch.Tensor) -> None:
+    """ValueError naming ``features`` / ``target`` if their (finite) statistics exceed ±MAX_ABS."""
+    big = [G.abs().max() > MAX_ABS, c.abs() > MAX_ABS]
+    bad = [name for name, b in zip(("features", "target"), torch.stack(big).tolist()) if b]
+    if bad:
+        raise ValueError(f"{' and '.join(bad)} too large: the float64 statistics exceed ±{MAX_ABS:g} "
+                         "(the solver squares them); rescale the data")

@@ -4,10 +4,18 @@ Each step: features from the body, the head solved exactly by ``SlimTik`` on tho
 (detached), then one step of any torch optimizer on the body for the loss with the new head:
 
     z = body(x);  slim.step(z.detach(), y);  loss = loss_fn(head(z), y);  loss.backward();  body_opt.step()
+
+Numerical faults: a batch the head step rejects as non-finite (``SlimTik(on_nonfinite="skip")``)
+is skipped by the whole iteration — no body update, body buffers (BatchNorm statistics)
+restored — and a non-finite loss never reaches ``backward``: it raises FloatingPointError, or
+with ``on_nonfinite="skip"`` skips the body update (the head step of that batch is kept).
 """
 
 from __future__ import annotations
 
+import itertools
+import logging
+import math
 import time
 from collections.abc import Callable, Iterable
 from typing import Any, Literal
@@ -15,7 +23,10 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
+from .checkpoint import get_rng_state, set_rng_state
 from .optim import SlimTik
+
+logger = logging.getLogger("slimfast")
 
 __all__ = ["ProgressFn", "SlimTrain"]
 
@@ -27,6 +38,15 @@ CallbackFn = Callable[[int, dict[str, list[float]]], "bool | None"]
 
 def _batch_size(x: Any) -> int:
     return int(x.shape[0]) if isinstance(x, torch.Tensor) and x.ndim > 0 else 1
+
+
+def _set_epoch(loader: Any, epoch: int) -> None:
+    """Call ``set_epoch(epoch)`` on the loader, its sampler and its batch sampler where they have one."""
+    seen: set[int] = set()
+    for obj in (loader, getattr(loader, "sampler", None), getattr(loader, "batch_sampler", None)):
+        if obj is not None and id(obj) not in seen and callable(getattr(obj, "set_epoch", None)):
+            seen.add(id(obj))
+            obj.set_epoch(epoch)
 
 
 class SlimTrain:
@@ -43,6 +63,13 @@ class SlimTrain:
     Batches are moved to the head's device. The head's forward in the body step runs with its
     parameters' ``requires_grad`` switched off, so no head gradient is computed or accumulated
     (the head is solved, not trained by gradients).
+
+    Attributes:
+        last_skipped: whether the last ``train_step`` skipped its batch.
+        n_skipped: batches skipped so far (head step skipped, or body update skipped).
+        epoch_running: (loss·batch-size sum, sample count) of the current epoch so far; saved
+            by ``save_checkpoint`` so that a resumed epoch's ``epoch_train_loss`` is the
+            uninterrupted one.
     """
 
     def __init__(
@@ -62,6 +89,9 @@ class SlimTrain:
             raise ValueError("body_optimizer must not hold the head's parameters (SlimTik sets them)")
         self.body, self.head, self.body_optimizer, self.slim = body, head, body_optimizer, slim
         self.loss_fn = loss_fn if loss_fn is not None else nn.MSELoss(reduction=slim.reduction)
+        self.last_skipped = False
+        self.n_skipped = 0
+        self.epoch_running: tuple[float, int] = (0.0, 0)
 
     @property
     def device(self) -> torch.device:
@@ -79,15 +109,45 @@ class SlimTrain:
                 p.requires_grad_(True)
 
     def train_step(self, x: torch.Tensor, y: torch.Tensor) -> float:
-        """One slimTrain iteration on the batch (x, y); returns the batch loss with W_k."""
+        """One slimTrain iteration on the batch (x, y); returns the batch loss with W_k.
+
+        Non-finite faults (see the module docstring): with ``slim.on_nonfinite="skip"`` a
+        skipped batch returns NaN and sets ``last_skipped``; with ``"raise"`` the head step
+        raises ValueError naming ``features``/``target``, and a non-finite loss raises
+        FloatingPointError before ``backward`` (head step taken, body untouched).
+        """
         x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+        skip_mode = self.slim.on_nonfinite == "skip"
+        self.last_skipped = False
         self.body_optimizer.zero_grad(set_to_none=True)
+        # In skip mode, keep the body's buffers (BatchNorm running statistics) so a skipped
+        # batch's forward pass leaves no trace.
+        buffers = [b.detach().clone() for b in self.body.buffers()] if skip_mode else []
         z = self.body(x)
-        self.slim.step(z.detach(), y)
+        info = self.slim.step(z.detach(), y)
+        if info.skipped:
+            self._skip_body(buffers)
+            return math.nan
         loss = self.loss_fn(self._head_forward(z), y)
+        value = float(loss.detach())   # the step's one loss sync, before backward: NaN never reaches θ
+        if not math.isfinite(value):
+            if not skip_mode:
+                raise FloatingPointError(f"loss is {value} after the head step {self.slim.n_steps_}; the body was "
+                                         "not updated (SlimTik(on_nonfinite='skip') skips such batches)")
+            logger.warning("slimtrain: loss is %s after head step %d; body update skipped", value, self.slim.n_steps_)
+            self._skip_body(buffers)
+            return value
         loss.backward()
         self.body_optimizer.step()
-        return float(loss.detach())
+        return value
+
+    def _skip_body(self, buffers: list[torch.Tensor]) -> None:
+        with torch.no_grad():
+            for b, saved in zip(self.body.buffers(), buffers):
+                b.copy_(saved)
+        self.body_optimizer.zero_grad(set_to_none=True)
+        self.last_skipped = True
+        self.n_skipped += 1
 
     @torch.no_grad()
     def evaluate(self, loader: Iterable[tuple[torch.Tensor, torch.Tensor]]) -> float:
@@ -116,11 +176,16 @@ class SlimTrain:
         scheduler: Any | None = None,
         progress: ProgressFn | None = None,
         scheduler_interval: Literal["epoch", "step"] = "epoch",
+        start_epoch: int = 0,
+        start_batch: int = 0,
     ) -> dict[str, list[float]]:
         """Train for ``epochs`` passes over ``loader``; returns the history.
 
         Args:
-            loader: iterable of (x, y) batches (re-iterated every epoch).
+            loader: iterable of (x, y) batches (re-iterated every epoch). At the start of every
+                epoch, ``set_epoch(epoch)`` is called on the loader, its ``sampler`` and its
+                ``batch_sampler`` where they have one (``slimfast.checkpoint.EpochSampler``,
+                ``DistributedSampler``).
             epochs: number of passes.
             val_loader: optional (x, y) batches evaluated after every epoch.
             callback: ``callback(epoch, history)`` after every epoch; return True to stop.
@@ -128,45 +193,77 @@ class SlimTrain:
                 with ``scheduler_interval="step"``); ReduceLROnPlateau gets the validation loss
                 (the epoch's training loss without ``val_loader``).
             progress: ``progress(epoch, batch_index, n_batches or None, loss)`` after each step.
+            start_epoch, start_batch: resume point (``Checkpoint.epoch``, ``Checkpoint.batch_index``
+                from ``slimfast.checkpoint.load_checkpoint``): epochs ``start_epoch … epochs − 1``
+                run, and the first ``start_batch`` batches of epoch ``start_epoch`` are drawn and
+                discarded (with the torch/numpy/python RNG states restored afterwards, so the
+                replay consumes no randomness). For a bit-identical resume the loader's order in
+                an epoch must depend on the epoch index only (fixed order, or a ``set_epoch``
+                sampler). ``epochs`` counts from 0 as in the uninterrupted run.
+
+        A skipped batch (``SlimTik(on_nonfinite="skip")``) appears in the per-step lists with
+        ``train_loss`` and ``lambda`` NaN, is left out of ``epoch_train_loss``, does not step a
+        per-step scheduler, and is counted in the per-epoch list ``skipped``.
 
         Returns:
             dict of lists: per step ``train_loss``, ``step_time`` (s), ``alpha``, ``lambda``;
             per epoch ``epoch_train_loss`` (batch-size weighted), ``val_loss`` (when
             ``val_loader``), ``lr`` (body optimizer, first group, at the epoch's start),
-            ``epoch_time`` (s).
+            ``epoch_time`` (s), ``skipped`` (batches skipped).
         """
         if not isinstance(epochs, int) or epochs < 0:
             raise ValueError(f"epochs must be a non-negative integer, got {epochs!r}")
+        if not isinstance(start_epoch, int) or not 0 <= start_epoch <= epochs:
+            raise ValueError(f"start_epoch must be an integer in [0, epochs={epochs}], got {start_epoch!r}")
+        if not isinstance(start_batch, int) or start_batch < 0:
+            raise ValueError(f"start_batch must be a non-negative integer, got {start_batch!r}")
         if scheduler_interval not in ("epoch", "step"):
             raise ValueError(f"scheduler_interval must be 'epoch' or 'step', got {scheduler_interval!r}")
-        keys = ("train_loss", "step_time", "alpha", "lambda", "epoch_train_loss", "val_loss", "lr", "epoch_time")
+        keys = ("train_loss", "step_time", "alpha", "lambda", "epoch_train_loss", "val_loss", "lr", "epoch_time",
+                "skipped")
         history: dict[str, list[float]] = {k: [] for k in keys}
         plateau = isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau)
         try:
             n_batches: int | None = len(loader)  # type: ignore[arg-type]
         except TypeError:
             n_batches = None
-        for epoch in range(epochs):
+        for epoch in range(start_epoch, epochs):
             self.body.train()
             self.head.train()
             history["lr"].append(float(self.body_optimizer.param_groups[0]["lr"]))
             t_epoch = time.perf_counter()
-            total, count = 0.0, 0
-            for i, (x, y) in enumerate(loader):
+            skip = start_batch if epoch == start_epoch else 0
+            total, count = self.epoch_running if skip else (0.0, 0)
+            self.epoch_running = (total, count)
+            n_skipped = 0
+            _set_epoch(loader, epoch)
+            batches = iter(loader)
+            if skip:
+                rng = get_rng_state()
+                for _ in itertools.islice(batches, skip):
+                    pass
+                set_rng_state(rng)
+            for i, (x, y) in enumerate(batches, start=skip):
                 t0 = time.perf_counter()
                 loss = self.train_step(x, y)   # float(loss) synchronises, so the time is complete
                 history["step_time"].append(time.perf_counter() - t0)
                 history["train_loss"].append(loss)
                 history["alpha"].append(self.slim.alpha_)
-                history["lambda"].append(self.slim.lambda_history_[-1])
-                n = _batch_size(x)
-                total, count = total + loss * n, count + n
-                if scheduler is not None and scheduler_interval == "step" and not plateau:
-                    scheduler.step()
+                if self.last_skipped:
+                    n_skipped += 1
+                    history["lambda"].append(math.nan if self.slim.last_info_.skipped else self.slim.lambda_history_[-1])
+                else:
+                    history["lambda"].append(self.slim.lambda_history_[-1])
+                    n = _batch_size(x)
+                    total, count = total + loss * n, count + n
+                    self.epoch_running = (total, count)
+                    if scheduler is not None and scheduler_interval == "step" and not plateau:
+                        scheduler.step()
                 if progress is not None:
                     progress(epoch, i, n_batches, loss)
             epoch_loss = total / max(count, 1)
             history["epoch_train_loss"].append(epoch_loss)
+            history["skipped"].append(n_skipped)
             if val_loader is not None:
                 history["val_loss"].append(self.evaluate(val_loader))
             history["epoch_time"].append(time.perf_counter() - t_epoch)
