@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <memory>
 #include <vector>
 
 #include <cstdlib>  // getloadavg
@@ -21,10 +22,10 @@ static int omp_procs() { return 1; }
 namespace slimfast {
 namespace {
 
-// Below kJacobiMaxN a plain cyclic Jacobi (header) beats dsyevd's call and workspace overhead;
+// Up to kJacobiMaxN a plain cyclic Jacobi (header) beats dsyevd's call and workspace overhead;
 // below kGemmMinN the header's loops beat the dgemm calls (benchmarks/bench_eigh.py --step;
 // measured on a 2-core EPYC).
-constexpr int kJacobiMaxN = 8;
+constexpr int kJacobiMaxN = 6;
 constexpr int kGemmMinN = 24;
 // Full-memory sGCV grids with n_f at least this are evaluated with one dgemm (Q·D for all grid
 // points) instead of n_grid matrix-vector passes over Q0..Q2.
@@ -38,15 +39,14 @@ constexpr double kParallelMinMicros = 2000.0;
 // Smallest n_f for which LAPACK/BLAS may use their own threads (when the batch loop is serial).
 constexpr int kBlasThreadsMinN = 128;
 
-// Threads for a parallel batch loop: all OpenMP threads on an idle machine, fewer when other
+// Threads worth using, at most `wanted`: all of them on an idle machine, fewer when other
 // processes already keep the cores busy (1-minute load average, which includes this process).
-// Threads that get preempted stall every thread at the loop's barrier for a time slice, so on a
-// saturated machine the serial loop is faster.
-int team_size(int B) {
-  int n = std::min(B, omp_max_threads());
+// Threads that get preempted stall the others at every barrier (OpenMP loop end, BLAS
+// synchronisation) for a scheduler time slice, so on a saturated machine one thread is faster.
+int usable_threads(int wanted) {
   double load[1];
-  if (n > 1 && getloadavg(load, 1) == 1) n = std::max(1, std::min(n, (int)(omp_procs() + 1.5 - load[0])));
-  return n;
+  if (wanted > 1 && getloadavg(load, 1) == 1) wanted = std::max(1, std::min(wanted, (int)(omp_procs() + 1.5 - load[0])));
+  return wanted;
 }
 
 // Rough serial microseconds of one step problem (fit on a 2-core EPYC: eigensolver + projections
@@ -59,6 +59,11 @@ double step_micros(int n, int n_t, int n_grid) {
 int resolve_eigensolver(int requested, int n) {
   if (requested != EIG_AUTO) return requested;
   return n <= kJacobiMaxN ? EIG_JACOBI : EIG_SYEVD;
+}
+
+void transpose(int n, const double* A, double* At) {
+  for (int i = 0; i < n; ++i)
+    for (int j = 0; j < n; ++j) At[(long)j * n + i] = A[(long)i * n + j];
 }
 
 // Workspace sizes (doubles, ints) of the LAPACK eigensolver: the larger of the documented minimum
@@ -77,47 +82,44 @@ void eig_workspace(const Lapack& L, int method, int n, int* lwork, int* liwork) 
     int found = 0, isuppz[2];
     L.dsyevr("V", "A", "U", &n, &dummy, &n, &zero, &zero, &one, &one, &zero, &found, &dummy, &dummy, &n, isuppz,
              &wq, &query, &iq, &query, &info);
-    *lwork = std::max(26 * n, (int)wq) + n * n;  // + Z, stored at the front of work
+    *lwork = std::max(26 * n, (int)wq);
     *liwork = std::max(10 * n, iq) + 2 * n;  // + isuppz
   } else {
     *lwork = *liwork = 0;
   }
 }
 
-// G_mem = U diag(s) Uᵀ with s ascending, U row-major with eigenvectors as columns. LAPACK is
-// column-major, so it sees the row-major matrix transposed: its "U" triangle is our lower one
-// (what torch.linalg.eigh reads), and its column-major eigenvectors arrive as rows of E.
-int eigh(const Lapack& L, int method, int n, const double* A, double* s, double* U, double* E, double* work,
+// G_mem = U diag(s) Uᵀ with s ascending. Output Ut = Uᵀ row-major (eigenvectors as rows), which is
+// what column-major LAPACK returns for the row-major matrix (it sees it transposed: its "U" triangle
+// is our lower one, the one torch.linalg.eigh reads). Read as a column-major matrix, Ut is U, so the
+// dgemm calls below use it without a transpose. E: n*n scratch.
+int eigh(const Lapack& L, int method, int n, const double* A, double* s, double* Ut, double* E, double* work,
          int lwork, int* iwork, int liwork) {
   int info = 0;
   if (method == EIG_JACOBI) {
-    jacobi_eigh(n, A, nullptr, s, U, kJacobiTol, kJacobiMaxSweeps, work);
-    return 0;
-  }
-  std::memcpy(E, A, sizeof(double) * n * n);
-  double* vecs = E;
-  if (method == EIG_SYEVD) {
-    L.dsyevd("V", "U", &n, E, &n, s, work, &lwork, iwork, &liwork, &info);
+    jacobi_eigh(n, A, nullptr, s, E, kJacobiTol, kJacobiMaxSweeps, work);
+    transpose(n, E, Ut);
+  } else if (method == EIG_SYEVD) {
+    std::memcpy(Ut, A, sizeof(double) * n * n);
+    L.dsyevd("V", "U", &n, Ut, &n, s, work, &lwork, iwork, &liwork, &info);
   } else {
     const double zero = 0.0;
     const int one = 1;
     int found = 0;
-    vecs = work;  // Z [n, n] at the front of the work array, LAPACK's work after it
-    const int lw = lwork - n * n;
     const int liw = liwork - 2 * n;
-    L.dsyevr("V", "A", "U", &n, E, &n, &zero, &zero, &one, &one, &zero, &found, s, vecs, &n, iwork + liw,
-             work + n * n, &lw, iwork, &liw, &info);
+    std::memcpy(E, A, sizeof(double) * n * n);
+    L.dsyevr("V", "A", "U", &n, E, &n, &zero, &zero, &one, &one, &zero, &found, s, Ut, &n, iwork + liw, work,
+             &lwork, iwork, &liw, &info);
   }
-  for (int i = 0; i < n; ++i)
-    for (int j = 0; j < n; ++j) U[(long)i * n + j] = vecs[(long)j * n + i];
   return info;
 }
 
-// K = Uᵀ G U [n, n] with two dgemms (row-major C = A B is column-major Cᵀ = Bᵀ Aᵀ). T: n*n.
-void project_gram_blas(const Lapack& L, int n, const double* U, const double* G, double* K, double* T) {
+// K = Uᵀ G U [n, n] with two dgemms. Row-major C = A B is column-major Cᵀ = Bᵀ Aᵀ, and Ut read
+// column-major is U. T: n*n.
+void project_gram_blas(const Lapack& L, int n, const double* Ut, const double* G, double* K, double* T) {
   const double one = 1.0, zero = 0.0;
-  L.dgemm("N", "N", &n, &n, &n, &one, U, &n, G, &n, &zero, T, &n);  // T = G U
-  L.dgemm("N", "T", &n, &n, &n, &one, T, &n, U, &n, &zero, K, &n);  // K = Uᵀ T
+  L.dgemm("T", "N", &n, &n, &n, &one, Ut, &n, G, &n, &zero, T, &n);  // T = G U   (Tᵀ = Uᵀ Gᵀ)
+  L.dgemm("N", "N", &n, &n, &n, &one, T, &n, Ut, &n, &zero, K, &n);  // K = Uᵀ T  (Kᵀ = Tᵀ U)
 }
 
 // sGCV at μ with Q0 d, Q1 d, Q2 d from one dgemv over the stacked [Q0; Q1; Q2] (contiguous in the
@@ -136,9 +138,10 @@ SgcvPoint sgcv_eval_blas(const Lapack& L, double mu, const Projections& p, doubl
 
 // sgcv_precompute (header) with dgemm for its matrix products: W G, [B̃; W̃] = [W G − H; W] U (B̃ and
 // W̃ are adjacent in the projection buffer) and B̃ᵀB̃, B̃ᵀW̃, W̃ᵀW̃; the header's pieces do the rest.
-// Row-major C = A B is column-major Cᵀ = Bᵀ Aᵀ, hence the swapped operands. XW: 2 n_t × n_f.
-void sgcv_precompute_blas(const Lapack& L, Projections& p, double* s, const double* G, const double* H, double c,
-                          const double* W, const double* K, double* XW) {
+// Row-major C = A B is column-major Cᵀ = Bᵀ Aᵀ, hence the swapped operands. Ut = Uᵀ as from eigh.
+// XW: 2 n_t × n_f.
+void sgcv_precompute_blas(const Lapack& L, Projections& p, const double* Ut, double* s, const double* G,
+                          const double* H, double c, const double* W, const double* K, double* XW) {
   const int nf = p.n_f, nt = p.n_t, nt2 = 2 * nt;
   const long ntf = (long)nt * nf;
   const double one = 1.0, zero = 0.0;
@@ -147,7 +150,7 @@ void sgcv_precompute_blas(const Lapack& L, Projections& p, double* s, const doub
   p.res0 = residual0(ntf, W, XW, H, c);
   for (long i = 0; i < ntf; ++i) XW[i] -= H[i];
   std::memcpy(XW + ntf, W, sizeof(double) * ntf);
-  L.dgemm("N", "N", &nf, &nt2, &nf, &one, p.U, &nf, XW, &nf, &zero, p.Bt, &nf);
+  L.dgemm("T", "N", &nf, &nt2, &nf, &one, Ut, &nf, XW, &nf, &zero, p.Bt, &nf);
   precompute_ab(p);
   if (p.diagonal) {
     for (int j = 0; j < nf; ++j) q_diagonal_at(p, s, j);
@@ -160,15 +163,15 @@ void sgcv_precompute_blas(const Lapack& L, Projections& p, double* s, const doub
 }
 
 // finish_step (header) with W_new = W − Y Uᵀ as one dgemm. scratch: finish_step_doubles(n_f, n_t).
-void finish_step_blas(const Lapack& L, const Projections& p, double mu, double m, double Lambda_prev, double c,
-                      const double* W, double* W_out, double* info, double* scratch) {
+void finish_step_blas(const Lapack& L, const Projections& p, const double* Ut, double mu, double m,
+                      double Lambda_prev, double c, const double* W, double* W_out, double* info, double* scratch) {
   const int nf = p.n_f, nt = p.n_t;
   const double one = 1.0, minus_one = -1.0;
   const SgcvPoint pt = sgcv_eval_blas(L, mu, p, m, Lambda_prev, scratch);
   double* Y = scratch + sgcv_eval_doubles(nf);
   update_direction(p, mu - Lambda_prev, scratch, Y);
   std::memcpy(W_out, W, sizeof(double) * nt * nf);
-  L.dgemm("T", "N", &nf, &nt, &nf, &minus_one, p.U, &nf, Y, &nf, &one, W_out, &nf);
+  L.dgemm("N", "N", &nf, &nt, &nf, &minus_one, Ut, &nf, Y, &nf, &one, W_out, &nf);  // (W − Y Uᵀ)ᵀ = Wᵀ − U Yᵀ
   info_row(p, mu, Lambda_prev, pt, c, info);
 }
 
@@ -226,26 +229,28 @@ int slimtik_step_cpu(const Lapack& L, int B, int n_f, int n_t, const double* G_m
   const long select_doubles = std::max(select_mu_doubles(n_f, opts.n_grid) + (grid_gemm ? 4L * opts.n_grid * n_f : 0L),
                                        finish_step_doubles(n_f, n_t));
   const long work_doubles = std::max<long>(lwork, method == EIG_JACOBI ? jacobi_doubles(n_f) : 0L);
-  // Per problem: E, U, K, T (n_f² each), s, projections, [X; W] (2 n_t n_f), select/finish
+  // Per problem: Ut, U, K, T (n_f² each), s, projections, [X; W] (2 n_t n_f), select/finish
   // scratch, LAPACK work.
   const long per_thread = 4 * nn + n_f + projections_doubles(n_f, n_t, memory_empty) + 2L * n_t * n_f +
                           select_doubles + work_doubles;
   int failed = 0;  // 1 + first failing problem
   // Parallelism goes over problems; a pthreads OpenBLAS called inside the loop must stay
   // single-threaded (oversubscription, possible hang).
-  const int threads = B > 1 && B * step_micros(n_f, n_t, opts.n_grid) >= kParallelMinMicros ? team_size(B) : 1;
-  // BLAS runs single-threaded inside the parallel loop, and also for small matrices, where its
-  // threads cost more than they save.
-  const bool blas_serial = threads > 1 || n_f < kBlasThreadsMinN;
-  const int blas_threads = (blas_serial && L.get_threads && L.set_threads) ? L.get_threads() : 0;
-  if (blas_threads > 1) L.set_threads(1);
+  const bool big = B > 1 && B * step_micros(n_f, n_t, opts.n_grid) >= kParallelMinMicros;
+  const int threads = big ? usable_threads(std::min(B, omp_max_threads())) : 1;
+  // BLAS runs single-threaded inside the parallel loop and for small matrices (its threads cost
+  // more than they save); otherwise with as many threads as the machine's load allows.
+  const int blas_threads = (L.get_threads && L.set_threads) ? L.get_threads() : 0;
+  const int blas_wanted = (threads > 1 || n_f < kBlasThreadsMinN) ? 1 : usable_threads(blas_threads);
+  if (blas_threads > blas_wanted) L.set_threads(blas_wanted);
 
 #pragma omp parallel if (threads > 1) num_threads(threads)
   {
-    std::vector<double> buf(per_thread);
-    std::vector<int> ibuf(std::max(liwork, 1));
-    double* E = buf.data();
-    double* U = E + nn;
+    // Uninitialised on purpose: zero-filling megabytes of scratch per call costs ~5% at n_f = 257.
+    std::unique_ptr<double[]> buf(new double[per_thread]);
+    std::unique_ptr<int[]> ibuf(new int[std::max(liwork, 1)]);
+    double* Ut = buf.get();  // eigenvectors as rows (eigh)
+    double* U = Ut + nn;     // as columns, for the header's loops (small n_f); also eigh's scratch
     double* K = U + nn;
     double* T = K + nn;
     double* s = T + nn;
@@ -256,7 +261,7 @@ int slimtik_step_cpu(const Lapack& L, int B, int n_f, int n_t, const double* G_m
 #pragma omp for schedule(dynamic)
     for (int bi = 0; bi < B; ++bi) {
       const long off_g = (long)bi * nn, off_w = (long)bi * n_t * n_f;
-      const int inf = eigh(L, method, n_f, G_mem + off_g, s, U, E, work, lwork, ibuf.data(), liwork);
+      const int inf = eigh(L, method, n_f, G_mem + off_g, s, Ut, U, work, lwork, ibuf.get(), liwork);
       if (inf != 0) {
 #pragma omp critical
         if (failed == 0 || bi + 1 < failed) {
@@ -268,24 +273,26 @@ int slimtik_step_cpu(const Lapack& L, int B, int n_f, int n_t, const double* G_m
       Projections p;
       double* pwork = projections_bind(p, n_f, n_t, memory_empty, proj);
       p.s = s;
-      p.U = U;
       double* info_b = info + (long)bi * SLIMFAST_N_INFO;
       if (blas) {
-        if (!memory_empty) project_gram_blas(L, n_f, U, G + off_g, K, T);
-        sgcv_precompute_blas(L, p, s, G + off_g, H + off_w, c[bi], W + off_w, K, XW);
+        p.U = nullptr;  // only the header's loops read U; the dgemm calls take Ut
+        if (!memory_empty) project_gram_blas(L, n_f, Ut, G + off_g, K, T);
+        sgcv_precompute_blas(L, p, Ut, s, G + off_g, H + off_w, c[bi], W + off_w, K, XW);
       } else {
+        transpose(n_f, Ut, U);
+        p.U = U;
         if (!memory_empty) project_gram(n_f, U, G + off_g, K, T);
         sgcv_precompute(p, s, G + off_g, H + off_w, c[bi], W + off_w, K, pwork);
       }
       const double mu = grid_gemm ? select_mu_blas(L, p, m[bi], Lambda_prev[bi], opts, sel)
                                   : select_mu(p, m[bi], Lambda_prev[bi], opts, sel);
       if (blas)
-        finish_step_blas(L, p, mu, m[bi], Lambda_prev[bi], c[bi], W + off_w, W_out + off_w, info_b, sel);
+        finish_step_blas(L, p, Ut, mu, m[bi], Lambda_prev[bi], c[bi], W + off_w, W_out + off_w, info_b, sel);
       else
         finish_step(p, mu, m[bi], Lambda_prev[bi], c[bi], W + off_w, W_out + off_w, info_b, sel);
     }
   }
-  if (blas_threads > 1) L.set_threads(blas_threads);
+  if (blas_threads > blas_wanted) L.set_threads(blas_threads);
   return failed;
 }
 
@@ -294,7 +301,9 @@ int jacobi_eigh_cpu(int B, int n, const double* A, const double* U0, double* s, 
   const long nn = (long)n * n;
   int sweeps = 0;
   // ~8 sweeps of 6n³ flops each per matrix; parallel only above ~2 ms of serial work.
-  const int threads = B > 1 && B * 0.015 * (double)n * n * n >= kParallelMinMicros ? team_size(B) : 1;
+  const int threads = B > 1 && B * 0.015 * (double)n * n * n >= kParallelMinMicros
+                          ? usable_threads(std::min(B, omp_max_threads()))
+                          : 1;
 #pragma omp parallel if (threads > 1) num_threads(threads)
   {
     std::vector<double> scratch(jacobi_doubles(n));
