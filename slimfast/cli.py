@@ -36,11 +36,11 @@ from torch import nn
 
 logger = logging.getLogger("slimfast")
 
-TRAIN_PROBLEMS = ("peaks", "cdr", "digits")
+TRAIN_PROBLEMS = ("peaks", "cdr", "digits", "mnist")
 METHODS = ("slimtrain", "adam")
 LR_SWEEP = (1e-4, 1e-3, 1e-2, 1e-1)
 #: Default epochs of ``train`` per problem (each finishes in well under 2 minutes on 2 cores).
-DEFAULT_EPOCHS = {"peaks": 30, "cdr": 30, "digits": 10}
+DEFAULT_EPOCHS = {"peaks": 30, "cdr": 30, "digits": 10, "mnist": 1}
 #: Default epochs of each run of ``compare`` (8 runs per problem).
 DEFAULT_COMPARE_EPOCHS = 5
 DEFAULT_LR = 1e-3
@@ -327,6 +327,15 @@ def _load_problem(args: argparse.Namespace) -> Any:
     kwargs: dict[str, Any] = {}
     if args.batch_size is not None:
         kwargs["batch_size"] = args.batch_size
+    if args.problem == "mnist":
+        if args.data_dir is None:
+            raise ValueError("--problem mnist needs --data-dir DIR (a folder with the MNIST IDX files)")
+        kwargs["data_dir"] = args.data_dir
+        # the split sizes go to the loader: a small local copy may hold fewer than 60000 images
+        kwargs.update({k: v for k, v in (("n_train", args.n_train), ("n_val", args.n_val)) if v is not None})
+        return get_problem("mnist", seed=args.seed, **kwargs)
+    if args.data_dir is not None:
+        raise ValueError("--data-dir is only used by --problem mnist")
     problem = get_problem(args.problem, seed=args.seed, **kwargs)
     if args.n_train is not None or args.n_val is not None:
         problem = problem.subset(args.n_train, args.n_val)
@@ -566,6 +575,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     def common(p: argparse.ArgumentParser) -> None:
         p.add_argument("--problem", choices=TRAIN_PROBLEMS, default="peaks", help="built-in problem (default: peaks)")
+        p.add_argument("--data-dir", default=None, help="folder with the MNIST IDX files (--problem mnist only)")
         p.add_argument("--epochs", type=_nonneg_int, default=None, help="passes over the training set")
         p.add_argument("--memory-depth", type=_nonneg_int, default=5, help="slimTik memory depth r (default: 5)")
         p.add_argument("--batch-size", type=_positive_int, default=None, help="mini-batch size (default: problem's)")

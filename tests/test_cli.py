@@ -114,3 +114,21 @@ def test_python_m_slimfast_help():
                          env={"PYTHONPATH": env_path, "PATH": ""}, timeout=120)
     assert res.returncode == 0, res.stderr
     assert "--memory-depth" in res.stdout and "--optimizer" in res.stdout and "--max-steps" not in res.stdout
+
+
+def test_train_mnist_from_local_idx(tmp_path, capsys):
+    from tests.test_problems import _fake_mnist
+
+    data = tmp_path / "mnist"
+    _fake_mnist(data, n_train=40, n_test=4, compress=True)
+    out = tmp_path / "run"
+    rc = main(["train", "--problem", "mnist", "--data-dir", str(data), "--n-train", "32", "--n-val", "8",
+               "--max-steps", "1", "--backend", "torch", "--out", str(out), "-q"])
+    assert rc == 0
+    hist = json.loads((out / "history.json").read_text())
+    assert hist["problem"] == "mnist" and hist["steps"] == 1
+    assert _is_png(out / "loss.png")
+    with pytest.raises(SystemExit) as exc:
+        main(["train", "--problem", "mnist", "--out", str(out)])
+    assert exc.value.code == 2
+    assert "--data-dir" in capsys.readouterr().err
