@@ -100,6 +100,7 @@ def test_cdr_problem_shapes_determinism_and_cache(tmp_path):
     assert len(list(tmp_path.glob("cdr_*.npz"))) == 1
     r = load_cdr(seed=2, n_samples=30, n_train=12, n_val=8, cache_dir=tmp_path)  # from the cache
     assert torch.equal(q.y_test, r.y_test)
+    assert not torch.equal(p.x_train, load_cdr(seed=3, n_samples=30, n_train=12, n_val=8).x_train)
     head = p.make_head()
     assert isinstance(head, torch.nn.Linear) and (head.in_features, head.out_features) == (16, 72)
     assert head(p.make_body()(p.x_train)).shape == (12, 72)
