@@ -34,7 +34,12 @@ _MODE_SGCV, _MODE_CONSTANT, _MODE_REFERENCE = 0, 1, 2
 
 
 def _jit(**options):
-    """``numba.njit(cache=True, **options)``, without the cache when no location is writable."""
+    """``numba.njit(cache=True, error_model="numpy", **options)``; no cache when no location is writable.
+
+    The numpy error model makes x/0 give ±inf or NaN as in torch (the python model raises
+    ZeroDivisionError), so the kernels keep the twin's semantics in degenerate cases.
+    """
+    options.setdefault("error_model", "numpy")
 
     def wrap(func):
         try:
@@ -176,7 +181,8 @@ def _sgcv_eval(mu, Lambda_prev, s, a, b, k, Q, diagonal, res0, m, n_t):
     for j in range(n_f):
         d[j] = 1.0 / (s[j] + mu)
     Qd = d if diagonal else Q @ d  # [Q0 d; Q1 d; Q2 d] (BLAS gemv)
-    # Rows: d(a+λb), d q_λ, d²(a+λb), d b, d² q_λ, d q', k d, k d²  with q_λ = (Q0+λQ1+λ²Q2)d, q' = (Q1+2λQ2)d
+    # Rows: d(a+λb), d q_λ, d²(a+λb), d b, d² q_λ, d q', k d, k d²
+    # with q_λ = (Q0 + λQ1 + λ²Q2)d and q' = (Q1 + 2λQ2)d, summed pairwise below.
     T = np.empty((8, n_f))
     for i in range(n_f):
         if diagonal:
