@@ -5,10 +5,11 @@ Each step: features from the body, the head solved exactly by ``SlimTik`` on tho
 
     z = body(x);  slim.step(z.detach(), y);  loss = loss_fn(head(z), y);  loss.backward();  body_opt.step()
 
-Numerical faults: a batch the head step rejects as non-finite (``SlimTik(on_nonfinite="skip")``)
-is skipped by the whole iteration — no body update, body buffers (BatchNorm statistics)
-restored — and a non-finite loss never reaches ``backward``: it raises FloatingPointError, or
-with ``on_nonfinite="skip"`` skips the body update (the head step of that batch is kept).
+Numerical faults: a batch the head step rejects raises (body buffers such as BatchNorm statistics
+restored, body and head untouched); with ``SlimTik(on_nonfinite="skip")`` a batch with
+non-finite statistics is skipped by the whole iteration instead (no body update, buffers
+restored). A non-finite loss never reaches ``backward``: it raises FloatingPointError, or with
+``on_nonfinite="skip"`` skips the body update (the head step of that batch is kept).
 """
 
 from __future__ import annotations
@@ -120,11 +121,15 @@ class SlimTrain:
         skip_mode = self.slim.on_nonfinite == "skip"
         self.last_skipped = False
         self.body_optimizer.zero_grad(set_to_none=True)
-        # In skip mode, keep the body's buffers (BatchNorm running statistics) so a skipped
-        # batch's forward pass leaves no trace.
-        buffers = [b.detach().clone() for b in self.body.buffers()] if skip_mode else []
+        # Keep the body's buffers (BatchNorm running statistics; usually none or small) so that a
+        # rejected or skipped batch's forward pass leaves no trace in the body.
+        buffers = [b.detach().clone() for b in self.body.buffers()]
         z = self.body(x)
-        info = self.slim.step(z.detach(), y)
+        try:
+            info = self.slim.step(z.detach(), y)
+        except Exception:
+            self._restore_buffers(buffers)
+            raise
         if info.skipped:
             self._skip_body(buffers)
             return math.nan
@@ -132,6 +137,7 @@ class SlimTrain:
         value = float(loss.detach())   # the step's one loss sync, before backward: NaN never reaches θ
         if not math.isfinite(value):
             if not skip_mode:
+                self._restore_buffers(buffers)
                 raise FloatingPointError(f"loss is {value} after the head step {self.slim.n_steps_}; the body was "
                                          "not updated (SlimTik(on_nonfinite='skip') skips such batches)")
             logger.warning("slimtrain: loss is %s after head step %d; body update skipped", value, self.slim.n_steps_)
@@ -141,10 +147,13 @@ class SlimTrain:
         self.body_optimizer.step()
         return value
 
-    def _skip_body(self, buffers: list[torch.Tensor]) -> None:
+    def _restore_buffers(self, buffers: list[torch.Tensor]) -> None:
         with torch.no_grad():
             for b, saved in zip(self.body.buffers(), buffers):
                 b.copy_(saved)
+
+    def _skip_body(self, buffers: list[torch.Tensor]) -> None:
+        self._restore_buffers(buffers)
         self.body_optimizer.zero_grad(set_to_none=True)
         self.last_skipped = True
         self.n_skipped += 1
