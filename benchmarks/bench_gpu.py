@@ -211,7 +211,8 @@ def cuda_eigh(cuda, smoke: bool, A: torch.Tensor, U0: torch.Tensor | None = None
 def eigh_section(cuda, cp, device, clock: Clock, sizes, batches, smoke: bool, rows: list, failures: list) -> None:
     print("\n## 2. eigendecomposition (ms; accuracy: max|Δs|/‖A‖₂, residual/‖A‖_F; sweeps in brackets)")
     hdr = (f"{'B':>5} {'n':>4} | {'torch eigh':>10} {'acc':>15} | {'ours cold':>10} {'acc':>15} {'(sw)':>4} | "
-           f"{'ours warm':>10} {'acc':>15} {'(sw)':>4} | {'cupy eigh':>10} {'acc':>15} | torch/cold torch/warm cupy/cold")
+           f"{'ours warm':>10} {'acc':>15} {'(sw)':>4} | {'cupy eigh':>10} {'acc':>15} | "
+           "torch/cold torch/warm cupy/cold")
     print(hdr)
     print("-" * len(hdr))
     for n in sizes:
@@ -394,7 +395,8 @@ def targets(eig_rows: list, step_rows: list, train_rows: list, have_cupy: bool) 
         print(f"n/a   jacobi_eigh ≥ 2× cupy eigh: {'no measured combo' if have_cupy else 'cupy not importable'}")
     for r in train_rows:
         ok = r["slim"] <= 1.2 * r["adam"]
-        print(f"{'PASS' if ok else 'MISS'}  slimTrain step ≤ 1.2× Adam step ({r['problem']}): {r['slim'] / r['adam']:.2f}×")
+        print(f"{'PASS' if ok else 'MISS'}  slimTrain step ≤ 1.2× Adam step ({r['problem']}): "
+              f"{r['slim'] / r['adam']:.2f}×")
 
 
 def main() -> int:
@@ -426,7 +428,8 @@ def main() -> int:
             print(f"cupy not usable: {exc}")
     name = torch.cuda.get_device_name(0) if not smoke else "CPU (smoke run, host emulation)"
     print(f"# bench_gpu  {time.strftime('%Y-%m-%d %H:%M')}  {name}  torch {torch.__version__} "
-          f"(CUDA {torch.version.cuda})  cupy {cp.__version__ if cp is not None else '-'}  python {sys.version.split()[0]}")
+          f"(CUDA {torch.version.cuda})  cupy {cp.__version__ if cp is not None else '-'}  "
+          f"python {sys.version.split()[0]}")
     t_start = time.perf_counter()
     failures: list[str] = []
     correctness(cuda, device, smoke, failures)

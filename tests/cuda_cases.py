@@ -91,7 +91,8 @@ def assert_matches(W_new, info, W_ref, info_ref, rtol: float = RTOL) -> None:
     refs = dict(zip(INFO_FIELDS, info_ref.unbind(1)))
     # λ = Λ_k − Λ_{k−1} is a difference: its error is relative to Λ_k.
     torch.testing.assert_close(
-        (cols["lambda_"] - refs["lambda_"]).abs() / refs["Lambda"], torch.zeros_like(refs["Lambda"]), rtol=0.0, atol=rtol
+        (cols["lambda_"] - refs["lambda_"]).abs() / refs["Lambda"], torch.zeros_like(refs["Lambda"]),
+        rtol=0.0, atol=rtol,
     )
     for name in ("Lambda", "sgcv", "rel_residual", "cond"):
         torch.testing.assert_close(cols[name], refs[name], rtol=rtol, atol=0.0, msg=lambda s, n=name: f"{n}: {s}")

@@ -263,6 +263,17 @@ def jacobi_eigh(
 # ------------------------------------------------------------------ host emulation (tests)
 
 
+def _host_workspace(workspace: torch.Tensor | None, size: int) -> torch.Tensor:
+    """NaN-filled CPU workspace (a read of an unwritten element then shows), or the caller's."""
+    if workspace is None:
+        return torch.full((max(size, 1),), float("nan"), dtype=F64)
+    if workspace.dtype != F64 or workspace.device.type != "cpu" or not workspace.is_contiguous():
+        raise ValueError("workspace must be a contiguous CPU float64 tensor")
+    if workspace.numel() < size:
+        raise ValueError(f"workspace must hold at least {size} elements, got {workspace.numel()}")
+    return workspace
+
+
 def emulate_slimtik_step(
     G_mem: torch.Tensor,
     G: torch.Tensor,
@@ -303,10 +314,7 @@ def emulate_slimtik_step(
     if B == 0:
         return W_new, info
     size = workspace_size(B, n_f, n_t, config, memory_empty)
-    if workspace is None:
-        workspace = torch.full((size,), float("nan"), dtype=F64)
-    elif workspace.dtype != F64 or workspace.device.type != "cpu" or not workspace.is_contiguous() or workspace.numel() < size:
-        raise ValueError(f"workspace must be a contiguous CPU float64 tensor of at least {size} elements")
+    workspace = _host_workspace(workspace, size)
     s_in = U_in = None
     if eigensolver == "cusolver":
         s_in, U_in = (x.contiguous() for x in torch.linalg.eigh(t["G_mem"]))
@@ -343,10 +351,7 @@ def emulate_jacobi_eigh(
     if B == 0 or n == 0:
         return (s, U, 0) if return_sweeps else (s, U)
     size = int(_cuda.jacobi_workspace_doubles(B, n))
-    if workspace is None:
-        workspace = torch.full((size,), float("nan"), dtype=F64)
-    elif workspace.dtype != F64 or workspace.device.type != "cpu" or not workspace.is_contiguous() or workspace.numel() < size:
-        raise ValueError(f"workspace must be a contiguous CPU float64 tensor of at least {size} elements")
+    workspace = _host_workspace(workspace, size)
     _cuda.emulate_jacobi_eigh(
         B, n, A.data_ptr(), 0 if U0 is None else U0.data_ptr(), s.data_ptr(), U.data_ptr(), float(tol),
         int(max_sweeps), workspace.data_ptr(), sweeps.data_ptr(), int(n_threads), bool(reverse), shared_code,
