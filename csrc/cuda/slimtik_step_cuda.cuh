@@ -417,21 +417,15 @@ SLIMFAST_BLOCK void precompute_block(const Ctx& ctx, Projections& p, double* s, 
   // a, b (and the diagonal-memory Q's); with a full memory K = Uᵀ T.
   ctx.par([&](int tid, int nthr) {
     for (int j = tid; j < nf; j += nthr) {
-      double a = 0.0, b = 0.0, cw = 0.0;
+      double a = 0.0, b = 0.0;
       for (int t = 0; t < nt; ++t) {
         const double bt = p.Bt[(long)t * nf + j], wt = p.Wt[(long)t * nf + j];
         a += bt * bt;
         b += bt * wt;
-        cw += wt * wt;
       }
       p.a[j] = a;
       p.b[j] = b;
-      if (p.diagonal) {
-        p.k[j] = s[j];
-        p.Q0[j] = s[j] * a;
-        p.Q1[j] = 2.0 * s[j] * b;
-        p.Q2[j] = s[j] * cw;
-      }
+      if (p.diagonal) q_diagonal_at(p, s, j);  // reads a_j, b_j of this work item only
     }
     if (!p.diagonal)
       for (long e = tid; e < nn; e += nthr) {
@@ -616,13 +610,7 @@ SLIMFAST_BLOCK void finish_block(const Ctx& ctx, const Projections& p, double mu
       for (int j = 0; j < nf; ++j) acc += yt[j] * u[j];
       W_out[e] = W[e] - acc;
     }
-    if (tid == 0) {
-      info[0] = lam;
-      info[1] = mu;
-      info[2] = pt.f;
-      info[3] = c > 0 ? sqrt(clamp_min(pt.R, 0.0) / c) : 0.0;
-      info[4] = (p.s[nf - 1] + mu) / (p.s[0] + mu);
-    }
+    if (tid == 0) info_row(p, mu, Lambda_prev, pt, c, info);
   });
 }
 
