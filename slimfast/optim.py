@@ -37,6 +37,7 @@ from .heads import (
     HeadLayer, Reduction, check_head, check_head_inputs, check_statistics_finite, head_shape, head_statistics,
     head_to_matrix, write_matrix_,
 )
+from .distributed import all_reduce_statistics, use_data_parallel
 from .solver import slimtik_step
 from .state import SlimTikState
 from .validation import MAX_ABS
@@ -115,6 +116,13 @@ class SlimTik(torch.optim.Optimizer):
             histories untouched, a warning on the ``"slimfast"`` logger, ``n_skipped_`` + 1,
             and the returned record has ``skipped=True``). Either way the state is unchanged.
             Other bad input (shapes, devices, non-finite head weights) always raises.
+        process_group: torch.distributed group whose ranks share each batch (default: the world).
+        distributed: data parallel (``slimfast.distributed``): None (default) = whenever
+            torch.distributed is initialised with more than one rank in ``process_group``.
+            Then every rank passes its shard of the batch, the unscaled statistics are summed
+            by one all-reduce of 8·(n_f² + n_t·n_f + 2) bytes, scaled by the whole batch's β²,
+            and every rank takes the identical step (the memory holds the reduced statistics).
+            All ranks must call ``step`` together; ``m`` in the record is the global count.
 
     The params form one group with an unused ``lr`` (1.0) so LR schedulers attach without error.
     ``step(features, target)`` replaces the usual ``step(closure)``; it needs no gradients.
@@ -141,6 +149,8 @@ class SlimTik(torch.optim.Optimizer):
         backend: str | None = None,
         writer: ScalarWriter | None = None,
         on_nonfinite: NonfiniteAction = "raise",
+        process_group: Any = None,
+        distributed: bool | None = None,
     ) -> None:
         check_head(head)
         if on_nonfinite not in ("raise", "skip"):
@@ -164,6 +174,8 @@ class SlimTik(torch.optim.Optimizer):
         self.backend = backend
         self.writer = writer
         self.on_nonfinite: NonfiniteAction = on_nonfinite
+        self.process_group = process_group
+        self.distributed = distributed
         # Created lazily on the first step (or load) so it lands on the head's device then.
         self.solver_state: SlimTikState | None = None
         self.n_steps_ = 0
@@ -215,7 +227,11 @@ class SlimTik(torch.optim.Optimizer):
         their float64 statistics exceed ±1e150; the head and the solver state are then untouched.
         """
         check_head_inputs(self.head, features, target, finite=False)
-        G, H, c, m = head_statistics(self.head, features, target, self.reduction, check=False)
+        data_parallel = use_data_parallel(self.distributed, self.process_group)
+        G, H, c, m = head_statistics(self.head, features, target, "sum" if data_parallel else self.reduction,
+                                     check=False)
+        if data_parallel:   # the whole batch's statistics: one all-reduce of the unscaled sums
+            G, H, c, m = all_reduce_statistics(G, H, c, m, self.reduction, self.process_group)
         state = self._ensure_state()
         W = head_to_matrix(self.head)
         dev = state.device
