@@ -132,6 +132,23 @@ def test_step_denominator_not_positive():
         assert_step_close(out, _slimtik_step(G_mem, G, H, c, m, W, Lambda_prev, True, config))
 
 
+@pytest.mark.parametrize("case", ["indefinite", "zero"])
+def test_step_batch_gram_not_low_rank_psd(case):
+    """The kernel factors G by pivoted Cholesky when it is PSD; other symmetric G (indefinite: the
+    fallback product Uᵀ G U; zero: K = 0) must give the twin's result too."""
+    G_mem, G, H, c, m, W, Lambda_prev = make_problem(3, 40, 2, False, "fit", 21)
+    if case == "indefinite":
+        X = torch.randn(3, 40, 40, generator=torch.Generator().manual_seed(5), dtype=F64)
+        G = 0.05 * (X + X.transpose(1, 2))
+    else:
+        G = torch.zeros_like(G)
+    config = CONFIGS["sgcv"]
+    assert_step_close(
+        cpp.slimtik_step(G_mem, G, H, c, m, W, Lambda_prev, False, config),
+        _slimtik_step(G_mem, G, H, c, m, W, Lambda_prev, False, config),
+    )
+
+
 def test_reference_negative_candidates_dropped():
     """Λ_{k−1}/2 <= Λ_min: the reference grid has no negative λ."""
     G_mem, G, H, c, m, W, _ = make_problem(4, 9, 2, False, "noise", 3)

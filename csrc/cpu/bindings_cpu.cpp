@@ -138,6 +138,8 @@ PYBIND11_MODULE(_cpu, mod) {
   g_lapack.dsyevr = reinterpret_cast<dsyevr_t>(capi_pointer("scipy.linalg.cython_lapack", "dsyevr"));
   g_lapack.dgemm = reinterpret_cast<dgemm_t>(capi_pointer("scipy.linalg.cython_blas", "dgemm"));
   g_lapack.dgemv = reinterpret_cast<dgemv_t>(capi_pointer("scipy.linalg.cython_blas", "dgemv"));
+  g_lapack.dsyrk = reinterpret_cast<dsyrk_t>(capi_pointer("scipy.linalg.cython_blas", "dsyrk"));
+  g_lapack.dpstrf = reinterpret_cast<dpstrf_t>(capi_pointer("scipy.linalg.cython_lapack", "dpstrf"));
 #if defined(__linux__)
   dl_iterate_phdr(find_openblas, &g_lapack);
 #endif

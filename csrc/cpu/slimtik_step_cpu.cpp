@@ -4,6 +4,7 @@
 #include "slimtik_step_cpu.h"
 
 #include <algorithm>
+#include <cmath>
 #include <cstring>
 #include <memory>
 #include <vector>
@@ -122,6 +123,55 @@ void project_gram_blas(const Lapack& L, int n, const double* Ut, const double* G
   L.dgemm("N", "N", &n, &n, &n, &one, T, &n, Ut, &n, &zero, K, &n);  // K = Uᵀ T  (Kᵀ = Tᵀ U)
 }
 
+// K = Uᵀ G U through a pivoted Cholesky factor of the batch Gram G (PSD): Pᵀ G P = L Lᵀ with L
+// [n, r], r = rank G — usually the batch size, far below n_f — so K = F Fᵀ with F = Uᵀ P L costs
+// O(n² r) instead of the 2n³ of Uᵀ (G U). LAPACK's default tolerance stops at the numerical rank
+// with a residual at rounding level (checked: |G − M Mᵀ| ~ 1e-15·max G_ii, K as accurate as the
+// dgemm product). Returns false when G is not PSD to that accuracy — the neglected trailing block
+// of Pᵀ G P − L Lᵀ is then not small — and the caller falls back to project_gram_blas.
+// Scratch: C, M, F n*n each, work 2n doubles, piv n ints.
+bool project_gram_lowrank(const Lapack& L, int n, const double* Ut, const double* G, double* K, double* C, double* M,
+                          double* F, double* work, int* piv) {
+  int rank = 0, info = 0;
+  const double tol = -1.0;  // LAPACK default: n·ε·max G_ii
+  std::memcpy(C, G, sizeof(double) * n * n);
+  // Column-major, C is Gᵀ: its lower triangle is G's upper one; L_ik = C[k*n + i], i >= k.
+  L.dpstrf("L", &n, C, &n, piv, &rank, &tol, work, &info);
+  if (info < 0) return false;
+  double max_diag = 0.0;
+  for (int i = 0; i < n; ++i) max_diag = std::max(max_diag, G[(long)i * n + i]);
+  // Check: trailing block G[p_i, p_j] − (L Lᵀ)_ij, i, j >= rank, against 10× the stopping tolerance.
+  const int nr = n - rank;
+  if (nr > 0) {
+    double* S = F;  // (n − r)², free until F is formed
+    for (int j = 0; j < nr; ++j)
+      for (int i = 0; i < nr; ++i) S[(long)j * nr + i] = G[(long)(piv[rank + i] - 1) * n + (piv[rank + j] - 1)];
+    const double minus_one = -1.0, one = 1.0;
+    if (rank > 0) L.dsyrk("L", "N", &nr, &rank, &minus_one, C + rank, &n, &one, S, &nr);
+    const double bound = 10.0 * n * 2.220446049250313e-16 * max_diag;
+    for (int j = 0; j < nr; ++j)
+      for (int i = j; i < nr; ++i)
+        if (!(std::fabs(S[(long)j * nr + i]) <= bound)) return false;
+  }
+  if (rank == 0) {
+    std::memset(K, 0, sizeof(double) * n * n);
+    return true;
+  }
+  // M = P L [n, r] column-major (zeros above L's diagonal), F = Uᵀ M, K = F Fᵀ.
+  for (int k = 0; k < rank; ++k)
+    for (int i = 0; i < n; ++i) M[(long)k * n + (piv[i] - 1)] = i >= k ? C[(long)k * n + i] : 0.0;
+  const double one = 1.0, zero = 0.0;
+  L.dgemm("T", "N", &n, &rank, &n, &one, Ut, &n, M, &n, &zero, F, &n);
+  if (4 * rank <= n) {
+    L.dgemm("N", "T", &n, &n, &rank, &one, F, &n, F, &n, &zero, K, &n);
+  } else {  // half the flops with dsyrk; K is symmetric, so mirror the computed triangle
+    L.dsyrk("L", "N", &n, &rank, &one, F, &n, &zero, K, &n);
+    for (int j = 0; j < n; ++j)
+      for (int i = j + 1; i < n; ++i) K[(long)i * n + j] = K[(long)j * n + i];
+  }
+  return true;
+}
+
 // sGCV at μ with Q0 d, Q1 d, Q2 d from one dgemv over the stacked [Q0; Q1; Q2] (contiguous in the
 // projection buffer). Leaves d = 1/(s + μ) at the front of scratch (sgcv_eval_doubles(n_f)).
 SgcvPoint sgcv_eval_blas(const Lapack& L, double mu, const Projections& p, double m, double Lambda_prev,
@@ -229,9 +279,9 @@ int slimtik_step_cpu(const Lapack& L, int B, int n_f, int n_t, const double* G_m
   const long select_doubles = std::max(select_mu_doubles(n_f, opts.n_grid) + (grid_gemm ? 4L * opts.n_grid * n_f : 0L),
                                        finish_step_doubles(n_f, n_t));
   const long work_doubles = std::max<long>(lwork, method == EIG_JACOBI ? jacobi_doubles(n_f) : 0L);
-  // Per problem: Ut, U, K, T (n_f² each), s, projections, [X; W] (2 n_t n_f), select/finish
+  // Per problem: Ut, U, K, T, M, F (n_f² each), s, projections, [X; W] (2 n_t n_f), select/finish
   // scratch, LAPACK work.
-  const long per_thread = 4 * nn + n_f + projections_doubles(n_f, n_t, memory_empty) + 2L * n_t * n_f +
+  const long per_thread = 6 * nn + n_f + projections_doubles(n_f, n_t, memory_empty) + 2L * n_t * n_f +
                           select_doubles + work_doubles;
   int failed = 0;  // 1 + first failing problem
   // Parallelism goes over problems; a pthreads OpenBLAS called inside the loop must stay
@@ -248,12 +298,14 @@ int slimtik_step_cpu(const Lapack& L, int B, int n_f, int n_t, const double* G_m
   {
     // Uninitialised on purpose: zero-filling megabytes of scratch per call costs ~5% at n_f = 257.
     std::unique_ptr<double[]> buf(new double[per_thread]);
-    std::unique_ptr<int[]> ibuf(new int[std::max(liwork, 1)]);
+    std::unique_ptr<int[]> ibuf(new int[std::max(liwork, n_f)]);  // LAPACK iwork, dpstrf pivots
     double* Ut = buf.get();  // eigenvectors as rows (eigh)
     double* U = Ut + nn;     // as columns, for the header's loops (small n_f); also eigh's scratch
     double* K = U + nn;
     double* T = K + nn;
-    double* s = T + nn;
+    double* M = T + nn;
+    double* F = M + nn;
+    double* s = F + nn;
     double* proj = s + n_f;
     double* XW = proj + projections_doubles(n_f, n_t, memory_empty);
     double* sel = XW + 2L * n_t * n_f;
@@ -276,7 +328,8 @@ int slimtik_step_cpu(const Lapack& L, int B, int n_f, int n_t, const double* G_m
       double* info_b = info + (long)bi * SLIMFAST_N_INFO;
       if (blas) {
         p.U = nullptr;  // only the header's loops read U; the dgemm calls take Ut
-        if (!memory_empty) project_gram_blas(L, n_f, Ut, G + off_g, K, T);
+        if (!memory_empty && !project_gram_lowrank(L, n_f, Ut, G + off_g, K, T, M, F, work, ibuf.get()))
+          project_gram_blas(L, n_f, Ut, G + off_g, K, T);
         sgcv_precompute_blas(L, p, Ut, s, G + off_g, H + off_w, c[bi], W + off_w, K, XW);
       } else {
         transpose(n_f, Ut, U);

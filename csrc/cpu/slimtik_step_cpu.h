@@ -18,6 +18,10 @@ using dsyevr_t = void (*)(const char* jobz, const char* range, const char* uplo,
 using dgemm_t = void (*)(const char* transa, const char* transb, const int* m, const int* n, const int* k,
                          const double* alpha, const double* a, const int* lda, const double* b, const int* ldb,
                          const double* beta, double* c, const int* ldc);
+using dpstrf_t = void (*)(const char* uplo, const int* n, double* a, const int* lda, int* piv, int* rank,
+                          const double* tol, double* work, int* info);
+using dsyrk_t = void (*)(const char* uplo, const char* trans, const int* n, const int* k, const double* alpha,
+                         const double* a, const int* lda, const double* beta, double* c, const int* ldc);
 using dgemv_t = void (*)(const char* trans, const int* m, const int* n, const double* alpha, const double* a,
                          const int* lda, const double* x, const int* incx, const double* beta, double* y,
                          const int* incy);
@@ -27,6 +31,8 @@ struct Lapack {
   dsyevr_t dsyevr = nullptr;
   dgemm_t dgemm = nullptr;
   dgemv_t dgemv = nullptr;
+  dpstrf_t dpstrf = nullptr;
+  dsyrk_t dsyrk = nullptr;
   // Thread count of SciPy's OpenBLAS, when it can be found (else null). A pthreads OpenBLAS called
   // from inside an OpenMP loop oversubscribes and may hang, so the batch loop sets it to 1.
   int (*get_threads)() = nullptr;
