@@ -246,9 +246,9 @@ class SlimTrain:
             self.epoch_running = (total, count)
             n_skipped = 0
             _set_epoch(loader, epoch)
+            rng = get_rng_state() if skip else None   # before iter(): a DataLoader draws its seed there
             batches = iter(loader)
-            if skip:
-                rng = get_rng_state()
+            if rng is not None:
                 for _ in itertools.islice(batches, skip):
                     pass
                 set_rng_state(rng)

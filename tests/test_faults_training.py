@@ -40,8 +40,9 @@ def _tree_equal(a: Any, b: Any, path: str = "") -> None:
     """Exact equality of nested dicts/lists/tuples of tensors and plain values (NaN == NaN)."""
     if isinstance(a, torch.Tensor):
         assert isinstance(b, torch.Tensor) and a.dtype == b.dtype and a.shape == b.shape, path
-        assert torch.equal(a, b) or (a.is_floating_point() and torch.equal(a.isnan(), b.isnan())
-                                     and torch.equal(a.nan_to_num(), b.nan_to_num())), path
+        same = torch.equal(a, b) or (a.is_floating_point() and torch.equal(a.isnan(), b.isnan())
+                                     and torch.equal(a.nan_to_num(), b.nan_to_num()))
+        assert same, f"{path}: max |a - b| = {float((a.double() - b.double()).abs().max()) if a.numel() else 0}"
     elif isinstance(a, dict):
         assert a.keys() == b.keys(), path
         for k in a:
