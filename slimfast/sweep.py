@@ -1,0 +1,660 @@
+"""Many slimTrain models in one process: B runs that share an architecture, one solver call per step.
+
+    specs = [ModelSpec(seed=s, lr=lr) for lr in (1e-3, 1e-2) for s in (0, 1)]
+    trainer = SweepTrainer.from_problem(problem, specs)
+    histories = run_sweep(problem, specs, epochs=5)        # one history per model, as cli.run_training
+
+The B bodies are stacked (``torch.func.stack_module_state``) and run with one ``vmap`` of
+``functional_call``; the B heads are solved by one batched ``slimtik_step`` per memory depth (one
+call per step when all models share r, the usual sweep over learning rates and seeds); the body
+update is ``StackedAdam``, torch.optim.Adam's arithmetic on the stacked parameters with one
+learning rate per model. Models may differ in seed (initial weights and batch order), body
+learning rate, Λ_0 and memory depth r.
+
+Each model follows the trajectory of training it alone (``SlimTrain`` with ``SlimTik`` and
+``torch.optim.Adam``, the batches of ``cli.batches`` drawn with a generator seeded by its seed),
+to rounding: the stacked forward and backward, the per-model statistics and the optimizer do
+the same arithmetic per model (on CPU they agree bit for bit in our tests), and the solver
+treats the B problems independently.
+
+Memory depth: ``SlimTikState`` holds one depth for all its problems, so models are grouped by r
+and each group has its own state and solver call (same results as a per-model state; a sweep
+over r costs one call per distinct r). Models whose step fails (non-finite statistics or loss,
+a failed solve) are marked diverged and dropped from the stacks; the others continue unchanged.
+
+Limitations: bodies must be stackable (same architecture, dtype and device); modules whose
+buffers change in training mode (BatchNorm) are rejected — run those models one at a time.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.func import functional_call, stack_module_state, vmap
+
+from .config import LambdaMode, SolverConfig
+from .heads import HeadLayer, Reduction, check_head, head_shape, head_statistics
+from .solver import slimtik_step
+from .state import SlimTikState
+from .validation import MAX_ABS
+
+logger = logging.getLogger("slimfast")
+
+__all__ = ["ModelSpec", "StackedAdam", "SweepTrainer", "run_sweep"]
+
+F64 = torch.float64
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """One model of a sweep.
+
+    Attributes:
+        seed: initial weights (``problem.make_body(seed)``, ``make_head(seed)``) and batch order.
+        lr: learning rate of the body's Adam.
+        Lambda0: initial cumulative regularisation Λ_0 of the head's slimTik state.
+        memory_depth: r, number of earlier batches kept in the head's memory.
+    """
+
+    seed: int = 0
+    lr: float = 1e-3
+    Lambda0: float = 0.05
+    memory_depth: int = 5
+
+    def __post_init__(self) -> None:
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            raise ValueError(f"lr must be positive and finite, got {self.lr}")
+        if not (0.0 <= self.Lambda0 < math.inf):
+            raise ValueError(f"Lambda0 must be finite and >= 0, got {self.Lambda0}")
+        if not isinstance(self.memory_depth, int) or self.memory_depth < 0:
+            raise ValueError(f"memory_depth must be an integer >= 0, got {self.memory_depth!r}")
+
+    @property
+    def label(self) -> str:
+        return f"lr={self.lr:g} seed={self.seed} Λ0={self.Lambda0:g} r={self.memory_depth}"
+
+
+# ============================================================================ optimizer
+
+class StackedAdam:
+    """``torch.optim.Adam`` (amsgrad, maximize off) on stacked parameters [B, ...], lr per model.
+
+    The arithmetic is that of torch's single-tensor CPU path, per element and in the same order,
+    so every model gets the update Adam would give it alone:
+
+        m ← lerp(m, g, 1 − β₁);  v ← β₂ v + (1 − β₂) g²;  denom = √v / √(1 − β₂ᵗ) + ε
+        θ ← θ + ((−lr_b/(1 − β₁ᵗ)) · m) / denom           (torch's addcdiv: value·t₁/t₂)
+
+    Weight decay (L2, added to the gradient) is shared by all models. All models step together,
+    so the step count t is one number.
+    """
+
+    def __init__(self, params: dict[str, torch.Tensor], lr: Sequence[float], betas: tuple[float, float] = (0.9, 0.999),
+                 eps: float = 1e-8, weight_decay: float = 0.0) -> None:
+        self.params = params
+        self.lr = [float(v) for v in lr]
+        self.betas = (float(betas[0]), float(betas[1]))
+        self.eps = float(eps)
+        self.weight_decay = float(weight_decay)
+        self.exp_avg = {k: torch.zeros_like(p, memory_format=torch.preserve_format) for k, p in params.items()}
+        self.exp_avg_sq = {k: torch.zeros_like(p, memory_format=torch.preserve_format) for k, p in params.items()}
+        self.t = 0
+
+    @torch.no_grad()
+    def step(self) -> None:
+        beta1, beta2 = self.betas
+        self.t += 1
+        bias_correction1 = 1 - beta1**self.t
+        bias_correction2_sqrt = (1 - beta2**self.t) ** 0.5
+        neg_steps: dict[tuple[torch.dtype, torch.device], torch.Tensor] = {}
+        for k, p in self.params.items():
+            if p.grad is None:
+                continue
+            key = (p.dtype, p.device)
+            if key not in neg_steps:   # −lr_b/(1 − β₁ᵗ) rounded to the parameter dtype, as addcdiv's value
+                neg_steps[key] = torch.tensor([-(lr / bias_correction1) for lr in self.lr], dtype=p.dtype,
+                                              device=p.device)
+            grad = p.grad
+            if self.weight_decay != 0:
+                grad = grad.add(p, alpha=self.weight_decay)
+            exp_avg, exp_avg_sq = self.exp_avg[k], self.exp_avg_sq[k]
+            exp_avg.lerp_(grad, 1 - beta1)
+            exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+            denom = (exp_avg_sq.sqrt() / bias_correction2_sqrt).add_(self.eps)
+            step = neg_steps[key].view((-1,) + (1,) * (p.ndim - 1))
+            p.add_(exp_avg.mul(step).div_(denom))
+
+    def zero_grad(self) -> None:
+        for p in self.params.values():
+            p.grad = None
+
+    def keep(self, rows: torch.Tensor, params: dict[str, torch.Tensor]) -> None:
+        """Keep only the models ``rows`` (after the caller re-created ``params`` for them)."""
+        self.params = params
+        self.lr = [self.lr[i] for i in rows.tolist()]
+        self.exp_avg = {k: v[rows] for k, v in self.exp_avg.items()}
+        self.exp_avg_sq = {k: v[rows] for k, v in self.exp_avg_sq.items()}
+
+
+# ============================================================================ loss
+
+class _StackedMSE(torch.autograd.Function):
+    """``nn.MSELoss(reduction)`` of each model: [B, ...] predictions and targets → [B] losses.
+
+    Written out so that the backward is ATen's ``mse_loss_backward`` per model, element for
+    element: grad = (norm · (pred − target)) · grad_output, norm = 2/n ("mean") or 2 ("sum").
+    (vmap of ``F.mse_loss`` decomposes it and rounds the gradient differently.)
+    """
+
+    @staticmethod
+    def forward(ctx: Any, pred: torch.Tensor, target: torch.Tensor, mean: bool) -> torch.Tensor:
+        diff = pred - target
+        ctx.save_for_backward(diff)
+        ctx.norm = 2.0 / diff[0].numel() if mean else 2.0
+        sq = (diff * diff).reshape(diff.shape[0], -1)
+        return sq.mean(1) if mean else sq.sum(1)
+
+    @staticmethod
+    def backward(ctx: Any, grad_out: torch.Tensor) -> tuple[torch.Tensor, None, None]:
+        (diff,) = ctx.saved_tensors
+        g = grad_out.view((-1,) + (1,) * (diff.ndim - 1))
+        return diff.mul(ctx.norm).mul_(g), None, None
+
+
+# ============================================================================ heads, stacked
+
+def _stacked_head_matrix(head: HeadLayer, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """W [B, n_t, n_f] float64 from stacked layer parameters (``heads.head_to_matrix`` per model)."""
+    B = weight.shape[0]
+    if isinstance(head, nn.Linear):
+        W = weight
+    elif isinstance(head, nn.Conv2d):
+        W = weight.reshape(B, weight.shape[1], -1)
+    else:
+        W = weight.transpose(1, 2).reshape(B, weight.shape[2], -1)
+    cols = [W.to(F64)]
+    if bias is not None:
+        cols.append(bias.to(F64)[:, :, None])
+    return torch.cat(cols, dim=2).contiguous()
+
+
+def _head_apply(head: HeadLayer, weight: torch.Tensor, bias: torch.Tensor | None, z: torch.Tensor) -> torch.Tensor:
+    """``head(z)`` with the given weight and bias: the op of the layer's own forward."""
+    if isinstance(head, nn.Linear):
+        return F.linear(z, weight, bias)
+    if isinstance(head, nn.Conv2d):
+        return head._conv_forward(z, weight, bias)
+    return F.conv_transpose2d(z, weight, bias, head.stride, head.padding, head.output_padding, head.groups,
+                              head.dilation)
+
+
+@torch.no_grad()
+def _write_stacked_head(head: HeadLayer, weight: torch.Tensor, bias: torch.Tensor | None, W: torch.Tensor) -> None:
+    """Copy W [B, n_t, n_f] into stacked layer parameters (``heads.write_matrix_`` per model)."""
+    n_f = W.shape[2]
+    Wx = W[:, :, : n_f - 1] if bias is not None else W
+    if isinstance(head, nn.Linear):
+        weight.copy_(Wx)
+    elif isinstance(head, nn.Conv2d):
+        weight.copy_(Wx.reshape(weight.shape))
+    else:
+        B, c_in, c_out, kh, kw = weight.shape
+        weight.copy_(Wx.reshape(B, c_out, c_in, kh, kw).transpose(1, 2))
+    if bias is not None:
+        bias.copy_(W[:, :, n_f - 1])
+
+
+# ============================================================================ trainer
+
+@dataclass
+class _Group:
+    """Models of one memory depth: their rows in the stacks and their solver state."""
+
+    depth: int
+    rows: torch.Tensor            # indices into the current (active) stacks
+    state: SlimTikState
+
+
+@dataclass(frozen=True)
+class SweepStepInfo:
+    """Per-model record of one ``SweepTrainer.train_step`` (lists over the models active before it).
+
+    Attributes:
+        models: original model indices (into ``specs``).
+        loss: batch loss with the new head (NaN for a model that diverged in this step).
+        lambda_, Lambda: λ_k and Λ_k (NaN where the head step failed).
+        alpha: Λ_k/(k + 1).
+        diverged: original indices of the models dropped in this step, with the reason.
+    """
+
+    models: list[int]
+    loss: list[float]
+    lambda_: list[float]
+    Lambda: list[float]
+    alpha: list[float]
+    diverged: dict[int, str]
+
+
+class SweepTrainer:
+    """B slimTrain models of one architecture, trained in lockstep in one process.
+
+    Args:
+        bodies, heads: the B initialised bodies (one architecture) and heads (nn.Linear,
+            nn.Conv2d or nn.ConvTranspose2d, groups = 1; one architecture). Their parameters are
+            copied into stacks; the modules themselves are not changed.
+        specs: one ``ModelSpec`` per model (lr, Λ_0 and r are used here; the seed only labels it).
+        reduction: "mean" (the loss is ``nn.MSELoss()``) or "sum", as ``SlimTik``.
+        betas, eps, weight_decay: the body's Adam settings (shared).
+        backend: force a solver backend; lambda_mode, lambda_const, Lambda_bounds,
+            lambda_bounds: the solver settings of ``SlimTik`` (shared).
+
+    ``train_step(xs, ys)`` takes one batch per active model (xs [B_active, n_b, ...]).
+    ``active`` lists the original indices of the models still training; ``diverged`` maps
+    dropped models to the reason.
+    """
+
+    def __init__(
+        self,
+        bodies: Sequence[nn.Module],
+        heads: Sequence[nn.Module],
+        specs: Sequence[ModelSpec],
+        *,
+        reduction: Reduction = "mean",
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 0.0,
+        backend: str | None = None,
+        lambda_mode: LambdaMode = "sgcv",
+        lambda_const: float = 0.0,
+        Lambda_bounds: tuple[float, float] = (1e-7, 1e3),
+        lambda_bounds: tuple[float, float] = (-math.inf, 1e3),
+    ) -> None:
+        if not (len(bodies) == len(heads) == len(specs) >= 1):
+            raise ValueError(f"need as many bodies, heads and specs (>= 1), got {len(bodies)}, {len(heads)}, "
+                             f"{len(specs)}")
+        if reduction not in ("mean", "sum"):
+            raise ValueError(f"reduction must be 'mean' or 'sum', got {reduction!r}")
+        for h in heads:
+            check_head(h)
+        shapes = {(type(h), head_shape(h), tuple(h.weight.shape)) for h in heads}
+        if len(shapes) != 1:
+            raise ValueError("all heads must have the same type and shape")
+        for body in bodies:
+            for mod in body.modules():
+                if isinstance(mod, nn.modules.batchnorm._NormBase) and mod.track_running_stats:
+                    raise ValueError(f"bodies with running statistics ({type(mod).__name__}) cannot be stacked; "
+                                     "train these models one at a time")
+        self.specs = list(specs)
+        self.reduction: Reduction = reduction
+        self.backend = backend
+        self.config = SolverConfig(mode=lambda_mode, lambda_const=float(lambda_const),
+                                   Lambda_bounds=tuple(Lambda_bounds), lambda_bounds=tuple(lambda_bounds))
+        # Templates: real copies (statistics read the layer type and shape; functional_call swaps params).
+        self._body = copy.deepcopy(bodies[0])
+        self._head: HeadLayer = copy.deepcopy(heads[0])
+        body_params, body_buffers = stack_module_state(list(bodies))
+        head_params, _ = stack_module_state(list(heads))
+        self.body_params = {k: v.detach().requires_grad_(True) for k, v in body_params.items()}
+        self.body_buffers = {k: v.detach() for k, v in body_buffers.items()}
+        self.head_params = {k: v.detach() for k, v in head_params.items()}
+        self.optimizer = StackedAdam(self.body_params, [s.lr for s in self.specs], betas, eps, weight_decay)
+        self.active: list[int] = list(range(len(self.specs)))
+        self.diverged: dict[int, str] = {}
+        self.n_steps_ = 0
+        #: per original model: Λ after its last head step, and its number of head steps
+        self.Lambda_: list[float] = [s.Lambda0 for s in self.specs]
+        self.head_steps_: list[int] = [0] * len(self.specs)
+        #: (original indices, body params, body buffers, head params) of the models dropped by the
+        #: last step, as they were when they failed (for a final evaluation)
+        self.last_dropped: tuple[list[int], dict, dict, dict] = ([], {}, {}, {})
+        n_t, n_f = head_shape(self._head)
+        device = self._head.weight.device
+        self.groups: list[_Group] = []
+        for depth in sorted({s.memory_depth for s in self.specs}):
+            rows = [i for i, s in enumerate(self.specs) if s.memory_depth == depth]
+            state = SlimTikState(len(rows), n_f, n_t, depth, 0.0, device)
+            state.Lambda.copy_(torch.tensor([self.specs[i].Lambda0 for i in rows], dtype=F64))
+            self.groups.append(_Group(depth, torch.tensor(rows, dtype=torch.long), state))
+        self._vbody = vmap(self._body_call)
+
+    @classmethod
+    def from_problem(cls, problem: Any, specs: Sequence[ModelSpec], **kwargs: Any) -> "SweepTrainer":
+        """The models of ``cli.run_training``: body/head initialised by ``problem.make_body(seed)``/``make_head``."""
+        bodies, heads = [], []
+        for s in specs:
+            torch.manual_seed(s.seed)
+            bodies.append(problem.make_body(s.seed))
+            heads.append(problem.make_head(s.seed))
+        return cls(bodies, heads, specs, **kwargs)
+
+    # ------------------------------------------------------------------ functional pieces
+
+    def _body_call(self, params: dict[str, torch.Tensor], buffers: dict[str, torch.Tensor], x: torch.Tensor):
+        return functional_call(self._body, (params, buffers), (x,))
+
+    def _heads_forward(self, params: dict[str, torch.Tensor], z: torch.Tensor) -> torch.Tensor:
+        """[B, ...] predictions, one head call per model: a vmapped head runs other GEMM kernels
+        (bmm instead of addmm/gemv) and rounds differently from the model trained alone; the
+        vmapped body does not (checked bit for bit in tests/test_sweep.py)."""
+        weight, bias = params["weight"], params.get("bias")
+        return torch.stack([_head_apply(self._head, weight[i], None if bias is None else bias[i], z[i])
+                            for i in range(z.shape[0])])
+
+    @property
+    def n_active(self) -> int:
+        return len(self.active)
+
+    def head_matrices(self) -> torch.Tensor:
+        """W [B_active, n_t, n_f] float64 of the active models' heads."""
+        return _stacked_head_matrix(self._head, self.head_params["weight"], self.head_params.get("bias"))
+
+    def model_state(self, model: int) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        """(body parameters, head parameters) of an active model, by original index (copies)."""
+        row = self.active.index(model)
+        return ({k: v[row].detach().clone() for k, v in self.body_params.items()},
+                {k: v[row].clone() for k, v in self.head_params.items()})
+
+    # ------------------------------------------------------------------ one step
+
+    def train_step(self, xs: torch.Tensor, ys: torch.Tensor) -> SweepStepInfo:
+        """One slimTrain iteration of every active model on its own batch (xs[i], ys[i]).
+
+        Per model exactly ``SlimTrain.train_step``: body forward, head solved on the detached
+        features, loss with the new head, backward through the body, Adam step. Models whose
+        step fails are dropped (see ``diverged``) and never affect the others.
+        """
+        B = self.n_active
+        if xs.shape[0] != B or ys.shape[0] != B:
+            raise ValueError(f"need one batch per active model: xs/ys leading dimension {B}, got "
+                             f"{xs.shape[0]}, {ys.shape[0]}")
+        models = list(self.active)
+        failed: dict[int, str] = {}     # row -> reason
+        self.optimizer.zero_grad()
+        z = self._vbody(self.body_params, self.body_buffers, xs)
+        zd = z.detach()
+        stats = [head_statistics(self._head, zd[i], ys[i], self.reduction, check=False) for i in range(B)]
+        G = torch.stack([s[0] for s in stats])
+        H = torch.stack([s[1] for s in stats])
+        c = torch.stack([s[2] for s in stats])
+        m = stats[0][3]
+        # Per-model admissibility (one sync): what makes SlimTik.step raise for that model alone.
+        ok = (G.abs().amax((1, 2)) <= MAX_ABS) & (c.abs() <= MAX_ABS)
+        for i, good in enumerate(ok.tolist()):
+            if not good:
+                failed[i] = "ValueError: features or target non-finite or too large for float64 statistics"
+        W = self.head_matrices()
+        W_new = W.clone()
+        lam = torch.full((B,), math.nan, dtype=F64)
+        Lam = torch.full((B,), math.nan, dtype=F64)
+        for group in self.groups:
+            rows = group.rows
+            good = torch.tensor([r not in failed for r in rows.tolist()], dtype=torch.bool)
+            if not bool(good.all()):
+                self._drop_from_group(group, good)
+                rows = group.rows
+            if rows.numel() == 0:
+                continue
+            try:
+                Wg, info = slimtik_step(group.state, G[rows], H[rows], c[rows], m, W[rows], config=self.config,
+                                        backend=self.backend)
+                W_new[rows] = Wg
+                lam[rows], Lam[rows] = info.lambda_.cpu(), info.Lambda.cpu()
+            except FloatingPointError:
+                self._solve_rows_separately(group, G, H, c, m, W, W_new, lam, Lam, failed)
+        # failed rows keep their old head (the solo run stops before writing it)
+        _write_stacked_head(self._head, self.head_params["weight"], self.head_params.get("bias"), W_new)
+        pred = self._heads_forward(self.head_params, z)
+        losses = _StackedMSE.apply(pred, ys.to(pred.dtype), self.reduction == "mean")
+        values = losses.detach().tolist()
+        for i, v in enumerate(values):
+            if i not in failed and not math.isfinite(v):
+                failed[i] = f"FloatingPointError: loss is {v} after the head step"
+        live = [i for i in range(B) if i not in failed]
+        dead = sorted(failed)
+        # the failed models' bodies as they are now: the solo run never takes this body step
+        dead_body = {k: v.detach()[dead].clone() for k, v in self.body_params.items()} if dead else {}
+        if live:
+            (losses[live].sum() if len(live) < B else losses.sum()).backward()
+            self.optimizer.step()
+        self.n_steps_ += 1
+        alpha = []
+        for i, model in enumerate(models):
+            if not math.isnan(float(Lam[i])):     # the head step succeeded (even if the loss then failed)
+                self.Lambda_[model] = float(Lam[i])
+                self.head_steps_[model] += 1
+            alpha.append(self.alpha(model))
+        info = SweepStepInfo(
+            models=models, loss=[math.nan if i in failed else v for i, v in enumerate(values)],
+            lambda_=lam.tolist(), Lambda=Lam.tolist(), alpha=alpha,
+            diverged={models[i]: reason for i, reason in failed.items()})
+        self._drop(dead, dead_body)
+        self.diverged.update(info.diverged)
+        return info
+
+    def alpha(self, model: int) -> float:
+        """``SlimTik.alpha_`` of a model (original index): Λ/(number of its head steps)."""
+        return self.Lambda_[model] / max(self.head_steps_[model], 1)
+
+    def _drop(self, rows: list[int], body: dict[str, torch.Tensor]) -> None:
+        """Remove the models at ``rows`` from the stacks, keeping them (with their bodies ``body``
+        from before this step's body update) in ``last_dropped``."""
+        self.last_dropped = ([], {}, {}, {})
+        if not rows:
+            return
+        dropped = [self.active[i] for i in rows]
+        sel = torch.tensor(rows, dtype=torch.long)
+        self.last_dropped = (dropped, body, {k: v[sel] for k, v in self.body_buffers.items()},
+                             {k: v[sel].clone() for k, v in self.head_params.items()})
+        keep = torch.tensor([i for i in range(self.n_active) if i not in rows], dtype=torch.long)
+        self.body_params = {k: v.detach()[keep].requires_grad_(True) for k, v in self.body_params.items()}
+        self.body_buffers = {k: v[keep] for k, v in self.body_buffers.items()}
+        self.head_params = {k: v[keep] for k, v in self.head_params.items()}
+        self.optimizer.keep(keep, self.body_params)
+        remap = {int(old): new for new, old in enumerate(keep.tolist())}
+        groups = []
+        for group in self.groups:
+            mask = torch.tensor([int(r) in remap for r in group.rows.tolist()], dtype=torch.bool)
+            if not bool(mask.all()):
+                self._drop_from_group(group, mask)
+            group.rows = torch.tensor([remap[int(r)] for r in group.rows.tolist()], dtype=torch.long)
+            if group.rows.numel():
+                groups.append(group)
+        self.groups = groups
+        self.active = [self.active[i] for i in keep.tolist()]
+
+    @staticmethod
+    def _drop_from_group(group: _Group, keep: torch.Tensor) -> None:
+        """Keep the rows ``keep`` (bool over the group's rows) of a group and of its solver state."""
+        st = group.state
+        idx = keep.nonzero().flatten()
+        new = SlimTikState(max(int(idx.numel()), 1), st.n_features, st.n_targets, st.memory_depth, 0.0, st.device)
+        if idx.numel():
+            new.memory = st.memory[idx].clone()
+            new.Lambda = st.Lambda[idx].clone()
+        new.batch = int(idx.numel())
+        new.n_stored, new.head, new.step_count = st.n_stored, st.head, st.step_count
+        group.state = new
+        group.rows = group.rows[idx]
+
+    def _solve_rows_separately(self, group: _Group, G, H, c, m, W, W_new, lam, Lam, failed: dict[int, str]) -> None:
+        """After a batched solve raised FloatingPointError: solve each model alone, drop the failures."""
+        st = group.state
+        ok_rows, memories, Lambdas, last = [], [], [], None
+        for j, row in enumerate(group.rows.tolist()):
+            sub = SlimTikState(1, st.n_features, st.n_targets, st.memory_depth, 0.0, st.device)
+            sub.memory = st.memory[j:j + 1].clone()
+            sub.Lambda = st.Lambda[j:j + 1].clone()
+            sub.n_stored, sub.head, sub.step_count = st.n_stored, st.head, st.step_count
+            try:
+                Wr, info = slimtik_step(sub, G[row:row + 1], H[row:row + 1], c[row:row + 1], m, W[row:row + 1],
+                                        config=self.config, backend=self.backend)
+            except FloatingPointError as exc:
+                failed[row] = f"FloatingPointError: {exc}"
+                continue
+            W_new[row] = Wr[0]
+            lam[row], Lam[row] = float(info.lambda_[0]), float(info.Lambda[0])
+            ok_rows.append(j)
+            memories.append(sub.memory)
+            Lambdas.append(sub.Lambda)
+            last = sub
+        keep = torch.zeros(group.rows.numel(), dtype=torch.bool)
+        keep[ok_rows] = True
+        self._drop_from_group(group, keep)
+        if last is not None:
+            group.state.memory = torch.cat(memories)
+            group.state.Lambda = torch.cat(Lambdas)
+            group.state.n_stored, group.state.head, group.state.step_count = last.n_stored, last.head, last.step_count
+
+    # ------------------------------------------------------------------ evaluation
+
+    @torch.no_grad()
+    def evaluate(self, x: torch.Tensor, y: torch.Tensor, chunk: int = 2048, dropped: bool = False
+                 ) -> tuple[list[float], list[float]]:
+        """Per active model: (mean squared error, relative error) of its network on (x, y), eval mode.
+
+        As ``cli.evaluate`` per model (float64 sums over chunks of ``chunk`` samples). With
+        ``dropped``: the models dropped by the last step instead (``last_dropped``).
+        """
+        if dropped:
+            models, body_params, body_buffers, head_params = self.last_dropped
+        else:
+            models, body_params, body_buffers, head_params = (self.active, self.body_params, self.body_buffers,
+                                                              self.head_params)
+        if not models:
+            return [], []
+        modes = self._body.training, self._head.training
+        self._body.eval()
+        self._head.eval()
+        vbody = vmap(self._body_call, in_dims=(0, 0, None))
+        B = len(models)
+        sq = torch.zeros(B, dtype=F64)
+        try:
+            ref = 0.0
+            for start in range(0, x.shape[0], chunk):
+                xc, yc = x[start:start + chunk], y[start:start + chunk]
+                pred = self._heads_forward(head_params, vbody(body_params, body_buffers, xc)).double()
+                target = yc.double()
+                sq += ((pred - target[None]) ** 2).reshape(B, -1).sum(1).cpu()
+                ref += float((target**2).sum())
+        finally:
+            self._body.train(modes[0])
+            self._head.train(modes[1])
+        mse = [float(v) / max(y.numel(), 1) for v in sq]
+        rel = [math.sqrt(float(v) / ref) if ref > 0 else math.nan for v in sq]
+        return mse, rel
+
+
+# ============================================================================ whole runs
+
+def run_sweep(
+    problem: Any,
+    specs: Sequence[ModelSpec],
+    epochs: int,
+    batch_size: int | None = None,
+    max_steps: int | None = None,
+    backend: str | None = None,
+    weight_decay: float = 0.0,
+    progress: Callable[[int, int], None] | None = None,
+) -> list[dict[str, Any]]:
+    """Train every model of ``specs`` on ``problem``; one history per model, as ``cli.run_training``.
+
+    Model i is ``cli.run_training(problem, RunConfig(seed=s.seed, lr=s.lr, memory_depth=s.memory_depth,
+    ...))`` with its head's Λ_0 = s.Lambda0: the same initial weights, the same batches in the
+    same order (a generator seeded with s.seed per model) and the same updates. ``step_time``
+    is the time of the whole B-model step (shared by all models). A model whose step fails is
+    marked ``diverged`` (with ``error``), its last epoch record is taken at that moment, and the
+    others go on. ``progress(step, n_active)`` is called after every step.
+    """
+    if epochs < 0:
+        raise ValueError(f"epochs must be >= 0, got {epochs}")
+    trainer = SweepTrainer.from_problem(problem, specs, backend=backend, weight_decay=weight_decay)
+    bs = batch_size or problem.batch_size
+    gens = [torch.Generator().manual_seed(s.seed) for s in specs]
+    hists: list[dict[str, Any]] = []
+    for s in specs:
+        cfg = {"method": "slimtrain", "lr": s.lr, "epochs": epochs, "memory_depth": s.memory_depth,
+               "batch_size": batch_size, "seed": s.seed, "backend": backend, "weight_decay": weight_decay,
+               "max_steps": max_steps, "Lambda0": s.Lambda0}
+        hists.append({"method": "slimtrain", "config": cfg, "spec": asdict(s), "problem": problem.name,
+                      "batch_size": bs, "epoch": [], "train_loss": [], "val_loss": [], "train_rel": [],
+                      "val_rel": [], "alpha": [], "batch_loss": [], "step_time": [], "step_alpha": [],
+                      "step_lambda": [], "diverged": False, "error": None})
+
+    def record_epoch(epoch: int) -> None:
+        tr = trainer.evaluate(problem.x_train, problem.y_train)
+        va = trainer.evaluate(problem.x_val, problem.y_val)
+        for row, model in enumerate(trainer.active):
+            h = hists[model]
+            h["epoch"].append(epoch)
+            h["train_loss"].append(tr[0][row])
+            h["train_rel"].append(tr[1][row])
+            h["val_loss"].append(va[0][row])
+            h["val_rel"].append(va[1][row])
+            h["alpha"].append(trainer.alpha(model))
+
+    start = time.perf_counter()
+    record_epoch(0)
+    steps = 0
+    n = problem.x_train.shape[0]
+    done = False
+    for epoch in range(1, epochs + 1):
+        if not trainer.active:
+            break
+        perms = {model: torch.randperm(n, generator=gens[model]) for model in trainer.active}
+        for lo in range(0, n, bs):
+            t0 = time.perf_counter()
+            idx = torch.stack([perms[model][lo:lo + bs] for model in trainer.active])
+            info = trainer.train_step(problem.x_train[idx], problem.y_train[idx])
+            dt = time.perf_counter() - t0
+            steps += 1
+            for row, model in enumerate(info.models):
+                if model in info.diverged:
+                    continue
+                h = hists[model]
+                h["step_time"].append(dt)
+                h["batch_loss"].append(info.loss[row])
+                h["step_alpha"].append(info.alpha[row])
+                h["step_lambda"].append(info.lambda_[row])
+            if info.diverged:
+                # the solo run stops here and records this epoch with the weights as they are now
+                tr = trainer.evaluate(problem.x_train, problem.y_train, dropped=True)
+                va = trainer.evaluate(problem.x_val, problem.y_val, dropped=True)
+                for row, model in enumerate(trainer.last_dropped[0]):
+                    reason = info.diverged[model]
+                    h = hists[model]
+                    h["diverged"], h["error"], h["steps"] = True, reason, steps - 1
+                    h["epoch"].append(epoch)
+                    h["train_loss"].append(tr[0][row])
+                    h["train_rel"].append(tr[1][row])
+                    h["val_loss"].append(va[0][row])
+                    h["val_rel"].append(va[1][row])
+                    h["alpha"].append(trainer.alpha(model))
+                    logger.warning("sweep model %d (%s) stopped at step %d: %s", model, specs[model].label,
+                                   steps - 1, reason)
+            if progress is not None:
+                progress(steps, trainer.n_active)
+            if not trainer.active or (max_steps is not None and steps >= max_steps):
+                done = True
+                break
+        if trainer.active:
+            record_epoch(epoch)
+        if done:
+            break
+    wall = time.perf_counter() - start
+    for h in hists:
+        h.setdefault("steps", steps)
+        h["wall_time"] = wall
+        h["median_step_time"] = statistics.median(h["step_time"]) if h["step_time"] else math.nan
+        if not math.isfinite(h["val_loss"][-1]):
+            h["diverged"] = True
+    return hists
