@@ -3,9 +3,14 @@
     python -m slimfast train --problem peaks                  # slimTrain, default settings
     python -m slimfast train --problem cdr --optimizer adam --lr 1e-2
     python -m slimfast compare --problem peaks --epochs 5     # lr ∈ {1e-4, 1e-3, 1e-2, 1e-1}
+    python -m slimfast sweep --problem peaks --lrs 1e-3,1e-2 --seeds 0,1   # 4 models, one process
+    torchrun --nproc-per-node 2 -m slimfast train --problem peaks   # data parallel (gloo)
 
 ``train`` writes ``loss.png``, ``summary.md`` and ``history.json`` to ``--out``; ``compare``
-writes ``convergence.png``, ``sensitivity.png``, ``compare.md`` and ``compare.json``.
+writes ``convergence.png``, ``sensitivity.png``, ``compare.md`` and ``compare.json``; ``sweep``
+writes ``sensitivity.png``, ``sweep.md`` and ``sweep.json``. Under ``torchrun`` (WORLD_SIZE > 1)
+``train`` is data parallel: every rank takes its shard of each batch and only rank 0 prints and
+writes (see ``run_training``).
 The loss everywhere is the mean squared error ``((pred − target)**2).mean()``; the relative
 error is ‖pred − target‖_F / ‖target‖_F over the whole split.
 
@@ -111,31 +116,89 @@ def evaluate(body: nn.Module, head: nn.Module, x: torch.Tensor, y: torch.Tensor,
 
 
 class _AdamTrainer:
-    """Plain baseline: Adam on body and head together for the MSE loss."""
+    """Plain baseline: Adam on body and head together for the MSE loss.
 
-    def __init__(self, body: nn.Module, head: nn.Module, lr: float, weight_decay: float) -> None:
+    Data parallel: ``model`` is DistributedDataParallel(Sequential(body, head)) and ``loss_fn``
+    a ``_ShardLoss``; otherwise the network is head(body(x)) and the loss F.mse_loss.
+    """
+
+    def __init__(self, body: nn.Module, head: nn.Module, lr: float, weight_decay: float,
+                 model: nn.Module | None = None, loss_fn: Callable[..., torch.Tensor] | None = None) -> None:
         self.body, self.head = body, head
+        self.model = model
+        self.loss_fn = loss_fn if loss_fn is not None else F.mse_loss
         params = list(body.parameters()) + list(head.parameters())
         self.optimizer = torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
 
     def train_step(self, x: torch.Tensor, y: torch.Tensor) -> float:
         self.optimizer.zero_grad(set_to_none=True)
-        loss = F.mse_loss(self.head(self.body(x)), y)
+        pred = self.model(x) if self.model is not None else self.head(self.body(x))
+        loss = self.loss_fn(pred, y)
         loss.backward()
         self.optimizer.step()
         return float(loss.detach())
 
 
-def make_trainer(method: str, body: nn.Module, head: nn.Module, cfg: RunConfig) -> Any:
-    """An object with ``train_step(x, y) -> float`` for ``method`` (slimtrain | adam)."""
-    if method == "adam":
-        return _AdamTrainer(body, head, cfg.lr, cfg.weight_decay)
-    from .optim import SlimTik
-    from .train import SlimTrain
+def world() -> tuple[int, int]:
+    """(rank, world size) of the initialised default process group, else (0, 1)."""
+    import torch.distributed as dist
 
-    slim = SlimTik(head, memory_depth=cfg.memory_depth, backend=cfg.backend)
-    body_opt = torch.optim.Adam(body.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    return SlimTrain(body, head, body_opt, slim)
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+class _ShardLoss:
+    """MSE of this rank's shard of a batch, for data-parallel training.
+
+    Weighted by world·n_rank/n_batch, so DistributedDataParallel's gradient average is exactly the
+    gradient of the whole batch's MSE (also for unequal shards). Its value is the whole batch's
+    MSE on every rank (one scalar all-reduce), so a non-finite loss stops every rank alike.
+    """
+
+    def __init__(self) -> None:
+        self.scale = 1.0
+
+    def __call__(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        import torch.distributed as dist
+
+        local = F.mse_loss(pred, target) * self.scale
+        total = local.detach().clone()
+        dist.all_reduce(total)
+        total /= dist.get_world_size()
+        return local + (total - local.detach())
+
+
+def make_trainer(method: str, body: nn.Module, head: nn.Module, cfg: RunConfig) -> Any:
+    """An object with ``train_step(x, y) -> float`` for ``method`` (slimtrain | adam).
+
+    Under an initialised torch.distributed process group with more than one rank the trainer is
+    data parallel: the body (Adam: body and head) is wrapped in DistributedDataParallel, SlimTik
+    all-reduces its statistics, and the loss is a ``_ShardLoss`` (attribute ``shard_loss``).
+    """
+    _, size = world()
+    shard_loss = _ShardLoss() if size > 1 else None
+    if method == "adam":
+        model = None
+        if size > 1:
+            from torch.nn.parallel import DistributedDataParallel
+
+            model = DistributedDataParallel(nn.Sequential(body, head))
+        trainer: Any = _AdamTrainer(body, head, cfg.lr, cfg.weight_decay, model, shard_loss)
+    else:
+        from .optim import SlimTik
+        from .train import SlimTrain
+
+        slim = SlimTik(head, memory_depth=cfg.memory_depth, backend=cfg.backend)
+        body_opt = torch.optim.Adam(body.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        module = body
+        if size > 1:
+            from torch.nn.parallel import DistributedDataParallel
+
+            module = DistributedDataParallel(body)
+        trainer = SlimTrain(module, head, body_opt, slim, loss_fn=shard_loss)
+    trainer.shard_loss = shard_loss
+    return trainer
 
 
 #: progress(n_steps_done, loss, alpha) after each training step.
@@ -154,7 +217,13 @@ def run_training(problem: Any, cfg: RunConfig, progress: StepProgress | None = N
     ``val_loss``, ``train_rel``, ``val_rel``, ``alpha`` (slimTrain's effective λ, else None);
     per step ``batch_loss``, ``step_time`` (s), ``step_alpha`` and ``step_lambda`` (slimTrain);
     summary ``steps``, ``median_step_time``, ``wall_time``, ``diverged``, ``error``.
+
+    Data parallel (torch.distributed initialised, e.g. under ``torchrun``): every rank draws the
+    same batches and trains on its contiguous shard of each (``tensor_split`` by rank); a final
+    batch smaller than the number of ranks is skipped. ``batch_loss`` is the whole batch's loss.
+    All ranks end with identical weights; the epoch losses are evaluated on the full splits.
     """
+    rank, size = world()
     torch.manual_seed(cfg.seed)
     body, head = problem.make_body(cfg.seed), problem.make_head(cfg.seed)
     trainer = make_trainer(cfg.method, body, head, cfg)
@@ -165,7 +234,7 @@ def run_training(problem: Any, cfg: RunConfig, progress: StepProgress | None = N
         "method": cfg.method, "config": asdict(cfg), "problem": problem.name, "batch_size": batch_size,
         "epoch": [], "train_loss": [], "val_loss": [], "train_rel": [], "val_rel": [], "alpha": [],
         "batch_loss": [], "step_time": [], "step_alpha": [], "step_lambda": [],
-        "diverged": False, "error": None,
+        "diverged": False, "error": None, "world_size": size,
     }
 
     def record_epoch(epoch: int) -> None:
@@ -185,6 +254,12 @@ def run_training(problem: Any, cfg: RunConfig, progress: StepProgress | None = N
     head.train()
     for epoch in range(1, cfg.epochs + 1):
         for x, y in batches(problem.x_train, problem.y_train, batch_size, gen):
+            if size > 1:
+                if x.shape[0] < size:
+                    continue
+                n_batch = x.shape[0]
+                x, y = x.tensor_split(size)[rank], y.tensor_split(size)[rank]
+                trainer.shard_loss.scale = size * x.shape[0] / n_batch
             t0 = time.perf_counter()
             try:
                 loss = trainer.train_step(x, y)
@@ -390,11 +465,15 @@ def cmd_train(args: argparse.Namespace) -> int:
     problem = _load_problem(args)
     epochs = args.epochs if args.epochs is not None else DEFAULT_EPOCHS[args.problem]
     cfg = _run_config(args, args.optimizer, args.lr, epochs)
+    rank, size = world()
     out = Path(args.out if args.out is not None else f"runs/{args.problem}-{args.optimizer}")
-    out.mkdir(parents=True, exist_ok=True)
     label = METHOD_LABELS[cfg.method]
-    print(f"{label} on {problem!r}")
-    hist = _run_with_bar(problem, cfg, f"{args.problem} {label} lr={cfg.lr:g}", not args.quiet)
+    if rank == 0:
+        out.mkdir(parents=True, exist_ok=True)
+        print(f"{label} on {problem!r}" + (f", data parallel over {size} ranks" if size > 1 else ""))
+    hist = _run_with_bar(problem, cfg, f"{args.problem} {label} lr={cfg.lr:g}", not args.quiet and rank == 0)
+    if rank != 0:   # every rank holds the same weights and history; rank 0 reports
+        return 0
     metrics = final_metrics(hist)
     table = results_table([metrics])
     env = _environment()
@@ -408,6 +487,8 @@ def cmd_train(args: argparse.Namespace) -> int:
              f"- wall time: {hist['wall_time']:.2f} s for {hist['steps']} steps "
              f"(median {metrics['step_ms']:.3f} ms/step)",
              f"- environment: {json.dumps(env)}"]
+    if size > 1:
+        lines.append(_data_parallel_line(size, cfg.method, problem))
     if hist["error"]:
         lines.append(f"- stopped early: {hist['error']}")
     lines += ["", table, "", "Loss = mean squared error over the split; relative error = ‖pred − y‖/‖y‖. "
@@ -418,6 +499,21 @@ def cmd_train(args: argparse.Namespace) -> int:
         print(f"note: the run stopped early: {hist['error']}")
     print(f"wrote {out / 'loss.png'}, {out / 'summary.md'}, {out / 'history.json'}")
     return 0
+
+
+def _data_parallel_line(size: int, method: str, problem: Any) -> str:
+    import torch.distributed as dist
+
+    from .distributed import bytes_per_step
+    from .heads import head_shape
+
+    line = (f"- data parallel: {size} ranks ({dist.get_backend()}), each with 1/{size} of every batch; "
+            "DistributedDataParallel on the " + ("body" if method == "slimtrain" else "network"))
+    if method == "slimtrain":
+        n_t, n_f = head_shape(problem.make_head())
+        line += (f"; SlimTik all-reduces its head statistics once per step: {bytes_per_step(n_f, n_t)} bytes "
+                 f"(n_f = {n_f}, n_t = {n_t}; independent of the batch size)")
+    return line
 
 
 def sweep_summary(finals: dict[str, dict[float, float]]) -> dict[str, dict[str, Any]]:
@@ -541,6 +637,137 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+# ============================================================================ sweep
+
+def _config_label(Lambda0: float, depth: int) -> str:
+    return f"Λ0={Lambda0:g}, r={depth}"
+
+
+def sweep_finals(specs: Sequence[Any], hists: Sequence[dict[str, Any]]) -> dict[tuple[float, int], dict[float, list[float]]]:
+    """Final validation losses grouped as {(Λ0, r): {lr: [one per seed]}} (NaN = diverged)."""
+    out: dict[tuple[float, int], dict[float, list[float]]] = {}
+    for spec, h in zip(specs, hists):
+        out.setdefault((spec.Lambda0, spec.memory_depth), {}).setdefault(spec.lr, []).append(
+            final_metrics(h)["val_loss"])
+    return out
+
+
+def _median_finite(values: Sequence[float]) -> float:
+    finite = [v for v in values if math.isfinite(v)]
+    return statistics.median(finite) if len(finite) == len(values) and finite else math.nan
+
+
+def plot_sweep_sensitivity(finals: dict[tuple[float, int], dict[float, list[float]]], path: Path, title: str) -> None:
+    """Final validation loss against the body learning rate: every model a dot, the median over
+    seeds a line, one colour per (Λ0, r)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import colormaps
+
+    fig, axes = _figure(1)
+    ax = axes[0]
+    cmap = colormaps["tab10"]
+    for i, (key, by_lr) in enumerate(sorted(finals.items())):
+        color = cmap(i % 10)
+        lrs = sorted(by_lr)
+        for lr in lrs:
+            vals = _positive(by_lr[lr])
+            ax.scatter([lr] * len(vals), vals, s=12, color=color, alpha=0.6)
+            n_div = sum(1 for v in by_lr[lr] if not math.isfinite(v))
+            if n_div:
+                ax.annotate(f"{n_div} diverged", (lr, 1.0), xycoords=("data", "axes fraction"), rotation=90,
+                            va="top", fontsize=7, color=color)
+        ax.loglog(lrs, _positive([_median_finite(by_lr[lr]) for lr in lrs]), "o-", color=color,
+                  label=f"slimTrain {_config_label(*key)} (median over seeds)")
+    ax.set_xlabel("learning rate (Adam on the body)")
+    ax.set_ylabel("final validation loss")
+    ax.set_title(title)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.savefig(path, dpi=110)
+
+
+def sweep_tables(specs: Sequence[Any], hists: Sequence[dict[str, Any]]) -> tuple[str, str]:
+    """(summary per (Λ0, r) and lr, one row per model)."""
+    finals = sweep_finals(specs, hists)
+    rows = []
+    for key, by_lr in sorted(finals.items()):
+        medians = {lr: _median_finite(v) for lr, v in by_lr.items()}
+        finite = [v for v in medians.values() if math.isfinite(v)]
+        spread = max(finite) / min(finite) if len(finite) == len(medians) and finite and min(finite) > 0 else math.inf
+        for lr in sorted(by_lr):
+            vals = by_lr[lr]
+            ok = [v for v in vals if math.isfinite(v)]
+            rows.append([_config_label(*key), f"{lr:g}", str(len(vals)), _fmt(medians[lr]),
+                         _fmt(min(ok)) if ok else "diverged", _fmt(max(ok)) if ok else "diverged",
+                         str(len(vals) - len(ok))])
+        best = min((lr for lr in medians if math.isfinite(medians[lr])), key=lambda lr: medians[lr], default=None)
+        rows.append([_config_label(*key), "best / spread", "", f"{_fmt(medians[best]) if best else 'diverged'} "
+                     f"(lr={_fmt(best, 'g')})", "", _fmt(spread, ".3g"), ""])
+    summary = markdown_table(["config", "lr", "seeds", "median val loss", "min", "max", "diverged"], rows)
+    per_model = []
+    for i, (spec, h) in enumerate(zip(specs, hists)):
+        m = final_metrics(h)
+        per_model.append([str(i), f"{spec.lr:g}", str(spec.seed), f"{spec.Lambda0:g}", str(spec.memory_depth),
+                          str(m["steps"]), _fmt(m["train_loss"]), _fmt(m["val_loss"]), _fmt(m["val_rel"], ".4f"),
+                          _fmt(m["alpha"], ".3e"), h["error"] or ""])
+    models = markdown_table(["model", "lr", "seed", "Λ0", "r", "steps", "train loss", "val loss", "val rel err",
+                             "effective λ", "stopped"], per_model)
+    return summary, models
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from .sweep import ModelSpec, run_sweep
+
+    problem = _load_problem(args)
+    epochs = args.epochs if args.epochs is not None else DEFAULT_COMPARE_EPOCHS
+    out = Path(args.out if args.out is not None else f"runs/{args.problem}-sweep")
+    out.mkdir(parents=True, exist_ok=True)
+    lrs = args.lrs or LR_SWEEP
+    seeds = args.seeds or (args.seed,)
+    Lambda0s = args.Lambda0s or (0.05,)
+    depths = args.memory_depths or (args.memory_depth,)
+    specs = [ModelSpec(seed=seed, lr=lr, Lambda0=L0, memory_depth=r)
+             for L0 in Lambda0s for r in depths for lr in lrs for seed in seeds]
+    print(f"slimTrain sweep on {problem!r}: {len(specs)} models in one process, {epochs} epochs; "
+          f"lr ∈ {{{', '.join(f'{v:g}' for v in lrs)}}}, seeds {list(seeds)}, Λ0 {list(Lambda0s)}, r {list(depths)}")
+    cfg = RunConfig(epochs=epochs, batch_size=args.batch_size, max_steps=args.max_steps)
+    bar = _progress_bar(_total_steps(problem, cfg), f"{args.problem} sweep ({len(specs)} models)", not args.quiet)
+    try:
+        hists = run_sweep(problem, specs, epochs, batch_size=args.batch_size, max_steps=args.max_steps,
+                          backend=args.backend, weight_decay=args.weight_decay,
+                          progress=lambda step, active: bar.update(1))
+    finally:
+        bar.close()
+    title = f"{args.problem}: {epochs} epochs, {len(specs)} models"
+    finals = sweep_finals(specs, hists)
+    plot_sweep_sensitivity(finals, out / "sensitivity.png", title)
+    summary, models = sweep_tables(specs, hists)
+    env = _environment()
+    wall = hists[0]["wall_time"]
+    steps = max(h["steps"] for h in hists)
+    md = [f"# slimfast sweep: {args.problem}", "",
+          f"- problem: {problem!r} (data seed {args.seed})",
+          f"- {len(specs)} models trained together in one process (stacked bodies, one vmap; all heads "
+          f"solved by one batched slimTik call per step and memory depth); {epochs} epochs, {steps} steps, "
+          f"weight decay {args.weight_decay}",
+          f"- wall time {wall:.2f} s ({1e3 * hists[0]['median_step_time']:.3f} ms per step for all models)",
+          "- each model = `slimfast train --seed <seed> --lr <lr> --memory-depth <r>` on this data (Adam on the "
+          "body, head solved by SlimTik with sGCV; Λ0 its initial regularisation)",
+          f"- environment: {json.dumps(env)}", "",
+          "## Final validation loss per configuration", "", summary, "",
+          "Spread = max/min over learning rates of the median (over seeds) final validation loss "
+          "(1 = insensitive; inf if a model diverged).", "",
+          "## All models", "", models, "", "![sensitivity](sensitivity.png)", ""]
+    (out / "sweep.md").write_text("\n".join(md))
+    write_json(out / "sweep.json", {"problem": args.problem, "epochs": epochs, "environment": env,
+                                    "specs": [asdict(s) for s in specs], "runs": hists})
+    print(summary)
+    print(f"wrote {out / 'sensitivity.png'}, {out / 'sweep.md'}, {out / 'sweep.json'}")
+    return 0
+
+
 # ============================================================================ parser
 
 def _positive_int(text: str) -> int:
@@ -554,6 +781,23 @@ def _nonneg_int(text: str) -> int:
     value = int(text)
     if value < 0:
         raise argparse.ArgumentTypeError(f"must be a non-negative integer, got {text}")
+    return value
+
+
+def _list_of(convert: Callable[[str], Any]) -> Callable[[str], tuple[Any, ...]]:
+    def parse(text: str) -> tuple[Any, ...]:
+        items = [t for t in text.replace(" ", ",").split(",") if t]
+        if not items:
+            raise argparse.ArgumentTypeError("expected a comma-separated list")
+        return tuple(convert(t) for t in items)
+
+    return parse
+
+
+def _nonneg_float(text: str) -> float:
+    value = float(text)
+    if not (value >= 0 and math.isfinite(value)):
+        raise argparse.ArgumentTypeError(f"must be a non-negative number, got {text}")
     return value
 
 
@@ -571,7 +815,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="slimfast", description="slimTrain: separable networks whose linear head "
                                      "is solved every step (sampled Tikhonov with sGCV).")
     parser.add_argument("--version", action="version", version=f"slimfast {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{train,compare}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{train,compare,sweep}")
 
     def common(p: argparse.ArgumentParser) -> None:
         p.add_argument("--problem", choices=TRAIN_PROBLEMS, default="peaks", help="built-in problem (default: peaks)")
@@ -605,6 +849,22 @@ def build_parser() -> argparse.ArgumentParser:
     common(compare)
     compare.add_argument("--lrs", type=_positive_float, nargs="+", default=None, help=argparse.SUPPRESS)
     compare.set_defaults(func=cmd_compare)
+
+    sweep = sub.add_parser("sweep", help="many slimTrain models (lr × seed × Λ0 × r) trained together in one process",
+                           description="Train every combination of the given learning rates, seeds, initial "
+                                       "regularisations and memory depths together (stacked bodies, one batched "
+                                       "head solve per step); writes sensitivity.png, sweep.md and sweep.json.")
+    common(sweep)
+    sweep.add_argument("--lrs", type=_list_of(_positive_float), default=None,
+                       help="body learning rates, comma-separated (default: 1e-4,1e-3,1e-2,1e-1)")
+    sweep.add_argument("--seeds", type=_list_of(int), default=None,
+                       help="model seeds (initial weights, batch order), comma-separated (default: --seed); "
+                            "the data always come from --seed")
+    sweep.add_argument("--Lambda0s", "--lambda0s", dest="Lambda0s", type=_list_of(_nonneg_float), default=None,
+                       help="initial regularisations Λ0, comma-separated (default: 0.05)")
+    sweep.add_argument("--memory-depths", type=_list_of(_nonneg_int), default=None,
+                       help="memory depths r, comma-separated (default: --memory-depth)")
+    sweep.set_defaults(func=cmd_sweep)
     return parser
 
 
@@ -620,6 +880,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     threads = args.threads if args.threads is not None else SINGLE_THREAD_DEFAULT.get(args.problem)
     if threads is not None:
         torch.set_num_threads(threads)
+    if _launched_world_size() > 1 and args.command != "train":
+        parser.exit(2, f"slimfast: error: only 'train' runs data parallel; run '{args.command}' in one process\n")
+    created = _init_distributed_from_env()
     try:
         return int(args.func(args))
     except (ValueError, FileNotFoundError) as exc:
@@ -627,7 +890,35 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:  # output piped into e.g. `head`: stop quietly
         sys.stderr.close()
         return 1
+    finally:
+        if created:
+            import torch.distributed as dist
+
+            dist.destroy_process_group()
     return 1  # not reached
+
+
+def _launched_world_size() -> int:
+    import os
+
+    try:
+        return int(os.environ.get("WORLD_SIZE", "1"))
+    except ValueError:
+        return 1
+
+
+def _init_distributed_from_env() -> bool:
+    """Under ``torchrun`` (WORLD_SIZE > 1 in the environment): initialise the default process group
+    from the environment (RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT). The CLI trains on the CPU,
+    so the backend is gloo. Returns True if this call created the group."""
+    if _launched_world_size() <= 1:
+        return False
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        return False
+    dist.init_process_group("gloo")
+    return True
 
 
 if __name__ == "__main__":  # pragma: no cover
