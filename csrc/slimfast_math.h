@@ -147,7 +147,7 @@ SLIMFAST_HD inline void project_gram(int n, const double* U, const double* G, do
 //   res0            = Σ (W G)∘W − 2 Σ W∘H + c
 //   precompute_ab:    a_j = Σ_t B̃_tj², b_j = Σ_t B̃_tj W̃_tj
 //   q_diagonal_at:    K̃ = diag(s): k_j = s_j, Q0_j = s_j a_j, Q1_j = 2 s_j b_j, Q2_j = s_j (W̃ᵀW̃)_jj
-//   q_from_products:  Q0 = K̃∘B̃ᵀB̃, Q1 = K̃∘(B̃ᵀW̃ + W̃ᵀB̃), Q2 = K̃∘W̃ᵀW̃, k = diag(K̃)
+//   q_from_products:  Q0 = K̃∘B̃ᵀB̃, Q1 = K̃∘(B̃ᵀW̃ + W̃ᵀB̃), Q2 = K̃∘W̃ᵀW̃, k = diag(K̃), given the products
 // ---------------------------------------------------------------------------------------------
 SLIMFAST_HD inline double residual0(long ntf, const double* W, const double* WG, const double* H, double c) {
   double s_wgw = 0.0, s_wh = 0.0;
@@ -178,21 +178,12 @@ SLIMFAST_HD inline void q_diagonal_at(Projections& p, const double* s, int j) {
   p.Q2[j] = s[j] * cw;
 }
 
-// On entry Q0 = B̃ᵀB̃, Q1 = B̃ᵀW̃, Q2 = W̃ᵀW̃ (raw products); on return the Q's above.
+// On entry Q0 = B̃ᵀB̃, Q1 = B̃ᵀW̃ + W̃ᵀB̃, Q2 = W̃ᵀW̃; on return multiplied by K̃ elementwise, and k = diag(K̃).
 SLIMFAST_HD inline void q_from_products(Projections& p, const double* K) {
   const int nf = p.n_f;
-  for (int i = 0; i < nf; ++i) {
-    const long ii = (long)i * nf + i;
-    p.Q1[ii] = (p.Q1[ii] + p.Q1[ii]) * K[ii];
-    for (int j = i + 1; j < nf; ++j) {
-      const long ij = (long)i * nf + j, ji = (long)j * nf + i;
-      const double x = p.Q1[ij] + p.Q1[ji];
-      p.Q1[ij] = x * K[ij];
-      p.Q1[ji] = x * K[ji];
-    }
-  }
   for (long e = 0; e < (long)nf * nf; ++e) {
     p.Q0[e] *= K[e];
+    p.Q1[e] *= K[e];
     p.Q2[e] *= K[e];
   }
   for (int i = 0; i < nf; ++i) p.k[i] = K[(long)i * nf + i];
@@ -239,7 +230,7 @@ SLIMFAST_HD inline void sgcv_precompute(Projections& p, double* s, const double*
     for (int j = 0; j < nf; ++j) q_diagonal_at(p, s, j);
     return;
   }
-  // Raw products row by row (B̃ᵀB̃, B̃ᵀW̃, W̃ᵀW̃), accumulated over t as axpys.
+  // Products row by row (B̃ᵀB̃, B̃ᵀW̃ + W̃ᵀB̃, W̃ᵀW̃), accumulated over t as axpys.
   for (long e = 0; e < (long)nf * nf; ++e) p.Q0[e] = p.Q1[e] = p.Q2[e] = 0.0;
   for (int t = 0; t < nt; ++t) {
     const double* bt = p.Bt + (long)t * nf;
@@ -251,7 +242,7 @@ SLIMFAST_HD inline void sgcv_precompute(Projections& p, double* s, const double*
       double* q2 = p.Q2 + (long)i * nf;
       for (int j = 0; j < nf; ++j) {
         q0[j] += bi * bt[j];
-        q1[j] += bi * wt[j];
+        q1[j] += bi * wt[j] + wi * bt[j];
         q2[j] += wi * wt[j];
       }
     }

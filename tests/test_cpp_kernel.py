@@ -24,15 +24,20 @@ RTOL = 1e-9
 F64 = torch.float64
 
 
-def make_problem(B: int, n_f: int, n_t: int, memory_empty: bool, kind: str, seed: int, n_b: int | None = None):
+def make_problem(
+    B: int, n_f: int, n_t: int, memory_empty: bool, kind: str, seed: int, n_b: int | None = None, n_b_memory: int | None = None
+):
     """Sufficient statistics of B random problems (method.md §4), memory of 3 earlier batches.
 
     kind "fit": C = W_true Z + 0.1·noise (sGCV minimum interior); "noise": C independent of Z.
+    n_b samples in the current batch (default 2 n_f + 3), n_b_memory in each earlier one (default n_b).
     """
     g = torch.Generator().manual_seed(seed)
     n_b = n_b if n_b is not None else 2 * n_f + 3
+    n_b_memory = n_b_memory if n_b_memory is not None else n_b
     beta2 = 1.0 / n_b
-    Zs = [torch.randn(B, n_f, n_b, generator=g, dtype=F64) for _ in range(1 if memory_empty else 4)]
+    Zs = [torch.randn(B, n_f, n_b_memory, generator=g, dtype=F64) for _ in range(0 if memory_empty else 3)]
+    Zs.append(torch.randn(B, n_f, n_b, generator=g, dtype=F64))
     Z = Zs[-1]
     if kind == "fit":
         W_true = torch.randn(B, n_t, n_f, generator=g, dtype=F64)
@@ -130,6 +135,17 @@ def test_step_denominator_not_positive():
     for config in (CONFIGS["sgcv"], CONFIGS["reference"]):
         out = cpp.slimtik_step(G_mem, G, H, c, m, W, Lambda_prev, True, config)
         assert_step_close(out, _slimtik_step(G_mem, G, H, c, m, W, Lambda_prev, True, config))
+
+
+@pytest.mark.parametrize("n_f", [40, 129])
+@pytest.mark.parametrize("n_t", [1, 3, 20])
+@pytest.mark.parametrize("config_name", ["sgcv", "reference", "constant"])
+def test_step_low_rank_batch_gram(n_f, n_t, config_name):
+    """Current batch far smaller than n_f (rank G = 6), full-rank memory: the kernel factors G and,
+    for sGCV with few targets, never forms Q0..Q2 (products through K = F Fᵀ instead)."""
+    args = make_problem(2, n_f, n_t, False, "fit", n_f + n_t, n_b=6, n_b_memory=2 * n_f)
+    config = CONFIGS[config_name]
+    assert_step_close(cpp.slimtik_step(*args, False, config), _slimtik_step(*args, False, config))
 
 
 @pytest.mark.parametrize("case", ["indefinite", "zero"])

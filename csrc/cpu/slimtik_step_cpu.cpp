@@ -31,6 +31,9 @@ constexpr int kGemmMinN = 24;
 // Full-memory sGCV grids with n_f at least this are evaluated with one dgemm (Q·D for all grid
 // points) instead of n_grid matrix-vector passes over Q0..Q2.
 constexpr int kGridGemmMinN = 32;
+// Most targets for which sGCV uses a factored K̃ = F Fᵀ instead of forming Q0..Q2 (scratch grows
+// with n_t; the factored products only pay when 4 rank·n_t < 3 n_f anyway).
+constexpr int kFactoredMaxNt = 16;
 constexpr double kJacobiTol = 1e-15;
 constexpr int kJacobiMaxSweeps = 60;
 // Go parallel over problems only when the serial work would take more than ~2 ms: a parallel
@@ -127,17 +130,17 @@ void project_gram_blas(const Lapack& L, int n, const double* Ut, const double* G
 // [n, r], r = rank G — usually the batch size, far below n_f — so K = F Fᵀ with F = Uᵀ P L costs
 // O(n² r) instead of the 2n³ of Uᵀ (G U). LAPACK's default tolerance stops at the numerical rank
 // with a residual at rounding level (checked: |G − M Mᵀ| ~ 1e-15·max G_ii, K as accurate as the
-// dgemm product). Returns false when G is not PSD to that accuracy — the neglected trailing block
-// of Pᵀ G P − L Lᵀ is then not small — and the caller falls back to project_gram_blas.
-// Scratch: C, M, F n*n each, work 2n doubles, piv n ints.
-bool project_gram_lowrank(const Lapack& L, int n, const double* Ut, const double* G, double* K, double* C, double* M,
-                          double* F, double* work, int* piv) {
+// dgemm product). factor_gram returns r and F [n, r] column-major, or −1 when G is not PSD to that
+// accuracy (the neglected trailing block of Pᵀ G P − L Lᵀ is then not small): the caller falls
+// back to project_gram_blas. Scratch: C, M n*n each, work 2n doubles, piv n ints; F: n*n.
+int factor_gram(const Lapack& L, int n, const double* Ut, const double* G, double* C, double* M, double* F,
+                double* work, int* piv) {
   int rank = 0, info = 0;
   const double tol = -1.0;  // LAPACK default: n·ε·max G_ii
   std::memcpy(C, G, sizeof(double) * n * n);
   // Column-major, C is Gᵀ: its lower triangle is G's upper one; L_ik = C[k*n + i], i >= k.
   L.dpstrf("L", &n, C, &n, piv, &rank, &tol, work, &info);
-  if (info < 0) return false;
+  if (info < 0) return -1;
   double max_diag = 0.0;
   for (int i = 0; i < n; ++i) max_diag = std::max(max_diag, G[(long)i * n + i]);
   // Check: trailing block G[p_i, p_j] − (L Lᵀ)_ij, i, j >= rank, against 10× the stopping tolerance.
@@ -151,47 +154,111 @@ bool project_gram_lowrank(const Lapack& L, int n, const double* Ut, const double
     const double bound = 10.0 * n * 2.220446049250313e-16 * max_diag;
     for (int j = 0; j < nr; ++j)
       for (int i = j; i < nr; ++i)
-        if (!(std::fabs(S[(long)j * nr + i]) <= bound)) return false;
+        if (!(std::fabs(S[(long)j * nr + i]) <= bound)) return -1;
   }
-  if (rank == 0) {
-    std::memset(K, 0, sizeof(double) * n * n);
-    return true;
-  }
-  // M = P L [n, r] column-major (zeros above L's diagonal), F = Uᵀ M, K = F Fᵀ.
+  if (rank == 0) return 0;
+  // M = P L [n, r] column-major (zeros above L's diagonal), F = Uᵀ M.
   for (int k = 0; k < rank; ++k)
     for (int i = 0; i < n; ++i) M[(long)k * n + (piv[i] - 1)] = i >= k ? C[(long)k * n + i] : 0.0;
   const double one = 1.0, zero = 0.0;
   L.dgemm("T", "N", &n, &rank, &n, &one, Ut, &n, M, &n, &zero, F, &n);
-  if (4 * rank <= n) {
-    L.dgemm("N", "T", &n, &n, &rank, &one, F, &n, F, &n, &zero, K, &n);
+  return rank;
+}
+
+// K = F Fᵀ [n, n] for F [n, r] from factor_gram.
+void gram_from_factor(const Lapack& L, int n, const double* F, int r, double* K) {
+  const double one = 1.0, zero = 0.0;
+  if (r == 0) {
+    std::memset(K, 0, sizeof(double) * n * n);
+  } else if (4 * r <= n) {
+    L.dgemm("N", "T", &n, &n, &r, &one, F, &n, F, &n, &zero, K, &n);
   } else {  // half the flops with dsyrk; K is symmetric, so mirror the computed triangle
-    L.dsyrk("L", "N", &n, &rank, &one, F, &n, &zero, K, &n);
+    L.dsyrk("L", "N", &n, &r, &one, F, &n, &zero, K, &n);
     for (int j = 0; j < n; ++j)
       for (int i = j + 1; i < n; ++i) K[(long)i * n + j] = K[(long)j * n + i];
   }
-  return true;
 }
 
-// sGCV at μ with Q0 d, Q1 d, Q2 d from one dgemv over the stacked [Q0; Q1; Q2] (contiguous in the
-// projection buffer). Leaves d = 1/(s + μ) at the front of scratch (sgcv_eval_doubles(n_f)).
-SgcvPoint sgcv_eval_blas(const Lapack& L, double mu, const Projections& p, double m, double Lambda_prev,
-                         double* scratch) {
-  if (p.diagonal) return sgcv_eval(mu, p, m, Lambda_prev, scratch);  // O(n_f), nothing to gain
-  const int nf = p.n_f, nq = 3 * nf, inc = 1;
+// Where the BLAS path gets Q0 d, Q1 d, Q2 d. Formed Q's: one dgemv (one point) or dgemm (a grid)
+// over the stacked [Q0; Q1; Q2] (adjacent in the projection buffer). Factored (F non-null): Q is
+// never formed; with K̃ = F Fᵀ (rank r, from project_gram_lowrank) and Q0 = K̃∘B̃ᵀB̃ etc.,
+//   (Q0 d)_i = Σ_t B̃_ti (K̃(B̃_t∘d))_i,  (Q2 d)_i = Σ_t W̃_ti (K̃(W̃_t∘d))_i,
+//   (Q1 d)_i = Σ_t B̃_ti (K̃(W̃_t∘d))_i + W̃_ti (K̃(B̃_t∘d))_i,
+// which costs 4 r n_t n_f per point instead of 3 n_f² (and saves forming Q: 3 n_t n_f² + 3 n_f²).
+struct QdSource {
+  const Lapack* L;
+  const Projections* p;
+  const double* F = nullptr;  // [n_f, r] column-major, or null when the Q's are formed
+  int r = 0;
+  double* V = nullptr;  // factored scratch: n_f × 2 n_t × points
+  double* Y = nullptr;  // factored scratch: r × 2 n_t × points
+};
+
+// QD [npts, 3 n_f] (Q0 d | Q1 d | Q2 d per row) for the rows d of D [npts, n_f].
+void qd_products(const QdSource& q, int npts, const double* D, double* QD) {
+  const Projections& p = *q.p;
+  const int nf = p.n_f, nt = p.n_t, nq = 3 * nf, inc = 1;
   const double one = 1.0, zero = 0.0;
+  if (q.F == nullptr) {
+    if (npts == 1)
+      q.L->dgemv("T", &nf, &nq, &one, p.Q0, &nf, D, &inc, &zero, QD, &inc);
+    else
+      q.L->dgemm("T", "N", &nq, &npts, &nf, &one, p.Q0, &nf, D, &nf, &zero, QD, &nq);
+    return;
+  }
+  const int ncols = 2 * nt * npts;
+  for (int g = 0; g < npts; ++g)
+    for (int t = 0; t < nt; ++t) {
+      const double* d = D + (long)g * nf;
+      const double* bt = p.Bt + (long)t * nf;
+      const double* wt = p.Wt + (long)t * nf;
+      double* vb = q.V + (long)(2 * (g * nt + t)) * nf;
+      double* vw = vb + nf;
+      for (int j = 0; j < nf; ++j) {
+        vb[j] = bt[j] * d[j];
+        vw[j] = wt[j] * d[j];
+      }
+    }
+  q.L->dgemm("T", "N", &q.r, &ncols, &nf, &one, q.F, &nf, q.V, &nf, &zero, q.Y, &q.r);  // Y = Fᵀ V
+  q.L->dgemm("N", "N", &nf, &ncols, &q.r, &one, q.F, &nf, q.Y, &q.r, &zero, q.V, &nf);  // V = F Y = K̃ V
+  for (int g = 0; g < npts; ++g) {
+    double* q0 = QD + (long)g * nq;
+    double* q1 = q0 + nf;
+    double* q2 = q1 + nf;
+    for (int i = 0; i < nq; ++i) q0[i] = 0.0;
+    for (int t = 0; t < nt; ++t) {
+      const double* bt = p.Bt + (long)t * nf;
+      const double* wt = p.Wt + (long)t * nf;
+      const double* kb = q.V + (long)(2 * (g * nt + t)) * nf;
+      const double* kw = kb + nf;
+      for (int i = 0; i < nf; ++i) {
+        q0[i] += bt[i] * kb[i];
+        q1[i] += bt[i] * kw[i] + wt[i] * kb[i];
+        q2[i] += wt[i] * kw[i];
+      }
+    }
+  }
+}
+
+// sGCV at μ via qd_products (the header's sgcv_eval when K̃ is diagonal). Leaves d = 1/(s + μ) at
+// the front of scratch (sgcv_eval_doubles(n_f)).
+SgcvPoint sgcv_eval_blas(const QdSource& q, double mu, double m, double Lambda_prev, double* scratch) {
+  const Projections& p = *q.p;
+  if (p.diagonal) return sgcv_eval(mu, p, m, Lambda_prev, scratch);  // O(n_f), nothing to gain
+  const int nf = p.n_f;
   double* d = scratch;
   double* qd = d + nf;
   shifted_inverse(p, mu, d);
-  L.dgemv("T", &nf, &nq, &one, p.Q0, &nf, d, &inc, &zero, qd, &inc);
+  qd_products(q, 1, d, qd);
   return sgcv_eval_qd(mu, p, m, Lambda_prev, d, qd, qd + nf, qd + 2 * nf);
 }
 
 // sgcv_precompute (header) with dgemm for its matrix products: W G, [B̃; W̃] = [W G − H; W] U (B̃ and
 // W̃ are adjacent in the projection buffer) and B̃ᵀB̃, B̃ᵀW̃, W̃ᵀW̃; the header's pieces do the rest.
 // Row-major C = A B is column-major Cᵀ = Bᵀ Aᵀ, hence the swapped operands. Ut = Uᵀ as from eigh.
-// XW: 2 n_t × n_f.
+// Without form_q (factored K̃) the Q's and k are left to the caller. XW: 2 n_t × n_f.
 void sgcv_precompute_blas(const Lapack& L, Projections& p, const double* Ut, double* s, const double* G,
-                          const double* H, double c, const double* W, const double* K, double* XW) {
+                          const double* H, double c, const double* W, const double* K, bool form_q, double* XW) {
   const int nf = p.n_f, nt = p.n_t, nt2 = 2 * nt;
   const long ntf = (long)nt * nf;
   const double one = 1.0, zero = 0.0;
@@ -206,18 +273,22 @@ void sgcv_precompute_blas(const Lapack& L, Projections& p, const double* Ut, dou
     for (int j = 0; j < nf; ++j) q_diagonal_at(p, s, j);
     return;
   }
+  if (!form_q) return;  // factored K̃ (QdSource): the caller sets k
   L.dgemm("N", "T", &nf, &nf, &nt, &one, p.Bt, &nf, p.Bt, &nf, &zero, p.Q0, &nf);  // B̃ᵀB̃
   L.dgemm("N", "T", &nf, &nf, &nt, &one, p.Wt, &nf, p.Bt, &nf, &zero, p.Q1, &nf);  // B̃ᵀW̃
+  L.dgemm("N", "T", &nf, &nf, &nt, &one, p.Bt, &nf, p.Wt, &nf, &one, p.Q1, &nf);   // + W̃ᵀB̃
   L.dgemm("N", "T", &nf, &nf, &nt, &one, p.Wt, &nf, p.Wt, &nf, &zero, p.Q2, &nf);  // W̃ᵀW̃
   q_from_products(p, K);
 }
 
 // finish_step (header) with W_new = W − Y Uᵀ as one dgemm. scratch: finish_step_doubles(n_f, n_t).
-void finish_step_blas(const Lapack& L, const Projections& p, const double* Ut, double mu, double m,
-                      double Lambda_prev, double c, const double* W, double* W_out, double* info, double* scratch) {
+void finish_step_blas(const QdSource& q, const double* Ut, double mu, double m, double Lambda_prev, double c,
+                      const double* W, double* W_out, double* info, double* scratch) {
+  const Lapack& L = *q.L;
+  const Projections& p = *q.p;
   const int nf = p.n_f, nt = p.n_t;
   const double one = 1.0, minus_one = -1.0;
-  const SgcvPoint pt = sgcv_eval_blas(L, mu, p, m, Lambda_prev, scratch);
+  const SgcvPoint pt = sgcv_eval_blas(q, mu, m, Lambda_prev, scratch);
   double* Y = scratch + sgcv_eval_doubles(nf);
   update_direction(p, mu - Lambda_prev, scratch, Y);
   std::memcpy(W_out, W, sizeof(double) * nt * nf);
@@ -225,12 +296,12 @@ void finish_step_blas(const Lapack& L, const Projections& p, const double* Ut, d
   info_row(p, mu, Lambda_prev, pt, c, info);
 }
 
-// select_mu (mode SGCV, full memory) with BLAS doing the O(n_f²) work: the whole grid with one
-// dgemm, QD [n_grid, 3 n_f] = D [n_grid, n_f] · [Q0; Q1; Q2]ᵀ, then the header's bracket and
-// Illinois state machine with one dgemv per root iterate. Same arithmetic order as select_mu
-// except the summation order inside the products.
-double select_mu_blas(const Lapack& L, const Projections& p, double m, double Lambda_prev, const StepOptions& o,
-                      double* scratch) {
+// select_mu (mode SGCV, full memory) with BLAS doing the O(n_f²) work: the products for the whole
+// grid at once (qd_products), then the header's bracket and Illinois state machine with one
+// qd_products per root iterate. Same arithmetic as select_mu except the summation order inside
+// the products.
+double select_mu_blas(const QdSource& q, double m, double Lambda_prev, const StepOptions& o, double* scratch) {
+  const Projections& p = *q.p;
   const int n = o.n_grid, nf = p.n_f, nq = 3 * nf;
   double mu_lo, mu_hi;
   admissible_interval(Lambda_prev, o, &mu_lo, &mu_hi);
@@ -244,8 +315,7 @@ double select_mu_blas(const Lapack& L, const Projections& p, double m, double La
     t_grid[i] = grid_t(mu_lo, mu_hi, n, i);
     shifted_inverse(p, exp(t_grid[i]), D + (long)i * nf);
   }
-  const double one = 1.0, zero = 0.0;
-  L.dgemm("T", "N", &nq, &n, &nf, &one, p.Q0, &nf, D, &nf, &zero, QD, &nq);
+  qd_products(q, n, D, QD);
   for (int i = 0; i < n; ++i) {
     const double* qd = QD + (long)i * nq;
     const SgcvPoint pt = sgcv_eval_qd(exp(t_grid[i]), p, m, Lambda_prev, D + (long)i * nf, qd, qd + nf, qd + 2 * nf);
@@ -258,7 +328,7 @@ double select_mu_blas(const Lapack& L, const Projections& p, double m, double La
     IllinoisState st = illinois_start(br.t_other, br.t_best, br.g_other, br.g_best);
     for (int it = 0; it < o.max_root_iter; ++it) {
       const double c = illinois_next(st);
-      if (illinois_feed(st, sgcv_eval_blas(L, exp(c), p, m, Lambda_prev, eval_scratch).g, o)) break;
+      if (illinois_feed(st, sgcv_eval_blas(q, exp(c), m, Lambda_prev, eval_scratch).g, o)) break;
     }
     t_star = st.c;
   }
@@ -281,8 +351,11 @@ int slimtik_step_cpu(const Lapack& L, int B, int n_f, int n_t, const double* G_m
   const long work_doubles = std::max<long>(lwork, method == EIG_JACOBI ? jacobi_doubles(n_f) : 0L);
   // Per problem: Ut, U, K, T, M, F (n_f² each), s, projections, [X; W] (2 n_t n_f), select/finish
   // scratch, LAPACK work.
+  // Factored K̃ (no Q's; see QdSource) needs V, Y for the grid: 2 × n_f × 2 n_t × n_grid.
+  const bool factored = grid_gemm && n_t <= kFactoredMaxNt;
+  const long factored_doubles = factored ? 4L * n_f * n_t * opts.n_grid : 0L;
   const long per_thread = 6 * nn + n_f + projections_doubles(n_f, n_t, memory_empty) + 2L * n_t * n_f +
-                          select_doubles + work_doubles;
+                          select_doubles + work_doubles + 2 * factored_doubles;
   int failed = 0;  // 1 + first failing problem
   // Parallelism goes over problems; a pthreads OpenBLAS called inside the loop must stay
   // single-threaded (oversubscription, possible hang).
@@ -309,7 +382,9 @@ int slimtik_step_cpu(const Lapack& L, int B, int n_f, int n_t, const double* G_m
     double* proj = s + n_f;
     double* XW = proj + projections_doubles(n_f, n_t, memory_empty);
     double* sel = XW + 2L * n_t * n_f;
-    double* work = sel + select_doubles;
+    double* V = sel + select_doubles;
+    double* Yf = V + factored_doubles;
+    double* work = Yf + factored_doubles;
 #pragma omp for schedule(dynamic)
     for (int bi = 0; bi < B; ++bi) {
       const long off_g = (long)bi * nn, off_w = (long)bi * n_t * n_f;
@@ -328,21 +403,38 @@ int slimtik_step_cpu(const Lapack& L, int B, int n_f, int n_t, const double* G_m
       double* info_b = info + (long)bi * SLIMFAST_N_INFO;
       if (blas) {
         p.U = nullptr;  // only the header's loops read U; the dgemm calls take Ut
-        if (!memory_empty && !project_gram_lowrank(L, n_f, Ut, G + off_g, K, T, M, F, work, ibuf.get()))
-          project_gram_blas(L, n_f, Ut, G + off_g, K, T);
-        sgcv_precompute_blas(L, p, Ut, s, G + off_g, H + off_w, c[bi], W + off_w, K, XW);
+        QdSource q{&L, &p};
+        if (!memory_empty) {
+          const int r = factor_gram(L, n_f, Ut, G + off_g, T, M, F, work, ibuf.get());
+          if (r > 0 && factored && 4 * r * n_t < 3 * n_f) {
+            q.F = F;
+            q.r = r;
+            q.V = V;
+            q.Y = Yf;
+          } else if (r >= 0) {
+            gram_from_factor(L, n_f, F, r, K);
+          } else {
+            project_gram_blas(L, n_f, Ut, G + off_g, K, T);
+          }
+        }
+        sgcv_precompute_blas(L, p, Ut, s, G + off_g, H + off_w, c[bi], W + off_w, K, q.F == nullptr, XW);
+        if (q.F != nullptr)
+          for (int j = 0; j < n_f; ++j) {  // k_j = K̃_jj = Σ_k F_jk²
+            double kj = 0.0;
+            for (int k = 0; k < q.r; ++k) kj += F[(long)k * n_f + j] * F[(long)k * n_f + j];
+            p.k[j] = kj;
+          }
+        const double mu = grid_gemm ? select_mu_blas(q, m[bi], Lambda_prev[bi], opts, sel)
+                                    : select_mu(p, m[bi], Lambda_prev[bi], opts, sel);
+        finish_step_blas(q, Ut, mu, m[bi], Lambda_prev[bi], c[bi], W + off_w, W_out + off_w, info_b, sel);
       } else {
         transpose(n_f, Ut, U);
         p.U = U;
         if (!memory_empty) project_gram(n_f, U, G + off_g, K, T);
         sgcv_precompute(p, s, G + off_g, H + off_w, c[bi], W + off_w, K, pwork);
-      }
-      const double mu = grid_gemm ? select_mu_blas(L, p, m[bi], Lambda_prev[bi], opts, sel)
-                                  : select_mu(p, m[bi], Lambda_prev[bi], opts, sel);
-      if (blas)
-        finish_step_blas(L, p, Ut, mu, m[bi], Lambda_prev[bi], c[bi], W + off_w, W_out + off_w, info_b, sel);
-      else
+        const double mu = select_mu(p, m[bi], Lambda_prev[bi], opts, sel);
         finish_step(p, mu, m[bi], Lambda_prev[bi], c[bi], W + off_w, W_out + off_w, info_b, sel);
+      }
     }
   }
   if (blas_threads > blas_wanted) L.set_threads(blas_threads);
