@@ -6,10 +6,10 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
-#include <memory>
-#include <vector>
-
 #include <cstdlib>  // getloadavg
+#include <memory>
+#include <mutex>
+#include <vector>
 
 #ifdef _OPENMP
 #include <omp.h>
@@ -52,6 +52,33 @@ int usable_threads(int wanted) {
   if (wanted > 1 && getloadavg(load, 1) == 1) wanted = std::max(1, std::min(wanted, (int)(omp_procs() + 1.5 - load[0])));
   return wanted;
 }
+
+// Sets the BLAS thread count for the duration of a call and restores it afterwards. The count is
+// process-global (OpenBLAS), so concurrent calls (the GIL is released) share one saved value: the
+// first caller saves it, the last one restores it.
+class BlasThreads {
+ public:
+  BlasThreads(const Lapack& L, int wanted) : L_(L) {
+    if (!L_.get_threads || !L_.set_threads) return;
+    std::lock_guard<std::mutex> lock(mutex_);
+    if (users_++ == 0) saved_ = L_.get_threads();
+    if (L_.get_threads() > wanted) L_.set_threads(wanted);
+  }
+  ~BlasThreads() {
+    if (!L_.get_threads || !L_.set_threads) return;
+    std::lock_guard<std::mutex> lock(mutex_);
+    if (--users_ == 0 && L_.get_threads() != saved_) L_.set_threads(saved_);
+  }
+  static int current(const Lapack& L) { return L.get_threads ? L.get_threads() : 1; }
+
+ private:
+  const Lapack& L_;
+  static std::mutex mutex_;
+  static int users_, saved_;
+};
+std::mutex BlasThreads::mutex_;
+int BlasThreads::users_ = 0;
+int BlasThreads::saved_ = 0;
 
 // Rough serial microseconds of one step problem (fit on a 2-core EPYC: eigensolver + projections
 // ~ n³, the sGCV grid ~ n_grid n², fixed overhead).
@@ -181,7 +208,7 @@ void gram_from_factor(const Lapack& L, int n, const double* F, int r, double* K)
 
 // Where the BLAS path gets Q0 d, Q1 d, Q2 d. Formed Q's: one dgemv (one point) or dgemm (a grid)
 // over the stacked [Q0; Q1; Q2] (adjacent in the projection buffer). Factored (F non-null): Q is
-// never formed; with K̃ = F Fᵀ (rank r, from project_gram_lowrank) and Q0 = K̃∘B̃ᵀB̃ etc.,
+// never formed; with K̃ = F Fᵀ (rank r, from factor_gram) and Q0 = K̃∘B̃ᵀB̃ etc.,
 //   (Q0 d)_i = Σ_t B̃_ti (K̃(B̃_t∘d))_i,  (Q2 d)_i = Σ_t W̃_ti (K̃(W̃_t∘d))_i,
 //   (Q1 d)_i = Σ_t B̃_ti (K̃(W̃_t∘d))_i + W̃_ti (K̃(B̃_t∘d))_i,
 // which costs 4 r n_t n_f per point instead of 3 n_f² (and saves forming Q: 3 n_t n_f² + 3 n_f²).
@@ -349,11 +376,11 @@ int slimtik_step_cpu(const Lapack& L, int B, int n_f, int n_t, const double* G_m
   const long select_doubles = std::max(select_mu_doubles(n_f, opts.n_grid) + (grid_gemm ? 4L * opts.n_grid * n_f : 0L),
                                        finish_step_doubles(n_f, n_t));
   const long work_doubles = std::max<long>(lwork, method == EIG_JACOBI ? jacobi_doubles(n_f) : 0L);
-  // Per problem: Ut, U, K, T, M, F (n_f² each), s, projections, [X; W] (2 n_t n_f), select/finish
-  // scratch, LAPACK work.
-  // Factored K̃ (no Q's; see QdSource) needs V, Y for the grid: 2 × n_f × 2 n_t × n_grid.
+  // A factored K̃ (no Q's; see QdSource) needs V, Y for the grid: n_f × 2 n_t × n_grid each.
   const bool factored = grid_gemm && n_t <= kFactoredMaxNt;
-  const long factored_doubles = factored ? 4L * n_f * n_t * opts.n_grid : 0L;
+  const long factored_doubles = factored ? 2L * n_f * n_t * opts.n_grid : 0L;
+  // Per problem: Ut, U, K, T, M, F (n_f² each), s, projections, [X; W] (2 n_t n_f), select/finish
+  // scratch, V and Y, LAPACK work.
   const long per_thread = 6 * nn + n_f + projections_doubles(n_f, n_t, memory_empty) + 2L * n_t * n_f +
                           select_doubles + work_doubles + 2 * factored_doubles;
   int failed = 0;  // 1 + first failing problem
@@ -363,9 +390,7 @@ int slimtik_step_cpu(const Lapack& L, int B, int n_f, int n_t, const double* G_m
   const int threads = big ? usable_threads(std::min(B, omp_max_threads())) : 1;
   // BLAS runs single-threaded inside the parallel loop and for small matrices (its threads cost
   // more than they save); otherwise with as many threads as the machine's load allows.
-  const int blas_threads = (L.get_threads && L.set_threads) ? L.get_threads() : 0;
-  const int blas_wanted = (threads > 1 || n_f < kBlasThreadsMinN) ? 1 : usable_threads(blas_threads);
-  if (blas_threads > blas_wanted) L.set_threads(blas_wanted);
+  const BlasThreads blas_threads(L, threads > 1 || n_f < kBlasThreadsMinN ? 1 : usable_threads(BlasThreads::current(L)));
 
 #pragma omp parallel if (threads > 1) num_threads(threads)
   {
@@ -437,7 +462,6 @@ int slimtik_step_cpu(const Lapack& L, int B, int n_f, int n_t, const double* G_m
       }
     }
   }
-  if (blas_threads > blas_wanted) L.set_threads(blas_threads);
   return failed;
 }
 
