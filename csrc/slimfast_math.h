@@ -1,7 +1,9 @@
 // Per-problem mathematics of one slimTik step (method.md §2–4), shared by the CPU and CUDA
-// launchers. Every function here is the twin of a function in slimfast/_torch_impl.py with the
-// same name minus the underscore, and follows it operation by operation (same grid, same bracket
-// rule, same Illinois iteration), so backends agree to rounding.
+// launchers. The top-level functions (admissible_interval, sgcv_precompute, sgcv_eval,
+// reference_candidate, illinois_root, select_mu, jacobi_eigh) are twins of the functions in
+// slimfast/_torch_impl.py with the same name plus a leading underscore, and follow them operation
+// by operation (same grid, same bracket rule, same Illinois iteration), so backends agree to
+// rounding. finish_step is the end of _slimtik_step.
 //
 // The serial functions are composed of smaller pieces (a Jacobi rotation, the sGCV sums, the grid
 // bracket, an Illinois step) that the block-parallel CUDA launcher (csrc/cuda/slimtik_step_cuda.cuh)
@@ -119,7 +121,7 @@ SLIMFAST_HD inline double constant_mu(double Lambda_prev, double mu_lo, double m
   return nan_min(nan_max(Lambda_prev + o.lambda_const, mu_lo), mu_hi);
 }
 
-// K = Uᵀ G U [n, n] by plain loops (the CPU launcher uses dgemm instead). work: n*n.
+// K = Uᵀ G U [n, n] by plain loops (the CPU launcher uses BLAS for n_f >= 24). work: n*n.
 SLIMFAST_HD inline void project_gram(int n, const double* U, const double* G, double* K, double* work) {
   // work = G U, row by row as axpys so the inner loop is contiguous.
   for (long i = 0; i < (long)n * n; ++i) work[i] = 0.0;
