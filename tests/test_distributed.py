@@ -242,3 +242,43 @@ def test_two_gloo_ranks_equal_one_process_with_whole_batch():
             assert _rel(r0[f"uneven_{reduction}"][k], W_ref) <= 1e-12, (reduction, k)
         assert r0[f"uneven_{reduction}_m"] == 5 * 3 * 16
     assert time.perf_counter() - t0 < 60
+
+
+# ----------------------------------------------------------------------------- the CLI under torchrun
+
+@pytest.mark.skipif(not torch.distributed.is_available() or not torch.distributed.is_gloo_available(),
+                    reason="torch.distributed with gloo not available")
+def test_torchrun_cli_train_matches_one_process(tmp_path):
+    """`torchrun --nproc-per-node 2 -m slimfast train` = one process (float32: to rounding); rank 0 writes."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import slimfast
+    from slimfast.cli import RunConfig, run_training
+    from slimfast.problems import get_problem
+
+    out = tmp_path / "ddp"
+    env = dict(os.environ, OMP_NUM_THREADS="1",
+               PYTHONPATH=os.pathsep.join([str(Path(slimfast.__file__).resolve().parents[1]),
+                                           os.environ.get("PYTHONPATH", "")]))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "slimfast",
+           "train", "--problem", "peaks", "--epochs", "2", "--n-train", "100", "--n-val", "40", "--out", str(out),
+           "-q"]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert proc.stdout.count("wrote ") == 1            # only rank 0 prints and writes
+    hist = json.loads((out / "history.json").read_text())
+    assert hist["world_size"] == 2
+    assert "736 bytes" in (out / "summary.md").read_text()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        ref = run_training(get_problem("peaks", seed=0).subset(100, 40), RunConfig(epochs=2))
+    finally:
+        torch.set_num_threads(threads)
+    # 100 = 3·32 + 4: the last batch of each epoch is split 2 + 2 across the ranks
+    assert hist["steps"] == ref["steps"] == 8
+    for key in ("batch_loss", "val_loss", "train_loss"):
+        assert max(abs(a - b) / abs(b) for a, b in zip(hist[key], ref[key])) <= 1e-4, key
