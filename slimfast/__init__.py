@@ -11,9 +11,15 @@ import logging
 from ._version import __version__
 from .backends import backend_info
 from .config import SolverConfig
+from .heads import head_statistics
+from .optim import SlimTik, SlimTikInfo
 from .solver import StepInfo, slimtik_step
 from .state import SlimTikState
+from .train import SlimTrain
 
 logging.getLogger("slimfast").addHandler(logging.NullHandler())
 
-__all__ = ["SlimTikState", "SolverConfig", "StepInfo", "__version__", "backend_info", "slimtik_step"]
+__all__ = [
+    "SlimTik", "SlimTikInfo", "SlimTikState", "SlimTrain", "SolverConfig", "StepInfo", "__version__", "backend_info",
+    "head_statistics", "slimtik_step",
+]
