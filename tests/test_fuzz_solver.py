@@ -26,6 +26,7 @@ from slimfast import SlimTikState, SolverConfig, slimtik_step
 from slimfast.backends import load_backend
 from slimfast.optim import SlimTik
 
+from .conftest import CPU_BACKENDS, require_backend
 from .solver_cases import RandomProblems, stats
 
 F64 = torch.float64
@@ -90,31 +91,38 @@ def _as_numpy(args: dict[str, Any]) -> dict[str, Any]:
 arrays = st.sampled_from(ARRAYS)
 
 
+@pytest.fixture(params=CPU_BACKENDS)
+def cpu_backend(request: pytest.FixtureRequest) -> str:
+    """The conftest backend pattern restricted to CPU backends (inputs here are CPU tensors)."""
+    require_backend(request.param)
+    return request.param
+
+
 # ----------------------------------------------------------------------------- wrong shapes
 
 
 @FUZZ
 @given(name=arrays, shape=st.lists(st.integers(0, 5), min_size=0, max_size=4), use_numpy=st.booleans())
-def test_wrong_shape_or_zero_size(backend: str, name: str, shape: list[int], use_numpy: bool) -> None:
+def test_wrong_shape_or_zero_size(cpu_backend: str, name: str, shape: list[int], use_numpy: bool) -> None:
     if tuple(shape) == EXPECTED[name]:
         shape = shape + [1]
     args = _inputs()
     args[name] = torch.zeros(shape, dtype=F64)
-    _rejects(backend, _as_numpy(args) if use_numpy else args, ValueError, name)
+    _rejects(cpu_backend, _as_numpy(args) if use_numpy else args, ValueError, name)
 
 
 @FEW
 @given(shape=st.lists(st.integers(0, 4), min_size=0, max_size=3))
-def test_m_wrong_shape(backend: str, shape: list[int]) -> None:
+def test_m_wrong_shape(cpu_backend: str, shape: list[int]) -> None:
     if tuple(shape) == (B,):
         shape = [B, 1]
-    _rejects(backend, {**_inputs(), "m": torch.full(shape, 10.0, dtype=F64)}, ValueError, "m")
+    _rejects(cpu_backend, {**_inputs(), "m": torch.full(shape, 10.0, dtype=F64)}, ValueError, "m")
 
 
-def test_everything_zero_size(backend: str) -> None:
+def test_everything_zero_size(cpu_backend: str) -> None:
     z = torch.zeros(0, dtype=F64)
     args = dict(G=z.reshape(0, NF, NF), H=z.reshape(0, NT, NF), c=z, m=z, W=z.reshape(0, NT, NF))
-    _rejects(backend, args, ValueError, "G")
+    _rejects(cpu_backend, args, ValueError, "G")
 
 
 # ----------------------------------------------------------------------------- dtypes and types
@@ -126,26 +134,26 @@ NUMPY_DTYPES = [np.float32, np.float16, np.int64, np.int32, np.bool_, np.complex
 
 @FUZZ
 @given(name=arrays, dtype=st.sampled_from(TORCH_DTYPES + NUMPY_DTYPES))
-def test_wrong_dtype(backend: str, name: str, dtype: Any) -> None:
+def test_wrong_dtype(cpu_backend: str, name: str, dtype: Any) -> None:
     args = _inputs()
     x = args[name]
     args[name] = x.to(dtype) if isinstance(dtype, torch.dtype) else x.numpy().astype(dtype)
-    _rejects(backend, args, TypeError, name)
+    _rejects(cpu_backend, args, TypeError, name)
 
 
 @FEW
 @given(name=arrays, value=st.sampled_from([None, 1.0, "G", [[1.0]], (1.0, 2.0), {"a": 1}, b"x"]))
-def test_not_an_array(backend: str, name: str, value: Any) -> None:
+def test_not_an_array(cpu_backend: str, name: str, value: Any) -> None:
     args = _inputs()
     args[name] = value if not isinstance(value, list) else args[name].tolist()
-    _rejects(backend, args, TypeError, name)
+    _rejects(cpu_backend, args, TypeError, name)
 
 
 @FEW
 @given(m=st.sampled_from([True, np.bool_(False), "10", None, 1j, torch.ones(B, dtype=torch.bool),
                           torch.ones(B, dtype=torch.complex128), np.ones(B, dtype=np.float32)]))
-def test_m_wrong_type(backend: str, m: Any) -> None:
-    _rejects(backend, {**_inputs(), "m": m}, TypeError, "m")
+def test_m_wrong_type(cpu_backend: str, m: Any) -> None:
+    _rejects(cpu_backend, {**_inputs(), "m": m}, TypeError, "m")
 
 
 # ----------------------------------------------------------------------------- layouts, strides, devices
@@ -178,7 +186,7 @@ def _bad_layout(x: torch.Tensor, kind: str) -> Any:
 
 @FUZZ
 @given(name=arrays, kind=st.sampled_from(LAYOUTS))
-def test_bad_layout_or_device(backend: str, name: str, kind: str) -> None:
+def test_bad_layout_or_device(cpu_backend: str, name: str, kind: str) -> None:
     args = _inputs()
     bad = _bad_layout(args[name], kind)
     if isinstance(bad, np.ndarray):
@@ -188,19 +196,19 @@ def test_bad_layout_or_device(backend: str, name: str, kind: str) -> None:
     if kind in ("transposed", "strided", "negated"):
         assert torch.equal(torch.as_tensor(bad), args[name])
     args[name] = bad
-    _rejects(backend, args, ValueError, name)
+    _rejects(cpu_backend, args, ValueError, name)
 
 
 @FEW
 @given(offset=st.integers(1, 7), odd_strides=st.tuples(st.integers(1, 50), st.integers(1, 50)))
-def test_valid_offsets_and_size_one_strides_give_the_same_step(backend: str, offset: int,
+def test_valid_offsets_and_size_one_strides_give_the_same_step(cpu_backend: str, offset: int,
                                                                 odd_strides: tuple[int, int]) -> None:
     """Views into a larger buffer (storage offset) and size-1 dimensions with arbitrary strides
     are contiguous in torch's sense; the pointer-based kernels must read them correctly."""
     G, H, c, m = RandomProblems(1, NF, 1, n_b=6, seed=offset).next_batch()
     W = torch.linspace(-1, 1, NF, dtype=F64).reshape(1, 1, NF)
     ref_state = SlimTikState(1, NF, 1, memory_depth=1)
-    W_ref, info_ref = slimtik_step(ref_state, G, H, c, m, W, backend=backend)
+    W_ref, info_ref = slimtik_step(ref_state, G, H, c, m, W, backend=cpu_backend)
 
     def shifted(x: torch.Tensor) -> torch.Tensor:
         buf = torch.full((x.numel() + 2 * offset,), float("nan"), dtype=F64)
@@ -214,7 +222,7 @@ def test_valid_offsets_and_size_one_strides_give_the_same_step(backend: str, off
     buf[:NF] = W.reshape(-1)
     assert W_odd.is_contiguous() and torch.equal(W_odd, W)
     state = SlimTikState(1, NF, 1, memory_depth=1)
-    W_new, info = slimtik_step(state, shifted(G), shifted(H), shifted(c), m, W_odd, backend=backend)
+    W_new, info = slimtik_step(state, shifted(G), shifted(H), shifted(c), m, W_odd, backend=cpu_backend)
     assert torch.equal(W_new, W_ref) and torch.equal(info.Lambda, info_ref.Lambda)
     assert torch.equal(state.memory, ref_state.memory)
 
@@ -226,23 +234,23 @@ BAD_VALUES = [math.nan, math.inf, -math.inf, 1e151, -1e200, 1.7e308]
 
 @FUZZ
 @given(name=arrays, value=st.sampled_from(BAD_VALUES), index=st.integers(0, 10**6), use_numpy=st.booleans())
-def test_nonfinite_or_huge_entry(backend: str, name: str, value: float, index: int, use_numpy: bool) -> None:
+def test_nonfinite_or_huge_entry(cpu_backend: str, name: str, value: float, index: int, use_numpy: bool) -> None:
     args = _inputs()
     x = args[name].clone()
     x.view(-1)[index % x.numel()] = value
     args[name] = x
-    _rejects(backend, _as_numpy(args) if use_numpy else args, ValueError, name)
+    _rejects(cpu_backend, _as_numpy(args) if use_numpy else args, ValueError, name)
 
 
 @FEW
 @given(value=st.sampled_from([math.nan, math.inf, -math.inf, 0.0, -1.0, -1e-300]), as_array=st.booleans(),
        index=st.integers(0, B - 1))
-def test_bad_m(backend: str, value: float, as_array: bool, index: int) -> None:
+def test_bad_m(cpu_backend: str, value: float, as_array: bool, index: int) -> None:
     m: Any = value
     if as_array:
         m = torch.full((B,), 10.0, dtype=F64)
         m[index] = value
-    _rejects(backend, {**_inputs(), "m": m}, ValueError, "m")
+    _rejects(cpu_backend, {**_inputs(), "m": m}, ValueError, "m")
 
 
 # ----------------------------------------------------------------------------- valid but nasty
@@ -287,7 +295,7 @@ def _nasty_features(kind: str, gen: torch.Generator, n_b: int) -> torch.Tensor:
        depth=st.integers(0, 3), Lambda_min=st.sampled_from([1e-12, 1e-7, 1e-2]),
        mode=st.sampled_from(["sgcv", "reference", "constant"]), zero_targets=st.booleans(),
        seed=st.integers(0, 2**16))
-def test_nasty_but_valid_statistics(backend: str, kind: str, z_exp: float, c_exp: float, n_b: int, depth: int,
+def test_nasty_but_valid_statistics(cpu_backend: str, kind: str, z_exp: float, c_exp: float, n_b: int, depth: int,
                                     Lambda_min: float, mode: str, zero_targets: bool, seed: int) -> None:
     """Features all-zero / rank one / nearly duplicated, scaled by 10^±12 (G by 10^±24), targets
     scaled independently, tiny batches (near-singular memory Gram matrices), every λ mode."""
@@ -301,7 +309,7 @@ def test_nasty_but_valid_statistics(backend: str, kind: str, z_exp: float, c_exp
         C = torch.zeros(B, NT, n_b, dtype=F64) if zero_targets else torch.randn(B, NT, n_b, dtype=F64, generator=gen)
         G, H, c, m = stats(Z, C * 10.0 ** c_exp, 1.0 / n_b)
         Lambda_prev, G_mem = state.Lambda.clone(), state.memory_gram(G)
-        W, info = slimtik_step(state, G, H, c, m, W, config=config, backend=backend)
+        W, info = slimtik_step(state, G, H, c, m, W, config=config, backend=cpu_backend)
         _check_step(state, W, info, config, Lambda_prev, G_mem)
         if zero_targets:
             assert (info.rel_residual == 0).all()
@@ -309,7 +317,7 @@ def test_nasty_but_valid_statistics(backend: str, kind: str, z_exp: float, c_exp
 
 @FEW
 @given(seed=st.integers(0, 2**16), scales=st.tuples(*[st.floats(-12, 12)] * 4), n_steps=st.integers(1, 3))
-def test_arbitrary_finite_statistics_never_return_nan(backend: str, seed: int, scales: tuple, n_steps: int) -> None:
+def test_arbitrary_finite_statistics_never_return_nan(cpu_backend: str, seed: int, scales: tuple, n_steps: int) -> None:
     """Inconsistent statistics (indefinite or asymmetric G, any H, c, W at independent scales) are
     outside the method's assumptions: the step either succeeds with finite weights and Λ in
     bounds, or raises FloatingPointError with the state unchanged. Never NaN weights."""
@@ -323,7 +331,7 @@ def test_arbitrary_finite_statistics_never_return_nan(backend: str, seed: int, s
         c = sc * torch.rand(B, dtype=F64, generator=gen)
         before = _snapshot(state)
         try:
-            W_new, info = slimtik_step(state, G, H, c, 10.0, W, backend=backend)
+            W_new, info = slimtik_step(state, G, H, c, 10.0, W, backend=cpu_backend)
         except FloatingPointError:
             assert_state_equal(before, _snapshot(state))
             return
@@ -336,7 +344,7 @@ def test_arbitrary_finite_statistics_never_return_nan(backend: str, seed: int, s
 @given(Lmin_exp=st.floats(-10, 2), Lspan_exp=st.floats(0, 6), Lambda0_exp=st.one_of(st.none(), st.floats(-10, 5)),
        lmin=st.one_of(st.just(-math.inf), st.floats(-1e4, 1e3)), lspan_exp=st.floats(-6, 5),
        mode=st.sampled_from(["sgcv", "reference", "constant"]), lambda_const=st.floats(-1e3, 1e3))
-def test_bounds_exclude_every_lambda_or_are_respected(backend: str, Lmin_exp: float, Lspan_exp: float,
+def test_bounds_exclude_every_lambda_or_are_respected(cpu_backend: str, Lmin_exp: float, Lspan_exp: float,
                                                       Lambda0_exp: float | None, lmin: float, lspan_exp: float,
                                                       mode: str, lambda_const: float) -> None:
     """For random bounds and Λ_{k−1}: if [max(Λ_min, Λ_{k−1}+λ_min), min(Λ_max, Λ_{k−1}+λ_max)] is
@@ -355,12 +363,12 @@ def test_bounds_exclude_every_lambda_or_are_respected(backend: str, Lmin_exp: fl
     before = _snapshot(state)
     if lo > hi:
         with pytest.raises(ValueError, match="bounds exclude every"):
-            slimtik_step(state, **_inputs(), config=config, backend=backend)
+            slimtik_step(state, **_inputs(), config=config, backend=cpu_backend)
         assert_state_equal(before, _snapshot(state))
     else:
         args = _inputs()
         G_mem = state.memory_gram(args["G"])
-        W, info = slimtik_step(state, **args, config=config, backend=backend)
+        W, info = slimtik_step(state, **args, config=config, backend=cpu_backend)
         _check_step(state, W, info, config, torch.full((B,), Lambda0, dtype=F64), G_mem)
 
 
