@@ -14,7 +14,7 @@ timed: warm-up, repeats, median. Ratios are time / torch time (lower is faster).
 With --step, also times one compiled slimTik step (slimfast.backends.cpp, each eigensolver)
 against the float64 torch twin and one torch.linalg.eigh, at B=1 and B=--batch.
 
-    python benchmarks/bench_eigh.py [--sizes 9 17 64 128 257 512] [--batch 64] [--step]
+    python benchmarks/bench_eigh.py [--sizes 9 17 64 128 257 512] [--batch 64] [--step | --step-only]
 """
 
 from __future__ import annotations
@@ -73,13 +73,13 @@ def check(A: torch.Tensor, s: torch.Tensor, U: torch.Tensor, s_ref: torch.Tensor
     return err
 
 
-def bench_eigh(sizes: list[int], batch: int, repeats: int, budget_s: float, jacobi_max_n: int) -> None:
+def bench_eigh(sizes: list[int], batch: int, repeats: int, budget_s: float, jacobi_max_n: int, batch_max_n: int) -> None:
     print(f"eigendecomposition, median of up to {repeats} repeats; ratio = time / torch.linalg.eigh")
     header = f"{'n':>5} {'B':>4} | " + " | ".join(f"{v:>20}" for v in ("torch", "syevd", "syevr", "jac-cold", "jac-warm"))
     print(header + " | max err")
     print("-" * len(header) + "-+--------")
     for n in sizes:
-        for B in (1, batch):
+        for B in (1, batch) if n <= batch_max_n else (1,):
             A = gram(B, n, seed=n)
             E = gram(B, n, seed=n + 1)
             A_near = A + 1e-3 * torch.linalg.matrix_norm(A, ord=2)[:, None, None] * (E - E.mean())
@@ -155,11 +155,14 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=30)
     parser.add_argument("--budget", type=float, default=2.0, help="seconds of timing per cell, at most")
     parser.add_argument("--jacobi-max-n", type=int, default=128, help="largest n for batched Jacobi (slow)")
+    parser.add_argument("--batch-max-n", type=int, default=257, help="largest n timed as a batch")
     parser.add_argument("--step", action="store_true", help="also time the compiled slimTik step")
+    parser.add_argument("--step-only", action="store_true", help="only time the compiled slimTik step")
     args = parser.parse_args()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; slimfast._cpu openmp={cpp._cpu.openmp}")
-    bench_eigh(args.sizes, args.batch, args.repeats, args.budget, args.jacobi_max_n)
-    if args.step:
+    if not args.step_only:
+        bench_eigh(args.sizes, args.batch, args.repeats, args.budget, args.jacobi_max_n, args.batch_max_n)
+    if args.step or args.step_only:
         bench_step(args.batch, args.repeats, args.budget)
 
 

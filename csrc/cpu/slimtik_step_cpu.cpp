@@ -41,7 +41,10 @@ constexpr int kJacobiMaxSweeps = 60;
 // the cores are shared, which would make small batches slower than serial.
 constexpr double kParallelMinMicros = 2000.0;
 // Smallest n_f for which LAPACK/BLAS may use their own threads (when the batch loop is serial).
-constexpr int kBlasThreadsMinN = 128;
+// Measured with SciPy's OpenBLAS on 2 cores: dsyevd gains nothing from a second thread at
+// n = 257 (6.4 ms either way) and ~25% at n = 512, while a threaded OpenBLAS on a busy machine
+// was 10-100× slower (spinning threads preempted), so small problems stay single-threaded.
+constexpr int kBlasThreadsMinN = 400;
 
 // Threads worth using, at most `wanted`: all of them on an idle machine, fewer when other
 // processes already keep the cores busy (1-minute load average, which includes this process).
