@@ -13,7 +13,8 @@ N_INFO: int
 EIGENSOLVERS: dict[str, int]
 #: Whether the batch loop was compiled with OpenMP.
 openmp: bool
-#: Whether SciPy's OpenBLAS thread count was found (set to 1 inside the batch loop).
+#: Whether SciPy's OpenBLAS thread count was found; the step then sets it per call (1 inside its
+#: parallel batch loop and below n_f = 400, where LAPACK's own threads do not pay) and restores it.
 blas_thread_control: bool
 
 def slimtik_step(
@@ -45,7 +46,8 @@ def slimtik_step(
 
     G_mem, G: [B, n_f, n_f]; H, W, W_out: [B, n_t, n_f]; c, m, Lambda_prev: [B]; info: [B, 5].
     Writes W_out = W − (W G − H + λW)(G_mem + Λ_k I)^{-1} and info rows (λ, Λ_k, sGCV,
-    relative residual, cond). The GIL is released while computing.
+    relative residual, cond). eigensolver: a value of EIGENSOLVERS (0: auto). The GIL is
+    released while computing.
     """
 
 def jacobi_eigh(
