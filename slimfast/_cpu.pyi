@@ -41,12 +41,16 @@ def slimtik_step(
     W_out_ptr: int,
     info_ptr: int,
     eigensolver: int = 0,
+    s_ptr: int = 0,
+    Ut_ptr: int = 0,
 ) -> None:
     """One slimTik step for B problems (twin: slimfast._torch_impl._slimtik_step).
 
     G_mem, G: [B, n_f, n_f]; H, W, W_out: [B, n_t, n_f]; c, m, Lambda_prev: [B]; info: [B, 5].
     Writes W_out = W − (W G − H + λW)(G_mem + Λ_k I)^{-1} and info rows (λ, Λ_k, sGCV,
-    relative residual, cond). eigensolver: a value of EIGENSOLVERS (0: auto). The GIL is
+    relative residual, cond). eigensolver: a value of EIGENSOLVERS (0: auto). s_ptr [B, n_f],
+    Ut_ptr [B, n_f, n_f]: the eigendecomposition of G_mem if the caller has it (s ascending,
+    eigenvectors as ROWS, i.e. Uᵀ, LAPACK's column-major output), else both 0. The GIL is
     released while computing.
     """
 

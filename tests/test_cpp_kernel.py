@@ -176,7 +176,7 @@ def test_reference_negative_candidates_dropped():
     )
 
 
-@pytest.mark.parametrize("eigensolver", ["syevd", "syevr", "jacobi"])
+@pytest.mark.parametrize("eigensolver", ["syevd", "syevr", "jacobi", "torch"])
 @pytest.mark.parametrize("n_f", [5, 40])
 def test_step_every_eigensolver(eigensolver, n_f):
     args = make_problem(3, n_f, 2, False, "fit", n_f)
@@ -284,13 +284,13 @@ def test_binding_accepts_valid_arguments():
         ("c_ptr", 0), ("m_ptr", 0), ("W_ptr", 0), ("Lambda_prev_ptr", 0), ("W_out_ptr", 0), ("info_ptr", 0),
         ("mode", 3), ("n_grid", 1), ("Lambda_min", 0.0), ("Lambda_max", math.inf), ("Lambda_min", 1e4),
         ("lambda_min", math.nan), ("lambda_max", -1.0), ("lambda_const", math.nan), ("root_tol", 0.0),
-        ("max_root_iter", 0), ("eigensolver", 9),
+        ("max_root_iter", 0), ("eigensolver", 9), ("s_ptr", 1),
     ],
 )  # fmt: skip
 def test_binding_rejects_bad_arguments(name, value):
     kwargs, _keep = _valid_call_args()
     kwargs[name] = value
-    with pytest.raises(ValueError, match=name.split("_ptr")[0]):
+    with pytest.raises(ValueError, match=name.split("_ptr")[0] if name != "s_ptr" else "together"):
         _cpu.slimtik_step(**kwargs)
 
 

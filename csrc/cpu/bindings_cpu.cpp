@@ -78,7 +78,8 @@ void py_slimtik_step(long long B, long long n_f, long long n_t, std::uintptr_t G
                   std::uintptr_t H_ptr, std::uintptr_t c_ptr, std::uintptr_t m_ptr, std::uintptr_t W_ptr,
                   std::uintptr_t Lambda_prev_ptr, bool memory_empty, int mode, double lambda_const, double Lambda_min,
                   double Lambda_max, double lambda_min, double lambda_max, int n_grid, double root_tol,
-                  int max_root_iter, std::uintptr_t W_out_ptr, std::uintptr_t info_ptr, int eigensolver) {
+                  int max_root_iter, std::uintptr_t W_out_ptr, std::uintptr_t info_ptr, int eigensolver,
+                  std::uintptr_t s_ptr, std::uintptr_t Ut_ptr) {
   require_size(B, "B", 1LL << 30);
   require_size(n_f, "n_f");
   require_size(n_t, "n_t", 1LL << 30);
@@ -103,13 +104,16 @@ void py_slimtik_step(long long B, long long n_f, long long n_t, std::uintptr_t G
   const double* m = as_ptr<const double>(m_ptr, "m_ptr");
   const double* W = as_ptr<const double>(W_ptr, "W_ptr");
   const double* Lambda_prev = as_ptr<const double>(Lambda_prev_ptr, "Lambda_prev_ptr");
+  require((s_ptr == 0) == (Ut_ptr == 0), "s_ptr and Ut_ptr must be given together (or both 0)");
+  const double* s_given = reinterpret_cast<const double*>(s_ptr);
+  const double* Ut_given = reinterpret_cast<const double*>(Ut_ptr);
   double* W_out = as_ptr<double>(W_out_ptr, "W_out_ptr");
   double* info = as_ptr<double>(info_ptr, "info_ptr");
   int lapack_info = 0, failed = 0;
   {
     py::gil_scoped_release release;
     failed = slimtik_step_cpu(g_lapack, (int)B, (int)n_f, (int)n_t, G_mem, G, H, c, m, W, Lambda_prev, memory_empty,
-                              opts, eigensolver, W_out, info, &lapack_info);
+                              opts, eigensolver, s_given, Ut_given, W_out, info, &lapack_info);
   }
   if (failed != 0)
     throw std::runtime_error("LAPACK eigensolver failed for problem " + std::to_string(failed - 1) +
@@ -149,7 +153,7 @@ PYBIND11_MODULE(_cpu, mod) {
           py::arg("Lambda_prev_ptr"), py::arg("memory_empty"), py::arg("mode"), py::arg("lambda_const"),
           py::arg("Lambda_min"), py::arg("Lambda_max"), py::arg("lambda_min"), py::arg("lambda_max"),
           py::arg("n_grid"), py::arg("root_tol"), py::arg("max_root_iter"), py::arg("W_out_ptr"),
-          py::arg("info_ptr"), py::arg("eigensolver") = 0,
+          py::arg("info_ptr"), py::arg("eigensolver") = 0, py::arg("s_ptr") = 0, py::arg("Ut_ptr") = 0,
           "One slimTik step for B problems on contiguous float64 buffers (see slimfast/_cpu.pyi).");
   mod.def("jacobi_eigh", &py_jacobi_eigh, py::arg("B"), py::arg("n"), py::arg("A_ptr"), py::arg("U0_ptr"),
           py::arg("s_out_ptr"), py::arg("U_out_ptr"), py::arg("tol"), py::arg("max_sweeps"),

@@ -40,10 +40,10 @@ constexpr int kJacobiMaxSweeps = 60;
 // region's fork/join is cheap on an idle machine but can cost a scheduler time slice (ms) when
 // the cores are shared, which would make small batches slower than serial.
 constexpr double kParallelMinMicros = 2000.0;
-// Smallest n_f for which LAPACK/BLAS may use their own threads (when the batch loop is serial).
-// Measured with SciPy's OpenBLAS on 2 cores: dsyevd gains nothing from a second thread at
-// n = 257 (6.4 ms either way) and ~25% at n = 512, while a threaded OpenBLAS on a busy machine
-// was 10-100× slower (spinning threads preempted), so small problems stay single-threaded.
+// Smallest n_f for which LAPACK/BLAS may use their own threads (serial batch loop, idle machine:
+// see usable_threads). Below it OpenBLAS runs single-threaded: its pthreads then never compete with
+// torch's OpenMP threads, which spin for a while after every torch op (a step right after
+// torch.linalg.eigh took 16 ms instead of 5 with two OpenBLAS threads at n_f = 257).
 constexpr int kBlasThreadsMinN = 400;
 
 // Threads worth using, at most `wanted`: all of them on an idle machine, fewer when other
@@ -236,19 +236,19 @@ void qd_products(const QdSource& q, int npts, const double* D, double* QD) {
       q.L->dgemm("T", "N", &nq, &npts, &nf, &one, p.Q0, &nf, D, &nf, &zero, QD, &nq);
     return;
   }
+  // Factored: columns 2e, 2e + 1 of V are B̃_t∘d_g and W̃_t∘d_g for the pair e = g n_t + t.
   const int ncols = 2 * nt * npts;
-  for (int g = 0; g < npts; ++g)
-    for (int t = 0; t < nt; ++t) {
-      const double* d = D + (long)g * nf;
-      const double* bt = p.Bt + (long)t * nf;
-      const double* wt = p.Wt + (long)t * nf;
-      double* vb = q.V + (long)(2 * (g * nt + t)) * nf;
-      double* vw = vb + nf;
-      for (int j = 0; j < nf; ++j) {
-        vb[j] = bt[j] * d[j];
-        vw[j] = wt[j] * d[j];
-      }
+  for (int e = 0; e < npts * nt; ++e) {
+    const double* d = D + (long)(e / nt) * nf;
+    const double* bt = p.Bt + (long)(e % nt) * nf;
+    const double* wt = p.Wt + (long)(e % nt) * nf;
+    double* vb = q.V + (long)(2 * e) * nf;
+    double* vw = vb + nf;
+    for (int j = 0; j < nf; ++j) {
+      vb[j] = bt[j] * d[j];
+      vw[j] = wt[j] * d[j];
     }
+  }
   q.L->dgemm("T", "N", &q.r, &ncols, &nf, &one, q.F, &nf, q.V, &nf, &zero, q.Y, &q.r);  // Y = Fᵀ V
   q.L->dgemm("N", "N", &nf, &ncols, &q.r, &one, q.F, &nf, q.Y, &q.r, &zero, q.V, &nf);  // V = F Y = K̃ V
   for (int g = 0; g < npts; ++g) {
@@ -369,16 +369,18 @@ double select_mu_blas(const QdSource& q, double m, double Lambda_prev, const Ste
 
 int slimtik_step_cpu(const Lapack& L, int B, int n_f, int n_t, const double* G_mem, const double* G, const double* H,
                      const double* c, const double* m, const double* W, const double* Lambda_prev, bool memory_empty,
-                     const StepOptions& opts, int eigensolver, double* W_out, double* info, int* lapack_info) {
+                     const StepOptions& opts, int eigensolver, const double* s_given, const double* Ut_given,
+                     double* W_out, double* info, int* lapack_info) {
+  const bool given = s_given != nullptr && Ut_given != nullptr;
   const int method = resolve_eigensolver(eigensolver, n_f);
   int lwork = 0, liwork = 0;
-  eig_workspace(L, method, n_f, &lwork, &liwork);
+  if (!given) eig_workspace(L, method, n_f, &lwork, &liwork);
   const long nn = (long)n_f * n_f;
   const bool blas = n_f >= kGemmMinN;
   const bool grid_gemm = blas && !memory_empty && n_f >= kGridGemmMinN && opts.mode == SLIMFAST_MODE_SGCV;
   const long select_doubles = std::max(select_mu_doubles(n_f, opts.n_grid) + (grid_gemm ? 4L * opts.n_grid * n_f : 0L),
                                        finish_step_doubles(n_f, n_t));
-  const long work_doubles = std::max<long>(lwork, method == EIG_JACOBI ? jacobi_doubles(n_f) : 0L);
+  const long work_doubles = std::max<long>({(long)lwork, 2L * n_f, method == EIG_JACOBI && !given ? jacobi_doubles(n_f) : 0L});
   // A factored K̃ (no Q's; see QdSource) needs V, Y for the grid: n_f × 2 n_t × n_grid each.
   const bool factored = grid_gemm && n_t <= kFactoredMaxNt;
   const long factored_doubles = factored ? 2L * n_f * n_t * opts.n_grid : 0L;
@@ -416,7 +418,13 @@ int slimtik_step_cpu(const Lapack& L, int B, int n_f, int n_t, const double* G_m
 #pragma omp for schedule(dynamic)
     for (int bi = 0; bi < B; ++bi) {
       const long off_g = (long)bi * nn, off_w = (long)bi * n_t * n_f;
-      const int inf = eigh(L, method, n_f, G_mem + off_g, s, Ut, U, work, lwork, ibuf.get(), liwork);
+      int inf = 0;
+      if (given) {
+        std::memcpy(s, s_given + (long)bi * n_f, sizeof(double) * n_f);
+        std::memcpy(Ut, Ut_given + off_g, sizeof(double) * nn);
+      } else {
+        inf = eigh(L, method, n_f, G_mem + off_g, s, Ut, U, work, lwork, ibuf.get(), liwork);
+      }
       if (inf != 0) {
 #pragma omp critical
         if (failed == 0 || bi + 1 < failed) {

@@ -44,11 +44,14 @@ enum Eigensolver { EIG_AUTO = 0, EIG_SYEVD = 1, EIG_SYEVR = 2, EIG_JACOBI = 3 };
 
 // One slimTik step for B independent problems (slimfast._torch_impl._slimtik_step).
 //   G_mem, G [B, n_f, n_f]; H, W, W_out [B, n_t, n_f]; c, m, Lambda_prev [B]; info [B, 5].
+// s_given [B, n_f], Ut_given [B, n_f, n_f]: the eigendecomposition of G_mem (ascending; eigenvectors
+// as ROWS, Ut = Uᵀ, which is LAPACK's column-major output) when the caller already has it, else
+// both null and LAPACK computes it.
 // Returns 0, or 1 + the index of the first problem whose LAPACK call failed (lapack_info set).
 int slimtik_step_cpu(const Lapack& lapack, int B, int n_f, int n_t, const double* G_mem, const double* G,
                      const double* H, const double* c, const double* m, const double* W, const double* Lambda_prev,
-                     bool memory_empty, const StepOptions& opts, int eigensolver, double* W_out, double* info,
-                     int* lapack_info);
+                     bool memory_empty, const StepOptions& opts, int eigensolver, const double* s_given,
+                     const double* Ut_given, double* W_out, double* info, int* lapack_info);
 
 // Batched Jacobi eigensolver (jacobi_eigh of the header) for B matrices A [B, n, n]; U0 may be
 // null (cold start). Writes s [B, n] ascending and U [B, n, n]; returns the largest sweep count.

@@ -15,9 +15,13 @@ from ..config import SolverConfig
 
 __all__ = ["EIGENSOLVERS", "jacobi_eigh", "slimtik_step"]
 
-#: Eigensolver choices of the compiled step: "auto" (Jacobi for tiny n_f, else LAPACK dsyevd),
-#: "syevd", "syevr", "jacobi".
-EIGENSOLVERS: dict[str, int] = dict(_cpu.EIGENSOLVERS)
+#: Eigensolver choices of the compiled step: "auto" (the header's Jacobi for n_f <= 6, else
+#: "syevd"), "syevd", "syevr" (SciPy's LAPACK inside the kernel, one thread per problem), "jacobi"
+#: (the shared header's, as on the GPU), "torch" (torch.linalg.eigh, i.e. torch's LAPACK with its
+#: own threads, handed to the kernel). Measured at n_f = 257, B = 1 on 2 cores, "torch" was not
+#: faster than "syevd" on average (its threads pay only on an idle machine and collapse on a busy
+#: one), so "auto" does not use it.
+EIGENSOLVERS: dict[str, int] = {**_cpu.EIGENSOLVERS, "torch": _cpu.EIGENSOLVERS["auto"]}
 
 
 def _as_buffer(name: str, x: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
@@ -50,7 +54,7 @@ def slimtik_step(
         G_mem, G: [B, n_f, n_f]; H, W: [B, n_t, n_f]; c, m, Lambda_prev: [B]; all CPU float64.
         memory_empty: True when G_mem is G alone.
         config: λ mode and bounds.
-        eigensolver: key of ``EIGENSOLVERS`` (for benchmarks; the default is the fastest).
+        eigensolver: key of ``EIGENSOLVERS`` (for benchmarks; "auto" picks the fastest).
 
     Returns:
         W_new [B, n_t, n_f] and info [B, 5] (columns ``_torch_impl.INFO_FIELDS``).
@@ -69,6 +73,12 @@ def slimtik_step(
     Lambda_prev = _as_buffer("Lambda_prev", Lambda_prev, (B,))
     W_new = torch.empty_like(W)
     info = torch.empty(B, N_INFO, dtype=torch.float64)
+    s = Ut = None
+    if eigensolver == "torch":  # the kernel clips s at 0 itself, as the twin does after eigh
+        s, U = torch.linalg.eigh(G_mem)
+        # The kernel takes eigenvectors as rows; LAPACK returns them so (U is column-major), so
+        # this .contiguous() is normally free.
+        Ut = U.mT.contiguous()
     Lmin, Lmax = (float(v) for v in config.Lambda_bounds)
     lmin, lmax = (float(v) for v in config.lambda_bounds)
     _cpu.slimtik_step(
@@ -77,6 +87,7 @@ def slimtik_step(
         Lambda_prev.data_ptr(), bool(memory_empty), config.mode_code, float(config.lambda_const),
         Lmin, Lmax, lmin, lmax, int(config.n_grid), float(config.root_tol), int(config.max_root_iter),
         W_new.data_ptr(), info.data_ptr(), EIGENSOLVERS[eigensolver],
+        0 if s is None else s.data_ptr(), 0 if Ut is None else Ut.data_ptr(),
     )  # fmt: skip
     return W_new, info
 
