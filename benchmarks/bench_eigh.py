@@ -130,7 +130,8 @@ def bench_step(batch: int, repeats: int, budget_s: float) -> None:
     print("\nslimTik step (mode sgcv, memory of 4 batches): compiled step vs torch twin and one eigh")
     config = SolverConfig()
     solvers = list(cpp.EIGENSOLVERS)
-    print(f"{'B':>4} {'n_f':>4} {'n_t':>4} | {'twin':>10} {'eigh':>10} | " + " ".join(f"{s:>10}" for s in solvers) + " | auto/eigh  twin/auto")
+    head = " ".join(f"{s:>10}" for s in solvers)
+    print(f"{'B':>4} {'n_f':>4} {'n_t':>4} | {'twin':>10} {'eigh':>10} | {head} | auto/eigh  twin/auto")
     for B, n_f, n_t in ((1, 257, 1), (1, 257, 10), (batch, 64, 1), (batch, 64, 10), (batch, 17, 3), (batch, 9, 1)):
         args = step_problem(B, n_f, n_t, memory_empty=False)
         W_ref, info_ref = _slimtik_step(*args, False, config)

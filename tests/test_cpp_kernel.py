@@ -25,7 +25,14 @@ F64 = torch.float64
 
 
 def make_problem(
-    B: int, n_f: int, n_t: int, memory_empty: bool, kind: str, seed: int, n_b: int | None = None, n_b_memory: int | None = None
+    B: int,
+    n_f: int,
+    n_t: int,
+    memory_empty: bool,
+    kind: str,
+    seed: int,
+    n_b: int | None = None,
+    n_b_memory: int | None = None,
 ):
     """Sufficient statistics of B random problems (method.md §4), memory of 3 earlier batches.
 
@@ -294,11 +301,16 @@ def test_binding_rejects_bad_arguments(name, value):
         _cpu.slimtik_step(**kwargs)
 
 
-@pytest.mark.parametrize(("name", "value"), [("B", 0), ("n", 0), ("A_ptr", 0), ("s_out_ptr", 0), ("U_out_ptr", 0), ("tol", -1.0), ("max_sweeps", 0)])
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [("B", 0), ("n", 0), ("A_ptr", 0), ("s_out_ptr", 0), ("U_out_ptr", 0), ("tol", -1.0), ("max_sweeps", 0)],
+)
 def test_jacobi_binding_rejects_bad_arguments(name, value):
     A = random_symmetric(1, 3, 0)
     s, U = torch.empty(1, 3, dtype=F64), torch.empty(1, 3, 3, dtype=F64)
-    kwargs = dict(B=1, n=3, A_ptr=A.data_ptr(), U0_ptr=0, s_out_ptr=s.data_ptr(), U_out_ptr=U.data_ptr(), tol=1e-14, max_sweeps=30)
+    kwargs = dict(
+        B=1, n=3, A_ptr=A.data_ptr(), U0_ptr=0, s_out_ptr=s.data_ptr(), U_out_ptr=U.data_ptr(), tol=1e-14, max_sweeps=30
+    )
     kwargs[name] = value
     with pytest.raises(ValueError, match=name.split("_ptr")[0]):
         _cpu.jacobi_eigh(**kwargs)
@@ -315,4 +327,7 @@ def test_backend_rejects_wrong_tensors():
         cpp.slimtik_step(G_mem, G, H, c, m, W, Lp, False, config, eigensolver="qr")
     # Non-contiguous input is copied, not misread.
     Gt = G.transpose(1, 2).contiguous().transpose(1, 2)
-    assert_step_close(cpp.slimtik_step(G_mem, Gt, H, c, m, W, Lp, False, config), _slimtik_step(G_mem, G, H, c, m, W, Lp, False, config))
+    assert_step_close(
+        cpp.slimtik_step(G_mem, Gt, H, c, m, W, Lp, False, config),
+        _slimtik_step(G_mem, G, H, c, m, W, Lp, False, config),
+    )

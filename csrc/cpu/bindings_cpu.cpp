@@ -94,7 +94,8 @@ void py_slimtik_step(long long B, long long n_f, long long n_t, std::uintptr_t G
   require(n_grid >= 2, "n_grid must be at least 2, got " + std::to_string(n_grid));
   require(root_tol > 0 && root_tol < 1, "root_tol must lie in (0, 1)");
   require(max_root_iter >= 1, "max_root_iter must be positive, got " + std::to_string(max_root_iter));
-  require(eigensolver >= EIG_AUTO && eigensolver <= EIG_JACOBI, "eigensolver must be 0 (auto), 1 (syevd), 2 (syevr) or 3 (jacobi)");
+  require(eigensolver >= EIG_AUTO && eigensolver <= EIG_JACOBI,
+          "eigensolver must be 0 (auto), 1 (syevd), 2 (syevr) or 3 (jacobi)");
   const StepOptions opts{mode, lambda_const, Lambda_min, Lambda_max, lambda_min, lambda_max, n_grid, root_tol,
                          max_root_iter};
   const double* G_mem = as_ptr<const double>(G_mem_ptr, "G_mem_ptr");

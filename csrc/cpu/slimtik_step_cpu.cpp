@@ -380,7 +380,9 @@ int slimtik_step_cpu(const Lapack& L, int B, int n_f, int n_t, const double* G_m
   const bool grid_gemm = blas && !memory_empty && n_f >= kGridGemmMinN && opts.mode == SLIMFAST_MODE_SGCV;
   const long select_doubles = std::max(select_mu_doubles(n_f, opts.n_grid) + (grid_gemm ? 4L * opts.n_grid * n_f : 0L),
                                        finish_step_doubles(n_f, n_t));
-  const long work_doubles = std::max<long>({(long)lwork, 2L * n_f, method == EIG_JACOBI && !given ? jacobi_doubles(n_f) : 0L});
+  // LAPACK work, also dpstrf's 2 n_f and the Jacobi scratch.
+  const long jacobi_work = method == EIG_JACOBI && !given ? jacobi_doubles(n_f) : 0L;
+  const long work_doubles = std::max<long>({(long)lwork, 2L * n_f, jacobi_work});
   // A factored K̃ (no Q's; see QdSource) needs V, Y for the grid: n_f × 2 n_t × n_grid each.
   const bool factored = grid_gemm && n_t <= kFactoredMaxNt;
   const long factored_doubles = factored ? 2L * n_f * n_t * opts.n_grid : 0L;
