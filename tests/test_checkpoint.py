@@ -19,6 +19,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+import slimfast
 from slimfast.backends import load_backend
 from slimfast.checkpoint import Checkpoint, EpochSampler, get_rng_state, load_checkpoint, save_checkpoint
 from slimfast.optim import SlimTik
@@ -148,8 +149,12 @@ torch.save(snapshot(trainer, sched), sys.argv[2])
 def test_resume_in_a_new_process_is_bit_identical(tmp_path: Path) -> None:
     path, out = tmp_path / "run.pt", tmp_path / "final.pt"
     _interrupted_run(path)
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
-    subprocess.run([sys.executable, "-c", RESUME_SCRIPT, str(path), str(out)], cwd=ROOT, env=env, check=True,
+    # The child must import the same slimfast as this process (the installed one, with its compiled
+    # backends), not the source tree: its folder goes first, the repository (for ``tests``) second,
+    # and the child runs outside the repository so ``-c`` does not put the source tree first.
+    package_parent = str(Path(slimfast.__file__).resolve().parents[1])
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([package_parent, str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    subprocess.run([sys.executable, "-c", RESUME_SCRIPT, str(path), str(out)], cwd=tmp_path, env=env, check=True,
                    timeout=120)
     full, full_sched, _ = _uninterrupted()
     _tree_equal(snapshot(full, full_sched), torch.load(out, weights_only=True))
