@@ -20,6 +20,8 @@ import torch
 from slimfast._torch_impl import INFO_FIELDS, _slimtik_step
 from slimfast.config import SolverConfig
 
+from .cuda_cases import make_problem  # the same random problems the CUDA tests use
+
 numba_backend = pytest.importorskip("slimfast.backends.numba_backend")
 
 RTOL = 1e-9
@@ -45,38 +47,6 @@ BOUNDED_CONFIGS = {
     "constant-clipped": SolverConfig(mode="constant", lambda_const=-5.0, lambda_bounds=(-0.01, 1e3)),
     "reference-bounded": SolverConfig(mode="reference", Lambda_bounds=(1e-6, 1e2), lambda_bounds=(-0.02, 10.0)),
 }
-
-
-def make_problem(B: int, n_f: int, n_t: int, memory: bool, data: str, seed: int):
-    """Step inputs (G_mem, G, H, c, m, W, Lambda_prev, memory_empty) for B independent problems."""
-    gen = torch.Generator().manual_seed(seed)
-    opts = {"generator": gen, "dtype": torch.float64}
-    n_b = 2 * n_f + 8
-    beta2 = 1.0 / n_b
-    scale = 10.0 ** (-3.0 * torch.arange(n_f, dtype=torch.float64) / max(n_f - 1, 1))
-    W_true = torch.randn(B, n_t, n_f, **opts)
-
-    def batch():
-        Z = scale[:, None] * torch.randn(B, n_f, n_b, **opts)
-        noise = torch.randn(B, n_t, n_b, **opts)
-        C = noise if data == "noise" else W_true @ Z + 0.5 * noise
-        return beta2 * Z @ Z.transpose(1, 2), beta2 * C @ Z.transpose(1, 2), beta2 * (C * C).sum((1, 2))
-
-    G, H, c = batch()
-    G_mem = G.clone()
-    if memory:
-        for _ in range(3):
-            G_mem += batch()[0]
-        W = W_true + 0.3 * torch.randn(B, n_t, n_f, **opts)
-    else:
-        W = torch.zeros(B, n_t, n_f, dtype=torch.float64)
-    m = torch.full((B,), float(n_b * n_t), dtype=torch.float64)
-    # Λ_{k−1} over several decades; the first problem sits at Λ_min so the reference mode's
-    # negative candidates are dropped there (Λ/2 ≤ Λ_min).
-    Lambda_prev = 10.0 ** (-3.0 + 3.0 * torch.rand(B, **opts))
-    if B > 1:
-        Lambda_prev[0] = 1e-7
-    return G_mem, G, H, c, m, W, Lambda_prev, not memory
 
 
 def assert_matches(W_new, info, W_ref, info_ref):
