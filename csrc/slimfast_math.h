@@ -329,23 +329,27 @@ SLIMFAST_HD inline void shifted_inverse(const Projections& p, double mu, double*
   for (int j = 0; j < p.n_f; ++j) d[j] = 1.0 / (p.s[j] + mu);
 }
 
-// (Q d)_i = Σ_j Q_ij d_j for Q0, Q1, Q2 in one pass over the rows.
-SLIMFAST_HD inline void q_times_d(const Projections& p, const double* d, double* Q0d, double* Q1d, double* Q2d) {
+// Row i of (Q d) = Σ_j Q_ij d_j for Q0, Q1, Q2 in one pass; the CUDA kernel splits rows over threads.
+SLIMFAST_HD inline void q_row_times_d(const Projections& p, int i, const double* d, double* Q0d, double* Q1d,
+                                      double* Q2d) {
   const int nf = p.n_f;
-  for (int i = 0; i < nf; ++i) {
-    const double* q0 = p.Q0 + (long)i * nf;
-    const double* q1 = p.Q1 + (long)i * nf;
-    const double* q2 = p.Q2 + (long)i * nf;
-    double x0 = 0.0, x1 = 0.0, x2 = 0.0;
-    for (int j = 0; j < nf; ++j) {
-      x0 += q0[j] * d[j];
-      x1 += q1[j] * d[j];
-      x2 += q2[j] * d[j];
-    }
-    Q0d[i] = x0;
-    Q1d[i] = x1;
-    Q2d[i] = x2;
+  const double* q0 = p.Q0 + (long)i * nf;
+  const double* q1 = p.Q1 + (long)i * nf;
+  const double* q2 = p.Q2 + (long)i * nf;
+  double x0 = 0.0, x1 = 0.0, x2 = 0.0;
+  for (int j = 0; j < nf; ++j) {
+    x0 += q0[j] * d[j];
+    x1 += q1[j] * d[j];
+    x2 += q2[j] * d[j];
   }
+  Q0d[i] = x0;
+  Q1d[i] = x1;
+  Q2d[i] = x2;
+}
+
+// (Q d)_i = Σ_j Q_ij d_j for Q0, Q1, Q2, every row.
+SLIMFAST_HD inline void q_times_d(const Projections& p, const double* d, double* Q0d, double* Q1d, double* Q2d) {
+  for (int i = 0; i < p.n_f; ++i) q_row_times_d(p, i, d, Q0d, Q1d, Q2d);
 }
 
 // _sgcv_eval at one μ. scratch: sgcv_eval_doubles(n_f).

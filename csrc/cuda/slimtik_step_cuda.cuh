@@ -520,20 +520,7 @@ SLIMFAST_BLOCK SgcvPoint eval_point(const Ctx& ctx, const Projections& p, double
   });
   if (!p.diagonal)
     ctx.par([&](int tid, int nthr) {
-      for (int i = tid; i < nf; i += nthr) {
-        const double* q0 = p.Q0 + (long)i * nf;
-        const double* q1 = p.Q1 + (long)i * nf;
-        const double* q2 = p.Q2 + (long)i * nf;
-        double x0 = 0.0, x1 = 0.0, x2 = 0.0;
-        for (int j = 0; j < nf; ++j) {
-          x0 += q0[j] * d[j];
-          x1 += q1[j] * d[j];
-          x2 += q2[j] * d[j];
-        }
-        Q0d[i] = x0;
-        Q1d[i] = x1;
-        Q2d[i] = x2;
-      }
+      for (int i = tid; i < nf; i += nthr) q_row_times_d(p, i, d, Q0d, Q1d, Q2d);
     });
   const double lam = mu - Lambda_prev;
   double acc[SLIMFAST_SGCV_NSUMS];
