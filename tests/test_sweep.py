@@ -181,7 +181,8 @@ def test_failing_model_is_dropped_others_unchanged():
             dropped, body1, _, head1 = trainer.last_dropped
             assert dropped == [1]
             # model 1 is kept as it was before the failing step (head and body untouched)
-            assert torch.equal(head1["weight"][0], solos[1].head.weight.detach())
+            # (to rounding: the sweep's batched solve is not bit-identical to a B = 1 solve)
+            assert _rel(head1["weight"][0], solos[1].head.weight.detach()) <= TOL
         W = trainer.head_matrices()
         for row, model in enumerate(trainer.active):
             solo = solos[model]
