@@ -50,9 +50,11 @@ from .validation import MAX_ABS
 
 logger = logging.getLogger("slimfast")
 
-__all__ = ["ModelSpec", "StackedAdam", "SweepTrainer", "run_sweep"]
+__all__ = ["REFIT_MODES", "ModelSpec", "StackedAdam", "SweepTrainer", "run_sweep"]
 
 F64 = torch.float64
+#: When the heads are refit on the whole training split (``refit.refit_head``).
+REFIT_MODES = ("none", "end", "epoch")
 
 
 @dataclass(frozen=True)
@@ -515,6 +517,48 @@ class SweepTrainer:
             group.state.Lambda = torch.cat(Lambdas)
             group.state.n_stored, group.state.head, group.state.step_count = last.n_stored, last.head, last.step_count
 
+    # ------------------------------------------------------------------ full-data refit
+
+    @torch.no_grad()
+    def refit_heads(self, x: torch.Tensor, y: torch.Tensor, chunk: int = 2048) -> list[float]:
+        """``refit.refit_head`` for every active model on (x, y): exact ridge heads, μ by exact GCV.
+
+        One pass in eval mode accumulates each model's float64 statistics (unscaled sums over
+        chunks, then β² = 1/m), one batched solve; the heads are overwritten (the solver states
+        keep their memory and Λ). Returns μ* per active model.
+        """
+        from .refit import ridge_gcv_solve
+
+        B = self.n_active
+        if B == 0:
+            return []
+        n_t, n_f = head_shape(self._head)
+        G = torch.zeros(B, n_f, n_f, dtype=F64)
+        H = torch.zeros(B, n_t, n_f, dtype=F64)
+        c = torch.zeros(B, dtype=F64)
+        m = 0
+        modes = self._body.training
+        self._body.eval()
+        vbody = vmap(self._body_call, in_dims=(0, 0, None))
+        try:
+            for start in range(0, x.shape[0], chunk):
+                xc, yc = x[start:start + chunk], y[start:start + chunk]
+                z = vbody(self.body_params, self.body_buffers, xc)
+                for i in range(B):
+                    G_i, H_i, c_i, m_i = head_statistics(self._head, z[i], yc, "sum", check=False)
+                    G[i] += G_i.cpu()
+                    H[i] += H_i.cpu()
+                    c[i] += c_i.cpu()
+                m += m_i
+        finally:
+            self._body.train(modes)
+        if self.reduction == "mean":
+            G, H, c = G / m, H / m, c / m
+        dev = self.head_params["weight"].device
+        W, mu, _, _, _ = ridge_gcv_solve(G.to(dev), H.to(dev), c.to(dev), m, backend=self.backend)
+        _write_stacked_head(self._head, self.head_params["weight"], self.head_params.get("bias"), W)
+        return mu.tolist()
+
     # ------------------------------------------------------------------ evaluation
 
     @torch.no_grad()
@@ -565,6 +609,8 @@ def run_sweep(
     backend: str | None = None,
     weight_decay: float = 0.0,
     progress: Callable[[int, int], None] | None = None,
+    refit: str = "none",
+    **solver_kwargs: Any,
 ) -> list[dict[str, Any]]:
     """Train every model of ``specs`` on ``problem``; one history per model, as ``cli.run_training``.
 
@@ -574,17 +620,24 @@ def run_sweep(
     is the time of the whole B-model step (shared by all models). A model whose step fails is
     marked ``diverged`` (with ``error``), its last epoch record is taken at that moment, and the
     others go on. ``progress(step, n_active)`` is called after every step.
+
+    ``refit``: "none", "end" (the heads are refit on the training split after the last epoch,
+    ``SweepTrainer.refit_heads``, before it is recorded) or "epoch" (before every epoch's record,
+    training continuing from the refit heads). ``solver_kwargs`` go to ``SweepTrainer``
+    (``reduction``, ``lambda_mode``, ``Lambda_bounds``, ...).
     """
     if epochs < 0:
         raise ValueError(f"epochs must be >= 0, got {epochs}")
-    trainer = SweepTrainer.from_problem(problem, specs, backend=backend, weight_decay=weight_decay)
+    if refit not in REFIT_MODES:
+        raise ValueError(f"refit must be one of {REFIT_MODES}, got {refit!r}")
+    trainer = SweepTrainer.from_problem(problem, specs, backend=backend, weight_decay=weight_decay, **solver_kwargs)
     bs = batch_size or problem.batch_size
     gens = [torch.Generator().manual_seed(s.seed) for s in specs]
     hists: list[dict[str, Any]] = []
     for s in specs:
         cfg = {"method": "slimtrain", "lr": s.lr, "epochs": epochs, "memory_depth": s.memory_depth,
                "batch_size": batch_size, "seed": s.seed, "backend": backend, "weight_decay": weight_decay,
-               "max_steps": max_steps, "Lambda0": s.Lambda0}
+               "max_steps": max_steps, "Lambda0": s.Lambda0, "refit": refit}
         hists.append({"method": "slimtrain", "config": cfg, "spec": asdict(s), "problem": problem.name,
                       "batch_size": bs, "epoch": [], "train_loss": [], "val_loss": [], "train_rel": [],
                       "val_rel": [], "alpha": [], "batch_loss": [], "step_time": [], "step_alpha": [],
@@ -647,6 +700,9 @@ def run_sweep(
                 done = True
                 break
         if trainer.active:
+            if refit == "epoch" or (refit == "end" and (done or epoch == epochs)):
+                for model, mu in zip(trainer.active, trainer.refit_heads(problem.x_train, problem.y_train)):
+                    hists[model].setdefault("refit_alpha", []).append(mu)
             record_epoch(epoch)
         if done:
             break

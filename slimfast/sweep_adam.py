@@ -1,0 +1,155 @@
+"""The Adam baseline of a sweep: B networks (body and head) trained by Adam in one process.
+
+    histories = run_adam_sweep(problem, [ModelSpec(seed=s, lr=lr) for ...], epochs=5)
+
+The counterpart of ``sweep.run_sweep`` for ``cli.run_training(method="adam")``: the B networks
+``head(body(x))`` are stacked and run with one ``vmap`` of ``functional_call``, the loss is
+``nn.MSELoss()`` per model and the update is ``StackedAdam`` (torch.optim.Adam's arithmetic
+per model, one learning rate each) on body and head together. Model i sees the batches of
+``run_sweep``'s model i (a generator seeded by its seed), so slimTrain and Adam sweeps with the
+same specs start from the same weights and see the same data in the same order. Only ``seed``
+and ``lr`` of the specs are used. A model whose loss becomes non-finite is frozen (its learning
+rate set to 0, gradients of the others unchanged) and marked ``diverged``.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import statistics
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import nn
+from torch.func import functional_call, stack_module_state, vmap
+
+from .sweep import ModelSpec, StackedAdam, _StackedMSE
+
+__all__ = ["AdamSweepTrainer", "run_adam_sweep"]
+
+F64 = torch.float64
+
+
+class AdamSweepTrainer:
+    """B networks ``nn.Sequential(body, head)`` of one architecture, trained by Adam in lockstep."""
+
+    def __init__(self, bodies: Sequence[nn.Module], heads: Sequence[nn.Module], specs: Sequence[ModelSpec],
+                 weight_decay: float = 0.0) -> None:
+        nets = [nn.Sequential(copy.deepcopy(b), copy.deepcopy(h)) for b, h in zip(bodies, heads)]
+        for net in nets:
+            for mod in net.modules():
+                if isinstance(mod, nn.modules.batchnorm._NormBase) and mod.track_running_stats:
+                    raise ValueError("networks with running statistics cannot be stacked")
+        self.specs = list(specs)
+        self._net = copy.deepcopy(nets[0])
+        params, buffers = stack_module_state(nets)
+        self.params = {k: v.detach().requires_grad_(True) for k, v in params.items()}
+        self.buffers = {k: v.detach() for k, v in buffers.items()}
+        self.optimizer = StackedAdam(self.params, [s.lr for s in self.specs], weight_decay=weight_decay)
+        self.diverged: dict[int, str] = {}
+        self._vnet = vmap(self._call)
+
+    @classmethod
+    def from_problem(cls, problem: Any, specs: Sequence[ModelSpec], **kwargs: Any) -> "AdamSweepTrainer":
+        bodies, heads = [], []
+        for s in specs:
+            torch.manual_seed(s.seed)
+            bodies.append(problem.make_body(s.seed))
+            heads.append(problem.make_head(s.seed))
+        return cls(bodies, heads, specs, **kwargs)
+
+    def _call(self, params: dict[str, torch.Tensor], buffers: dict[str, torch.Tensor], x: torch.Tensor):
+        return functional_call(self._net, (params, buffers), (x,))
+
+    def train_step(self, xs: torch.Tensor, ys: torch.Tensor) -> list[float]:
+        """One Adam step of every model on its own batch (xs [B, n_b, ...]); returns the [B] losses."""
+        self.optimizer.zero_grad()
+        pred = self._vnet(self.params, self.buffers, xs)
+        losses = _StackedMSE.apply(pred, ys.to(pred.dtype), True)
+        values = losses.detach().tolist()
+        for i, v in enumerate(values):
+            if not math.isfinite(v) and i not in self.diverged:
+                self.diverged[i] = f"non-finite training loss {v}"
+                self.optimizer.lr[i] = 0.0
+        live = [i for i in range(len(values)) if i not in self.diverged]
+        if live:
+            losses[live].sum().backward()
+            for p in self.params.values():   # a frozen model's NaN gradient must not reach its moments
+                if p.grad is not None and self.diverged:
+                    p.grad[list(self.diverged)] = 0.0
+            self.optimizer.step()
+        return values
+
+    @torch.no_grad()
+    def evaluate(self, x: torch.Tensor, y: torch.Tensor, chunk: int = 2048) -> tuple[list[float], list[float]]:
+        """Per model: (mean squared error, relative error) on (x, y), eval mode, float64 sums."""
+        vnet = vmap(self._call, in_dims=(0, 0, None))
+        B = len(self.specs)
+        sq = torch.zeros(B, dtype=F64)
+        ref = 0.0
+        self._net.eval()
+        try:
+            for start in range(0, x.shape[0], chunk):
+                xc, yc = x[start:start + chunk], y[start:start + chunk]
+                pred = vnet(self.params, self.buffers, xc).double()
+                sq += ((pred - yc.double()[None]) ** 2).reshape(B, -1).sum(1).cpu()
+                ref += float((yc.double() ** 2).sum())
+        finally:
+            self._net.train()
+        mse = [float(v) / max(y.numel(), 1) for v in sq]
+        rel = [math.sqrt(float(v) / ref) if ref > 0 else math.nan for v in sq]
+        return mse, rel
+
+
+def run_adam_sweep(problem: Any, specs: Sequence[ModelSpec], epochs: int, batch_size: int | None = None,
+                   weight_decay: float = 0.0) -> list[dict[str, Any]]:
+    """Train every model of ``specs`` with Adam on ``problem``; one history per model.
+
+    History keys as ``sweep.run_sweep`` (per epoch, index 0 = before training: ``epoch``,
+    ``train_loss``, ``val_loss``, ``train_rel``, ``val_rel``; per step ``batch_loss``), with
+    ``method="adam"``.
+    """
+    if epochs < 0:
+        raise ValueError(f"epochs must be >= 0, got {epochs}")
+    trainer = AdamSweepTrainer.from_problem(problem, specs, weight_decay=weight_decay)
+    bs = batch_size or problem.batch_size
+    gens = [torch.Generator().manual_seed(s.seed) for s in specs]
+    hists = [{"method": "adam", "spec": {"seed": s.seed, "lr": s.lr}, "problem": problem.name, "batch_size": bs,
+              "epoch": [], "train_loss": [], "val_loss": [], "train_rel": [], "val_rel": [], "batch_loss": [],
+              "diverged": False, "error": None} for s in specs]
+
+    def record(epoch: int) -> None:
+        tr = trainer.evaluate(problem.x_train, problem.y_train)
+        va = trainer.evaluate(problem.x_val, problem.y_val)
+        for i, h in enumerate(hists):
+            if i in trainer.diverged and h["diverged"]:
+                continue
+            h["epoch"].append(epoch)
+            h["train_loss"].append(tr[0][i])
+            h["train_rel"].append(tr[1][i])
+            h["val_loss"].append(va[0][i])
+            h["val_rel"].append(va[1][i])
+            if i in trainer.diverged:
+                h["diverged"], h["error"] = True, trainer.diverged[i]
+
+    start = time.perf_counter()
+    record(0)
+    n = problem.x_train.shape[0]
+    steps = 0
+    for epoch in range(1, epochs + 1):
+        perms = [torch.randperm(n, generator=g) for g in gens]
+        for lo in range(0, n, bs):
+            idx = torch.stack([p[lo:lo + bs] for p in perms])
+            for h, v in zip(hists, trainer.train_step(problem.x_train[idx], problem.y_train[idx])):
+                h["batch_loss"].append(v)
+            steps += 1
+        record(epoch)
+    wall = time.perf_counter() - start
+    for h in hists:
+        h["steps"], h["wall_time"] = steps, wall
+        if not math.isfinite(h["val_loss"][-1]):
+            h["diverged"] = True
+        h["median_batch_loss"] = statistics.median(h["batch_loss"]) if h["batch_loss"] else math.nan
+    return hists
