@@ -26,10 +26,14 @@ from torch import nn
 
 from .checkpoint import get_rng_state, set_rng_state
 from .optim import SlimTik
+from .refit import refit_head
 
 logger = logging.getLogger("slimfast")
 
-__all__ = ["ProgressFn", "SlimTrain"]
+__all__ = ["REFIT_MODES", "ProgressFn", "SlimTrain"]
+
+#: ``SlimTrain.fit(refit=...)``: never, after the last epoch, or after every epoch (before validation).
+REFIT_MODES = ("none", "end", "epoch")
 
 #: progress(epoch, batch_index, n_batches or None, loss) — called after every training step.
 ProgressFn = Callable[[int, int, "int | None", float], None]
@@ -39,6 +43,12 @@ CallbackFn = Callable[[int, dict[str, list[float]]], "bool | None"]
 
 def _batch_size(x: Any) -> int:
     return int(x.shape[0]) if isinstance(x, torch.Tensor) and x.ndim > 0 else 1
+
+
+def _finite(x: Any, y: Any) -> bool:
+    """Whether floating tensors x and y hold only finite values (one sync)."""
+    checks = [torch.isfinite(t).all() for t in (x, y) if isinstance(t, torch.Tensor) and t.is_floating_point()]
+    return bool(torch.stack(checks).all()) if checks else True
 
 
 def _set_epoch(loader: Any, epoch: int) -> None:
@@ -69,7 +79,7 @@ class SlimTrain:
         last_skipped: whether the last ``train_step`` skipped its batch.
         n_skipped: batches skipped so far (head step skipped, or body update skipped).
         epoch_running: (loss·batch-size sum, sample count) of the current epoch so far; saved
-            by ``save_checkpoint`` so that a resumed epoch's ``epoch_train_loss`` is the
+            by ``save_checkpoint`` so that a resumed epoch's ``running_train_loss`` is the
             uninterrupted one.
     """
 
@@ -158,9 +168,36 @@ class SlimTrain:
         self.last_skipped = True
         self.n_skipped += 1
 
+    def refit(self, loader: Iterable[tuple[torch.Tensor, torch.Tensor]]) -> float:
+        """``refit.refit_head`` of the head over all of ``loader`` (exact ridge, μ by exact GCV);
+        returns μ*. Uses the slimTik optimizer's reduction, backend and process group. The RNG
+        states are restored afterwards, so the extra pass over a shuffling loader changes no
+        later batch order. The solver state (memory, Λ) is kept: the next step starts from the
+        refit head."""
+        rng = get_rng_state()
+        if self.slim.on_nonfinite == "skip":
+            loader = ((x, y) for x, y in loader if _finite(x, y))
+        try:
+            result = refit_head(self.body, self.head, loader, reduction=self.slim.reduction, backend=self.slim.backend,
+                                process_group=self.slim.process_group, distributed=self.slim.distributed)
+        finally:
+            set_rng_state(rng)
+        return result.alpha_
+
     @torch.no_grad()
     def evaluate(self, loader: Iterable[tuple[torch.Tensor, torch.Tensor]]) -> float:
-        """Batch losses averaged with weights = batch size (the dataset mean for a mean loss)."""
+        """Batch losses averaged with weights = batch size (the dataset mean for a mean loss).
+
+        The RNG states are restored afterwards (a shuffling loader draws from them). With
+        ``slim.on_nonfinite="skip"`` batches whose inputs or targets are not finite are left
+        out (as in training)."""
+        rng = get_rng_state()
+        try:
+            return self._evaluate(loader)
+        finally:
+            set_rng_state(rng)
+
+    def _evaluate(self, loader: Iterable[tuple[torch.Tensor, torch.Tensor]]) -> float:
         modes = (self.body.training, self.head.training)
         self.body.eval()
         self.head.eval()
@@ -168,6 +205,8 @@ class SlimTrain:
         try:
             for x, y in loader:
                 x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+                if self.slim.on_nonfinite == "skip" and not _finite(x, y):
+                    continue
                 n = _batch_size(x)
                 total += float(self.loss_fn(self.head(self.body(x)), y)) * n
                 count += n
@@ -187,6 +226,9 @@ class SlimTrain:
         scheduler_interval: Literal["epoch", "step"] = "epoch",
         start_epoch: int = 0,
         start_batch: int = 0,
+        refit: str = "end",
+        refit_loader: Iterable[tuple[torch.Tensor, torch.Tensor]] | None = None,
+        eval_train: bool = True,
     ) -> dict[str, list[float]]:
         """Train for ``epochs`` passes over ``loader``; returns the history.
 
@@ -209,17 +251,28 @@ class SlimTrain:
                 replay consumes no randomness). For a bit-identical resume the loader's order in
                 an epoch must depend on the epoch index only (fixed order, or a ``set_epoch``
                 sampler). ``epochs`` counts from 0 as in the uninterrupted run.
+            refit: exact full-data head refit (``SlimTrain.refit``) over ``refit_loader``
+                (default: ``loader``): ``"end"`` (default) after the last epoch, before its
+                evaluation; ``"epoch"`` after every epoch (training goes on from the refit
+                head); ``"none"``. A callback that stops training early gets no final refit.
+            eval_train: evaluate the training split (``loader`` in eval mode, after the epoch
+                and its refit) for ``epoch_train_loss``; False skips that pass (the key then
+                holds ``running_train_loss``'s values).
 
         A skipped batch (``SlimTik(on_nonfinite="skip")``) appears in the per-step lists with
         ``train_loss`` and ``lambda`` NaN, is left out of ``epoch_train_loss``, does not step a
         per-step scheduler, and is counted in the per-epoch list ``skipped``.
 
         Returns:
-            dict of lists: per step ``train_loss``, ``step_time`` (s), ``alpha``, ``lambda``;
-            per epoch ``epoch_train_loss`` (batch-size weighted), ``val_loss`` (when
-            ``val_loader``), ``lr`` (body optimizer, first group, at the epoch's start),
-            ``epoch_time`` (s), ``skipped`` (batches skipped).
+            dict of lists: per step ``train_loss`` (the batch loss right after the head was
+            solved on that batch: optimistic), ``step_time`` (s), ``alpha``, ``lambda``; per
+            epoch ``epoch_train_loss`` (the network at the epoch's end evaluated on ``loader``),
+            ``running_train_loss`` (batch-size weighted mean of that epoch's ``train_loss``),
+            ``val_loss`` (when ``val_loader``), ``refit_alpha`` (μ* of each refit), ``lr`` (body
+            optimizer, first group, at the epoch's start), ``epoch_time`` (s), ``skipped``.
         """
+        if refit not in REFIT_MODES:
+            raise ValueError(f"refit must be one of {REFIT_MODES}, got {refit!r}")
         if not isinstance(epochs, int) or epochs < 0:
             raise ValueError(f"epochs must be a non-negative integer, got {epochs!r}")
         if not isinstance(start_epoch, int) or not 0 <= start_epoch <= epochs:
@@ -228,8 +281,8 @@ class SlimTrain:
             raise ValueError(f"start_batch must be a non-negative integer, got {start_batch!r}")
         if scheduler_interval not in ("epoch", "step"):
             raise ValueError(f"scheduler_interval must be 'epoch' or 'step', got {scheduler_interval!r}")
-        keys = ("train_loss", "step_time", "alpha", "lambda", "epoch_train_loss", "val_loss", "lr", "epoch_time",
-                "skipped")
+        keys = ("train_loss", "step_time", "alpha", "lambda", "epoch_train_loss", "running_train_loss", "val_loss",
+                "refit_alpha", "lr", "epoch_time", "skipped")
         history: dict[str, list[float]] = {k: [] for k in keys}
         plateau = isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau)
         try:
@@ -271,14 +324,17 @@ class SlimTrain:
                 if progress is not None:
                     progress(epoch, i, n_batches, loss)
             epoch_loss = total / max(count, 1)
-            history["epoch_train_loss"].append(epoch_loss)
+            history["running_train_loss"].append(epoch_loss)
             history["skipped"].append(n_skipped)
+            if refit == "epoch" or (refit == "end" and epoch == epochs - 1):
+                history["refit_alpha"].append(self.refit(refit_loader if refit_loader is not None else loader))
+            history["epoch_train_loss"].append(self.evaluate(loader) if eval_train else epoch_loss)
             if val_loader is not None:
                 history["val_loss"].append(self.evaluate(val_loader))
             history["epoch_time"].append(time.perf_counter() - t_epoch)
             if scheduler is not None and (scheduler_interval == "epoch" or plateau):
                 if plateau:
-                    scheduler.step(history["val_loss"][-1] if val_loader is not None else epoch_loss)
+                    scheduler.step(history["val_loss"][-1] if val_loader is not None else history["epoch_train_loss"][-1])
                 else:
                     scheduler.step()
             if callback is not None and callback(epoch, history):

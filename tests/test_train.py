@@ -93,11 +93,11 @@ def test_resume_mid_run_is_bit_identical() -> None:
     data = _data()
     full = _setup(seed=4)
     sched = torch.optim.lr_scheduler.StepLR(full.body_optimizer, step_size=1, gamma=0.7)
-    ref = full.fit(data, epochs=4, scheduler=sched)
+    ref = full.fit(data, epochs=4, scheduler=sched, refit="none")   # a run split in two calls: no refit at the split
 
     first = _setup(seed=4)
     sched1 = torch.optim.lr_scheduler.StepLR(first.body_optimizer, step_size=1, gamma=0.7)
-    h1 = first.fit(data, epochs=2, scheduler=sched1)
+    h1 = first.fit(data, epochs=2, scheduler=sched1, refit="none")
     ckpt = _checkpoint(first, sched1)
 
     resumed = _setup(seed=99)                         # different init; everything comes from the checkpoint
@@ -107,7 +107,7 @@ def test_resume_mid_run_is_bit_identical() -> None:
     resumed.body_optimizer.load_state_dict(ckpt["opt"])
     resumed.slim.load_state_dict(ckpt["slim"])
     sched2.load_state_dict(ckpt["sched"])
-    h2 = resumed.fit(data, epochs=2, scheduler=sched2)
+    h2 = resumed.fit(data, epochs=2, scheduler=sched2, refit="none")
 
     assert h1["train_loss"] + h2["train_loss"] == ref["train_loss"]
     for a, b in zip(list(full.body.parameters()) + list(full.head.parameters()),
@@ -136,3 +136,43 @@ def test_constructor_checks() -> None:
         SlimTrain(body, head, torch.optim.SGD(list(body.parameters()) + list(head.parameters()), lr=0.1), slim)
     with pytest.raises(ValueError, match="slim"):
         SlimTrain(body, nn.Linear(8, 1), torch.optim.SGD(body.parameters(), lr=0.1), slim)
+
+
+def test_epoch_train_loss_is_an_evaluation_of_the_training_split() -> None:
+    """epoch_train_loss == evaluate(loader) of the final network; the optimistic running mean of
+    the post-solve batch losses is reported separately as running_train_loss."""
+    trainer = _setup(lr=1e-2)
+    data = _data()
+    hist = trainer.fit(data, epochs=3, refit="none")
+    assert hist["epoch_train_loss"][-1] == trainer.evaluate(data)
+    n = sum(x.shape[0] for x, _ in data)
+    last = hist["train_loss"][-len(data):]
+    running = sum(v * x.shape[0] for v, (x, _) in zip(last, data)) / n
+    assert hist["running_train_loss"][-1] == pytest.approx(running, rel=1e-12)
+    assert hist["running_train_loss"][-1] != hist["epoch_train_loss"][-1]
+
+
+@pytest.mark.parametrize("mode", ["end", "epoch"])
+def test_fit_refit_is_refit_head_of_the_trained_network(mode: str) -> None:
+    from slimfast.heads import head_to_matrix
+    from slimfast.refit import refit_head
+
+    data = _data()
+    plain = _setup(seed=3)
+    # "epoch" also refits after epoch 1, which changes training; the last refit is then re-done
+    # below (a refit does not depend on the head it replaces)
+    plain.fit(data, epochs=2, refit="none" if mode == "end" else "epoch")
+    before = head_to_matrix(plain.head).clone()
+    ref = refit_head(plain.body, plain.head, data)
+    refit = _setup(seed=3)
+    hist = refit.fit(data, epochs=2, refit=mode)
+    assert torch.equal(head_to_matrix(refit.head), head_to_matrix(plain.head))
+    assert hist["refit_alpha"][-1] == ref.alpha_
+    assert len(hist["refit_alpha"]) == (1 if mode == "end" else 2)
+    if mode == "end":
+        assert not torch.equal(before, head_to_matrix(refit.head))
+
+
+def test_fit_refit_rejects_unknown_mode() -> None:
+    with pytest.raises(ValueError, match="refit"):
+        _setup().fit(_data(), epochs=1, refit="sometimes")
