@@ -610,6 +610,7 @@ def run_sweep(
     weight_decay: float = 0.0,
     progress: Callable[[int, int], None] | None = None,
     refit: str = "none",
+    eval_refit: bool = False,
     **solver_kwargs: Any,
 ) -> list[dict[str, Any]]:
     """Train every model of ``specs`` on ``problem``; one history per model, as ``cli.run_training``.
@@ -623,7 +624,10 @@ def run_sweep(
 
     ``refit``: "none", "end" (the heads are refit on the training split after the last epoch,
     ``SweepTrainer.refit_heads``, before it is recorded) or "epoch" (before every epoch's record,
-    training continuing from the refit heads). ``solver_kwargs`` go to ``SweepTrainer``
+    training continuing from the refit heads). ``eval_refit``: also record per epoch
+    ``val_loss_refit``, the validation loss with the heads refit on the training split, from a
+    copy (training unchanged): what ``refit="end"`` would end with if the run stopped there.
+    ``solver_kwargs`` go to ``SweepTrainer``
     (``reduction``, ``lambda_mode``, ``Lambda_bounds``, ...).
     """
     if epochs < 0:
@@ -644,6 +648,14 @@ def run_sweep(
                       "step_lambda": [], "diverged": False, "error": None})
 
     def record_epoch(epoch: int) -> None:
+        if eval_refit:
+            saved = {k: v.clone() for k, v in trainer.head_params.items()}
+            trainer.refit_heads(problem.x_train, problem.y_train)
+            va_refit = trainer.evaluate(problem.x_val, problem.y_val)[0]
+            for k, v in saved.items():
+                trainer.head_params[k].copy_(v)
+            for row, model in enumerate(trainer.active):
+                hists[model].setdefault("val_loss_refit", []).append(va_refit[row])
         tr = trainer.evaluate(problem.x_train, problem.y_train)
         va = trainer.evaluate(problem.x_val, problem.y_val)
         for row, model in enumerate(trainer.active):
