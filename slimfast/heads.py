@@ -24,33 +24,31 @@ Note that method.md §2 writes β² = 1/n_b for a dense head; β² = 1/m differs
 factor n_t (and by the pixel count for convolutions), which is exactly what makes the data term
 the torch ``MSELoss`` of the layer. For a head with n_t = 1 the two agree.
 
-How the design Z is formed (never as an explicit matrix with structural zeros):
-    Linear: Z = features (leading dimensions flattened into rows), bias row of ones.
-    Conv2d: Z = ``unfold`` of the (padded) input; rows = sample × output pixel. (``_unfold``
-        computes exactly ``F.unfold`` from a strided view; ATen's CPU im2col is far slower.)
-    ConvTranspose2d: output pixel p (per spatial dimension) receives input pixel q through
-        tap t iff p + padding = q·stride + t·dilation. Split the outputs into the ``stride``
-        phase classes r = (p + padding) mod stride; class r is reached only by the taps with
-        t·dilation ≡ r (mod stride), and with u = (p + padding − r)/stride the input index is
-        q = u − j_t, j_t = (t·dilation − r)/stride. Consecutive taps of a class differ by
-        stride/g in t and dilation/g in j_t (g = gcd(stride, dilation)), so each class is an
-        ordinary stride-1 correlation of a zero-padded window of the input with a sub-kernel
-        of dilation dilation/g: one ``unfold`` per 2-D class gives exactly the non-zero part
-        of the design rows of that class. The tap sets of different classes are disjoint, so
-        G is block-diagonal over tap phases (apart from the bias row) and each block is the
-        Gram matrix of one class's unfold. Work and memory are those of the non-zero entries,
-        ≈ 1/stride² of the dense design.
+How the statistics are formed (never from an explicit design with structural zeros):
+    Linear: Z = features (leading dimensions flattened into rows), bias row of ones; G and H
+        are two GEMMs.
+    Conv2d, ConvTranspose2d: G from lagged channel correlations of the (padded) input
+        (``slimfast.conv_statistics``): two taps that reach the same output pixels read input
+        pixels a fixed lag apart, so every C_in × C_in block of G is a rectangle sum of one of a
+        few lag fields. A transposed convolution's taps fall into stride-phase classes that share
+        no output pixel, so G is block diagonal over the phases (apart from the bias row).
+        H is the layer's weight gradient for the "gradient" y (``torch.nn.grad.conv2d_weight``):
+        H[o, f] = Σ_rows C[o, row] Z[f, row] is exactly that. A Conv2d with a column stride
+        falls back to ``unfold`` (``_unfold`` computes exactly ``F.unfold`` from a strided view;
+        ATen's CPU im2col is far slower), which a stride already makes small.
 """
 
 from __future__ import annotations
 
-import math
 from contextlib import nullcontext
 from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.grad import conv2d_weight
+
+from .conv_statistics import conv_axis, conv_transpose_axis, lagged_gram, tap_sums
 
 Reduction = Literal["mean", "sum"]
 HeadLayer = nn.Linear | nn.Conv2d | nn.ConvTranspose2d
@@ -286,86 +284,51 @@ def _sum_outer(A: torch.Tensor, B: torch.Tensor) -> torch.Tensor:
     return A.transpose(0, 1).reshape(p, n * L) @ B.transpose(0, 1).reshape(q, n * L).T
 
 
-def _conv_stats(head: nn.Conv2d, x: torch.Tensor, y: torch.Tensor, beta2: float):
+def _pad_conv_input(head: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
     left, right, top, bottom = _conv_pads(head)
     if left or right or top or bottom:
         mode = "constant" if head.padding_mode == "zeros" else head.padding_mode
         x = F.pad(x, (left, right, top, bottom), mode=mode)
-    X = _unfold(x, head.kernel_size, head.dilation, head.stride)                              # [n_b, K, L]
+    return x
+
+
+def _conv_stats(head: nn.Conv2d, x: torch.Tensor, y: torch.Tensor, beta2: float):
+    x = _pad_conv_input(head, x)
+    (kh, kw), (sh, sw), (dh, dw) = head.kernel_size, head.stride, head.dilation
     Y = y.reshape(y.shape[0], y.shape[1], -1)                                                 # [n_b, n_t, L]
-    G = _sum_outer(X, X)
-    H = _sum_outer(Y, X)
     bias = head.bias is not None
-    return _assemble(G, H, X.sum((0, 2)) if bias else None, Y.sum((0, 2)) if bias else None,
-                     X.shape[0] * X.shape[2], Y, beta2)
-
-
-def _phase_classes(n_in: int, n_out: int, k: int, s: int, p: int, d: int):
-    """Stride-phase classes of one spatial dimension of a transposed convolution.
-
-    Yields (p0, n_cls, taps, a, length, dil) per class r with at least one tap and one output:
-    outputs p0, p0+s, … (n_cls of them); ``taps`` in the order the unfold kernel elements
-    e = 0, 1, … visit them; the input window is [a, a+length) (zero outside [0, n_in)); the
-    sub-kernel has dilation ``dil`` in window coordinates.
-    """
-    g = math.gcd(s, d)
-    for r in range(s):
-        taps = [t for t in range(k) if (t * d) % s == r]
-        p0 = (r - p) % s
-        n_cls = max(0, -(-(n_out - p0) // s))
-        if not taps or n_cls == 0:
-            continue
-        u0 = (p0 + p - r) // s
-        j = [(t * d - r) // s for t in taps]               # ascending with t
-        a = u0 - j[-1]
-        length = n_cls + j[-1] - j[0]
-        # Window offset of tap t is (j_max − j_t): kernel element e ↔ tap taps[K−1−e].
-        yield p0, n_cls, taps[::-1], a, length, d // g
-
-
-def _window(x: torch.Tensor, dim: int, a: int, length: int) -> torch.Tensor:
-    """x restricted to indices [a, a+length) along ``dim``, zero outside the valid range."""
-    n = x.shape[dim]
-    lo, hi = max(a, 0), min(a + length, n)
-    if hi <= lo:
-        shape = list(x.shape)
-        shape[dim] = length
-        return x.new_zeros(shape)
-    part = x.narrow(dim, lo, hi - lo)
-    before, after = lo - a, length - (lo - a) - (hi - lo)
-    if before == 0 and after == 0:
-        return part
-    pad = [0, 0, 0, 0]
-    pad[(3 - dim) * 2: (3 - dim) * 2 + 2] = [before, after]   # F.pad lists the last dim first
-    return F.pad(part, pad)
+    rows = y.shape[0] * Y.shape[2]
+    if sw == 1:
+        # Lag fields (conv_statistics): the column ranges of the taps differ only at the edges.
+        ax_h = conv_axis(x.shape[2], y.shape[2], kh, sh, dh)
+        ax_w = conv_axis(x.shape[3], y.shape[3], kw, sw, dw)
+        G = lagged_gram(x, ax_h, ax_w)
+        H = conv2d_weight(x, (y.shape[1], x.shape[1], kh, kw), y, head.stride, 0, head.dilation).reshape(y.shape[1], -1)
+        z_sum = tap_sums(x, ax_h, ax_w) if bias else None
+    else:
+        # A column stride makes every tap's column set sparse; the strided unfold is as cheap.
+        X = _unfold(x, head.kernel_size, head.dilation, head.stride)                          # [n_b, K, L]
+        G, H = _sum_outer(X, X), _sum_outer(Y, X)
+        z_sum = X.sum((0, 2)) if bias else None
+    return _assemble(G, H, z_sum, Y.sum((0, 2)) if bias else None, rows, Y, beta2)
 
 
 def _conv_transpose_stats(head: nn.ConvTranspose2d, x: torch.Tensor, y: torch.Tensor, beta2: float):
     n_b, c_in, h_in, w_in = x.shape
     _, n_t, h_out, w_out = y.shape
-    kh, kw = head.kernel_size
-    K = c_in * kh * kw
-    G = x.new_zeros(K, K)
-    H = x.new_zeros(n_t, K)
+    (kh, kw), (sh, sw), (ph, pw), (dh, dw) = head.kernel_size, head.stride, head.padding, head.dilation
+    ax_h = conv_transpose_axis(h_in, h_out, kh, sh, ph, dh)
+    ax_w = conv_transpose_axis(w_in, w_out, kw, sw, pw, dw)
+    G = lagged_gram(x, ax_h, ax_w)
+    # H[o, (i, t)] = Σ x[n, i, q] y[n, o, s·q − p + d·t] is the weight gradient of a convolution of
+    # y whose output grid is x's; output_padding ≥ stride gives that grid extra (zero) rows.
+    extra_h, extra_w = head.output_padding[0] // sh, head.output_padding[1] // sw
+    x_grid = F.pad(x, (0, extra_w, 0, extra_h)) if extra_h or extra_w else x
+    Hw = conv2d_weight(y, (c_in, n_t, kh, kw), x_grid, head.stride, head.padding, head.dilation)   # [C_in, n_t, kh, kw]
+    H = Hw.transpose(0, 1).reshape(n_t, -1)
     bias = head.bias is not None
-    z_sum = x.new_zeros(K) if bias else None
-    chan = torch.arange(c_in, device=x.device)[:, None, None] * (kh * kw)
-    classes_h = list(_phase_classes(h_in, h_out, kh, head.stride[0], head.padding[0], head.dilation[0]))
-    classes_w = list(_phase_classes(w_in, w_out, kw, head.stride[1], head.padding[1], head.dilation[1]))
-    for p0h, nh, taps_h, ah, lh, dh in classes_h:
-        xh = _window(x, 2, ah, lh)
-        for p0w, nw, taps_w, aw, lw, dw in classes_w:
-            xw = _window(xh, 3, aw, lw)
-            X = _unfold(xw, (len(taps_h), len(taps_w)), (dh, dw))                  # [n_b, c_in·Kh·Kw, nh·nw]
-            Y = y[:, :, p0h:: head.stride[0], p0w:: head.stride[1]].reshape(n_b, n_t, -1)
-            th = torch.tensor(taps_h, device=x.device)[None, :, None]
-            tw = torch.tensor(taps_w, device=x.device)[None, None, :]
-            idx = (chan + th * kw + tw).reshape(-1)                                  # unfold order (i, e_h, e_w)
-            G[idx[:, None], idx[None, :]] = _sum_outer(X, X)
-            H[:, idx] = _sum_outer(Y, X)
-            if bias:
-                z_sum[idx] = X.sum((0, 2))
-    return _assemble(G, H, z_sum, y.sum((0, 2, 3)) if bias else None, n_b * h_out * w_out, y, beta2)
+    return _assemble(G, H, tap_sums(x, ax_h, ax_w) if bias else None, y.sum((0, 2, 3)) if bias else None,
+                     n_b * h_out * w_out, y, beta2)
 
 
 def head_statistics(

@@ -11,7 +11,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from slimfast.cli import RunConfig, main, run_training, sweep_summary
+from slimfast.cli import main
+from slimfast.reports import sweep_summary
+from slimfast.runs import RunConfig, run_training
 from slimfast.problems import get_problem
 
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -98,6 +100,29 @@ def test_sweep_summary_counts_divergence():
     s = sweep_summary({"adam": {1e-3: 2.0, 1e-2: 0.5, 1e-1: math.nan}, "slimtrain": {1e-3: 1.0, 1e-2: 4.0}})
     assert s["adam"]["best_lr"] == 1e-2 and s["adam"]["spread"] == math.inf and s["adam"]["n_diverged"] == 1
     assert s["slimtrain"]["spread"] == pytest.approx(4.0) and s["slimtrain"]["best_val_loss"] == 1.0
+
+
+def test_plots_leave_the_matplotlib_backend_alone(tmp_path, monkeypatch):
+    """The figures use matplotlib's object API: no library function may select a backend."""
+    import matplotlib
+
+    from slimfast import plots
+
+    calls = []
+    monkeypatch.setattr(matplotlib, "use", lambda *a, **k: calls.append(a))
+    hist = run_training(get_problem("peaks", seed=0).subset(64, 32), RunConfig(epochs=1, max_steps=2))
+    plots.plot_loss(hist, tmp_path / "loss.png", "t")
+    plots.plot_convergence({"slimtrain": {1e-3: hist}}, tmp_path / "conv.png", "t")
+    plots.plot_sensitivity({"slimtrain": {1e-3: 1.0, 1e-2: math.nan}}, tmp_path / "sens.png", "t")
+    plots.plot_sweep_sensitivity({(0.05, 5): {1e-3: [1.0, 2.0]}}, tmp_path / "sweep.png", "t")
+    assert calls == []
+    assert all(_is_png(tmp_path / n) for n in ("loss.png", "conv.png", "sens.png", "sweep.png"))
+
+
+def test_cli_modules_stay_small():
+    for name in ("cli", "commands", "runs", "reports", "plots"):
+        n_lines = len((ROOT / "slimfast" / f"{name}.py").read_text().splitlines())
+        assert n_lines <= 400, f"slimfast/{name}.py has {n_lines} lines"
 
 
 def test_bad_arguments_exit_with_usage_error(capsys):

@@ -1,0 +1,250 @@
+"""The commands of ``slimfast``: ``train``, ``compare`` and ``sweep`` (each ``cmd_*(args) -> exit status``).
+
+Each loads its problem, runs (``runs.run_training`` or ``sweep.run_sweep``), then writes its
+report (``reports``) and figures (``plots``) into ``--out`` and prints the tables. The parser and
+the entry point are in ``cli``; only the command line prints.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import platform
+import sys
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .plots import plot_convergence, plot_loss, plot_sensitivity, plot_sweep_sensitivity
+from .reports import compare_table, results_table, sweep_finals, sweep_summary, sweep_tables, write_json
+from .runs import METHOD_LABELS, METHODS, RunConfig, final_metrics, run_training, world
+
+TRAIN_PROBLEMS = ("peaks", "cdr", "digits", "mnist")
+LR_SWEEP = (1e-4, 1e-3, 1e-2, 1e-1)
+#: Default epochs of ``train`` per problem (each finishes in well under 2 minutes on 2 cores).
+DEFAULT_EPOCHS = {"peaks": 30, "cdr": 30, "digits": 10, "mnist": 1}
+#: Default epochs of each run of ``compare`` (8 runs per problem).
+DEFAULT_COMPARE_EPOCHS = 5
+
+
+def _load_problem(args: argparse.Namespace) -> Any:
+    from .problems import get_problem
+
+    kwargs: dict[str, Any] = {}
+    if args.batch_size is not None:
+        kwargs["batch_size"] = args.batch_size
+    if args.problem == "mnist":
+        if args.data_dir is None:
+            raise ValueError("--problem mnist needs --data-dir DIR (a folder with the MNIST IDX files)")
+        kwargs["data_dir"] = args.data_dir
+        # the split sizes go to the loader: a small local copy may hold fewer than 60000 images
+        kwargs.update({k: v for k, v in (("n_train", args.n_train), ("n_val", args.n_val)) if v is not None})
+        return get_problem("mnist", seed=args.seed, **kwargs)
+    if args.data_dir is not None:
+        raise ValueError("--data-dir is only used by --problem mnist")
+    problem = get_problem(args.problem, seed=args.seed, **kwargs)
+    if args.n_train is not None or args.n_val is not None:
+        problem = problem.subset(args.n_train, args.n_val)
+    return problem
+
+
+def _progress_bar(total: int, desc: str, enabled: bool, leave: bool = True):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, disable=not enabled, leave=leave, file=sys.stderr, dynamic_ncols=True,
+                unit="step")
+
+
+def _total_steps(problem: Any, cfg: RunConfig) -> int:
+    per_epoch = math.ceil(problem.n_train / (cfg.batch_size or problem.batch_size))
+    total = per_epoch * cfg.epochs
+    return min(total, cfg.max_steps) if cfg.max_steps is not None else total
+
+
+def _run_with_bar(problem: Any, cfg: RunConfig, desc: str, show: bool, leave: bool = True) -> dict[str, Any]:
+    bar = _progress_bar(_total_steps(problem, cfg), desc, show, leave)
+
+    def progress(step: int, loss: float, alpha: float | None) -> None:
+        bar.update(1)
+        if step % 20 == 0:
+            post = {"loss": f"{loss:.3e}"}
+            if alpha is not None:
+                post["λ"] = f"{alpha:.2e}"
+            bar.set_postfix(post, refresh=False)
+
+    try:
+        return run_training(problem, cfg, progress)
+    finally:
+        bar.close()
+
+
+def _environment() -> dict[str, Any]:
+    from . import __version__, backend_info
+
+    info = backend_info()
+    return {"slimfast": __version__, "torch": torch.__version__, "python": platform.python_version(),
+            "threads": torch.get_num_threads(), "default_cpu_backend": info["default_cpu"],
+            "available_backends": [k for k, v in info["available"].items() if v is True]}
+
+
+def _run_config(args: argparse.Namespace, method: str, lr: float, epochs: int) -> RunConfig:
+    return RunConfig(method=method, lr=lr, epochs=epochs, memory_depth=args.memory_depth, batch_size=args.batch_size,
+                     seed=args.seed, backend=args.backend, weight_decay=args.weight_decay, max_steps=args.max_steps)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    problem = _load_problem(args)
+    epochs = args.epochs if args.epochs is not None else DEFAULT_EPOCHS[args.problem]
+    cfg = _run_config(args, args.optimizer, args.lr, epochs)
+    rank, size = world()
+    out = Path(args.out if args.out is not None else f"runs/{args.problem}-{args.optimizer}")
+    label = METHOD_LABELS[cfg.method]
+    if rank == 0:
+        out.mkdir(parents=True, exist_ok=True)
+        print(f"{label} on {problem!r}" + (f", data parallel over {size} ranks" if size > 1 else ""))
+    hist = _run_with_bar(problem, cfg, f"{args.problem} {label} lr={cfg.lr:g}", not args.quiet and rank == 0)
+    if rank != 0:   # every rank holds the same weights and history; rank 0 reports
+        return 0
+    metrics = final_metrics(hist)
+    table = results_table([metrics])
+    env = _environment()
+    hist["environment"] = env
+    hist["metrics"] = metrics
+    write_json(out / "history.json", hist)
+    title = f"{args.problem}: {label}, lr={cfg.lr:g}"
+    plot_loss(hist, out / "loss.png", title)
+    lines = [f"# slimfast train: {args.problem}, {label}", "",
+             f"- problem: {problem!r}", f"- settings: {json.dumps(asdict(cfg))}",
+             f"- wall time: {hist['wall_time']:.2f} s for {hist['steps']} steps "
+             f"(median {metrics['step_ms']:.3f} ms/step)",
+             f"- environment: {json.dumps(env)}"]
+    if size > 1:
+        lines.append(_data_parallel_line(size, cfg.method, problem))
+    if hist["error"]:
+        lines.append(f"- stopped early: {hist['error']}")
+    lines += ["", table, "", "Loss = mean squared error over the split; relative error = ‖pred − y‖/‖y‖. "
+              "Effective λ = Λ_k/(k+1) (`SlimTik.alpha_`).", "", "![loss curves](loss.png)", ""]
+    (out / "summary.md").write_text("\n".join(lines))
+    print(table)
+    if hist["error"]:
+        print(f"note: the run stopped early: {hist['error']}")
+    print(f"wrote {out / 'loss.png'}, {out / 'summary.md'}, {out / 'history.json'}")
+    return 0
+
+
+def _data_parallel_line(size: int, method: str, problem: Any) -> str:
+    import torch.distributed as dist
+
+    from .distributed import bytes_per_step
+    from .heads import head_shape
+
+    line = (f"- data parallel: {size} ranks ({dist.get_backend()}), each with 1/{size} of every batch; "
+            "DistributedDataParallel on the " + ("body" if method == "slimtrain" else "network"))
+    if method == "slimtrain":
+        n_t, n_f = head_shape(problem.make_head())
+        line += (f"; SlimTik all-reduces its head statistics once per step: {bytes_per_step(n_f, n_t)} bytes "
+                 f"(n_f = {n_f}, n_t = {n_t}; independent of the batch size)")
+    return line
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    problem = _load_problem(args)
+    epochs = args.epochs if args.epochs is not None else DEFAULT_COMPARE_EPOCHS
+    out = Path(args.out if args.out is not None else f"runs/{args.problem}-compare")
+    out.mkdir(parents=True, exist_ok=True)
+    lrs = tuple(args.lrs) if args.lrs else LR_SWEEP
+    print(f"slimTrain vs Adam on {problem!r}, {epochs} epochs, lr ∈ {{{', '.join(f'{lr:g}' for lr in lrs)}}}")
+    runs: dict[str, dict[float, dict[str, Any]]] = {m: {} for m in METHODS}
+    plan = [(m, lr) for lr in lrs for m in METHODS]
+    outer = _progress_bar(len(plan), "runs", not args.quiet)
+    outer.unit = "run"
+    try:
+        for method, lr in plan:
+            cfg = _run_config(args, method, lr, epochs)
+            runs[method][lr] = _run_with_bar(problem, cfg, f"{METHOD_LABELS[method]} lr={lr:g}", not args.quiet,
+                                             leave=False)
+            outer.update(1)
+    finally:
+        outer.close()
+    finals = {m: {lr: final_metrics(h)["val_loss"] for lr, h in by_lr.items()} for m, by_lr in runs.items()}
+    summary = sweep_summary(finals)
+    title = f"{args.problem}: {epochs} epochs"
+    plot_convergence(runs, out / "convergence.png", title)
+    plot_sensitivity(finals, out / "sensitivity.png", title)
+    table = compare_table(finals, summary)
+    details = results_table([final_metrics(runs[m][lr]) for lr in lrs for m in METHODS])
+    env = _environment()
+    md = [f"# slimfast compare: {args.problem}", "",
+          f"- problem: {problem!r}", f"- epochs: {epochs}, memory depth: {args.memory_depth}, seed: {args.seed}, "
+          f"weight decay: {args.weight_decay}",
+          "- slimTrain: Adam with the given lr on the body, head solved by SlimTik (sGCV); "
+          "Adam: the same network, initial weights and batch order, Adam on all weights.",
+          f"- environment: {json.dumps(env)}", "",
+          "## Final validation loss", "", table, "",
+          "Spread = max/min of the final validation loss across the learning-rate sweep (1 = insensitive).", "",
+          "## All runs", "", details, "",
+          "![convergence](convergence.png)", "", "![sensitivity](sensitivity.png)", ""]
+    (out / "compare.md").write_text("\n".join(md))
+    write_json(out / "compare.json", {"problem": args.problem, "epochs": epochs, "environment": env,
+                                      "final_val_loss": {m: {f"{lr:g}": v for lr, v in by_lr.items()}
+                                                         for m, by_lr in finals.items()},
+                                      "summary": summary,
+                                      "runs": {m: {f"{lr:g}": h for lr, h in by_lr.items()} for m, by_lr in runs.items()}})
+    print(table)
+    print(details)
+    print(f"wrote {out / 'convergence.png'}, {out / 'sensitivity.png'}, {out / 'compare.md'}, {out / 'compare.json'}")
+    return 0
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from .sweep import ModelSpec, run_sweep
+
+    problem = _load_problem(args)
+    epochs = args.epochs if args.epochs is not None else DEFAULT_COMPARE_EPOCHS
+    out = Path(args.out if args.out is not None else f"runs/{args.problem}-sweep")
+    out.mkdir(parents=True, exist_ok=True)
+    lrs = args.lrs or LR_SWEEP
+    seeds = args.seeds or (args.seed,)
+    Lambda0s = args.Lambda0s or (0.05,)
+    depths = args.memory_depths or (args.memory_depth,)
+    specs = [ModelSpec(seed=seed, lr=lr, Lambda0=L0, memory_depth=r)
+             for L0 in Lambda0s for r in depths for lr in lrs for seed in seeds]
+    print(f"slimTrain sweep on {problem!r}: {len(specs)} models in one process, {epochs} epochs; "
+          f"lr ∈ {{{', '.join(f'{v:g}' for v in lrs)}}}, seeds {list(seeds)}, Λ0 {list(Lambda0s)}, r {list(depths)}")
+    cfg = RunConfig(epochs=epochs, batch_size=args.batch_size, max_steps=args.max_steps)
+    bar = _progress_bar(_total_steps(problem, cfg), f"{args.problem} sweep ({len(specs)} models)", not args.quiet)
+    try:
+        hists = run_sweep(problem, specs, epochs, batch_size=args.batch_size, max_steps=args.max_steps,
+                          backend=args.backend, weight_decay=args.weight_decay,
+                          progress=lambda step, active: bar.update(1))
+    finally:
+        bar.close()
+    title = f"{args.problem}: {epochs} epochs, {len(specs)} models"
+    finals = sweep_finals(specs, hists)
+    plot_sweep_sensitivity(finals, out / "sensitivity.png", title)
+    summary, models = sweep_tables(specs, hists)
+    env = _environment()
+    wall = hists[0]["wall_time"]
+    steps = max(h["steps"] for h in hists)
+    md = [f"# slimfast sweep: {args.problem}", "",
+          f"- problem: {problem!r} (data seed {args.seed})",
+          f"- {len(specs)} models trained together in one process (stacked bodies, one vmap; all heads "
+          f"solved by one batched slimTik call per step and memory depth); {epochs} epochs, {steps} steps, "
+          f"weight decay {args.weight_decay}",
+          f"- wall time {wall:.2f} s ({1e3 * hists[0]['median_step_time']:.3f} ms per step for all models)",
+          "- each model = `slimfast train --seed <seed> --lr <lr> --memory-depth <r>` on this data (Adam on the "
+          "body, head solved by SlimTik with sGCV; Λ0 its initial regularisation)",
+          f"- environment: {json.dumps(env)}", "",
+          "## Final validation loss per configuration", "", summary, "",
+          "Spread = max/min over learning rates of the median (over seeds) final validation loss "
+          "(1 = insensitive; inf if a model diverged).", "",
+          "## All models", "", models, "", "![sensitivity](sensitivity.png)", ""]
+    (out / "sweep.md").write_text("\n".join(md))
+    write_json(out / "sweep.json", {"problem": args.problem, "epochs": epochs, "environment": env,
+                                    "specs": [asdict(s) for s in specs], "runs": hists})
+    print(summary)
+    print(f"wrote {out / 'sensitivity.png'}, {out / 'sweep.md'}, {out / 'sweep.json'}")
+    return 0

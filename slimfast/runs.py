@@ -1,0 +1,280 @@
+"""Training runs of the command line: one network trained with slimTrain or Adam, with its history.
+
+``run_training`` trains a built-in problem's network (``problem.make_body``/``make_head``) with
+``RunConfig``'s settings and returns a JSON-ready history; ``final_metrics`` reads its last epoch.
+The loss everywhere is the mean squared error ``((pred − target)**2).mean()``; the relative error
+is ‖pred − target‖_F / ‖target‖_F over the whole split.
+
+slimTrain: Adam (learning rate ``lr``) on the body, the head solved every step by ``SlimTik``
+(sGCV, memory depth ``memory_depth``). Adam: the same network, same initial weights, same batch
+order, Adam on body and head together. Library code: it logs, never prints.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import statistics
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+logger = logging.getLogger("slimfast")
+
+METHODS = ("slimtrain", "adam")
+DEFAULT_LR = 1e-3
+METHOD_LABELS = {"slimtrain": "slimTrain", "adam": "Adam"}
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Settings of one training run."""
+
+    method: str = "slimtrain"
+    lr: float = DEFAULT_LR
+    epochs: int = 20
+    memory_depth: int = 5
+    batch_size: int | None = None
+    seed: int = 0
+    backend: str | None = None
+    weight_decay: float = 0.0
+    max_steps: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise ValueError(f"method must be one of {METHODS}, got {self.method!r}")
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            raise ValueError(f"lr must be positive, got {self.lr}")
+        if self.epochs < 0:
+            raise ValueError(f"epochs must be >= 0, got {self.epochs}")
+        if self.batch_size is not None and self.batch_size < 1:
+            raise ValueError(f"batch_size must be positive, got {self.batch_size}")
+        if self.memory_depth < 0:
+            raise ValueError(f"memory_depth must be >= 0, got {self.memory_depth}")
+        if self.max_steps is not None and self.max_steps < 1:
+            raise ValueError(f"max_steps must be positive, got {self.max_steps}")
+
+
+def batches(x: torch.Tensor, y: torch.Tensor, batch_size: int, generator: torch.Generator) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """One shuffled pass over (x, y) in mini-batches (the last one may be smaller)."""
+    perm = torch.randperm(x.shape[0], generator=generator)
+    for start in range(0, x.shape[0], batch_size):
+        idx = perm[start:start + batch_size]
+        yield x[idx], y[idx]
+
+
+@torch.no_grad()
+def evaluate(body: nn.Module, head: nn.Module, x: torch.Tensor, y: torch.Tensor, chunk: int = 2048) -> tuple[float, float]:
+    """(mean squared error, relative error) of head(body(x)) against y, in eval mode."""
+    modes = body.training, head.training
+    body.eval()
+    head.eval()
+    try:
+        sq, ref = 0.0, 0.0
+        for start in range(0, x.shape[0], chunk):
+            pred = head(body(x[start:start + chunk])).double()
+            target = y[start:start + chunk].double()
+            sq += float(((pred - target) ** 2).sum())
+            ref += float((target**2).sum())
+    finally:
+        body.train(modes[0])
+        head.train(modes[1])
+    mse = sq / max(y.numel(), 1)
+    rel = math.sqrt(sq / ref) if ref > 0 else math.nan
+    return mse, rel
+
+
+class _AdamTrainer:
+    """Plain baseline: Adam on body and head together for the MSE loss.
+
+    Data parallel: ``model`` is DistributedDataParallel(Sequential(body, head)) and ``loss_fn``
+    a ``_ShardLoss``; otherwise the network is head(body(x)) and the loss F.mse_loss.
+    """
+
+    def __init__(self, body: nn.Module, head: nn.Module, lr: float, weight_decay: float,
+                 model: nn.Module | None = None, loss_fn: Callable[..., torch.Tensor] | None = None) -> None:
+        self.body, self.head = body, head
+        self.model = model
+        self.loss_fn = loss_fn if loss_fn is not None else F.mse_loss
+        params = list(body.parameters()) + list(head.parameters())
+        self.optimizer = torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
+
+    def train_step(self, x: torch.Tensor, y: torch.Tensor) -> float:
+        self.optimizer.zero_grad(set_to_none=True)
+        pred = self.model(x) if self.model is not None else self.head(self.body(x))
+        loss = self.loss_fn(pred, y)
+        loss.backward()
+        self.optimizer.step()
+        return float(loss.detach())
+
+
+def world() -> tuple[int, int]:
+    """(rank, world size) of the initialised default process group, else (0, 1)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+class _ShardLoss:
+    """MSE of this rank's shard of a batch, for data-parallel training.
+
+    Weighted by world·n_rank/n_batch, so DistributedDataParallel's gradient average is exactly the
+    gradient of the whole batch's MSE (also for unequal shards). Its value is the whole batch's
+    MSE on every rank (one scalar all-reduce), so a non-finite loss stops every rank alike.
+    """
+
+    def __init__(self) -> None:
+        self.scale = 1.0
+
+    def __call__(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        import torch.distributed as dist
+
+        local = F.mse_loss(pred, target) * self.scale
+        total = local.detach().clone()
+        dist.all_reduce(total)
+        total /= dist.get_world_size()
+        return local + (total - local.detach())
+
+
+def make_trainer(method: str, body: nn.Module, head: nn.Module, cfg: RunConfig) -> Any:
+    """An object with ``train_step(x, y) -> float`` for ``method`` (slimtrain | adam).
+
+    Under an initialised torch.distributed process group with more than one rank the trainer is
+    data parallel: the body (Adam: body and head) is wrapped in DistributedDataParallel, SlimTik
+    all-reduces its statistics, and the loss is a ``_ShardLoss`` (attribute ``shard_loss``).
+    """
+    _, size = world()
+    shard_loss = _ShardLoss() if size > 1 else None
+    if method == "adam":
+        model = None
+        if size > 1:
+            from torch.nn.parallel import DistributedDataParallel
+
+            model = DistributedDataParallel(nn.Sequential(body, head))
+        trainer: Any = _AdamTrainer(body, head, cfg.lr, cfg.weight_decay, model, shard_loss)
+    else:
+        from .optim import SlimTik
+        from .train import SlimTrain
+
+        slim = SlimTik(head, memory_depth=cfg.memory_depth, backend=cfg.backend)
+        body_opt = torch.optim.Adam(body.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        module = body
+        if size > 1:
+            from torch.nn.parallel import DistributedDataParallel
+
+            module = DistributedDataParallel(body)
+        trainer = SlimTrain(module, head, body_opt, slim, loss_fn=shard_loss)
+    trainer.shard_loss = shard_loss
+    return trainer
+
+
+#: progress(n_steps_done, loss, alpha) after each training step.
+StepProgress = Callable[[int, float, float | None], None]
+
+
+def run_training(problem: Any, cfg: RunConfig, progress: StepProgress | None = None) -> dict[str, Any]:
+    """Train ``problem``'s network with ``cfg``; returns a JSON-ready history.
+
+    The network is initialised from ``cfg.seed`` and the batches are shuffled by a generator
+    seeded with it, so slimTrain and Adam with the same seed see the same data in the same
+    order from the same starting weights. A run whose loss becomes non-finite, or whose head
+    solve fails, stops early and is marked ``diverged``.
+
+    History keys: per epoch (index 0 = before training) ``epoch``, ``train_loss``,
+    ``val_loss``, ``train_rel``, ``val_rel``, ``alpha`` (slimTrain's effective λ, else None);
+    per step ``batch_loss``, ``step_time`` (s), ``step_alpha`` and ``step_lambda`` (slimTrain);
+    summary ``steps``, ``median_step_time``, ``wall_time``, ``diverged``, ``error``.
+
+    Data parallel (torch.distributed initialised, e.g. under ``torchrun``): every rank draws the
+    same batches and trains on its contiguous shard of each (``tensor_split`` by rank); a final
+    batch smaller than the number of ranks is skipped. ``batch_loss`` is the whole batch's loss.
+    All ranks end with identical weights; the epoch losses are evaluated on the full splits.
+    """
+    rank, size = world()
+    torch.manual_seed(cfg.seed)
+    body, head = problem.make_body(cfg.seed), problem.make_head(cfg.seed)
+    trainer = make_trainer(cfg.method, body, head, cfg)
+    slim = getattr(trainer, "slim", None)
+    batch_size = cfg.batch_size or problem.batch_size
+    gen = torch.Generator().manual_seed(cfg.seed)
+    hist: dict[str, Any] = {
+        "method": cfg.method, "config": asdict(cfg), "problem": problem.name, "batch_size": batch_size,
+        "epoch": [], "train_loss": [], "val_loss": [], "train_rel": [], "val_rel": [], "alpha": [],
+        "batch_loss": [], "step_time": [], "step_alpha": [], "step_lambda": [],
+        "diverged": False, "error": None, "world_size": size,
+    }
+
+    def record_epoch(epoch: int) -> None:
+        tr = evaluate(body, head, problem.x_train, problem.y_train)
+        va = evaluate(body, head, problem.x_val, problem.y_val)
+        hist["epoch"].append(epoch)
+        hist["train_loss"].append(tr[0])
+        hist["train_rel"].append(tr[1])
+        hist["val_loss"].append(va[0])
+        hist["val_rel"].append(va[1])
+        hist["alpha"].append(None if slim is None else float(slim.alpha_))
+
+    start = time.perf_counter()
+    record_epoch(0)
+    steps = 0
+    body.train()
+    head.train()
+    for epoch in range(1, cfg.epochs + 1):
+        for x, y in batches(problem.x_train, problem.y_train, batch_size, gen):
+            if size > 1:
+                if x.shape[0] < size:
+                    continue
+                n_batch = x.shape[0]
+                x, y = x.tensor_split(size)[rank], y.tensor_split(size)[rank]
+                trainer.shard_loss.scale = size * x.shape[0] / n_batch
+            t0 = time.perf_counter()
+            try:
+                loss = trainer.train_step(x, y)
+            except (FloatingPointError, ValueError, RuntimeError) as exc:  # NaN features, failed solve
+                if steps == 0:  # nothing ever worked: a configuration error, not divergence
+                    raise
+                hist["diverged"], hist["error"] = True, f"{type(exc).__name__}: {exc}"
+                logger.warning("%s run (lr=%g) stopped at step %d: %s", cfg.method, cfg.lr, steps, exc)
+                break
+            hist["step_time"].append(time.perf_counter() - t0)
+            hist["batch_loss"].append(loss)
+            alpha = None
+            if slim is not None:
+                alpha = float(slim.alpha_)
+                hist["step_alpha"].append(alpha)
+                hist["step_lambda"].append(float(slim.lambda_history_[-1]))
+            steps += 1
+            if progress is not None:
+                progress(steps, loss, alpha)
+            if not math.isfinite(loss):
+                hist["diverged"], hist["error"] = True, f"non-finite training loss at step {steps}"
+                break
+            if cfg.max_steps is not None and steps >= cfg.max_steps:
+                break
+        record_epoch(epoch)
+        if hist["diverged"] or (cfg.max_steps is not None and steps >= cfg.max_steps):
+            break
+    hist["steps"] = steps
+    hist["wall_time"] = time.perf_counter() - start
+    hist["median_step_time"] = statistics.median(hist["step_time"]) if hist["step_time"] else math.nan
+    if not math.isfinite(hist["val_loss"][-1]):
+        hist["diverged"] = True
+    return hist
+
+
+def final_metrics(hist: dict[str, Any]) -> dict[str, Any]:
+    """The last epoch's numbers of a run (validation loss NaN when the run diverged)."""
+    val = hist["val_loss"][-1]
+    return {
+        "method": hist["method"], "lr": hist["config"]["lr"], "epochs": hist["epoch"][-1], "steps": hist["steps"],
+        "train_loss": hist["train_loss"][-1], "val_loss": val if not hist["diverged"] else math.nan,
+        "train_rel": hist["train_rel"][-1], "val_rel": hist["val_rel"][-1],
+        "step_ms": 1e3 * hist["median_step_time"], "alpha": hist["alpha"][-1], "diverged": hist["diverged"],
+    }
