@@ -32,6 +32,7 @@ from typing import Any
 import torch
 
 from .commands import TRAIN_PROBLEMS, cmd_compare, cmd_sweep, cmd_train
+from .presets import PRESETS
 from .reports import sweep_summary
 from .runs import DEFAULT_LR, METHODS, RunConfig, batches, evaluate, final_metrics, make_trainer, run_training, world
 
@@ -100,7 +101,22 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--problem", choices=TRAIN_PROBLEMS, default="peaks", help="built-in problem (default: peaks)")
         p.add_argument("--data-dir", default=None, help="folder with the MNIST IDX files (--problem mnist only)")
         p.add_argument("--epochs", type=_nonneg_int, default=None, help="passes over the training set")
-        p.add_argument("--memory-depth", type=_nonneg_int, default=5, help="slimTik memory depth r (default: 5)")
+        p.add_argument("--preset", choices=sorted(PRESETS), default="default",
+                       help="slimTrain settings: 'default' (slimfast's, chosen by benchmarks/bench_quality.py) or "
+                            "'reference' (the public reference code's: r=5, Λ0=0.05, reference λ grid, no refit); "
+                            "the options below override single settings")
+        p.add_argument("--memory-depth", type=_nonneg_int, default=None,
+                       help=f"slimTik memory depth r (default: preset's; default preset {PRESETS['default'].memory_depth})")
+        p.add_argument("--Lambda0", "--lambda0", dest="Lambda0", type=_nonneg_float, default=None,
+                       help=f"initial regularisation Λ0 (default: preset's, {PRESETS['default'].Lambda0:g})")
+        p.add_argument("--lambda-mode", choices=("sgcv", "reference", "constant"), default=None,
+                       help="how λ is chosen each step (default: preset's, sgcv)")
+        p.add_argument("--reduction", choices=("mean", "sum"), default="mean",
+                       help="head objective scaling: mean (1/m, as nn.MSELoss(); default) or sum")
+        p.add_argument("--refit", choices=("none", "end", "epoch"), default=None,
+                       help="exact full-data refit of the head (ridge, λ by exact GCV): after the last epoch (end), "
+                            "after every epoch (epoch) or none (default: preset's, "
+                            f"{PRESETS['default'].refit})")
         p.add_argument("--batch-size", type=_positive_int, default=None, help="mini-batch size (default: problem's)")
         p.add_argument("--seed", type=int, default=0, help="seed of data, initial weights and batch order")
         p.add_argument("--out", default=None, help="output folder (default: runs/<problem>-<method>)")
@@ -127,6 +143,9 @@ def build_parser() -> argparse.ArgumentParser:
                              description="Run slimTrain and Adam for lr in {1e-4, 1e-3, 1e-2, 1e-1}.")
     common(compare)
     compare.add_argument("--lrs", type=_positive_float, nargs="+", default=None, help=argparse.SUPPRESS)
+    compare.add_argument("--seeds", type=_list_of(int), default=None,
+                         help="seeds (initial weights, batch order), comma-separated; the table reports medians "
+                              "over them (default: --seed)")
     compare.set_defaults(func=cmd_compare)
 
     sweep = sub.add_parser("sweep", help="many slimTrain models (lr × seed × Λ0 × r) trained together in one process",
@@ -142,7 +161,7 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--Lambda0s", "--lambda0s", dest="Lambda0s", type=_list_of(_nonneg_float), default=None,
                        help="initial regularisations Λ0, comma-separated (default: 0.05)")
     sweep.add_argument("--memory-depths", type=_list_of(_nonneg_int), default=None,
-                       help="memory depths r, comma-separated (default: --memory-depth)")
+                       help="memory depths r, comma-separated (default: --memory-depth or the preset's)")
     sweep.set_defaults(func=cmd_sweep)
     return parser
 

@@ -11,8 +11,9 @@ import argparse
 import json
 import math
 import platform
+import statistics
 import sys
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,7 @@ import torch
 
 from .plots import plot_convergence, plot_loss, plot_sensitivity, plot_sweep_sensitivity
 from .reports import compare_table, results_table, sweep_finals, sweep_summary, sweep_tables, write_json
+from .presets import PRESETS, SlimSettings
 from .runs import METHOD_LABELS, METHODS, RunConfig, final_metrics, run_training, world
 
 TRAIN_PROBLEMS = ("peaks", "cdr", "digits", "mnist")
@@ -90,9 +92,22 @@ def _environment() -> dict[str, Any]:
             "available_backends": [k for k, v in info["available"].items() if v is True]}
 
 
-def _run_config(args: argparse.Namespace, method: str, lr: float, epochs: int) -> RunConfig:
-    return RunConfig(method=method, lr=lr, epochs=epochs, memory_depth=args.memory_depth, batch_size=args.batch_size,
-                     seed=args.seed, backend=args.backend, weight_decay=args.weight_decay, max_steps=args.max_steps)
+def _settings(args: argparse.Namespace) -> SlimSettings:
+    """The slimTrain settings of ``--preset`` with the single options that override it."""
+    s = PRESETS[getattr(args, "preset", "default")]
+    for field in ("memory_depth", "Lambda0", "lambda_mode", "refit"):
+        value = getattr(args, field, None)
+        if value is not None:
+            s = replace(s, **{field: value})
+    return s
+
+
+def _run_config(args: argparse.Namespace, method: str, lr: float, epochs: int, seed: int | None = None) -> RunConfig:
+    s = _settings(args)
+    return RunConfig(method=method, lr=lr, epochs=epochs, memory_depth=s.memory_depth, batch_size=args.batch_size,
+                     seed=args.seed if seed is None else seed, backend=args.backend, weight_decay=args.weight_decay,
+                     max_steps=args.max_steps, Lambda0=s.Lambda0, lambda_mode=s.lambda_mode,
+                     Lambda_bounds=s.Lambda_bounds, reduction=getattr(args, "reduction", "mean"), refit=s.refit)
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -126,7 +141,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     if hist["error"]:
         lines.append(f"- stopped early: {hist['error']}")
     lines += ["", table, "", "Loss = mean squared error over the split; relative error = ‖pred − y‖/‖y‖. "
-              "Effective λ = Λ_k/(k+1) (`SlimTik.alpha_`).", "", "![loss curves](loss.png)", ""]
+              "Train loss (split) = the final network evaluated on the whole training split, after the refit "
+              "where there is one (the per-step batch losses in history.json, `batch_loss`, are taken right after "
+              "the head was solved on that batch and are optimistic). Effective λ = Λ_k/(k+1) (`SlimTik.alpha_`).",
+              "", "![loss curves](loss.png)", ""]
     (out / "summary.md").write_text("\n".join(lines))
     print(table)
     if hist["error"]:
@@ -150,49 +168,63 @@ def _data_parallel_line(size: int, method: str, problem: Any) -> str:
     return line
 
 
+def _median_over_seeds(values: list[float]) -> float:
+    """Median with a diverged run (NaN) counted as +inf; NaN if that median is a diverged run."""
+    med = statistics.median([v if math.isfinite(v) else math.inf for v in values])
+    return med if math.isfinite(med) else math.nan
+
+
 def cmd_compare(args: argparse.Namespace) -> int:
     problem = _load_problem(args)
     epochs = args.epochs if args.epochs is not None else DEFAULT_COMPARE_EPOCHS
     out = Path(args.out if args.out is not None else f"runs/{args.problem}-compare")
     out.mkdir(parents=True, exist_ok=True)
     lrs = tuple(args.lrs) if args.lrs else LR_SWEEP
-    print(f"slimTrain vs Adam on {problem!r}, {epochs} epochs, lr ∈ {{{', '.join(f'{lr:g}' for lr in lrs)}}}")
-    runs: dict[str, dict[float, dict[str, Any]]] = {m: {} for m in METHODS}
-    plan = [(m, lr) for lr in lrs for m in METHODS]
+    seeds = tuple(args.seeds) if getattr(args, "seeds", None) else (args.seed,)
+    settings = _settings(args)
+    print(f"slimTrain vs Adam on {problem!r}, {epochs} epochs, lr ∈ {{{', '.join(f'{lr:g}' for lr in lrs)}}}, "
+          f"seeds {list(seeds)}; slimTrain settings {json.dumps(settings.as_dict())}")
+    runs: dict[str, dict[float, dict[int, dict[str, Any]]]] = {m: {lr: {} for lr in lrs} for m in METHODS}
+    plan = [(m, lr, seed) for lr in lrs for m in METHODS for seed in seeds]
     outer = _progress_bar(len(plan), "runs", not args.quiet)
     outer.unit = "run"
     try:
-        for method, lr in plan:
-            cfg = _run_config(args, method, lr, epochs)
-            runs[method][lr] = _run_with_bar(problem, cfg, f"{METHOD_LABELS[method]} lr={lr:g}", not args.quiet,
-                                             leave=False)
+        for method, lr, seed in plan:
+            cfg = _run_config(args, method, lr, epochs, seed=seed)
+            runs[method][lr][seed] = _run_with_bar(problem, cfg, f"{METHOD_LABELS[method]} lr={lr:g} seed={seed}",
+                                                   not args.quiet, leave=False)
             outer.update(1)
     finally:
         outer.close()
-    finals = {m: {lr: final_metrics(h)["val_loss"] for lr, h in by_lr.items()} for m, by_lr in runs.items()}
+    finals = {m: {lr: _median_over_seeds([final_metrics(h)["val_loss"] for h in by_seed.values()])
+                  for lr, by_seed in by_lr.items()} for m, by_lr in runs.items()}
     summary = sweep_summary(finals)
-    title = f"{args.problem}: {epochs} epochs"
-    plot_convergence(runs, out / "convergence.png", title)
-    plot_sensitivity(finals, out / "sensitivity.png", title)
+    title = f"{args.problem}: {epochs} epochs (seed {seeds[0]})"
+    first = {m: {lr: by_seed[seeds[0]] for lr, by_seed in by_lr.items()} for m, by_lr in runs.items()}
+    plot_convergence(first, out / "convergence.png", title)
+    plot_sensitivity(finals, out / "sensitivity.png", f"{args.problem}: {epochs} epochs, median over {len(seeds)} seeds")
     table = compare_table(finals, summary)
-    details = results_table([final_metrics(runs[m][lr]) for lr in lrs for m in METHODS])
+    details = results_table([dict(final_metrics(runs[m][lr][seed]), seed=seed) for lr in lrs for m in METHODS
+                             for seed in seeds])
     env = _environment()
     md = [f"# slimfast compare: {args.problem}", "",
-          f"- problem: {problem!r}", f"- epochs: {epochs}, memory depth: {args.memory_depth}, seed: {args.seed}, "
-          f"weight decay: {args.weight_decay}",
-          "- slimTrain: Adam with the given lr on the body, head solved by SlimTik (sGCV); "
-          "Adam: the same network, initial weights and batch order, Adam on all weights.",
+          f"- problem: {problem!r}", f"- epochs: {epochs}, seeds: {list(seeds)}, weight decay: {args.weight_decay}",
+          f"- slimTrain settings: {json.dumps(settings.as_dict())} (preset {args.preset!r}); Adam with the given lr "
+          "on the body, head solved by SlimTik. Adam: the same network, initial weights and batch order, Adam on "
+          "all weights.",
           f"- environment: {json.dumps(env)}", "",
-          "## Final validation loss", "", table, "",
-          "Spread = max/min of the final validation loss across the learning-rate sweep (1 = insensitive).", "",
-          "## All runs", "", details, "",
+          f"## Final validation loss (median over {len(seeds)} seed{'s' if len(seeds) > 1 else ''})", "", table, "",
+          "Spread = max/min of the median final validation loss across the learning-rate sweep (1 = insensitive).",
+          "", "## All runs", "", details, "",
           "![convergence](convergence.png)", "", "![sensitivity](sensitivity.png)", ""]
     (out / "compare.md").write_text("\n".join(md))
-    write_json(out / "compare.json", {"problem": args.problem, "epochs": epochs, "environment": env,
+    write_json(out / "compare.json", {"problem": args.problem, "epochs": epochs, "seeds": list(seeds),
+                                      "settings": settings.as_dict(), "environment": env,
                                       "final_val_loss": {m: {f"{lr:g}": v for lr, v in by_lr.items()}
                                                          for m, by_lr in finals.items()},
                                       "summary": summary,
-                                      "runs": {m: {f"{lr:g}": h for lr, h in by_lr.items()} for m, by_lr in runs.items()}})
+                                      "runs": {m: {f"{lr:g}": {str(seed): h for seed, h in by_seed.items()}
+                                                   for lr, by_seed in by_lr.items()} for m, by_lr in runs.items()}})
     print(table)
     print(details)
     print(f"wrote {out / 'convergence.png'}, {out / 'sensitivity.png'}, {out / 'compare.md'}, {out / 'compare.json'}")
@@ -208,8 +240,9 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     lrs = args.lrs or LR_SWEEP
     seeds = args.seeds or (args.seed,)
-    Lambda0s = args.Lambda0s or (0.05,)
-    depths = args.memory_depths or (args.memory_depth,)
+    settings = _settings(args)
+    Lambda0s = args.Lambda0s or (settings.Lambda0,)
+    depths = args.memory_depths or (settings.memory_depth,)
     specs = [ModelSpec(seed=seed, lr=lr, Lambda0=L0, memory_depth=r)
              for L0 in Lambda0s for r in depths for lr in lrs for seed in seeds]
     print(f"slimTrain sweep on {problem!r}: {len(specs)} models in one process, {epochs} epochs; "
@@ -219,7 +252,9 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     try:
         hists = run_sweep(problem, specs, epochs, batch_size=args.batch_size, max_steps=args.max_steps,
                           backend=args.backend, weight_decay=args.weight_decay,
-                          progress=lambda step, active: bar.update(1))
+                          progress=lambda step, active: bar.update(1), refit=settings.refit,
+                          reduction=getattr(args, "reduction", "mean"), lambda_mode=settings.lambda_mode,
+                          Lambda_bounds=settings.Lambda_bounds, lambda_bounds=settings.lambda_bounds)
     finally:
         bar.close()
     title = f"{args.problem}: {epochs} epochs, {len(specs)} models"
@@ -235,8 +270,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
           f"solved by one batched slimTik call per step and memory depth); {epochs} epochs, {steps} steps, "
           f"weight decay {args.weight_decay}",
           f"- wall time {wall:.2f} s ({1e3 * hists[0]['median_step_time']:.3f} ms per step for all models)",
-          "- each model = `slimfast train --seed <seed> --lr <lr> --memory-depth <r>` on this data (Adam on the "
-          "body, head solved by SlimTik with sGCV; Λ0 its initial regularisation)",
+          "- each model = `slimfast train --seed <seed> --lr <lr> --memory-depth <r> --Lambda0 <Λ0>` on this data "
+          f"(Adam on the body, head solved by SlimTik); shared settings {json.dumps(settings.as_dict())}",
           f"- environment: {json.dumps(env)}", "",
           "## Final validation loss per configuration", "", summary, "",
           "Spread = max/min over learning rates of the median (over seeds) final validation loss "

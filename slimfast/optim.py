@@ -100,7 +100,9 @@ class SlimTik(torch.optim.Optimizer):
 
     Args:
         head: the layer whose weight (and bias) this optimizer sets; no other parameters.
-        memory_depth: r, number of earlier batches whose Gram matrices are kept.
+        memory_depth: r, number of earlier batches whose Gram matrices are kept (default 0: the
+            head is solved on the current batch, regularised towards W_{k−1} by Λ_{k−1}; chosen by
+            benchmarks/bench_quality.py, see README "Choosing settings").
         Lambda0: initial cumulative regularisation Λ_0 ≥ 0.
         lambda_mode: "sgcv" (default), "constant" (λ_k = ``lambda_const``) or "reference".
         lambda_const: λ per step in "constant" mode.
@@ -139,7 +141,7 @@ class SlimTik(torch.optim.Optimizer):
     def __init__(
         self,
         head: nn.Module,
-        memory_depth: int = 5,
+        memory_depth: int = 0,
         Lambda0: float = 0.05,
         lambda_mode: LambdaMode = "sgcv",
         lambda_const: float = 0.0,

@@ -34,11 +34,16 @@ def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
 
 
 def results_table(metrics: Sequence[dict[str, Any]]) -> str:
-    header = ["method", "lr", "epochs", "steps", "train loss", "val loss", "train rel err", "val rel err",
+    # "train loss" is the final network evaluated on the whole training split (not a running batch mean)
+    header = ["method", "lr", "epochs", "steps", "train loss (split)", "val loss", "train rel err", "val rel err",
               "time/step [ms]", "effective λ (alpha_)"]
     rows = [[METHOD_LABELS[m["method"]], f"{m['lr']:g}", str(m["epochs"]), str(m["steps"]), _fmt(m["train_loss"]),
              _fmt(m["val_loss"]), _fmt(m["train_rel"], ".4f"), _fmt(m["val_rel"], ".4f"), _fmt(m["step_ms"], ".3f"),
              _fmt(m["alpha"], ".3e")] for m in metrics]
+    if any("seed" in m for m in metrics):
+        header.insert(2, "seed")
+        for row, m in zip(rows, metrics):
+            row.insert(2, str(m.get("seed", "")))
     return markdown_table(header, rows)
 
 

@@ -6,8 +6,10 @@ The loss everywhere is the mean squared error ``((pred − target)**2).mean()``;
 is ‖pred − target‖_F / ‖target‖_F over the whole split.
 
 slimTrain: Adam (learning rate ``lr``) on the body, the head solved every step by ``SlimTik``
-(sGCV, memory depth ``memory_depth``). Adam: the same network, same initial weights, same batch
-order, Adam on body and head together. Library code: it logs, never prints.
+(λ mode, memory depth, Λ_0, Λ bounds and reduction from ``RunConfig``; defaults
+``presets.PRESETS["default"]``), and with ``refit="end"`` the head refit exactly on the whole
+training split after the last epoch (``refit.refit_head``). Adam: the same network, same initial
+weights, same batch order, Adam on body and head together. Library code: it logs, never prints.
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .presets import PRESETS
+
 logger = logging.getLogger("slimfast")
 
 METHODS = ("slimtrain", "adam")
@@ -38,12 +42,17 @@ class RunConfig:
     method: str = "slimtrain"
     lr: float = DEFAULT_LR
     epochs: int = 20
-    memory_depth: int = 5
+    memory_depth: int = PRESETS["default"].memory_depth
     batch_size: int | None = None
     seed: int = 0
     backend: str | None = None
     weight_decay: float = 0.0
     max_steps: int | None = None
+    Lambda0: float = PRESETS["default"].Lambda0
+    lambda_mode: str = PRESETS["default"].lambda_mode
+    Lambda_bounds: tuple[float, float] = PRESETS["default"].Lambda_bounds
+    reduction: str = "mean"
+    refit: str = PRESETS["default"].refit
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -58,6 +67,8 @@ class RunConfig:
             raise ValueError(f"memory_depth must be >= 0, got {self.memory_depth}")
         if self.max_steps is not None and self.max_steps < 1:
             raise ValueError(f"max_steps must be positive, got {self.max_steps}")
+        if self.refit not in ("none", "end", "epoch"):
+            raise ValueError(f"refit must be 'none', 'end' or 'epoch', got {self.refit!r}")
 
 
 def batches(x: torch.Tensor, y: torch.Tensor, batch_size: int, generator: torch.Generator) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
@@ -163,7 +174,8 @@ def make_trainer(method: str, body: nn.Module, head: nn.Module, cfg: RunConfig) 
         from .optim import SlimTik
         from .train import SlimTrain
 
-        slim = SlimTik(head, memory_depth=cfg.memory_depth, backend=cfg.backend)
+        slim = SlimTik(head, memory_depth=cfg.memory_depth, Lambda0=cfg.Lambda0, lambda_mode=cfg.lambda_mode,
+                       Lambda_bounds=tuple(cfg.Lambda_bounds), reduction=cfg.reduction, backend=cfg.backend)
         body_opt = torch.optim.Adam(body.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         module = body
         if size > 1:
@@ -187,9 +199,12 @@ def run_training(problem: Any, cfg: RunConfig, progress: StepProgress | None = N
     order from the same starting weights. A run whose loss becomes non-finite, or whose head
     solve fails, stops early and is marked ``diverged``.
 
-    History keys: per epoch (index 0 = before training) ``epoch``, ``train_loss``,
-    ``val_loss``, ``train_rel``, ``val_rel``, ``alpha`` (slimTrain's effective λ, else None);
-    per step ``batch_loss``, ``step_time`` (s), ``step_alpha`` and ``step_lambda`` (slimTrain);
+    History keys: per epoch (index 0 = before training) ``epoch``, ``train_loss`` and
+    ``val_loss`` (the network at the epoch's end evaluated on the whole split, after the refit
+    where there is one), ``train_rel``, ``val_rel``, ``alpha`` (slimTrain's effective λ, else
+    None), ``refit_alpha`` (μ* of each refit); per step ``batch_loss`` (the batch's loss right
+    after the head was solved on it: optimistic),
+    ``step_time`` (s), ``step_alpha`` and ``step_lambda`` (slimTrain);
     summary ``steps``, ``median_step_time``, ``wall_time``, ``diverged``, ``error``.
 
     Data parallel (torch.distributed initialised, e.g. under ``torchrun``): every rank draws the
@@ -207,9 +222,19 @@ def run_training(problem: Any, cfg: RunConfig, progress: StepProgress | None = N
     hist: dict[str, Any] = {
         "method": cfg.method, "config": asdict(cfg), "problem": problem.name, "batch_size": batch_size,
         "epoch": [], "train_loss": [], "val_loss": [], "train_rel": [], "val_rel": [], "alpha": [],
-        "batch_loss": [], "step_time": [], "step_alpha": [], "step_lambda": [],
+        "batch_loss": [], "step_time": [], "step_alpha": [], "step_lambda": [], "refit_alpha": [],
         "diverged": False, "error": None, "world_size": size,
     }
+
+    def refit() -> None:
+        # every rank holds the whole training split: each refits on all of it, no communication
+        from .refit import refit_head
+
+        chunk = 4096
+        data = ((problem.x_train[i:i + chunk], problem.y_train[i:i + chunk])
+                for i in range(0, problem.x_train.shape[0], chunk))
+        res = refit_head(body, head, data, reduction=cfg.reduction, backend=cfg.backend, distributed=False)
+        hist["refit_alpha"].append(res.alpha_)
 
     def record_epoch(epoch: int) -> None:
         tr = evaluate(body, head, problem.x_train, problem.y_train)
@@ -258,6 +283,9 @@ def run_training(problem: Any, cfg: RunConfig, progress: StepProgress | None = N
                 break
             if cfg.max_steps is not None and steps >= cfg.max_steps:
                 break
+        last = hist["diverged"] or epoch == cfg.epochs or (cfg.max_steps is not None and steps >= cfg.max_steps)
+        if slim is not None and not hist["diverged"] and (cfg.refit == "epoch" or (cfg.refit == "end" and last)):
+            refit()
         record_epoch(epoch)
         if hist["diverged"] or (cfg.max_steps is not None and steps >= cfg.max_steps):
             break

@@ -44,6 +44,7 @@ from torch.func import functional_call, stack_module_state, vmap
 
 from .config import LambdaMode, SolverConfig
 from .heads import HeadLayer, Reduction, check_head, head_shape, head_statistics
+from .presets import PRESETS
 from .solver import slimtik_step
 from .state import SlimTikState
 from .validation import MAX_ABS
@@ -70,8 +71,8 @@ class ModelSpec:
 
     seed: int = 0
     lr: float = 1e-3
-    Lambda0: float = 0.05
-    memory_depth: int = 5
+    Lambda0: float = PRESETS["default"].Lambda0
+    memory_depth: int = PRESETS["default"].memory_depth
 
     def __post_init__(self) -> None:
         if not (self.lr > 0 and math.isfinite(self.lr)):
@@ -609,7 +610,7 @@ def run_sweep(
     backend: str | None = None,
     weight_decay: float = 0.0,
     progress: Callable[[int, int], None] | None = None,
-    refit: str = "none",
+    refit: str = PRESETS["default"].refit,
     eval_refit: bool = False,
     **solver_kwargs: Any,
 ) -> list[dict[str, Any]]:
@@ -622,7 +623,8 @@ def run_sweep(
     marked ``diverged`` (with ``error``), its last epoch record is taken at that moment, and the
     others go on. ``progress(step, n_active)`` is called after every step.
 
-    ``refit``: "none", "end" (the heads are refit on the training split after the last epoch,
+    ``refit``: "end" (default, as ``cli.run_training``: the heads are refit on the training split
+    after the last epoch,
     ``SweepTrainer.refit_heads``, before it is recorded) or "epoch" (before every epoch's record,
     training continuing from the refit heads). ``eval_refit``: also record per epoch
     ``val_loss_refit``, the validation loss with the heads refit on the training split, from a

@@ -29,10 +29,10 @@ from slimfast.train import SlimTrain
 F64 = torch.float64
 TOL = 1e-10
 
-SPECS = [
-    ModelSpec(seed=0, lr=1e-3),
-    ModelSpec(seed=1, lr=1e-2),
-    ModelSpec(seed=0, lr=1e-2, Lambda0=1.0),
+SPECS = [   # memory depth 5 spelled out: ModelSpec's default is now the default preset's (0)
+    ModelSpec(seed=0, lr=1e-3, memory_depth=5),
+    ModelSpec(seed=1, lr=1e-2, memory_depth=5),
+    ModelSpec(seed=0, lr=1e-2, Lambda0=1.0, memory_depth=5),
     ModelSpec(seed=2, lr=3e-3, memory_depth=0),
     ModelSpec(seed=1, lr=1e-3, Lambda0=0.5, memory_depth=2),
     ModelSpec(seed=2, lr=3e-2, memory_depth=2),
