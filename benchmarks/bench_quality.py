@@ -133,6 +133,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--Lambda0", type=float, default=None)
     ap.add_argument("--lambda-mode", choices=("sgcv", "reference", "constant"), default=None)
     ap.add_argument("--Lambda-min", type=float, default=None, help="lower bound of Λ")
+    ap.add_argument("--Lambda-max", type=float, default=None, help="upper bound of Λ")
     ap.add_argument("--refit", choices=REFIT_MODES, default=None)
     ap.add_argument("--epochs", type=int, default=None, help="override every problem's epochs")
     ap.add_argument("--threads", type=int, default=1)
@@ -151,6 +152,8 @@ def settings_from(args: argparse.Namespace) -> SlimSettings:
         s = replace(s, lambda_mode=args.lambda_mode)
     if args.Lambda_min is not None:
         s = replace(s, Lambda_bounds=(args.Lambda_min, s.Lambda_bounds[1]))
+    if args.Lambda_max is not None:
+        s = replace(s, Lambda_bounds=(s.Lambda_bounds[0], args.Lambda_max))
     if args.refit is not None:
         s = replace(s, refit=args.refit)
     return s

@@ -31,20 +31,18 @@ from __future__ import annotations
 import copy
 import logging
 import math
-import statistics
-import time
-from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, stack_module_state, vmap
 
 from .config import LambdaMode, SolverConfig
 from .heads import HeadLayer, Reduction, check_head, head_shape, head_statistics
 from .presets import PRESETS
+from .stacked import StackedAdam, _head_apply, _stacked_head_matrix, _StackedMSE, _write_stacked_head
 from .solver import slimtik_step
 from .state import SlimTikState
 from .validation import MAX_ABS
@@ -85,136 +83,6 @@ class ModelSpec:
     @property
     def label(self) -> str:
         return f"lr={self.lr:g} seed={self.seed} Λ0={self.Lambda0:g} r={self.memory_depth}"
-
-
-# ============================================================================ optimizer
-
-class StackedAdam:
-    """``torch.optim.Adam`` (amsgrad, maximize off) on stacked parameters [B, ...], lr per model.
-
-    The arithmetic is that of torch's single-tensor CPU path, per element and in the same order,
-    so every model gets the update Adam would give it alone:
-
-        m ← lerp(m, g, 1 − β₁);  v ← β₂ v + (1 − β₂) g²;  denom = √v / √(1 − β₂ᵗ) + ε
-        θ ← θ + ((−lr_b/(1 − β₁ᵗ)) · m) / denom           (torch's addcdiv: value·t₁/t₂)
-
-    Weight decay (L2, added to the gradient) is shared by all models. All models step together,
-    so the step count t is one number.
-    """
-
-    def __init__(self, params: dict[str, torch.Tensor], lr: Sequence[float], betas: tuple[float, float] = (0.9, 0.999),
-                 eps: float = 1e-8, weight_decay: float = 0.0) -> None:
-        self.params = params
-        self.lr = [float(v) for v in lr]
-        self.betas = (float(betas[0]), float(betas[1]))
-        self.eps = float(eps)
-        self.weight_decay = float(weight_decay)
-        self.exp_avg = {k: torch.zeros_like(p, memory_format=torch.preserve_format) for k, p in params.items()}
-        self.exp_avg_sq = {k: torch.zeros_like(p, memory_format=torch.preserve_format) for k, p in params.items()}
-        self.t = 0
-
-    @torch.no_grad()
-    def step(self) -> None:
-        beta1, beta2 = self.betas
-        self.t += 1
-        bias_correction1 = 1 - beta1**self.t
-        bias_correction2_sqrt = (1 - beta2**self.t) ** 0.5
-        neg_steps: dict[tuple[torch.dtype, torch.device], torch.Tensor] = {}
-        for k, p in self.params.items():
-            if p.grad is None:
-                continue
-            key = (p.dtype, p.device)
-            if key not in neg_steps:   # −lr_b/(1 − β₁ᵗ) rounded to the parameter dtype, as addcdiv's value
-                neg_steps[key] = torch.tensor([-(lr / bias_correction1) for lr in self.lr], dtype=p.dtype,
-                                              device=p.device)
-            grad = p.grad
-            if self.weight_decay != 0:
-                grad = grad.add(p, alpha=self.weight_decay)
-            exp_avg, exp_avg_sq = self.exp_avg[k], self.exp_avg_sq[k]
-            exp_avg.lerp_(grad, 1 - beta1)
-            exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
-            denom = (exp_avg_sq.sqrt() / bias_correction2_sqrt).add_(self.eps)
-            step = neg_steps[key].view((-1,) + (1,) * (p.ndim - 1))
-            p.add_(exp_avg.mul(step).div_(denom))
-
-    def zero_grad(self) -> None:
-        for p in self.params.values():
-            p.grad = None
-
-    def keep(self, rows: torch.Tensor, params: dict[str, torch.Tensor]) -> None:
-        """Keep only the models ``rows`` (after the caller re-created ``params`` for them)."""
-        self.params = params
-        self.lr = [self.lr[i] for i in rows.tolist()]
-        self.exp_avg = {k: v[rows] for k, v in self.exp_avg.items()}
-        self.exp_avg_sq = {k: v[rows] for k, v in self.exp_avg_sq.items()}
-
-
-# ============================================================================ loss
-
-class _StackedMSE(torch.autograd.Function):
-    """``nn.MSELoss(reduction)`` of each model: [B, ...] predictions and targets → [B] losses.
-
-    Written out so that the backward is ATen's ``mse_loss_backward`` per model, element for
-    element: grad = (norm · (pred − target)) · grad_output, norm = 2/n ("mean") or 2 ("sum").
-    (vmap of ``F.mse_loss`` decomposes it and rounds the gradient differently.)
-    """
-
-    @staticmethod
-    def forward(ctx: Any, pred: torch.Tensor, target: torch.Tensor, mean: bool) -> torch.Tensor:
-        diff = pred - target
-        ctx.save_for_backward(diff)
-        ctx.norm = 2.0 / diff[0].numel() if mean else 2.0
-        sq = (diff * diff).reshape(diff.shape[0], -1)
-        return sq.mean(1) if mean else sq.sum(1)
-
-    @staticmethod
-    def backward(ctx: Any, grad_out: torch.Tensor) -> tuple[torch.Tensor, None, None]:
-        (diff,) = ctx.saved_tensors
-        g = grad_out.view((-1,) + (1,) * (diff.ndim - 1))
-        return diff.mul(ctx.norm).mul_(g), None, None
-
-
-# ============================================================================ heads, stacked
-
-def _stacked_head_matrix(head: HeadLayer, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-    """W [B, n_t, n_f] float64 from stacked layer parameters (``heads.head_to_matrix`` per model)."""
-    B = weight.shape[0]
-    if isinstance(head, nn.Linear):
-        W = weight
-    elif isinstance(head, nn.Conv2d):
-        W = weight.reshape(B, weight.shape[1], -1)
-    else:
-        W = weight.transpose(1, 2).reshape(B, weight.shape[2], -1)
-    cols = [W.to(F64)]
-    if bias is not None:
-        cols.append(bias.to(F64)[:, :, None])
-    return torch.cat(cols, dim=2).contiguous()
-
-
-def _head_apply(head: HeadLayer, weight: torch.Tensor, bias: torch.Tensor | None, z: torch.Tensor) -> torch.Tensor:
-    """``head(z)`` with the given weight and bias: the op of the layer's own forward."""
-    if isinstance(head, nn.Linear):
-        return F.linear(z, weight, bias)
-    if isinstance(head, nn.Conv2d):
-        return head._conv_forward(z, weight, bias)
-    return F.conv_transpose2d(z, weight, bias, head.stride, head.padding, head.output_padding, head.groups,
-                              head.dilation)
-
-
-@torch.no_grad()
-def _write_stacked_head(head: HeadLayer, weight: torch.Tensor, bias: torch.Tensor | None, W: torch.Tensor) -> None:
-    """Copy W [B, n_t, n_f] into stacked layer parameters (``heads.write_matrix_`` per model)."""
-    n_f = W.shape[2]
-    Wx = W[:, :, : n_f - 1] if bias is not None else W
-    if isinstance(head, nn.Linear):
-        weight.copy_(Wx)
-    elif isinstance(head, nn.Conv2d):
-        weight.copy_(Wx.reshape(weight.shape))
-    else:
-        B, c_in, c_out, kh, kw = weight.shape
-        weight.copy_(Wx.reshape(B, c_out, c_in, kh, kw).transpose(1, 2))
-    if bias is not None:
-        bias.copy_(W[:, :, n_f - 1])
 
 
 # ============================================================================ trainer
@@ -599,132 +467,5 @@ class SweepTrainer:
         return mse, rel
 
 
-# ============================================================================ whole runs
-
-def run_sweep(
-    problem: Any,
-    specs: Sequence[ModelSpec],
-    epochs: int,
-    batch_size: int | None = None,
-    max_steps: int | None = None,
-    backend: str | None = None,
-    weight_decay: float = 0.0,
-    progress: Callable[[int, int], None] | None = None,
-    refit: str = PRESETS["default"].refit,
-    eval_refit: bool = False,
-    **solver_kwargs: Any,
-) -> list[dict[str, Any]]:
-    """Train every model of ``specs`` on ``problem``; one history per model, as ``cli.run_training``.
-
-    Model i is ``cli.run_training(problem, RunConfig(seed=s.seed, lr=s.lr, memory_depth=s.memory_depth,
-    ...))`` with its head's Λ_0 = s.Lambda0: the same initial weights, the same batches in the
-    same order (a generator seeded with s.seed per model) and the same updates. ``step_time``
-    is the time of the whole B-model step (shared by all models). A model whose step fails is
-    marked ``diverged`` (with ``error``), its last epoch record is taken at that moment, and the
-    others go on. ``progress(step, n_active)`` is called after every step.
-
-    ``refit``: "end" (default, as ``cli.run_training``: the heads are refit on the training split
-    after the last epoch,
-    ``SweepTrainer.refit_heads``, before it is recorded) or "epoch" (before every epoch's record,
-    training continuing from the refit heads). ``eval_refit``: also record per epoch
-    ``val_loss_refit``, the validation loss with the heads refit on the training split, from a
-    copy (training unchanged): what ``refit="end"`` would end with if the run stopped there.
-    ``solver_kwargs`` go to ``SweepTrainer``
-    (``reduction``, ``lambda_mode``, ``Lambda_bounds``, ...).
-    """
-    if epochs < 0:
-        raise ValueError(f"epochs must be >= 0, got {epochs}")
-    if refit not in REFIT_MODES:
-        raise ValueError(f"refit must be one of {REFIT_MODES}, got {refit!r}")
-    trainer = SweepTrainer.from_problem(problem, specs, backend=backend, weight_decay=weight_decay, **solver_kwargs)
-    bs = batch_size or problem.batch_size
-    gens = [torch.Generator().manual_seed(s.seed) for s in specs]
-    hists: list[dict[str, Any]] = []
-    for s in specs:
-        cfg = {"method": "slimtrain", "lr": s.lr, "epochs": epochs, "memory_depth": s.memory_depth,
-               "batch_size": batch_size, "seed": s.seed, "backend": backend, "weight_decay": weight_decay,
-               "max_steps": max_steps, "Lambda0": s.Lambda0, "refit": refit}
-        hists.append({"method": "slimtrain", "config": cfg, "spec": asdict(s), "problem": problem.name,
-                      "batch_size": bs, "epoch": [], "train_loss": [], "val_loss": [], "train_rel": [],
-                      "val_rel": [], "alpha": [], "batch_loss": [], "step_time": [], "step_alpha": [],
-                      "step_lambda": [], "diverged": False, "error": None})
-
-    def record_epoch(epoch: int) -> None:
-        if eval_refit:
-            saved = {k: v.clone() for k, v in trainer.head_params.items()}
-            trainer.refit_heads(problem.x_train, problem.y_train)
-            va_refit = trainer.evaluate(problem.x_val, problem.y_val)[0]
-            for k, v in saved.items():
-                trainer.head_params[k].copy_(v)
-            for row, model in enumerate(trainer.active):
-                hists[model].setdefault("val_loss_refit", []).append(va_refit[row])
-        tr = trainer.evaluate(problem.x_train, problem.y_train)
-        va = trainer.evaluate(problem.x_val, problem.y_val)
-        for row, model in enumerate(trainer.active):
-            h = hists[model]
-            h["epoch"].append(epoch)
-            h["train_loss"].append(tr[0][row])
-            h["train_rel"].append(tr[1][row])
-            h["val_loss"].append(va[0][row])
-            h["val_rel"].append(va[1][row])
-            h["alpha"].append(trainer.alpha(model))
-
-    start = time.perf_counter()
-    record_epoch(0)
-    steps = 0
-    n = problem.x_train.shape[0]
-    done = False
-    for epoch in range(1, epochs + 1):
-        if not trainer.active:
-            break
-        perms = {model: torch.randperm(n, generator=gens[model]) for model in trainer.active}
-        for lo in range(0, n, bs):
-            t0 = time.perf_counter()
-            idx = torch.stack([perms[model][lo:lo + bs] for model in trainer.active])
-            info = trainer.train_step(problem.x_train[idx], problem.y_train[idx])
-            dt = time.perf_counter() - t0
-            steps += 1
-            for row, model in enumerate(info.models):
-                if model in info.diverged:
-                    continue
-                h = hists[model]
-                h["step_time"].append(dt)
-                h["batch_loss"].append(info.loss[row])
-                h["step_alpha"].append(info.alpha[row])
-                h["step_lambda"].append(info.lambda_[row])
-            if info.diverged:
-                # the solo run stops here and records this epoch with the weights as they are now
-                tr = trainer.evaluate(problem.x_train, problem.y_train, dropped=True)
-                va = trainer.evaluate(problem.x_val, problem.y_val, dropped=True)
-                for row, model in enumerate(trainer.last_dropped[0]):
-                    reason = info.diverged[model]
-                    h = hists[model]
-                    h["diverged"], h["error"], h["steps"] = True, reason, steps - 1
-                    h["epoch"].append(epoch)
-                    h["train_loss"].append(tr[0][row])
-                    h["train_rel"].append(tr[1][row])
-                    h["val_loss"].append(va[0][row])
-                    h["val_rel"].append(va[1][row])
-                    h["alpha"].append(trainer.alpha(model))
-                    logger.warning("sweep model %d (%s) stopped at step %d: %s", model, specs[model].label,
-                                   steps - 1, reason)
-            if progress is not None:
-                progress(steps, trainer.n_active)
-            if not trainer.active or (max_steps is not None and steps >= max_steps):
-                done = True
-                break
-        if trainer.active:
-            if refit == "epoch" or (refit == "end" and (done or epoch == epochs)):
-                for model, mu in zip(trainer.active, trainer.refit_heads(problem.x_train, problem.y_train)):
-                    hists[model].setdefault("refit_alpha", []).append(mu)
-            record_epoch(epoch)
-        if done:
-            break
-    wall = time.perf_counter() - start
-    for h in hists:
-        h.setdefault("steps", steps)
-        h["wall_time"] = wall
-        h["median_step_time"] = statistics.median(h["step_time"]) if h["step_time"] else math.nan
-        if not math.isfinite(h["val_loss"][-1]):
-            h["diverged"] = True
-    return hists
+# run_sweep lives in sweep_run.py (file size); it imports this module lazily, so either may be imported first
+from .sweep_run import run_sweep  # noqa: E402

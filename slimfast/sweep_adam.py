@@ -25,7 +25,8 @@ import torch
 from torch import nn
 from torch.func import functional_call, stack_module_state, vmap
 
-from .sweep import ModelSpec, StackedAdam, _StackedMSE
+from .stacked import StackedAdam, _StackedMSE
+from .sweep import ModelSpec
 
 __all__ = ["AdamSweepTrainer", "run_adam_sweep"]
 
