@@ -46,7 +46,7 @@ from .validation import MAX_ABS
 
 logger = logging.getLogger("slimfast")
 
-__all__ = ["NonfiniteAction", "ScalarWriter", "SlimTik", "SlimTikInfo"]
+__all__ = ["NonfiniteAction", "ScalarWriter", "SlimTik", "SlimTikInfo", "release_head"]
 
 #: What ``SlimTik.step`` does with a batch whose statistics are not finite.
 NonfiniteAction = Literal["raise", "skip"]
@@ -108,8 +108,22 @@ def _claim(head: nn.Module, slim: SlimTik) -> None:
     owner = ref() if ref is not None else None
     if owner is not None and owner is not slim and owner.__dict__.get("head") is head:
         raise ValueError("this head already has a SlimTik optimizer; one head takes one SlimTik (delete the old "
-                         "one first, or reset it with load_state_dict)")
+                         "one, reset it with load_state_dict, or hand the head over with release_head(head))")
     _OWNERS[head] = weakref.ref(slim)
+
+
+def release_head(head: nn.Module) -> None:
+    """Free ``head`` for a new SlimTik; the SlimTik that owned it refuses further steps
+    (RuntimeError), so two optimizers never write one head. For frameworks that build a new
+    optimizer while the old one is still referenced (e.g. a second ``configure_optimizers``)."""
+    _OWNERS.pop(head, None)
+
+
+def _check_owner(slim: SlimTik) -> None:
+    ref = _OWNERS.get(slim.head)
+    if ref is None or ref() is not slim:
+        raise RuntimeError("this SlimTik no longer owns its head (release_head was called, or another SlimTik "
+                           "took the head over); step with the head's current SlimTik")
 
 _STEP_SIGNATURE_HELP = ("SlimTik.step(features, target) needs the head's input batch and its target: it solves for "
                         "the head's weights in closed form from that batch, so it takes no closure and needs no "
@@ -122,7 +136,7 @@ class SlimTik(torch.optim.Optimizer):
     Args:
         head: the layer whose weight (and bias) this optimizer sets; no other parameters.
         memory_depth: r, number of earlier batches whose Gram matrices are kept.
-        Lambda0: initial cumulative regularisation Λ_0 ≥ 0.
+        Lambda0: initial cumulative regularisation, 0 ≤ Λ_0 ≤ Λ_max (see ``state.check_Lambda0``).
         lambda_mode: "sgcv" (default), "constant" (λ_k = ``lambda_const``) or "reference".
         lambda_const: λ per step in "constant" mode.
         Lambda_bounds: (Λ_min, Λ_max) for Λ_k.
@@ -130,13 +144,14 @@ class SlimTik(torch.optim.Optimizer):
         reduction: "mean" (β² = 1/m, matches ``nn.MSELoss()``) or "sum" (β² = 1).
         backend: force a solver backend ("cuda", "cpp", "numba", "torch"); default: best available.
         writer: optional object with ``add_scalar(tag, value, global_step)``.
-        on_nonfinite: a batch whose statistics contain NaN/Inf (from the features or targets,
-            or float64 overflow), or whose solve produced non-finite weights: ``"raise"``
+        on_nonfinite: a batch with NaN/Inf in its features or targets, or whose solve produced
+            weights that are not finite in the head's dtype: ``"raise"``
             (default; ValueError naming ``features``/``target``, FloatingPointError for the
             solve) or ``"skip"`` (the batch is dropped: weights, memory, Λ, step count and
             histories untouched, a warning on the ``"slimfast"`` logger, ``n_skipped_`` + 1,
             and the returned record has ``skipped=True``). Either way the state is unchanged.
-            Other bad input (shapes, devices, non-finite head weights) always raises.
+            Other bad input (shapes, devices, non-finite head weights, finite data whose float64
+            statistics overflow or exceed ±1e150) always raises.
         process_group: torch.distributed group whose ranks share each batch (default: the world).
         distributed: data parallel (``slimfast.distributed``): None (default) = whenever
             torch.distributed is initialised with more than one rank in ``process_group``.
@@ -154,7 +169,9 @@ class SlimTik(torch.optim.Optimizer):
     ``cond_history_`` (one entry per completed step; skipped batches add none).
 
     ``on_nonfinite``, ``backend`` and ``writer`` are run-time choices: ``load_state_dict`` keeps
-    them as constructed.
+    them as constructed. A head has one SlimTik (a second raises ValueError; ``release_head``
+    hands it over). ``copy.deepcopy`` and ``pickle`` give copies that continue exactly like the
+    original.
     """
 
     def __init__(
@@ -281,6 +298,7 @@ class SlimTik(torch.optim.Optimizer):
         if features is None or target is None or callable(features):
             got = "a closure" if callable(features) else "no batch" if features is None else "no target"
             raise TypeError(f"{_STEP_SIGNATURE_HELP}; got {got}")
+        _check_owner(self)
         check_head_inputs(self.head, features, target, finite=False)
         data_parallel = use_data_parallel(self.distributed, self.process_group)
         G, H, c, m = head_statistics(self.head, features, target, "sum" if data_parallel else self.reduction,

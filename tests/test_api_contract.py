@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from slimfast.config import SolverConfig
-from slimfast.optim import SlimTik
+from slimfast.optim import SlimTik, release_head
 from slimfast.state import SlimTikState
 
 from .test_faults_training import _batches, _slim_snapshot, _tree_equal
@@ -185,7 +185,14 @@ def test_one_head_one_slimtik() -> None:
     SlimTik(copy.deepcopy(head))             # a copy of the head is another head
     del slim
     gc.collect()
-    SlimTik(head)                            # the first optimizer is gone: the head is free again
+    slim = SlimTik(head)                     # the first optimizer is gone: the head is free again
+    x, y = _batches(1, n_in=3, n_out=1)[0]
+    slim.step(x, y)
+    release_head(head)                       # an explicit hand-over: the old one may not step again
+    new = SlimTik(head)
+    with pytest.raises(RuntimeError, match="no longer owns"):
+        slim.step(x, y)
+    assert new.step(x, y).step == 1
 
 
 # ----------------------------------------------------------------------------- integer sizes
