@@ -27,7 +27,6 @@ from __future__ import annotations
 import copy
 import logging
 import math
-import weakref
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
@@ -41,6 +40,9 @@ from .heads import (
 )
 from .distributed import all_reduce_statistics, use_data_parallel
 from .solver import slimtik_step
+from .ownership import check_owner as _check_owner
+from .ownership import claim as _claim
+from .ownership import release_head
 from .state import SlimTikState, as_size, check_Lambda0
 from .validation import MAX_ABS
 
@@ -95,35 +97,6 @@ class SlimTikInfo:
 
 _HISTORIES = ("lambda_history_", "Lambda_history_", "alpha_history_", "sgcv_history_", "rel_residual_history_",
               "cond_history_")
-
-#: head → weak reference to the SlimTik that owns it. Kept here rather than as an attribute of the
-#: head so that pickling or deep-copying a model never drags an optimizer along.
-_OWNERS: weakref.WeakKeyDictionary[nn.Module, weakref.ReferenceType[SlimTik]] = weakref.WeakKeyDictionary()
-
-
-def _claim(head: nn.Module, slim: SlimTik) -> None:
-    """Make ``slim`` the owner of ``head``; ValueError if another live SlimTik owns it already
-    (two optimizers writing one head would each solve against weights the other overwrote)."""
-    ref = _OWNERS.get(head)
-    owner = ref() if ref is not None else None
-    if owner is not None and owner is not slim and owner.__dict__.get("head") is head:
-        raise ValueError("this head already has a SlimTik optimizer; one head takes one SlimTik (delete the old "
-                         "one, reset it with load_state_dict, or hand the head over with release_head(head))")
-    _OWNERS[head] = weakref.ref(slim)
-
-
-def release_head(head: nn.Module) -> None:
-    """Free ``head`` for a new SlimTik; the SlimTik that owned it refuses further steps
-    (RuntimeError), so two optimizers never write one head. For frameworks that build a new
-    optimizer while the old one is still referenced (e.g. a second ``configure_optimizers``)."""
-    _OWNERS.pop(head, None)
-
-
-def _check_owner(slim: SlimTik) -> None:
-    ref = _OWNERS.get(slim.head)
-    if ref is None or ref() is not slim:
-        raise RuntimeError("this SlimTik no longer owns its head (release_head was called, or another SlimTik "
-                           "took the head over); step with the head's current SlimTik")
 
 _STEP_SIGNATURE_HELP = ("SlimTik.step(features, target) needs the head's input batch and its target: it solves for "
                         "the head's weights in closed form from that batch, so it takes no closure and needs no "
