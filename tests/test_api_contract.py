@@ -119,7 +119,15 @@ def _run(model: nn.Sequential, slim: SlimTik, data: list) -> None:
         slim.step(model[1](model[0](x)), y)
 
 
-@pytest.mark.parametrize("how", ["tuple", "dict", "pickle"])
+class _Holder(nn.Module):
+    """A model that keeps its optimizer as a plain attribute."""
+
+    def __init__(self, net: nn.Sequential, slim: SlimTik) -> None:
+        super().__init__()
+        self.net, self.slim = net, slim
+
+
+@pytest.mark.parametrize("how", ["tuple", "dict", "module", "pickle"])
 def test_copies_continue_exactly_like_the_original(how: str) -> None:
     data = _batches(6, seed=5)
     model = _model()
@@ -130,6 +138,9 @@ def test_copies_continue_exactly_like_the_original(how: str) -> None:
     elif how == "dict":
         both = copy.deepcopy({"slim": slim, "model": model})
         model2, slim2 = both["model"], both["slim"]
+    elif how == "module":
+        holder = copy.deepcopy(_Holder(model, slim))
+        model2, slim2 = holder.net, holder.slim
     else:
         model2, slim2 = pickle.loads(pickle.dumps((model, slim)))
     assert slim2.head is model2[2] and slim2.head is not slim.head
