@@ -90,6 +90,19 @@ def test_out_without_permission(tmp_path: Path, capsys, no_training) -> None:
         locked.chmod(0o700)
 
 
+def test_out_that_refuses_writes(tmp_path: Path, capsys, no_training, monkeypatch: pytest.MonkeyPatch) -> None:
+    """What a read-only mount or missing permission looks like to the writer (the tests run as
+    root, which permission bits do not stop): the probe write fails with EACCES/EROFS."""
+    import tempfile
+
+    def refused(*args, **kwargs):
+        raise OSError(30, "Read-only file system")
+
+    monkeypatch.setattr(tempfile, "mkdtemp", refused)
+    msg = _usage_error(["train", "--out", str(tmp_path / "ro")] + TINY, capsys)
+    assert str(tmp_path / "ro") in msg and "Read-only file system" in msg
+
+
 def test_interrupted_final_write_keeps_the_previous_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     out = tmp_path / "run"
     assert main(["train", "--out", str(out)] + TINY) == 0
