@@ -22,7 +22,7 @@ from .plots import plot_convergence, plot_loss, plot_sensitivity, plot_sweep_sen
 from .reports import compare_table, results_table, sweep_finals, sweep_summary, sweep_tables, write_json
 from .config import SolverConfig
 from .outputs import prepare_output, staged_output
-from .runs import METHOD_LABELS, METHODS, RunConfig, final_metrics, mark_blow_up, run_training, world
+from .runs import METHOD_LABELS, METHODS, RunConfig, final_metrics, run_training, world
 from .state import check_Lambda0
 
 TRAIN_PROBLEMS = ("peaks", "cdr", "digits", "mnist")
@@ -230,8 +230,6 @@ def cmd_sweep(args: argparse.Namespace) -> int:
                           progress=lambda step, active: bar.update(1))
     finally:
         bar.close()
-    for h in hists:
-        mark_blow_up(h)
     title = f"{args.problem}: {epochs} epochs, {len(specs)} models"
     finals = sweep_finals(specs, hists)
     summary, models = sweep_tables(specs, hists)

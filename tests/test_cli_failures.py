@@ -209,3 +209,16 @@ def test_a_run_whose_loss_explodes_is_reported_diverged() -> None:
     hist = run_training(problem, RunConfig(method="adam", lr=10.0, epochs=3))
     assert all(math.isfinite(v) for v in hist["val_loss"]) and hist["val_loss"][-1] > 10 * hist["val_loss"][0]
     assert hist["diverged"] and math.isnan(final_metrics(hist)["val_loss"])
+
+
+
+def test_sweep_histories_use_the_same_divergence_rule(monkeypatch: pytest.MonkeyPatch) -> None:
+    """slimTrain at valid settings does not blow up in a short run (the head solve keeps the loss
+    bounded), so check the wiring: every sweep history goes through run_training's rule."""
+    from slimfast.sweep import ModelSpec, run_sweep
+
+    seen = []
+    monkeypatch.setattr(slimfast.sweep, "mark_blow_up", lambda h: seen.append(h) or mark_blow_up(h))
+    problem = get_problem("peaks", seed=0).subset(128, 32)
+    hists = run_sweep(problem, [ModelSpec(lr=1e-3), ModelSpec(lr=1e-2)], 1, max_steps=2)
+    assert len(seen) == 2 and all(a is b for a, b in zip(seen, hists))
