@@ -20,7 +20,10 @@ import torch
 
 from .plots import plot_convergence, plot_loss, plot_sensitivity, plot_sweep_sensitivity
 from .reports import compare_table, results_table, sweep_finals, sweep_summary, sweep_tables, write_json
+from .config import SolverConfig
+from .outputs import prepare_output, staged_output
 from .runs import METHOD_LABELS, METHODS, RunConfig, final_metrics, run_training, world
+from .state import check_Lambda0
 
 TRAIN_PROBLEMS = ("peaks", "cdr", "digits", "mnist")
 LR_SWEEP = (1e-4, 1e-3, 1e-2, 1e-1)
@@ -28,6 +31,9 @@ LR_SWEEP = (1e-4, 1e-3, 1e-2, 1e-1)
 DEFAULT_EPOCHS = {"peaks": 30, "cdr": 30, "digits": 10, "mnist": 1}
 #: Default epochs of each run of ``compare`` (8 runs per problem).
 DEFAULT_COMPARE_EPOCHS = 5
+TRAIN_OUTPUTS = ("history.json", "loss.png", "summary.md")
+COMPARE_OUTPUTS = ("convergence.png", "sensitivity.png", "compare.md", "compare.json")
+SWEEP_OUTPUTS = ("sensitivity.png", "sweep.md", "sweep.json")
 
 
 def _load_problem(args: argparse.Namespace) -> Any:
@@ -96,14 +102,15 @@ def _run_config(args: argparse.Namespace, method: str, lr: float, epochs: int) -
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    rank, size = world()
+    out = Path(args.out if args.out is not None else f"runs/{args.problem}-{args.optimizer}")
+    if rank == 0:
+        out = prepare_output(out, TRAIN_OUTPUTS)
     problem = _load_problem(args)
     epochs = args.epochs if args.epochs is not None else DEFAULT_EPOCHS[args.problem]
     cfg = _run_config(args, args.optimizer, args.lr, epochs)
-    rank, size = world()
-    out = Path(args.out if args.out is not None else f"runs/{args.problem}-{args.optimizer}")
     label = METHOD_LABELS[cfg.method]
     if rank == 0:
-        out.mkdir(parents=True, exist_ok=True)
         print(f"{label} on {problem!r}" + (f", data parallel over {size} ranks" if size > 1 else ""))
     hist = _run_with_bar(problem, cfg, f"{args.problem} {label} lr={cfg.lr:g}", not args.quiet and rank == 0)
     if rank != 0:   # every rank holds the same weights and history; rank 0 reports
@@ -113,9 +120,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     env = _environment()
     hist["environment"] = env
     hist["metrics"] = metrics
-    write_json(out / "history.json", hist)
     title = f"{args.problem}: {label}, lr={cfg.lr:g}"
-    plot_loss(hist, out / "loss.png", title)
     lines = [f"# slimfast train: {args.problem}, {label}", "",
              f"- problem: {problem!r}", f"- settings: {json.dumps(asdict(cfg))}",
              f"- wall time: {hist['wall_time']:.2f} s for {hist['steps']} steps "
@@ -127,7 +132,10 @@ def cmd_train(args: argparse.Namespace) -> int:
         lines.append(f"- stopped early: {hist['error']}")
     lines += ["", table, "", "Loss = mean squared error over the split; relative error = ‖pred − y‖/‖y‖. "
               "Effective λ = Λ_k/(k+1) (`SlimTik.alpha_`).", "", "![loss curves](loss.png)", ""]
-    (out / "summary.md").write_text("\n".join(lines))
+    with staged_output(out) as stage:
+        write_json(stage / "history.json", hist)
+        plot_loss(hist, stage / "loss.png", title)
+        (stage / "summary.md").write_text("\n".join(lines))
     print(table)
     if hist["error"]:
         print(f"note: the run stopped early: {hist['error']}")
@@ -151,10 +159,9 @@ def _data_parallel_line(size: int, method: str, problem: Any) -> str:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
+    out = prepare_output(args.out if args.out is not None else f"runs/{args.problem}-compare", COMPARE_OUTPUTS)
     problem = _load_problem(args)
     epochs = args.epochs if args.epochs is not None else DEFAULT_COMPARE_EPOCHS
-    out = Path(args.out if args.out is not None else f"runs/{args.problem}-compare")
-    out.mkdir(parents=True, exist_ok=True)
     lrs = tuple(args.lrs) if args.lrs else LR_SWEEP
     print(f"slimTrain vs Adam on {problem!r}, {epochs} epochs, lr ∈ {{{', '.join(f'{lr:g}' for lr in lrs)}}}")
     runs: dict[str, dict[float, dict[str, Any]]] = {m: {} for m in METHODS}
@@ -172,8 +179,6 @@ def cmd_compare(args: argparse.Namespace) -> int:
     finals = {m: {lr: final_metrics(h)["val_loss"] for lr, h in by_lr.items()} for m, by_lr in runs.items()}
     summary = sweep_summary(finals)
     title = f"{args.problem}: {epochs} epochs"
-    plot_convergence(runs, out / "convergence.png", title)
-    plot_sensitivity(finals, out / "sensitivity.png", title)
     table = compare_table(finals, summary)
     details = results_table([final_metrics(runs[m][lr]) for lr in lrs for m in METHODS])
     env = _environment()
@@ -187,12 +192,14 @@ def cmd_compare(args: argparse.Namespace) -> int:
           "Spread = max/min of the final validation loss across the learning-rate sweep (1 = insensitive).", "",
           "## All runs", "", details, "",
           "![convergence](convergence.png)", "", "![sensitivity](sensitivity.png)", ""]
-    (out / "compare.md").write_text("\n".join(md))
-    write_json(out / "compare.json", {"problem": args.problem, "epochs": epochs, "environment": env,
-                                      "final_val_loss": {m: {f"{lr:g}": v for lr, v in by_lr.items()}
-                                                         for m, by_lr in finals.items()},
-                                      "summary": summary,
-                                      "runs": {m: {f"{lr:g}": h for lr, h in by_lr.items()} for m, by_lr in runs.items()}})
+    with staged_output(out) as stage:
+        plot_convergence(runs, stage / "convergence.png", title)
+        plot_sensitivity(finals, stage / "sensitivity.png", title)
+        (stage / "compare.md").write_text("\n".join(md))
+        write_json(stage / "compare.json", {
+            "problem": args.problem, "epochs": epochs, "environment": env,
+            "final_val_loss": {m: {f"{lr:g}": v for lr, v in by_lr.items()} for m, by_lr in finals.items()},
+            "summary": summary, "runs": {m: {f"{lr:g}": h for lr, h in by_lr.items()} for m, by_lr in runs.items()}})
     print(table)
     print(details)
     print(f"wrote {out / 'convergence.png'}, {out / 'sensitivity.png'}, {out / 'compare.md'}, {out / 'compare.json'}")
@@ -202,13 +209,14 @@ def cmd_compare(args: argparse.Namespace) -> int:
 def cmd_sweep(args: argparse.Namespace) -> int:
     from .sweep import ModelSpec, run_sweep
 
+    Lambda0s = args.Lambda0s or (0.05,)
+    for L0 in Lambda0s:   # the sweep steps every head with the default SolverConfig
+        check_Lambda0(L0, SolverConfig(), name="--Lambda0s value")
+    out = prepare_output(args.out if args.out is not None else f"runs/{args.problem}-sweep", SWEEP_OUTPUTS)
     problem = _load_problem(args)
     epochs = args.epochs if args.epochs is not None else DEFAULT_COMPARE_EPOCHS
-    out = Path(args.out if args.out is not None else f"runs/{args.problem}-sweep")
-    out.mkdir(parents=True, exist_ok=True)
     lrs = args.lrs or LR_SWEEP
     seeds = args.seeds or (args.seed,)
-    Lambda0s = args.Lambda0s or (0.05,)
     depths = args.memory_depths or (args.memory_depth,)
     specs = [ModelSpec(seed=seed, lr=lr, Lambda0=L0, memory_depth=r)
              for L0 in Lambda0s for r in depths for lr in lrs for seed in seeds]
@@ -224,7 +232,6 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         bar.close()
     title = f"{args.problem}: {epochs} epochs, {len(specs)} models"
     finals = sweep_finals(specs, hists)
-    plot_sweep_sensitivity(finals, out / "sensitivity.png", title)
     summary, models = sweep_tables(specs, hists)
     env = _environment()
     wall = hists[0]["wall_time"]
@@ -242,9 +249,11 @@ def cmd_sweep(args: argparse.Namespace) -> int:
           "Spread = max/min over learning rates of the median (over seeds) final validation loss "
           "(1 = insensitive; inf if a model diverged).", "",
           "## All models", "", models, "", "![sensitivity](sensitivity.png)", ""]
-    (out / "sweep.md").write_text("\n".join(md))
-    write_json(out / "sweep.json", {"problem": args.problem, "epochs": epochs, "environment": env,
-                                    "specs": [asdict(s) for s in specs], "runs": hists})
+    with staged_output(out) as stage:
+        plot_sweep_sensitivity(finals, stage / "sensitivity.png", title)
+        (stage / "sweep.md").write_text("\n".join(md))
+        write_json(stage / "sweep.json", {"problem": args.problem, "epochs": epochs, "environment": env,
+                                          "specs": [asdict(s) for s in specs], "runs": hists})
     print(summary)
     print(f"wrote {out / 'sensitivity.png'}, {out / 'sweep.md'}, {out / 'sweep.json'}")
     return 0

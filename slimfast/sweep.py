@@ -45,6 +45,7 @@ from torch.func import functional_call, stack_module_state, vmap
 from .config import LambdaMode, SolverConfig
 from .heads import HeadLayer, Reduction, check_head, head_shape, head_statistics
 from .solver import slimtik_step
+from .runs import mark_blow_up
 from .state import SlimTikState
 from .validation import MAX_ABS
 
@@ -657,4 +658,5 @@ def run_sweep(
         h["median_step_time"] = statistics.median(h["step_time"]) if h["step_time"] else math.nan
         if not math.isfinite(h["val_loss"][-1]):
             h["diverged"] = True
+        mark_blow_up(h)   # the rule of run_training: final validation loss > 10x the untrained one
     return hists
