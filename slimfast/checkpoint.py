@@ -27,6 +27,8 @@ backend, device and thread settings, as any floating-point run does.
 
 from __future__ import annotations
 
+import copy
+import math
 import os
 import random
 from collections.abc import Iterator, Mapping
@@ -196,6 +198,98 @@ def save_checkpoint(
     os.replace(tmp, path)
 
 
+def _read_payload(path: str, weights_only: bool) -> dict[str, Any]:
+    """The file's dict; ValueError naming the file for anything that is not a readable checkpoint
+    (truncated, not a torch file, a corrupted or foreign pickle). A missing file stays
+    FileNotFoundError."""
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=weights_only)
+    except FileNotFoundError:
+        raise
+    except Exception as exc:   # OSError, EOFError, UnpicklingError, RuntimeError of the zip reader, ...
+        raise ValueError(f"{path!r} is not a readable slimfast checkpoint ({type(exc).__name__}: {exc})") from None
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise ValueError(f"{path!r} is not a slimfast checkpoint")
+    return payload
+
+
+def _check_module_state(field: str, module: torch.nn.Module, state: Any) -> None:
+    """What ``module.load_state_dict(state)`` (strict) would reject: missing or unexpected keys and
+    shapes that differ."""
+    if not isinstance(state, Mapping):
+        raise ValueError(f"field {field} must be a state dict, got {type(state).__name__}")
+    own = module.state_dict()
+    missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
+    if missing or unexpected:
+        raise ValueError(f"field {field} does not fit the module: missing keys {missing}, unexpected keys {unexpected}")
+    for key, value in own.items():
+        if isinstance(value, torch.Tensor):
+            other = state[key]
+            if not isinstance(other, torch.Tensor) or other.shape != value.shape:
+                raise ValueError(f"field {field}.{key} has shape {list(getattr(other, 'shape', []))}, the module's "
+                                 f"is {list(value.shape)}")
+
+
+def _check_optimizer_state(field: str, optimizer: torch.optim.Optimizer, state: Any) -> None:
+    """What ``Optimizer.load_state_dict`` would reject: another number of groups or group sizes."""
+    groups = state.get("param_groups") if isinstance(state, Mapping) else None
+    if not isinstance(groups, list) or not isinstance(state.get("state"), Mapping):
+        raise ValueError(f"field {field} is not an optimizer state dict")
+    sizes = [len(g["params"]) for g in optimizer.param_groups]
+    try:
+        saved = [len(g["params"]) for g in groups]
+    except (TypeError, KeyError):
+        raise ValueError(f"field {field}.param_groups is malformed") from None
+    if saved != sizes:
+        raise ValueError(f"field {field} has parameter groups of sizes {saved}, the optimizer's are {sizes}")
+
+
+def _check_payload(payload: dict[str, Any], body: Any, head: Any, body_optimizer: Any, slim: Any, scheduler: Any,
+                   gens: dict[str, torch.Generator], slimtrain: Any) -> None:
+    """Every field ``load_checkpoint`` applies, checked before any is applied."""
+    if not isinstance(payload.get("version", 0), int) or payload.get("version", 0) > VERSION:
+        raise ValueError(f"checkpoint version {payload.get('version')} is newer than this slimfast ({VERSION})")
+    missing = [k for k in ("epoch", "batch_index", "body", "head", "body_optimizer", "slim", "scheduler",
+                           "generators", "rng", "epoch_running", "backend", "extra") if k not in payload]
+    if missing:
+        raise ValueError(f"fields {missing} are missing")
+    for name in ("epoch", "batch_index"):
+        value = payload[name]
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            raise ValueError(f"field {name} must be a non-negative integer, got {value!r}")
+    _check_module_state("body", body, payload["body"])
+    _check_module_state("head", head, payload["head"])
+    _check_optimizer_state("body_optimizer", body_optimizer, payload["body_optimizer"])
+    try:
+        slim.check_state_dict(payload["slim"])
+    except ValueError as exc:
+        raise ValueError(f"field slim: {exc}") from None
+    saved_gens = payload["generators"]
+    if not isinstance(saved_gens, Mapping):
+        raise ValueError("field generators must be a dict")
+    if set(gens) - set(saved_gens):
+        raise ValueError(f"generators {sorted(set(gens) - set(saved_gens))} are not in the checkpoint "
+                         f"(it has {sorted(saved_gens)})")
+    for name, gen in gens.items():
+        saved = saved_gens[name]
+        if not isinstance(saved, torch.Tensor) or saved.dtype != torch.uint8 or saved.numel() != gen.get_state().numel():
+            raise ValueError(f"field generators.{name} is not a state of this generator")
+    if scheduler is not None and payload["scheduler"] is None:
+        raise ValueError("scheduler given, but the checkpoint has no scheduler state")
+    if scheduler is not None and not isinstance(payload["scheduler"], Mapping):
+        raise ValueError("field scheduler must be a state dict")
+    rng = payload["rng"]
+    if not isinstance(rng, Mapping) or not isinstance(rng.get("torch"), torch.Tensor) \
+            or rng["torch"].numel() != torch.get_rng_state().numel() \
+            or not isinstance(rng.get("numpy"), Mapping) or not isinstance(rng.get("python"), Mapping):
+        raise ValueError("field rng is not a saved RNG state")
+    running = payload["epoch_running"]
+    if slimtrain is not None and running is not None:
+        if not (isinstance(running, (list, tuple)) and len(running) == 2
+                and isinstance(running[0], (int, float)) and math.isfinite(running[0])):
+            raise ValueError(f"field epoch_running must be [finite total, count], got {running!r}")
+
+
 def load_checkpoint(
     path: str | os.PathLike[str],
     *,
@@ -217,34 +311,49 @@ def load_checkpoint(
     the file. Tensors are loaded onto the CPU and then moved by each ``load_state_dict`` to
     its object's device. ``restore_rng=False`` leaves the global RNG states alone.
 
-    Raises ValueError if the file is not a slimfast checkpoint, or names a generator or
-    scheduler state that was not passed / not saved.
+    The whole file is checked before anything is restored: the modules' keys and shapes, the
+    optimizers' groups, SlimTik's solver state (shapes, finite memory and Λ, ring index, bounds,
+    n_f), generator and RNG states, the position. Raises ValueError naming the file and the field
+    if it is not a readable slimfast checkpoint (truncated, corrupted, another pickle) or does not
+    fit the objects; then nothing was changed. A missing file raises FileNotFoundError.
     """
     body, head, body_optimizer, slim = _parts(slimtrain, body, head, body_optimizer, slim)
-    payload = torch.load(os.fspath(path), map_location="cpu", weights_only=weights_only)
-    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
-        raise ValueError(f"{os.fspath(path)!r} is not a slimfast checkpoint")
-    if payload.get("version", 0) > VERSION:
-        raise ValueError(f"checkpoint version {payload['version']} is newer than this slimfast ({VERSION})")
-    saved_gens = payload["generators"]
+    path = os.fspath(path)
+    payload = _read_payload(path, weights_only)
     gens = dict(generators or {})
-    if set(gens) - set(saved_gens):
-        raise ValueError(f"generators {sorted(set(gens) - set(saved_gens))} are not in the checkpoint "
-                         f"(it has {sorted(saved_gens)})")
-    if scheduler is not None and payload["scheduler"] is None:
-        raise ValueError("scheduler given, but the checkpoint has no scheduler state")
-    body.load_state_dict(payload["body"])
-    head.load_state_dict(payload["head"])
-    body_optimizer.load_state_dict(payload["body_optimizer"])
-    slim.load_state_dict(payload["slim"])
-    if scheduler is not None:
-        scheduler.load_state_dict(payload["scheduler"])
-    for name, gen in gens.items():
-        gen.set_state(saved_gens[name])
+    try:
+        _check_payload(payload, body, head, body_optimizer, slim, scheduler, gens, slimtrain)
+    except ValueError as exc:
+        raise ValueError(f"{path!r}: {exc}") from None
+    # Everything is checked; should a load still fail (a value no check foresaw), put back what
+    # was there so that a rejected checkpoint never leaves a half-restored run.
+    before = copy.deepcopy({"body": body.state_dict(), "head": head.state_dict(),
+                            "body_optimizer": body_optimizer.state_dict(), "slim": slim.state_dict(),
+                            "scheduler": None if scheduler is None else scheduler.state_dict(),
+                            "generators": {k: g.get_state() for k, g in gens.items()}})
+    try:
+        body.load_state_dict(payload["body"])
+        head.load_state_dict(payload["head"])
+        body_optimizer.load_state_dict(payload["body_optimizer"])
+        slim.load_state_dict(payload["slim"])
+        if scheduler is not None:
+            scheduler.load_state_dict(payload["scheduler"])
+        for name, gen in gens.items():
+            gen.set_state(payload["generators"][name])
+        if restore_rng:
+            set_rng_state(payload["rng"])
+    except Exception as exc:
+        body.load_state_dict(before["body"])
+        head.load_state_dict(before["head"])
+        body_optimizer.load_state_dict(before["body_optimizer"])
+        slim.load_state_dict(before["slim"])
+        if scheduler is not None:
+            scheduler.load_state_dict(before["scheduler"])
+        for name, gen in gens.items():
+            gen.set_state(before["generators"][name])
+        raise ValueError(f"{path!r} could not be applied ({type(exc).__name__}: {exc}); nothing was changed") from exc
     if slimtrain is not None and payload["epoch_running"] is not None:
         total, count = payload["epoch_running"]
         slimtrain.epoch_running = (float(total), int(count))
-    if restore_rng:
-        set_rng_state(payload["rng"])
     return Checkpoint(epoch=int(payload["epoch"]), batch_index=int(payload["batch_index"]),
                       extra=payload["extra"], backend=payload["backend"])

@@ -21,8 +21,11 @@ import torch
 
 from .plots import plot_convergence, plot_loss, plot_sensitivity, plot_sweep_sensitivity
 from .reports import compare_table, results_table, sweep_finals, sweep_summary, sweep_tables, write_json
+from .config import SolverConfig
+from .outputs import prepare_output, staged_output
 from .presets import PRESETS, SlimSettings
 from .runs import METHOD_LABELS, METHODS, RunConfig, final_metrics, run_training, world
+from .state import check_Lambda0
 
 TRAIN_PROBLEMS = ("peaks", "cdr", "digits", "mnist")
 LR_SWEEP = (1e-4, 1e-3, 1e-2, 1e-1)
@@ -30,6 +33,9 @@ LR_SWEEP = (1e-4, 1e-3, 1e-2, 1e-1)
 DEFAULT_EPOCHS = {"peaks": 30, "cdr": 30, "digits": 10, "mnist": 1}
 #: Default epochs of each run of ``compare`` (8 runs per problem).
 DEFAULT_COMPARE_EPOCHS = 5
+TRAIN_OUTPUTS = ("history.json", "loss.png", "summary.md")
+COMPARE_OUTPUTS = ("convergence.png", "sensitivity.png", "compare.md", "compare.json")
+SWEEP_OUTPUTS = ("sensitivity.png", "sweep.md", "sweep.json")
 
 
 def _load_problem(args: argparse.Namespace) -> Any:
@@ -111,14 +117,15 @@ def _run_config(args: argparse.Namespace, method: str, lr: float, epochs: int, s
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    rank, size = world()
+    out = Path(args.out if args.out is not None else f"runs/{args.problem}-{args.optimizer}")
+    if rank == 0:
+        out = prepare_output(out, TRAIN_OUTPUTS)
     problem = _load_problem(args)
     epochs = args.epochs if args.epochs is not None else DEFAULT_EPOCHS[args.problem]
     cfg = _run_config(args, args.optimizer, args.lr, epochs)
-    rank, size = world()
-    out = Path(args.out if args.out is not None else f"runs/{args.problem}-{args.optimizer}")
     label = METHOD_LABELS[cfg.method]
     if rank == 0:
-        out.mkdir(parents=True, exist_ok=True)
         print(f"{label} on {problem!r}" + (f", data parallel over {size} ranks" if size > 1 else ""))
     hist = _run_with_bar(problem, cfg, f"{args.problem} {label} lr={cfg.lr:g}", not args.quiet and rank == 0)
     if rank != 0:   # every rank holds the same weights and history; rank 0 reports
@@ -128,9 +135,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     env = _environment()
     hist["environment"] = env
     hist["metrics"] = metrics
-    write_json(out / "history.json", hist)
     title = f"{args.problem}: {label}, lr={cfg.lr:g}"
-    plot_loss(hist, out / "loss.png", title)
     lines = [f"# slimfast train: {args.problem}, {label}", "",
              f"- problem: {problem!r}", f"- settings: {json.dumps(asdict(cfg))}",
              f"- wall time: {hist['wall_time']:.2f} s for {hist['steps']} steps "
@@ -145,7 +150,10 @@ def cmd_train(args: argparse.Namespace) -> int:
               "where there is one (the per-step batch losses in history.json, `batch_loss`, are taken right after "
               "the head was solved on that batch and are optimistic). Effective λ = Λ_k/(k+1) (`SlimTik.alpha_`).",
               "", "![loss curves](loss.png)", ""]
-    (out / "summary.md").write_text("\n".join(lines))
+    with staged_output(out) as stage:
+        write_json(stage / "history.json", hist)
+        plot_loss(hist, stage / "loss.png", title)
+        (stage / "summary.md").write_text("\n".join(lines))
     print(table)
     if hist["error"]:
         print(f"note: the run stopped early: {hist['error']}")
@@ -175,10 +183,9 @@ def _median_over_seeds(values: list[float]) -> float:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
+    out = prepare_output(args.out if args.out is not None else f"runs/{args.problem}-compare", COMPARE_OUTPUTS)
     problem = _load_problem(args)
     epochs = args.epochs if args.epochs is not None else DEFAULT_COMPARE_EPOCHS
-    out = Path(args.out if args.out is not None else f"runs/{args.problem}-compare")
-    out.mkdir(parents=True, exist_ok=True)
     lrs = tuple(args.lrs) if args.lrs else LR_SWEEP
     seeds = tuple(args.seeds) if getattr(args, "seeds", None) else (args.seed,)
     settings = _settings(args)
@@ -201,8 +208,6 @@ def cmd_compare(args: argparse.Namespace) -> int:
     summary = sweep_summary(finals)
     title = f"{args.problem}: {epochs} epochs (seed {seeds[0]})"
     first = {m: {lr: by_seed[seeds[0]] for lr, by_seed in by_lr.items()} for m, by_lr in runs.items()}
-    plot_convergence(first, out / "convergence.png", title)
-    plot_sensitivity(finals, out / "sensitivity.png", f"{args.problem}: {epochs} epochs, median over {len(seeds)} seeds")
     table = compare_table(finals, summary)
     details = results_table([dict(final_metrics(runs[m][lr][seed]), seed=seed) for lr in lrs for m in METHODS
                              for seed in seeds])
@@ -217,14 +222,18 @@ def cmd_compare(args: argparse.Namespace) -> int:
           "Spread = max/min of the median final validation loss across the learning-rate sweep (1 = insensitive).",
           "", "## All runs", "", details, "",
           "![convergence](convergence.png)", "", "![sensitivity](sensitivity.png)", ""]
-    (out / "compare.md").write_text("\n".join(md))
-    write_json(out / "compare.json", {"problem": args.problem, "epochs": epochs, "seeds": list(seeds),
-                                      "settings": settings.as_dict(), "environment": env,
-                                      "final_val_loss": {m: {f"{lr:g}": v for lr, v in by_lr.items()}
-                                                         for m, by_lr in finals.items()},
-                                      "summary": summary,
-                                      "runs": {m: {f"{lr:g}": {str(seed): h for seed, h in by_seed.items()}
-                                                   for lr, by_seed in by_lr.items()} for m, by_lr in runs.items()}})
+    with staged_output(out) as stage:
+        plot_convergence(first, stage / "convergence.png", title)
+        plot_sensitivity(finals, stage / "sensitivity.png", f"{args.problem}: {epochs} epochs, median over "
+                         f"{len(seeds)} seed{'s' if len(seeds) > 1 else ''}")
+        (stage / "compare.md").write_text("\n".join(md))
+        write_json(stage / "compare.json", {
+            "problem": args.problem, "epochs": epochs, "seeds": list(seeds), "settings": settings.as_dict(),
+            "environment": env,
+            "final_val_loss": {m: {f"{lr:g}": v for lr, v in by_lr.items()} for m, by_lr in finals.items()},
+            "summary": summary,
+            "runs": {m: {f"{lr:g}": {str(seed): h for seed, h in by_seed.items()} for lr, by_seed in by_lr.items()}
+                     for m, by_lr in runs.items()}})
     print(table)
     print(details)
     print(f"wrote {out / 'convergence.png'}, {out / 'sensitivity.png'}, {out / 'compare.md'}, {out / 'compare.json'}")
@@ -234,14 +243,17 @@ def cmd_compare(args: argparse.Namespace) -> int:
 def cmd_sweep(args: argparse.Namespace) -> int:
     from .sweep import ModelSpec, run_sweep
 
-    problem = _load_problem(args)
-    epochs = args.epochs if args.epochs is not None else DEFAULT_COMPARE_EPOCHS
-    out = Path(args.out if args.out is not None else f"runs/{args.problem}-sweep")
-    out.mkdir(parents=True, exist_ok=True)
-    lrs = args.lrs or LR_SWEEP
-    seeds = args.seeds or (args.seed,)
     settings = _settings(args)
     Lambda0s = args.Lambda0s or (settings.Lambda0,)
+    sweep_config = SolverConfig(mode=settings.lambda_mode, Lambda_bounds=settings.Lambda_bounds,
+                                lambda_bounds=settings.lambda_bounds)
+    for L0 in Lambda0s:   # the sweep steps every head with this SolverConfig
+        check_Lambda0(L0, sweep_config, name="--Lambda0s value")
+    out = prepare_output(args.out if args.out is not None else f"runs/{args.problem}-sweep", SWEEP_OUTPUTS)
+    problem = _load_problem(args)
+    epochs = args.epochs if args.epochs is not None else DEFAULT_COMPARE_EPOCHS
+    lrs = args.lrs or LR_SWEEP
+    seeds = args.seeds or (args.seed,)
     depths = args.memory_depths or (settings.memory_depth,)
     specs = [ModelSpec(seed=seed, lr=lr, Lambda0=L0, memory_depth=r)
              for L0 in Lambda0s for r in depths for lr in lrs for seed in seeds]
@@ -259,7 +271,6 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         bar.close()
     title = f"{args.problem}: {epochs} epochs, {len(specs)} models"
     finals = sweep_finals(specs, hists)
-    plot_sweep_sensitivity(finals, out / "sensitivity.png", title)
     summary, models = sweep_tables(specs, hists)
     env = _environment()
     wall = hists[0]["wall_time"]
@@ -277,9 +288,11 @@ def cmd_sweep(args: argparse.Namespace) -> int:
           "Spread = max/min over learning rates of the median (over seeds) final validation loss "
           "(1 = insensitive; inf if a model diverged).", "",
           "## All models", "", models, "", "![sensitivity](sensitivity.png)", ""]
-    (out / "sweep.md").write_text("\n".join(md))
-    write_json(out / "sweep.json", {"problem": args.problem, "epochs": epochs, "environment": env,
-                                    "specs": [asdict(s) for s in specs], "runs": hists})
+    with staged_output(out) as stage:
+        plot_sweep_sensitivity(finals, stage / "sensitivity.png", title)
+        (stage / "sweep.md").write_text("\n".join(md))
+        write_json(stage / "sweep.json", {"problem": args.problem, "epochs": epochs, "environment": env,
+                                          "specs": [asdict(s) for s in specs], "runs": hists})
     print(summary)
     print(f"wrote {out / 'sensitivity.png'}, {out / 'sweep.md'}, {out / 'sweep.json'}")
     return 0

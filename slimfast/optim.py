@@ -24,6 +24,7 @@ warning goes to the ``"slimfast"`` logger, and the returned record has ``skipped
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 from dataclasses import dataclass
@@ -35,16 +36,19 @@ from torch import nn
 from .config import LambdaMode, SolverConfig
 from .heads import (
     HeadLayer, Reduction, check_head, check_head_inputs, check_statistics_finite, head_shape, head_statistics,
-    head_to_matrix, write_matrix_,
+    head_to_matrix, matrix_to_params,
 )
 from .distributed import all_reduce_statistics, use_data_parallel
 from .solver import slimtik_step
-from .state import SlimTikState
+from .ownership import check_owner as _check_owner
+from .ownership import claim as _claim
+from .ownership import release_head
+from .state import SlimTikState, as_size, check_Lambda0
 from .validation import MAX_ABS
 
 logger = logging.getLogger("slimfast")
 
-__all__ = ["NonfiniteAction", "ScalarWriter", "SlimTik", "SlimTikInfo"]
+__all__ = ["NonfiniteAction", "ScalarWriter", "SlimTik", "SlimTikInfo", "release_head"]
 
 #: What ``SlimTik.step`` does with a batch whose statistics are not finite.
 NonfiniteAction = Literal["raise", "skip"]
@@ -94,6 +98,10 @@ class SlimTikInfo:
 _HISTORIES = ("lambda_history_", "Lambda_history_", "alpha_history_", "sgcv_history_", "rel_residual_history_",
               "cond_history_")
 
+_STEP_SIGNATURE_HELP = ("SlimTik.step(features, target) needs the head's input batch and its target: it solves for "
+                        "the head's weights in closed form from that batch, so it takes no closure and needs no "
+                        "loss or gradients (call it yourself, e.g. slim.step(z.detach(), y), or use SlimTrain)")
+
 
 class SlimTik(torch.optim.Optimizer):
     """Optimizer owning a linear head (nn.Linear / nn.Conv2d / nn.ConvTranspose2d, groups=1).
@@ -103,7 +111,7 @@ class SlimTik(torch.optim.Optimizer):
         memory_depth: r, number of earlier batches whose Gram matrices are kept (default 0: the
             head is solved on the current batch, regularised towards W_{k−1} by Λ_{k−1}; chosen by
             benchmarks/bench_quality.py, see README "Choosing settings").
-        Lambda0: initial cumulative regularisation Λ_0 ≥ 0.
+        Lambda0: initial cumulative regularisation, 0 ≤ Λ_0 ≤ Λ_max (see ``state.check_Lambda0``).
         lambda_mode: "sgcv" (default), "constant" (λ_k = ``lambda_const``) or "reference".
         lambda_const: λ per step in "constant" mode.
         Lambda_bounds: (Λ_min, Λ_max) for Λ_k.
@@ -111,13 +119,14 @@ class SlimTik(torch.optim.Optimizer):
         reduction: "mean" (β² = 1/m, matches ``nn.MSELoss()``) or "sum" (β² = 1).
         backend: force a solver backend ("cuda", "cpp", "numba", "torch"); default: best available.
         writer: optional object with ``add_scalar(tag, value, global_step)``.
-        on_nonfinite: a batch whose statistics contain NaN/Inf (from the features or targets,
-            or float64 overflow), or whose solve produced non-finite weights: ``"raise"``
+        on_nonfinite: a batch with NaN/Inf in its features or targets, or whose solve produced
+            weights that are not finite in the head's dtype: ``"raise"``
             (default; ValueError naming ``features``/``target``, FloatingPointError for the
             solve) or ``"skip"`` (the batch is dropped: weights, memory, Λ, step count and
             histories untouched, a warning on the ``"slimfast"`` logger, ``n_skipped_`` + 1,
             and the returned record has ``skipped=True``). Either way the state is unchanged.
-            Other bad input (shapes, devices, non-finite head weights) always raises.
+            Other bad input (shapes, devices, non-finite head weights, finite data whose float64
+            statistics overflow or exceed ±1e150) always raises.
         process_group: torch.distributed group whose ranks share each batch (default: the world).
         distributed: data parallel (``slimfast.distributed``): None (default) = whenever
             torch.distributed is initialised with more than one rank in ``process_group``.
@@ -135,7 +144,9 @@ class SlimTik(torch.optim.Optimizer):
     ``cond_history_`` (one entry per completed step; skipped batches add none).
 
     ``on_nonfinite``, ``backend`` and ``writer`` are run-time choices: ``load_state_dict`` keeps
-    them as constructed.
+    them as constructed. A head has one SlimTik (a second raises ValueError; ``release_head``
+    hands it over). ``copy.deepcopy`` and ``pickle`` give copies that continue exactly like the
+    original.
     """
 
     def __init__(
@@ -159,13 +170,11 @@ class SlimTik(torch.optim.Optimizer):
             raise ValueError(f"on_nonfinite must be 'raise' or 'skip', got {on_nonfinite!r}")
         if reduction not in ("mean", "sum"):
             raise ValueError(f"reduction must be 'mean' or 'sum', got {reduction!r}")
-        if not isinstance(memory_depth, int) or isinstance(memory_depth, bool) or memory_depth < 0:
-            raise ValueError(f"memory_depth must be an integer >= 0, got {memory_depth!r}")
-        Lambda0 = float(Lambda0)
-        if not (0.0 <= Lambda0 < math.inf):
-            raise ValueError(f"Lambda0 must be finite and >= 0, got {Lambda0}")
+        memory_depth = as_size("memory_depth", memory_depth, 0)
         config = SolverConfig(mode=lambda_mode, lambda_const=float(lambda_const),
                               Lambda_bounds=tuple(Lambda_bounds), lambda_bounds=tuple(lambda_bounds))
+        Lambda0 = check_Lambda0(Lambda0, config)
+        _claim(head, self)
         params = [head.weight] + ([head.bias] if head.bias is not None else [])
         super().__init__([{"params": params}], {"lr": 1.0})
         self.head: HeadLayer = head
@@ -185,6 +194,34 @@ class SlimTik(torch.optim.Optimizer):
         self.last_info_: SlimTikInfo | None = None
         for name in _HISTORIES:
             setattr(self, name, [])
+
+    # ------------------------------------------------------------------ copies
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Everything (the base class would keep only its param groups): a pickled SlimTik, with
+        its head, continues exactly like the original. A ``writer`` or ``process_group`` is a live
+        resource that cannot travel: pickling then raises TypeError (``copy.deepcopy`` shares them)."""
+        live = [name for name in ("writer", "process_group") if self.__dict__.get(name) is not None]
+        if live:
+            raise TypeError(f"cannot pickle a SlimTik with {' and '.join(live)} set (a live resource); set "
+                            f"{' and '.join(f'slim.{n} = None' for n in live)} first, or save slim.state_dict()")
+        return dict(self.__dict__)
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)
+        if "head" in state:
+            _claim(self.head, self)
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> SlimTik:
+        """A copy that continues exactly like the original. The head is copied through ``memo``, so
+        ``copy.deepcopy((model, slim))`` gives a SlimTik that writes the copied model's head;
+        ``writer`` and ``process_group`` are shared, not copied."""
+        new = type(self).__new__(type(self))
+        memo[id(self)] = new
+        for key, value in self.__dict__.items():
+            new.__dict__[key] = value if key in ("writer", "process_group") else copy.deepcopy(value, memo)
+        _claim(new.head, new)
+        return new
 
     # ------------------------------------------------------------------ properties
 
@@ -210,13 +247,15 @@ class SlimTik(torch.optim.Optimizer):
     def _ensure_state(self) -> SlimTikState:
         if self.solver_state is None:
             n_t, n_f = head_shape(self.head)
-            self.solver_state = SlimTikState(1, n_f, n_t, self.memory_depth, self.Lambda0, self.head.weight.device)
+            self.solver_state = SlimTikState(1, n_f, n_t, self.memory_depth, self.Lambda0, self.head.weight.device,
+                                             config=self.config)
         return self.solver_state
 
     # ------------------------------------------------------------------ the step
 
     @torch.no_grad()
-    def step(self, features: torch.Tensor, target: torch.Tensor) -> SlimTikInfo:  # type: ignore[override]
+    def step(self, features: torch.Tensor | None = None, target: torch.Tensor | None = None  # type: ignore[override]
+             ) -> SlimTikInfo:
         """Solve for the head's weights on one batch; returns the step's record.
 
         Args:
@@ -224,10 +263,17 @@ class SlimTik(torch.optim.Optimizer):
                 Linear [..., n_in]; Conv2d/ConvTranspose2d [n_b, C_in, H, W].
             target: exactly the shape of ``head(features)``.
 
-        Raises ValueError naming ``features`` or ``target`` for a wrong shape or device, for a
-        non-finite value (unless ``on_nonfinite="skip"``) or for features/targets so large that
-        their float64 statistics exceed ±1e150; the head and the solver state are then untouched.
+        Raises TypeError when called as ``step()`` or ``step(closure)``; ValueError naming
+        ``features`` or ``target`` for a wrong shape or device, for a NaN/Inf in them (unless
+        ``on_nonfinite="skip"``) or for finite features/targets whose float64 statistics overflow
+        or exceed ±1e150 (either mode: a scale error, not a transient fault); FloatingPointError
+        (or a skip) when the new weights are not finite in the head's dtype (e.g. beyond ±65504
+        for a float16 head). The head and the solver state are then untouched.
         """
+        if features is None or target is None or callable(features):
+            got = "a closure" if callable(features) else "no batch" if features is None else "no target"
+            raise TypeError(f"{_STEP_SIGNATURE_HELP}; got {got}")
+        _check_owner(self)
         check_head_inputs(self.head, features, target, finite=False)
         data_parallel = use_data_parallel(self.distributed, self.process_group)
         G, H, c, m = head_statistics(self.head, features, target, "sum" if data_parallel else self.reduction,
@@ -237,6 +283,9 @@ class SlimTik(torch.optim.Optimizer):
         state = self._ensure_state()
         W = head_to_matrix(self.head)
         dev = state.device
+        # The solver commits its state once its float64 weights are finite; a head of lower
+        # precision can still overflow in the cast, so keep what the commit overwrites.
+        snap = state.snapshot() if self.head.weight.dtype != torch.float64 else None
         try:
             W_new, info = slimtik_step(state, G[None].to(dev), H[None].to(dev), c.reshape(1).to(dev), m, W[None],
                                        config=self.config, backend=self.backend)
@@ -246,6 +295,7 @@ class SlimTik(torch.optim.Optimizer):
             try:
                 check_statistics_finite(G, c)
             except ValueError as fault:
+                _check_data_finite(features, target, G, c, fault)
                 if self.on_nonfinite == "skip":
                     return self._skip(int(m), str(fault))
                 raise fault from None
@@ -255,10 +305,24 @@ class SlimTik(torch.optim.Optimizer):
             if self.on_nonfinite == "skip":
                 return self._skip(int(m), str(fault))
             raise
-        write_matrix_(self.head, W_new[0])
-        # One transfer for all five numbers (one sync on CUDA).
-        lam, Lam, sgcv, rel, cond = torch.stack(
-            [info.lambda_[0], info.Lambda[0], info.sgcv[0], info.rel_residual[0], info.cond[0]]).tolist()
+        weight, bias = matrix_to_params(self.head, W_new[0].to(self.head.weight.dtype))
+        fields = [info.lambda_[0], info.Lambda[0], info.sgcv[0], info.rel_residual[0], info.cond[0]]
+        if snap is not None:   # the cast weights' finiteness rides on the same transfer
+            finite = torch.isfinite(weight).all() & (torch.isfinite(bias).all() if bias is not None else True)
+            fields.append(finite.to(fields[0].device, torch.float64))
+        # One transfer for all the numbers (one sync on CUDA).
+        values = torch.stack(fields).tolist()
+        if snap is not None and not values.pop():
+            state.restore(snap)
+            fault = FloatingPointError(f"the new head weights overflow the head's dtype {self.head.weight.dtype} "
+                                       f"(|W| up to {float(W_new.abs().max()):.3g}); head and solver state unchanged")
+            if self.on_nonfinite == "skip":
+                return self._skip(int(m), str(fault))
+            raise fault
+        lam, Lam, sgcv, rel, cond = values
+        self.head.weight.copy_(weight)
+        if bias is not None:
+            self.head.bias.copy_(bias)
         self.n_steps_ += 1
         rec = SlimTikInfo(step=self.n_steps_, lambda_=lam, Lambda=Lam, alpha=Lam / self.n_steps_, sgcv=sgcv,
                           rel_residual=rel, cond=cond, m=int(m), backend=info.backend)
@@ -317,38 +381,103 @@ class SlimTik(torch.optim.Optimizer):
         }
         return sd
 
+    def check_state_dict(self, state_dict: Any) -> dict[str, Any]:
+        """Validate a ``state_dict()`` for this optimizer without changing anything; ValueError
+        naming the field. Returns the parsed settings that ``load_state_dict`` applies."""
+        if not isinstance(state_dict, dict) or not isinstance(state_dict.get("slimtik"), dict):
+            raise ValueError("state_dict has no 'slimtik' entry; it was not saved by SlimTik.state_dict()")
+        extra = state_dict["slimtik"]
+        missing = [k for k in ("solver", "n_steps", "memory_depth", "Lambda0", "reduction", "config", "histories")
+                   if k not in extra]
+        if missing:
+            raise ValueError(f"state_dict['slimtik'] lacks {', '.join(missing)}")
+        groups = state_dict.get("param_groups")
+        if not isinstance(groups, list) or len(groups) != 1 or not isinstance(groups[0], dict) \
+                or len(groups[0].get("params", ())) != len(self.param_groups[0]["params"]):
+            raise ValueError("state_dict field param_groups does not match this head's weight (and bias)")
+        if not isinstance(state_dict.get("state"), dict):
+            raise ValueError("state_dict field state must be a dict")
+        if not isinstance(extra["config"], dict):
+            raise ValueError("state_dict field slimtik.config must be a dict")
+        try:
+            config = SolverConfig(**extra["config"])
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"state_dict field slimtik.config: {exc}") from None
+        memory_depth = as_size("slimtik.memory_depth", extra["memory_depth"], 0)
+        n_steps = as_size("slimtik.n_steps", extra["n_steps"], 0)
+        n_skipped = as_size("slimtik.n_skipped", extra.get("n_skipped", 0), 0)
+        Lambda0 = check_Lambda0(extra["Lambda0"], config, name="slimtik.Lambda0")
+        if extra["reduction"] not in ("mean", "sum"):
+            raise ValueError(f"state_dict field slimtik.reduction must be 'mean' or 'sum', got {extra['reduction']!r}")
+        solver = extra["solver"]
+        if solver is not None:
+            SlimTikState.check_state_dict(solver, config)
+            n_t, n_f = head_shape(self.head)
+            if (int(solver["n_features"]), int(solver["n_targets"])) != (n_f, n_t):
+                raise ValueError(f"state_dict is for a head with (n_f, n_t)=({solver['n_features']}, "
+                                 f"{solver['n_targets']}), this head has ({n_f}, {n_t})")
+            if int(solver["batch"]) != 1 or int(solver["memory_depth"]) != memory_depth:
+                raise ValueError(f"state_dict field slimtik.solver has batch={solver['batch']}, memory_depth="
+                                 f"{solver['memory_depth']}; expected 1 and slimtik.memory_depth={memory_depth}")
+            if int(solver["step_count"]) != n_steps:
+                raise ValueError(f"state_dict field slimtik.solver.step_count={solver['step_count']} differs from "
+                                 f"slimtik.n_steps={n_steps}")
+        hist = extra["histories"]
+        if not isinstance(hist, dict):
+            raise ValueError("state_dict field slimtik.histories must be a dict")
+        histories = {}
+        for name in _HISTORIES:   # cond_history_ is absent from dicts saved before it existed
+            values = hist.get(name, [])
+            try:
+                histories[name] = [float(v) for v in values]
+            except (TypeError, ValueError):
+                raise ValueError(f"state_dict field slimtik.histories.{name} must be a list of numbers") from None
+            if len(values) > n_steps:
+                raise ValueError(f"state_dict field slimtik.histories.{name} has {len(values)} entries for "
+                                 f"{n_steps} steps")
+        return {"config": config, "memory_depth": memory_depth, "n_steps": n_steps, "n_skipped": n_skipped,
+                "Lambda0": Lambda0, "reduction": extra["reduction"], "solver": solver, "histories": histories}
+
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Restore exactly (float64 stays float64). Like torch's group hyperparameters, the
         solver settings (memory depth, λ mode and bounds, reduction) come from the dict;
-        ``backend`` and ``writer`` stay as constructed."""
-        state_dict = dict(state_dict)
-        if "slimtik" not in state_dict:
-            raise ValueError("state_dict has no 'slimtik' entry; it was not saved by SlimTik.state_dict()")
-        extra = state_dict.pop("slimtik")
-        n_t, n_f = head_shape(self.head)
-        solver = extra["solver"]
-        if solver is not None and (solver["n_features"], solver["n_targets"]) != (n_f, n_t):
-            raise ValueError(f"state_dict is for a head with (n_f, n_t)=({solver['n_features']}, "
-                             f"{solver['n_targets']}), this head has ({n_f}, {n_t})")
-        config = SolverConfig(**extra["config"])
-        super().load_state_dict(state_dict)
-        self.config = config
-        self.memory_depth = int(extra["memory_depth"])
-        self.Lambda0 = float(extra["Lambda0"])
-        self.reduction = extra["reduction"]
-        self.solver_state = None
-        if solver is not None:
-            self.solver_state = SlimTikState.from_state_dict(solver, device=self.head.weight.device)
-        self.n_steps_ = int(extra["n_steps"])
-        self.n_skipped_ = int(extra.get("n_skipped", 0))
-        for name in _HISTORIES:   # cond_history_ is absent from dicts saved before it existed
-            setattr(self, name, [float(v) for v in extra["histories"].get(name, [])])
+        ``backend`` and ``writer`` stay as constructed. The whole dict is checked first
+        (``check_state_dict``): a rejected dict changes nothing."""
+        parsed = self.check_state_dict(state_dict)
+        solver = None
+        if parsed["solver"] is not None:
+            solver = SlimTikState.from_state_dict(parsed["solver"], device=self.head.weight.device)
+        base = {k: v for k, v in state_dict.items() if k != "slimtik"}
+        super().load_state_dict(base)
+        self.config = parsed["config"]
+        self.memory_depth = parsed["memory_depth"]
+        self.Lambda0 = parsed["Lambda0"]
+        self.reduction = parsed["reduction"]
+        self.solver_state = solver
+        self.n_steps_ = parsed["n_steps"]
+        self.n_skipped_ = parsed["n_skipped"]
+        for name, values in parsed["histories"].items():
+            setattr(self, name, values)
         self.last_info_ = None
 
     def __repr__(self) -> str:
         n_t, n_f = head_shape(self.head)
         return (f"SlimTik(head={type(self.head).__name__}, n_f={n_f}, n_t={n_t}, memory_depth={self.memory_depth}, "
                 f"lambda_mode={self.config.mode!r}, reduction={self.reduction!r}, n_steps_={self.n_steps_})")
+
+
+def _check_data_finite(features: torch.Tensor, target: torch.Tensor, G: torch.Tensor, c: torch.Tensor,
+                       fault: ValueError) -> None:
+    """One rule for every scale: statistics that are not finite although the data they came from
+    are (float64 overflow, e.g. features ×1e200) raise "too large" in either ``on_nonfinite``
+    mode, exactly like finite statistics beyond ±MAX_ABS (features ×1e80): a scale error, not a
+    transient fault to skip. Only NaN/Inf in the features or target themselves may be skipped."""
+    stats_ok = torch.isfinite(torch.stack([G.diagonal().sum(), c])).tolist()
+    data_ok = [bool(torch.isfinite(x).all()) if x.is_floating_point() else True for x in (features, target)]
+    bad = [name for name, s in zip(("features", "target"), stats_ok) if not s]
+    if bad and all(d for name, d, s in zip(("features", "target"), data_ok, stats_ok) if not s):
+        raise ValueError(f"{' and '.join(bad)} too large: the float64 statistics overflow (they exceed "
+                         f"±{MAX_ABS:g}; the solver squares them); rescale the data") from fault
 
 
 def _check_statistics_scale(G: torch.Tensor, c: torch.Tensor) -> None:

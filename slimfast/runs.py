@@ -203,9 +203,10 @@ def run_training(problem: Any, cfg: RunConfig, progress: StepProgress | None = N
     ``val_loss`` (the network at the epoch's end evaluated on the whole split, after the refit
     where there is one), ``train_rel``, ``val_rel``, ``alpha`` (slimTrain's effective λ, else
     None), ``refit_alpha`` (μ* of each refit); per step ``batch_loss`` (the batch's loss right
-    after the head was solved on it: optimistic),
-    ``step_time`` (s), ``step_alpha`` and ``step_lambda`` (slimTrain);
-    summary ``steps``, ``median_step_time``, ``wall_time``, ``diverged``, ``error``.
+    after the head was solved on it: optimistic), ``step_time`` (s), ``step_alpha`` and
+    ``step_lambda`` (slimTrain); summary ``steps``, ``median_step_time``, ``wall_time``,
+    ``diverged``, ``error``. ``diverged`` also marks a run whose final validation loss ends
+    above ``BLOW_UP_FACTOR`` × the untrained network's (``mark_blow_up``).
 
     Data parallel (torch.distributed initialised, e.g. under ``torchrun``): every rank draws the
     same batches and trains on its contiguous shard of each (``tensor_split`` by rank); a final
@@ -294,7 +295,25 @@ def run_training(problem: Any, cfg: RunConfig, progress: StepProgress | None = N
     hist["median_step_time"] = statistics.median(hist["step_time"]) if hist["step_time"] else math.nan
     if not math.isfinite(hist["val_loss"][-1]):
         hist["diverged"] = True
+    mark_blow_up(hist)
     return hist
+
+
+#: A run whose final validation loss exceeds this multiple of the untrained network's (epoch 0)
+#: counts as diverged: its weights blew up even though every number stayed finite.
+BLOW_UP_FACTOR = 10.0
+
+
+def mark_blow_up(hist: dict[str, Any]) -> None:
+    """Mark ``hist`` diverged (with an ``error``) if its final validation loss is more than
+    ``BLOW_UP_FACTOR`` times the epoch-0 loss; histories of ``run_training`` and ``run_sweep`` alike."""
+    losses = hist["val_loss"]
+    if hist["diverged"] or len(losses) < 2 or not (math.isfinite(losses[0]) and losses[0] > 0):
+        return
+    if losses[-1] > BLOW_UP_FACTOR * losses[0]:
+        hist["diverged"] = True
+        hist["error"] = hist["error"] or (f"validation loss grew from {losses[0]:.4g} (untrained) to {losses[-1]:.4g}, "
+                                          f"more than {BLOW_UP_FACTOR:g}x: the weights blew up")
 
 
 def final_metrics(hist: dict[str, Any]) -> dict[str, Any]:

@@ -2,9 +2,58 @@
 
 from __future__ import annotations
 
-from typing import Any
+import operator
+from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import torch
+
+if TYPE_CHECKING:
+    from .config import SolverConfig
+
+__all__ = ["SlimTikState", "as_size", "check_Lambda0"]
+
+
+def as_size(name: str, value: Any, low: int) -> int:
+    """``value`` as a Python int ≥ ``low``: ints, numpy integer scalars and 0-d integer arrays or
+    tensors are accepted alike (anything with ``__index__``); bool and floats are not."""
+    if isinstance(value, (bool, np.bool_)):
+        raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+    try:
+        out = operator.index(value)
+    except TypeError:
+        raise ValueError(f"{name} must be an integer >= {low}, got {value!r}") from None
+    if out < low:
+        raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+    return out
+
+
+def check_Lambda0(Lambda0: Any, config: SolverConfig | None = None, name: str = "Lambda0") -> float:
+    """Λ_0 as a float, checked against the bounds it will be stepped with.
+
+    Λ_0 must satisfy 0 ≤ Λ_0 ≤ Λ_max, and the first step's admissible interval
+    [max(Λ_min, Λ_0 + λ_min), min(Λ_max, Λ_0 + λ_max)] must not be empty. Λ_0 below Λ_min
+    (Λ_0 = 0 included) is allowed: the first step moves Λ into its bounds with λ_1 > 0, which
+    only adds regularisation. Λ_0 above Λ_max is not: the first step would need
+    λ_1 = μ − Λ_0 ≪ 0, and W_1 = W_0 − (B + λ_1 W_0)(G + μI)⁻¹ then scales W_0 by ≈ Λ_0/Λ_max.
+    """
+    from .config import SolverConfig
+
+    config = config if config is not None else SolverConfig()
+    try:
+        value = float(Lambda0)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a number, got {Lambda0!r}") from None
+    lo, hi = (float(v) for v in config.Lambda_bounds)
+    if not (0.0 <= value <= hi):
+        raise ValueError(f"{name} must lie in [0, Lambda_max={hi:g}], got {value:g} (a larger initial Λ would "
+                         f"scale the head's weights by about Λ0/Λ_max = {value / hi:.3g} on the first step)"
+                         if value > hi else f"{name} must be finite and >= 0, got {value:g}")
+    lam_lo, lam_hi = (float(v) for v in config.lambda_bounds)
+    if max(lo, value + lam_lo) > min(hi, value + lam_hi):
+        raise ValueError(f"{name}={value:g} with lambda_bounds={config.lambda_bounds} leaves no admissible Λ in "
+                         f"Lambda_bounds={config.Lambda_bounds} for the first step")
+    return value
 
 
 class SlimTikState:
@@ -17,6 +66,12 @@ class SlimTikState:
         head: slot the next Gram matrix is written to.
         Lambda: [B] float64 cumulative regularisation Λ_k.
         step_count: number of completed steps k.
+
+    Sizes may be Python ints, numpy integers or 0-d integer arrays. ``Lambda0`` must be finite
+    and ≥ 0; with ``config`` (the ``SolverConfig`` the state will be stepped with) it is also
+    checked against its bounds (``check_Lambda0``: ValueError above Λ_max). Without ``config``
+    any Λ_0 ≥ 0 is kept, as a state in the middle of a run may hold: the solver then treats it
+    as Λ_{k−1} (``SlimTik`` always passes its config).
 
     The memory Gram matrix is summed from the ring buffer every step rather than kept as a
     running sum: r·n_f² additions cost nothing next to the n_f³ eigendecomposition, and a
@@ -31,14 +86,21 @@ class SlimTikState:
         memory_depth: int = 5,
         Lambda0: float = 0.05,
         device: torch.device | str = "cpu",
+        *,
+        config: SolverConfig | None = None,
     ) -> None:
-        for name, value, low in (("batch", batch, 1), ("n_features", n_features, 1), ("n_targets", n_targets, 1),
-                                 ("memory_depth", memory_depth, 0)):
-            if not isinstance(value, int) or isinstance(value, bool) or value < low:
-                raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
-        Lambda0 = float(Lambda0)
-        if not (Lambda0 >= 0.0 and Lambda0 < float("inf")):
-            raise ValueError(f"Lambda0 must be finite and >= 0, got {Lambda0}")
+        batch, n_features, n_targets = (as_size(n, v, 1) for n, v in (("batch", batch), ("n_features", n_features),
+                                                                      ("n_targets", n_targets)))
+        memory_depth = as_size("memory_depth", memory_depth, 0)
+        if config is not None:
+            Lambda0 = check_Lambda0(Lambda0, config)
+        else:
+            try:
+                Lambda0 = float(Lambda0)
+            except (TypeError, ValueError):
+                raise ValueError(f"Lambda0 must be a number, got {Lambda0!r}") from None
+            if not (0.0 <= Lambda0 < float("inf")):
+                raise ValueError(f"Lambda0 must be finite and >= 0, got {Lambda0}")
         opts: dict[str, Any] = dict(dtype=torch.float64, device=torch.device(device))
         self.batch, self.n_features, self.n_targets, self.memory_depth = batch, n_features, n_targets, memory_depth
         self.memory = torch.zeros(batch, memory_depth, n_features, n_features, **opts)
@@ -70,6 +132,19 @@ class SlimTikState:
         self.Lambda.copy_(Lambda_new)
         self.step_count += 1
 
+    def snapshot(self) -> tuple[Any, ...]:
+        """What the next ``commit`` overwrites (the slot it writes, Λ, the counters), for ``restore``:
+        O(B·n_f²) copies, so a step can be undone after the solver committed it."""
+        slot = self.memory[:, self.head].clone() if self.memory_depth > 0 else None
+        return slot, self.Lambda.clone(), self.n_stored, self.head, self.step_count
+
+    def restore(self, snap: tuple[Any, ...]) -> None:
+        """Undo the commits since ``snap = snapshot()`` (at most one)."""
+        slot, Lambda, self.n_stored, self.head, self.step_count = snap
+        if slot is not None:
+            self.memory[:, self.head].copy_(slot)
+        self.Lambda.copy_(Lambda)
+
     def state_dict(self) -> dict[str, Any]:
         return {
             "batch": self.batch, "n_features": self.n_features, "n_targets": self.n_targets,
@@ -77,10 +152,49 @@ class SlimTikState:
             "head": self.head, "Lambda": self.Lambda.clone(), "step_count": self.step_count,
         }
 
+    @staticmethod
+    def check_state_dict(state: Any, config: SolverConfig | None = None) -> None:
+        """ValueError naming the field if ``state`` is not a consistent saved state: sizes,
+        memory [B, r, n_f, n_f] finite, 0 ≤ n_stored ≤ r, 0 ≤ head < r (0 when
+        r = 0), Λ [B] finite and, with ``config``, inside [0, Λ_max]. Reads, never writes."""
+        if not isinstance(state, dict):
+            raise ValueError(f"solver state must be a dict, got {type(state).__name__}")
+        missing = [k for k in ("batch", "n_features", "n_targets", "memory_depth", "memory", "n_stored", "head",
+                               "Lambda", "step_count") if k not in state]
+        if missing:
+            raise ValueError(f"solver state lacks {', '.join(missing)}")
+        B, n_f = as_size("batch", state["batch"], 1), as_size("n_features", state["n_features"], 1)
+        as_size("n_targets", state["n_targets"], 1)
+        r = as_size("memory_depth", state["memory_depth"], 0)
+        memory, Lambda = state["memory"], state["Lambda"]
+        for name, x, shape in (("memory", memory, (B, r, n_f, n_f)), ("Lambda", Lambda, (B,))):
+            if not isinstance(x, torch.Tensor) or not x.is_floating_point():
+                raise ValueError(f"solver state field {name} must be a floating-point tensor, got "
+                                 f"{getattr(x, 'dtype', type(x).__name__)}")
+            if tuple(x.shape) != shape:
+                raise ValueError(f"solver state field {name} must have shape {list(shape)}, got {list(x.shape)}")
+            if not bool(torch.isfinite(x).all()):
+                raise ValueError(f"solver state field {name} contains NaN or Inf")
+        n_stored = as_size("n_stored", state["n_stored"], 0)
+        head = as_size("head", state["head"], 0)
+        as_size("step_count", state["step_count"], 0)
+        if n_stored > r:
+            raise ValueError(f"solver state field n_stored={n_stored} exceeds memory_depth={r}")
+        if head >= max(r, 1):
+            raise ValueError(f"solver state field head={head} is not a slot of memory_depth={r}")
+        if bool((Lambda < 0).any()):
+            raise ValueError("solver state field Lambda is negative")
+        if config is not None:
+            hi = float(config.Lambda_bounds[1])
+            if bool((Lambda > hi).any()):
+                raise ValueError(f"solver state field Lambda exceeds Lambda_max={hi:g}")
+
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore exactly (float64 stays float64), onto this state's device."""
+        """Restore exactly (float64 stays float64), onto this state's device; the whole dict is
+        checked (``check_state_dict``) before anything is changed."""
+        self.check_state_dict(state)
         for key in ("batch", "n_features", "n_targets", "memory_depth"):
-            if state[key] != getattr(self, key):
+            if int(state[key]) != getattr(self, key):
                 raise ValueError(f"state_dict has {key}={state[key]}, this state has {getattr(self, key)}")
         self.memory = state["memory"].to(device=self.device, dtype=torch.float64).clone()
         self.Lambda = state["Lambda"].to(device=self.device, dtype=torch.float64).clone()
@@ -88,6 +202,7 @@ class SlimTikState:
 
     @classmethod
     def from_state_dict(cls, state: dict[str, Any], device: torch.device | str = "cpu") -> "SlimTikState":
+        cls.check_state_dict(state)
         new = cls(state["batch"], state["n_features"], state["n_targets"], state["memory_depth"], 0.0, device)
         new.load_state_dict(state)
         return new

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from .presets import PRESETS
+from .runs import mark_blow_up
 
 if TYPE_CHECKING:
     from .sweep import ModelSpec
@@ -154,4 +155,5 @@ def run_sweep(
         h["median_step_time"] = statistics.median(h["step_time"]) if h["step_time"] else math.nan
         if not math.isfinite(h["val_loss"][-1]):
             h["diverged"] = True
+        mark_blow_up(h)   # the rule of run_training: final validation loss > 10x the untrained one
     return hists

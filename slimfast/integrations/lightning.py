@@ -42,7 +42,7 @@ except ImportError:  # pragma: no cover - depends on the environment
                           "(or pytorch_lightning)") from exc
 
 from ..heads import Reduction
-from ..optim import SlimTik
+from ..optim import SlimTik, release_head
 
 __all__ = ["SlimTrainModule"]
 
@@ -80,6 +80,7 @@ class SlimTrainModule(pl.LightningModule):
 
     def configure_optimizers(self) -> list[torch.optim.Optimizer]:
         body_opt = torch.optim.Adam(self.body.parameters(), lr=self.lr, weight_decay=self.weight_decay)
+        release_head(self.head)   # a second fit builds a new SlimTik while the old trainer may hold the first
         return [body_opt, SlimTik(self.head, **self.slimtik_kwargs)]
 
     @property

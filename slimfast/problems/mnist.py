@@ -16,7 +16,9 @@ Autoencoder (Newman et al. 2022, §5.3):
 from __future__ import annotations
 
 import gzip
+import math
 import os
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -39,32 +41,75 @@ _FILES = {
 }
 
 
-def read_idx(path: str | os.PathLike) -> np.ndarray:
+#: Largest data section ``read_idx`` accepts (the real MNIST training images are 47 MB): a header
+#: claiming more is corrupt, and is rejected before anything is decompressed.
+MAX_IDX_BYTES = 1 << 33
+_CHUNK = 1 << 20
+
+
+def read_idx(path: str | os.PathLike, shape: tuple[int | None, ...] | None = None,
+             codes: tuple[int, ...] | None = None) -> np.ndarray:
     """Read one IDX file (optionally gzip-compressed, detected by its magic bytes) into a numpy array.
 
     Layout: two zero bytes, a type code, the number of dimensions d, then d big-endian uint32
-    sizes, then the data in C order. Raises ValueError on a malformed or truncated file.
+    sizes, then the data in C order. The header is checked before any data is read (or
+    decompressed): the type code (one of ``codes`` if given), the dimensions (``shape``, None =
+    any size), and the data size they imply (computed exactly, never wrapped; at most
+    ``MAX_IDX_BYTES``). The data are then streamed and must have exactly that size; floating-
+    point data must be finite. Raises ValueError naming the file and what is wrong.
     """
-    with open(path, "rb") as f:
-        raw = f.read()
-    if raw[:2] == b"\x1f\x8b":
-        raw = gzip.decompress(raw)
-    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0:
-        raise ValueError(f"{path}: not an IDX file (bad magic number)")
-    code, ndim = raw[2], raw[3]
+    name = os.fspath(path)
+    with open(path, "rb") as raw:
+        compressed = raw.read(2) == b"\x1f\x8b"
+        raw.seek(0)
+        stream = gzip.GzipFile(fileobj=raw, mode="rb") if compressed else raw
+        try:
+            return _read_idx_stream(stream, name, shape, codes)
+        except (EOFError, OSError, zlib.error) as exc:   # truncated or corrupted .gz (BadGzipFile is an OSError)
+            raise ValueError(f"{name}: corrupted or truncated gzip data ({exc})") from None
+
+
+def _read_exactly(stream, n: int) -> bytes:
+    parts, got = [], 0
+    while got < n:
+        part = stream.read(min(_CHUNK, n - got))
+        if not part:
+            break
+        parts.append(part)
+        got += len(part)
+    return b"".join(parts)
+
+
+def _read_idx_stream(stream, name: str, shape: tuple[int | None, ...] | None,
+                     codes: tuple[int, ...] | None) -> np.ndarray:
+    magic = _read_exactly(stream, 4)
+    if len(magic) < 4 or magic[0] != 0 or magic[1] != 0:
+        raise ValueError(f"{name}: not an IDX file (bad magic number)")
+    code, ndim = magic[2], magic[3]
     if code not in _IDX_DTYPES:
-        raise ValueError(f"{path}: unknown IDX type code 0x{code:02x}")
-    header = 4 + 4 * ndim
-    if len(raw) < header:
-        raise ValueError(f"{path}: truncated IDX header")
-    shape = tuple(int(v) for v in np.frombuffer(raw, dtype=">u4", count=ndim, offset=4))
+        raise ValueError(f"{name}: unknown IDX type code 0x{code:02x}")
+    if codes is not None and code not in codes:
+        raise ValueError(f"{name}: IDX type code 0x{code:02x}, expected {' or '.join(f'0x{c:02x}' for c in codes)}")
+    dims = _read_exactly(stream, 4 * ndim)
+    if len(dims) < 4 * ndim:
+        raise ValueError(f"{name}: truncated IDX header")
+    sizes = tuple(int.from_bytes(dims[4 * i: 4 * i + 4], "big") for i in range(ndim))
+    if shape is not None and (len(sizes) != len(shape) or any(e is not None and s != e for s, e in zip(sizes, shape))):
+        want = "[" + ", ".join("n" if e is None else str(e) for e in shape) + "]"
+        raise ValueError(f"{name}: the header gives shape {list(sizes)}, expected {want}")
     dtype = np.dtype(_IDX_DTYPES[code])
-    count = int(np.prod(shape, dtype=np.int64)) if shape else 1
-    if len(raw) - header != count * dtype.itemsize:
-        raise ValueError(f"{path}: expected {count * dtype.itemsize} data bytes for shape {shape}, "
-                         f"found {len(raw) - header}")
-    data = np.frombuffer(raw, dtype=dtype, count=count, offset=header).reshape(shape)
-    return data.astype(dtype.newbyteorder("="))
+    n_bytes = math.prod(sizes) * dtype.itemsize   # Python ints: exact, no wrap-around
+    if n_bytes > MAX_IDX_BYTES:
+        raise ValueError(f"{name}: the header's shape {list(sizes)} means {n_bytes} data bytes, more than any "
+                         f"IDX file this reader accepts ({MAX_IDX_BYTES}); the header is corrupt")
+    data = _read_exactly(stream, n_bytes)
+    if len(data) != n_bytes or stream.read(1):
+        found = f"{len(data)}" if len(data) < n_bytes else "more"
+        raise ValueError(f"{name}: expected {n_bytes} data bytes for shape {list(sizes)}, found {found}")
+    out = np.frombuffer(data, dtype=dtype).reshape(sizes).astype(dtype.newbyteorder("="))
+    if out.dtype.kind == "f" and not bool(np.isfinite(out).all()):
+        raise ValueError(f"{name}: contains NaN or Inf values")
+    return out
 
 
 def find_idx_file(data_dir: str | os.PathLike, stem: str) -> Path:
@@ -83,13 +128,21 @@ def find_idx_file(data_dir: str | os.PathLike, stem: str) -> Path:
 
 
 def load_mnist_arrays(data_dir: str | os.PathLike, split: str = "train") -> tuple[np.ndarray, np.ndarray]:
-    """(images uint8 [n, 28, 28], labels uint8 [n]) of the ``"train"`` or ``"test"`` split."""
+    """(images uint8 [n, 28, 28], labels uint8 [n]) of the ``"train"`` or ``"test"`` split; ValueError
+    naming the file for another image size or type, a truncated or corrupted file, or a count
+    mismatch, each found from the headers before the data are read."""
     if split not in ("train", "test"):
         raise ValueError(f"split must be 'train' or 'test', got {split!r}")
-    images = read_idx(find_idx_file(data_dir, _FILES[split, "images"]))
-    labels = read_idx(find_idx_file(data_dir, _FILES[split, "labels"]))
-    if images.ndim != 3 or labels.ndim != 1 or images.shape[0] != labels.shape[0]:
-        raise ValueError(f"MNIST {split}: images {images.shape} and labels {labels.shape} do not match")
+    images_path = find_idx_file(data_dir, _FILES[split, "images"])
+    labels_path = find_idx_file(data_dir, _FILES[split, "labels"])
+    # MNIST pixels are unsigned bytes scaled by 1/255: other types (floats, which could hold NaN)
+    # or image sizes are another data set, rejected from the header before reading the data.
+    images = read_idx(images_path, shape=(None, 28, 28), codes=(0x08,))
+    labels = read_idx(labels_path, shape=(None,), codes=(0x08,))
+    if images.shape[0] != labels.shape[0]:
+        raise ValueError(f"{images_path}: {images.shape[0]} images, but {labels_path} has {labels.shape[0]} labels")
+    if images.shape[0] == 0:
+        raise ValueError(f"{images_path}: holds no images")
     return images, labels
 
 
