@@ -219,7 +219,8 @@ def test_sweep_histories_use_the_same_divergence_rule(monkeypatch: pytest.Monkey
     from slimfast.sweep import ModelSpec, run_sweep
 
     seen = []
-    monkeypatch.setattr(slimfast.sweep_run, "mark_blow_up", lambda h: seen.append(h) or mark_blow_up(h))   # run_sweep lives there
+    # run_sweep lives in sweep_run.py
+    monkeypatch.setattr(slimfast.sweep_run, "mark_blow_up", lambda h: seen.append(h) or mark_blow_up(h))
     problem = get_problem("peaks", seed=0).subset(128, 32)
     hists = run_sweep(problem, [ModelSpec(lr=1e-3), ModelSpec(lr=1e-2)], 1, max_steps=2)
     assert len(seen) == 2 and all(a is b for a, b in zip(seen, hists))
