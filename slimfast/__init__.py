@@ -13,6 +13,7 @@ from .backends import backend_info
 from .config import SolverConfig
 from .heads import head_statistics
 from .optim import SlimTik, SlimTikInfo
+from .refit import RefitResult, refit_head
 from .solver import StepInfo, slimtik_step
 from .state import SlimTikState
 from .train import SlimTrain
@@ -20,6 +21,6 @@ from .train import SlimTrain
 logging.getLogger("slimfast").addHandler(logging.NullHandler())
 
 __all__ = [
-    "SlimTik", "SlimTikInfo", "SlimTikState", "SlimTrain", "SolverConfig", "StepInfo", "__version__", "backend_info",
-    "head_statistics", "slimtik_step",
+    "RefitResult", "SlimTik", "SlimTikInfo", "SlimTikState", "SlimTrain", "SolverConfig", "StepInfo", "__version__",
+    "backend_info", "head_statistics", "refit_head", "slimtik_step",
 ]

@@ -5,6 +5,10 @@ Each step: features from the body, the head solved exactly by ``SlimTik`` on tho
 
     z = body(x);  slim.step(z.detach(), y);  loss = loss_fn(head(z), y);  loss.backward();  body_opt.step()
 
+``fit(..., refit="end")`` (the default) then replaces the head by the exact ridge solution over
+the whole training loader with λ by exact GCV (``refit.refit_head``): the last step's head was
+solved on one batch only.
+
 Numerical faults: a batch the head step rejects raises (body buffers such as BatchNorm statistics
 restored, body and head untouched); with ``SlimTik(on_nonfinite="skip")`` a batch with
 non-finite statistics is skipped by the whole iteration instead (no body update, buffers
