@@ -205,8 +205,9 @@ def run_training(problem: Any, cfg: RunConfig, progress: StepProgress | None = N
     None), ``refit_alpha`` (μ* of each refit); per step ``batch_loss`` (the batch's loss right
     after the head was solved on it: optimistic), ``step_time`` (s), ``step_alpha`` and
     ``step_lambda`` (slimTrain); summary ``steps``, ``median_step_time``, ``wall_time``,
-    ``diverged``, ``error``. ``diverged`` also marks a run whose final validation loss ends
-    above ``BLOW_UP_FACTOR`` × the untrained network's (``mark_blow_up``).
+    ``diverged``, ``error``; ``loss_definitions`` says in words what each loss key measures.
+    ``diverged`` also marks a run whose final validation loss ends above ``BLOW_UP_FACTOR`` ×
+    the untrained network's (``mark_blow_up``).
 
     Data parallel (torch.distributed initialised, e.g. under ``torchrun``): every rank draws the
     same batches and trains on its contiguous shard of each (``tensor_split`` by rank); a final
@@ -225,6 +226,10 @@ def run_training(problem: Any, cfg: RunConfig, progress: StepProgress | None = N
         "epoch": [], "train_loss": [], "val_loss": [], "train_rel": [], "val_rel": [], "alpha": [],
         "batch_loss": [], "step_time": [], "step_alpha": [], "step_lambda": [], "refit_alpha": [],
         "diverged": False, "error": None, "world_size": size,
+        "loss_definitions": {
+            "train_loss": "MSE of the network at the epoch's end (after any refit) over the whole training split",
+            "val_loss": "the same over the validation split",
+            "batch_loss": "MSE of one batch right after the head step on that batch (optimistic for slimTrain)"},
     }
 
     def refit() -> None:
