@@ -73,9 +73,11 @@ def holdout_problem() -> Any:
         return x, y + 0.05 * torch.randn(n, 3, generator=g)
 
     (xt, yt), (xv, yv) = data(2000), data(500)
+    def body() -> nn.Module:
+        return nn.Sequential(nn.Linear(4, 64), nn.ReLU(), nn.Linear(64, 32), nn.ReLU())
+
     return Problem(name="holdout", x_train=xt, y_train=yt, x_val=xv, y_val=yv, x_test=None, y_test=None, batch_size=32,
-                   seed=0, body_builder=lambda: nn.Sequential(nn.Linear(4, 64), nn.ReLU(), nn.Linear(64, 32), nn.ReLU()),
-                   head_builder=lambda: nn.Linear(32, 3))
+                   seed=0, body_builder=body, head_builder=lambda: nn.Linear(32, 3))
 
 
 def run_problem(name: str, settings: SlimSettings, lrs=LRS, seeds=SEEDS, epochs: int | None = None,
@@ -131,7 +133,8 @@ def checks(res: dict[str, Any]) -> dict[str, bool]:
 
 def format_problem(res: dict[str, Any]) -> str:
     lines = [f"### {res['problem']} ({res['epochs']} epochs, median over seeds {res['seeds']})", "",
-             "| body lr | Adam val loss | slimTrain val loss | slimTrain/Adam | slimTrain reaches Adam's best at epoch |",
+             "| body lr | Adam val loss | slimTrain val loss | slimTrain/Adam "
+             "| slimTrain reaches Adam's best at epoch |",
              "|---|---|---|---|---|"]
     for lr in res["lrs"]:
         a, s = res["adam_final"][lr], res["slim_final"][lr]

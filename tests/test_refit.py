@@ -36,7 +36,7 @@ def _targets_matrix(head: nn.Module, y: torch.Tensor) -> torch.Tensor:
 
 
 def _dense_gcv_ridge(Z: torch.Tensor, C: torch.Tensor, mu_lo: float, mu_hi: float):
-    """(W, μ*, GCV(μ*)) for min ½·mean((WZ − C)²) + (μ/2)‖W‖², μ* = argmin exact GCV, from the SVD of Z."""
+    """(W, μ*, GCV(μ*)) for min ½·mean((WZ − C)²) + (μ/2)‖W‖², μ* = argmin exact GCV (SVD of Z)."""
     Z, C = Z.double().numpy(), C.double().numpy()
     n_t = C.shape[0]
     m = C.size
