@@ -3,7 +3,7 @@
     import lightning as L
     from slimfast.integrations.lightning import SlimTrainModule
 
-    module = SlimTrainModule(body, head, lr=1e-3, memory_depth=5)
+    module = SlimTrainModule(body, head, lr=1e-3)
     L.Trainer(max_epochs=10, accelerator="cpu").fit(module, train_loader, val_loader)
 
 Every ``training_step`` is one slimTrain iteration (``slimfast.train.SlimTrain.train_step``):
@@ -62,7 +62,7 @@ class SlimTrainModule(pl.LightningModule):
     """
 
     def __init__(self, body: nn.Module, head: nn.Module, lr: float = 1e-3, weight_decay: float = 0.0,
-                 memory_depth: int = 5, Lambda0: float = 0.05, reduction: Reduction = "mean",
+                 memory_depth: int = 0, Lambda0: float = 0.05, reduction: Reduction = "mean",
                  backend: str | None = None, **slimtik_kwargs: Any) -> None:
         super().__init__()
         self.automatic_optimization = False
