@@ -297,6 +297,8 @@ def test_binding_accepts_valid_arguments():
         ("mode", 3), ("n_grid", 1), ("Lambda_min", 0.0), ("Lambda_max", math.inf), ("Lambda_min", 1e4),
         ("lambda_min", math.nan), ("lambda_max", -1.0), ("lambda_const", math.nan), ("root_tol", 0.0),
         ("max_root_iter", 0), ("eigensolver", 9), ("s_ptr", 1),
+        ("n_grid", 100001),  # the same limit as the CUDA module (one validation, csrc/bindings_common.h)
+        ("W_ptr", 4),  # misaligned
     ],
 )  # fmt: skip
 def test_binding_rejects_bad_arguments(name, value):
