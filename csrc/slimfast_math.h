@@ -27,11 +27,18 @@
 inline constexpr int SLIMFAST_MODE_SGCV = 0;
 inline constexpr int SLIMFAST_MODE_CONSTANT = 1;
 inline constexpr int SLIMFAST_MODE_REFERENCE = 2;
-// Columns of the info row: λ_k, Λ_k, sGCV(λ_k), ‖res‖/‖βC‖, cond(G_mem + Λ_k I).
-inline constexpr int SLIMFAST_N_INFO = 5;
+// Columns of the info row: λ_k, Λ_k, sGCV(λ_k), ‖res‖/‖βC‖, cond(G_mem + Λ_k I), and s_min/max|s|
+// of G_mem before clipping (slimfast/_torch_impl.py INFO_FIELDS).
+inline constexpr int SLIMFAST_N_INFO = 6;
 // Trial points per sign of the public reference's λ grid.
 inline constexpr int SLIMFAST_N_REFERENCE_POINTS = 30;
 inline constexpr double SLIMFAST_FLOAT64_EPS = 2.220446049250313e-16;
+// sGCV admissibility (slimfast/config.py SGCV_DENOMINATOR_EPS, method.md §6): a trial μ whose
+// denominator D = m − n_t·tr(…) is <= this · m gets f = +inf (never chosen, never a bracket end).
+inline constexpr double SLIMFAST_SGCV_DENOMINATOR_EPS = 1e-3;
+// Eigenvalues of G_mem <= this · n_f · s_max count as exactly 0, with their columns of B̃ and rows
+// and columns of K̃ (config.py SGCV_NULL_RTOL_PER_FEATURE): rounding noise of a rank-deficient G_mem.
+inline constexpr double SLIMFAST_NULL_RTOL_PER_FEATURE = SLIMFAST_FLOAT64_EPS;
 
 namespace slimfast {
 
@@ -82,7 +89,38 @@ struct Projections {
   double* Q1;       // K̃∘(B̃ᵀW̃ + W̃ᵀB̃)
   double* Q2;       // K̃∘W̃ᵀW̃
   double res0;      // ‖β(W Z − C)‖² = tr(W G Wᵀ) − 2 tr(W Hᵀ) + c
+  double eig_min;   // s_min / max|s| of G_mem before clip_spectrum (0 when G_mem = 0)
 };
+
+// _eig_min of the raw ascending spectrum s [n].
+SLIMFAST_HD inline double eig_min_ratio(double s_first, double s_last) {
+  const double scale = s_last > -s_first ? s_last : -s_first;
+  return scale > 0 ? s_first / scale : 0.0;
+}
+
+// Threshold below which an eigenvalue (clipped at 0) of G_mem counts as 0 (_null_space).
+SLIMFAST_HD inline double null_threshold(int n, double s_last) {
+  return SLIMFAST_NULL_RTOL_PER_FEATURE * n * clamp_min(s_last, 0.0);
+}
+
+// Eigenvalue j after clipping: 0 when negative or at most `thr` (null_threshold), else s_j. After
+// this, "s_j == 0" is the null-space mask that zeroes B̃'s column j and K̃'s row/column j.
+SLIMFAST_HD inline double clipped_eigenvalue(double s_j, double thr) { return s_j <= thr ? 0.0 : s_j; }
+
+// Clip s [n] (ascending) in place; returns eig_min_ratio of the raw values.
+SLIMFAST_HD inline double clip_spectrum(int n, double* s) {
+  const double ratio = eig_min_ratio(s[0], s[n - 1]);
+  const double thr = null_threshold(n, s[n - 1]);
+  for (int j = 0; j < n; ++j) s[j] = clipped_eigenvalue(s[j], thr);
+  return ratio;
+}
+
+// Zero the null-space columns of B̃ (s_j == 0 after clip_spectrum).
+SLIMFAST_HD inline void zero_null_columns(Projections& p) {
+  for (int j = 0; j < p.n_f; ++j)
+    if (p.s[j] == 0.0)
+      for (int t = 0; t < p.n_t; ++t) p.Bt[(long)t * p.n_f + j] = 0.0;
+}
 
 // Doubles needed by projections_bind (outputs of sgcv_precompute plus its n_t×n_f work array).
 SLIMFAST_HD inline long projections_doubles(int n_f, int n_t, bool diagonal) {
@@ -181,25 +219,33 @@ SLIMFAST_HD inline void q_diagonal_at(Projections& p, const double* s, int j) {
 }
 
 // On entry Q0 = B̃ᵀB̃, Q1 = B̃ᵀW̃ + W̃ᵀB̃, Q2 = W̃ᵀW̃; on return multiplied by K̃ elementwise, and k = diag(K̃).
+// K̃'s rows and columns of the null space (s_i == 0 or s_j == 0) count as 0.
+SLIMFAST_HD inline double masked_gram(const Projections& p, const double* K, int i, int j) {
+  return p.s[i] == 0.0 || p.s[j] == 0.0 ? 0.0 : K[(long)i * p.n_f + j];
+}
+
 SLIMFAST_HD inline void q_from_products(Projections& p, const double* K) {
   const int nf = p.n_f;
-  for (long e = 0; e < (long)nf * nf; ++e) {
-    p.Q0[e] *= K[e];
-    p.Q1[e] *= K[e];
-    p.Q2[e] *= K[e];
-  }
-  for (int i = 0; i < nf; ++i) p.k[i] = K[(long)i * nf + i];
+  for (int i = 0; i < nf; ++i)
+    for (int j = 0; j < nf; ++j) {
+      const long e = (long)i * nf + j;
+      const double k = masked_gram(p, K, i, j);
+      p.Q0[e] *= k;
+      p.Q1[e] *= k;
+      p.Q2[e] *= k;
+    }
+  for (int i = 0; i < nf; ++i) p.k[i] = masked_gram(p, K, i, i);
 }
 
 // The whole of _sgcv_precompute with plain loops. p must be bound (projections_bind) with
-// p.U = U and p.s = s. s [n_f] is clipped at 0 in place (G_mem is PSD; rounding is not).
+// p.U = U and p.s = s. s [n_f] is clipped in place (clip_spectrum: G_mem is PSD, rounding is not).
 // K = Uᵀ G U [n_f, n_f] is read only when !p.diagonal. work: n_t × n_f.
 SLIMFAST_HD inline void sgcv_precompute(Projections& p, double* s, const double* G, const double* H, double c,
                                         const double* W, const double* K, double* work) {
   const int nf = p.n_f, nt = p.n_t;
   const long ntf = (long)nt * nf;
   const double* U = p.U;
-  for (int j = 0; j < nf; ++j) s[j] = clamp_min(s[j], 0.0);
+  p.eig_min = clip_spectrum(nf, s);
   double* WG = work;  // W G, then W G − H
   for (long i = 0; i < ntf; ++i) WG[i] = 0.0;
   for (int t = 0; t < nt; ++t)
@@ -227,6 +273,7 @@ SLIMFAST_HD inline void sgcv_precompute(Projections& p, double* s, const double*
         wt[j] += w * u[j];
       }
     }
+  zero_null_columns(p);
   precompute_ab(p);
   if (p.diagonal) {
     for (int j = 0; j < nf; ++j) q_diagonal_at(p, s, j);
@@ -257,7 +304,8 @@ SLIMFAST_HD inline void sgcv_precompute(Projections& p, double* s, const double*
 //   R  = res0 − 2 Σ_j d_j (a_j + λ b_j) + dᵀ(Q0 + λQ1 + λ²Q2)d
 //   R' = 2 Σ d²(a + λb) − 2 Σ d b − 2 Σ d²∘(Q(λ)d) + Σ d∘((Q1 + 2λQ2)d)
 //   D  = m − n_t Σ k d,  D' = n_t Σ k d²,  g = R' D − 2 R D'  (sign of dsGCV/dμ when D > 0)
-//   f  = m max(R, 0) / D²  (D > 0), then torch.nan_to_num(nan=inf): NaN → +inf, ±inf → ±DBL_MAX
+//   f  = m max(R, 0) / D², torch.nan_to_num(nan=inf): NaN → +inf, ±inf → ±DBL_MAX; then f = +inf
+//        where μ is inadmissible, D <= SLIMFAST_SGCV_DENOMINATOR_EPS·m (method.md §6)
 // ---------------------------------------------------------------------------------------------
 struct SgcvPoint {
   double f, R, g;
@@ -304,7 +352,7 @@ SLIMFAST_HD inline SgcvPoint sgcv_from_sums(const Projections& p, double m, cons
   const double D = m - p.n_t * acc[6];
   const double D_der = p.n_t * acc[7];
   out.g = R_der * D - 2.0 * out.R * D_der;
-  out.f = nan_to_num_inf(D > 0 ? m * clamp_min(out.R, 0.0) / (D * D) : slim_inf());
+  out.f = D > SLIMFAST_SGCV_DENOMINATOR_EPS * m ? nan_to_num_inf(m * clamp_min(out.R, 0.0) / (D * D)) : slim_inf();
   return out;
 }
 
@@ -472,8 +520,9 @@ SLIMFAST_HD inline double grid_t(double mu_lo, double mu_hi, int n, int i) {
 }
 
 // First half of select_mu_from_grid: the best grid point and, on the downhill side of dsGCV/dμ,
-// its neighbour; `bracketed` when g changes sign between them (then the minimiser is the root of
-// g on [t_other, t_best]).
+// its neighbour; `bracketed` when g changes sign between them and both are admissible (finite f;
+// D grows with μ, so the whole bracket is then admissible): the minimiser is the root of g on
+// [t_other, t_best].
 struct GridBracket {
   double t_best, g_best, t_other, g_other;
   bool bracketed;
@@ -492,7 +541,8 @@ SLIMFAST_HD inline GridBracket grid_bracket(const double* t_grid, const double* 
   const int i_other = go_left ? i - 1 : (i + 1 < n - 1 ? i + 1 : n - 1);
   br.t_other = t_grid[i_other];
   br.g_other = g_grid[i_other];
-  br.bracketed = ((go_left && br.g_other < 0) || (go_right && br.g_other > 0)) && log(mu_hi) > log(mu_lo);
+  br.bracketed = ((go_left && br.g_other < 0) || (go_right && br.g_other > 0)) && log(mu_hi) > log(mu_lo) &&
+                 f_grid[i] < slim_inf() && f_grid[i_other] < slim_inf();
   return br;
 }
 
@@ -548,7 +598,7 @@ SLIMFAST_HD inline double select_mu(const Projections& p, double m, double Lambd
 // End of _slimtik_step for one problem, μ = Λ_k chosen:
 //   update_direction: Y = (B̃ + λW̃)∘d [n_t, n_f],  d = 1/(s + μ)
 //   W_new = W − Y Uᵀ
-//   info_row: [λ, μ, sGCV(μ), sqrt(max(R, 0)/c) (0 if c <= 0), (s_max + μ)/(s_min + μ)]
+//   info_row: [λ, μ, sGCV(μ), sqrt(max(R, 0)/c) (0 if c <= 0), (s_max + μ)/(s_min + μ), eig_min]
 // ---------------------------------------------------------------------------------------------
 SLIMFAST_HD inline void update_direction(const Projections& p, double lam, const double* d, double* Y) {
   const int nf = p.n_f;
@@ -562,6 +612,7 @@ SLIMFAST_HD inline void info_row(const Projections& p, double mu, double Lambda_
   info[2] = pt.f;
   info[3] = c > 0 ? sqrt(clamp_min(pt.R, 0.0) / c) : 0.0;
   info[4] = (p.s[p.n_f - 1] + mu) / (p.s[0] + mu);
+  info[5] = p.eig_min;
 }
 
 // The whole end of the step with plain loops. scratch: sgcv_eval_doubles(n_f) + n_t·n_f.

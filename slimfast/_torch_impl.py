@@ -18,10 +18,12 @@ from dataclasses import dataclass
 
 import torch
 
-from .config import FLOAT64_EPS, SolverConfig
+from .config import FLOAT64_EPS, SGCV_DENOMINATOR_EPS, SGCV_NULL_RTOL_PER_FEATURE, SolverConfig
 
-#: Columns of the per-problem info array returned by every backend.
-INFO_FIELDS: tuple[str, ...] = ("lambda_", "Lambda", "sgcv", "rel_residual", "cond")
+#: Columns of the per-problem info array returned by every backend. ``eig_min`` is the smallest
+#: eigenvalue of G_mem over its largest magnitude, before clipping at 0 (< 0 only by rounding
+#: for a PSD G_mem; the solver rejects clearly negative values, see validation.INDEFINITE_RTOL).
+INFO_FIELDS: tuple[str, ...] = ("lambda_", "Lambda", "sgcv", "rel_residual", "cond", "eig_min")
 N_INFO = len(INFO_FIELDS)
 #: Trial points per sign in the reference grid (public reference code).
 N_REFERENCE_POINTS = 30
@@ -32,7 +34,10 @@ class _Projections:
     """Everything the sGCV function needs after the eigendecomposition G_mem = U diag(s) Uᵀ.
 
     Attributes (per problem b):
-        s: [B, n_f] eigenvalues of G_mem, clipped at 0 (G_mem is PSD; rounding is not).
+        s: [B, n_f] eigenvalues of G_mem, clipped at 0 (G_mem is PSD; rounding is not); those at
+            most n_f·ε·s_max (``null_space``) are set to exactly 0, with their columns of B̃ and
+            their rows and columns of K̃ (they are rounding noise of a rank-deficient G_mem).
+        eig_min: [B] smallest eigenvalue of G_mem before clipping, over max |eigenvalue| (0 if G_mem = 0).
         U: [B, n_f, n_f] eigenvectors as columns.
         Bt, Wt: [B, n_t, n_f]  B̃ = (W G − H) U and W̃ = W U.
         a, b: [B, n_f]  a_j = (B̃ᵀB̃)_jj, b_j = (B̃ᵀW̃)_jj.
@@ -43,6 +48,7 @@ class _Projections:
     """
 
     s: torch.Tensor
+    eig_min: torch.Tensor
     U: torch.Tensor
     Bt: torch.Tensor
     Wt: torch.Tensor
@@ -65,37 +71,45 @@ def _admissible_interval(Lambda_prev: torch.Tensor, config: SolverConfig) -> tup
     return mu_lo, mu_hi
 
 
-def _jacobi_eigh(A: torch.Tensor, U0: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Twin of the Jacobi eigensolver: A [B, n, n] symmetric → (s [B, n] ascending, U [B, n, n]).
+def _null_space(s: torch.Tensor) -> torch.Tensor:
+    """[B, n_f] mask of the eigenvalues s [B, n_f] (ascending, clipped at 0) that count as zero:
+    s_j <= SGCV_NULL_RTOL_PER_FEATURE·n_f·s_max."""
+    return s <= SGCV_NULL_RTOL_PER_FEATURE * s.shape[-1] * s[:, -1:]
 
-    ``U0`` (a previous step's eigenvectors) only changes how the kernel gets there; the
-    result is the eigendecomposition itself, so the twin ignores it.
-    """
-    del U0
-    return torch.linalg.eigh(A)
+
+def _eig_min(s_raw: torch.Tensor) -> torch.Tensor:
+    """[B] smallest eigenvalue over the largest magnitude of s_raw [B, n_f] (ascending); 0 for 0."""
+    scale = torch.maximum(s_raw[:, -1], -s_raw[:, 0])
+    return torch.where(scale > 0, s_raw[:, 0] / torch.where(scale > 0, scale, torch.ones_like(scale)),
+                       torch.zeros_like(scale))
 
 
 def _sgcv_precompute(
     G_mem: torch.Tensor, G: torch.Tensor, H: torch.Tensor, c: torch.Tensor, W: torch.Tensor, memory_empty: bool
 ) -> _Projections:
     """Eigendecompose G_mem [B,n_f,n_f] and project the batch statistics once (method.md §4)."""
-    s, U = torch.linalg.eigh(G_mem)
-    s = s.clamp_min(0.0)
+    s_raw, U = torch.linalg.eigh(G_mem)
+    eig_min = _eig_min(s_raw)
+    s = s_raw.clamp_min(0.0)
+    null = _null_space(s)
+    s = s.masked_fill(null, 0.0)
+    keep = (~null).to(s.dtype)
     WG = W @ G
     res0 = (WG * W).sum((1, 2)) - 2.0 * (W * H).sum((1, 2)) + c
-    Bt = (WG - H) @ U
+    Bt = ((WG - H) @ U) * keep[:, None, :]
     Wt = W @ U
     a = (Bt * Bt).sum(1)
     b = (Bt * Wt).sum(1)
     if memory_empty:
         cw = (Wt * Wt).sum(1)
-        return _Projections(s, U, Bt, Wt, a, b, s, s * a, 2.0 * s * b, s * cw, res0, diagonal=True)
-    K = U.transpose(1, 2) @ G @ U
+        return _Projections(s, eig_min, U, Bt, Wt, a, b, s, s * a, 2.0 * s * b, s * cw, res0, diagonal=True)
+    K = (U.transpose(1, 2) @ G @ U) * (keep[:, :, None] * keep[:, None, :])
     BW = Bt.transpose(1, 2) @ Wt
     Q0 = K * (Bt.transpose(1, 2) @ Bt)
     Q1 = K * (BW + BW.transpose(1, 2))
     Q2 = K * (Wt.transpose(1, 2) @ Wt)
-    return _Projections(s, U, Bt, Wt, a, b, torch.diagonal(K, dim1=1, dim2=2), Q0, Q1, Q2, res0, diagonal=False)
+    k = torch.diagonal(K, dim1=1, dim2=2)
+    return _Projections(s, eig_min, U, Bt, Wt, a, b, k, Q0, Q1, Q2, res0, diagonal=False)
 
 
 def _trace_term(mu: torch.Tensor, p: _Projections) -> torch.Tensor:
@@ -110,7 +124,8 @@ def _sgcv_eval(
 
     Returns (f, R, g), each [B, N]:
         R(μ) = ‖res(λ)‖² = res0 − 2 Σ_j d_j (a_j + λ b_j) + dᵀ(Q0 + λQ1 + λ²Q2)d,  d = 1/(s + μ), λ = μ − Λ_{k−1}
-        f(μ) = m R / (m − n_t T)²,  T = Σ_j K̃_jj d_j   (+inf where the denominator is ≤ 0)
+        f(μ) = m R / (m − n_t T)²,  T = Σ_j K̃_jj d_j   (+inf where μ is inadmissible: the
+            denominator D = m − n_t T is ≤ SGCV_DENOMINATOR_EPS·m, method.md §6)
         g(μ) = R' D − 2 R D'  with D = m − n_t T; sign(g) = sign(df/dμ) since D > 0.
     """
     n_t = p.Wt.shape[1]
@@ -134,8 +149,9 @@ def _sgcv_eval(
     D = m2 - _trace_term(mu, p)
     D_der = n_t * (k * d2).sum(-1)
     g = R_der * D - 2.0 * R * D_der
-    f = torch.where(D > 0, m2 * R.clamp_min(0.0) / (D * D), torch.full_like(D, math.inf))
-    return torch.nan_to_num(f, nan=math.inf), R, g
+    admissible = D > SGCV_DENOMINATOR_EPS * m2
+    f = torch.nan_to_num(m2 * R.clamp_min(0.0) / (D * D), nan=math.inf)
+    return torch.where(admissible, f, torch.full_like(f, math.inf)), R, g
 
 
 def _reference_candidates(Lambda_prev: torch.Tensor, config: SolverConfig) -> torch.Tensor:
@@ -220,7 +236,10 @@ def _select_mu(
     i_other = torch.where(go_left, i_left, i_right)
     t_other, g_other = t_grid[rows, i_other], g_grid[rows, i_other]
     bracketed = (go_left & (g_other < 0)) | (go_right & (g_other > 0))
-    bracketed &= t_hi > t_lo
+    # Both ends admissible (an inadmissible point's g is not the sign of dsGCV/dμ). D grows with
+    # μ, so the whole bracket is then admissible.
+    f_best, f_other = f[rows, i], f[rows, i_other]
+    bracketed &= (t_hi > t_lo) & (f_best < math.inf) & (f_other < math.inf)
 
     def g_of_t(t: torch.Tensor) -> torch.Tensor:
         return _sgcv_eval(torch.exp(t)[:, None], p, m, Lambda_prev)[2][:, 0]
@@ -256,8 +275,9 @@ def _slimtik_step(
         memory_empty: True when G_mem is G alone (then Uᵀ G U = diag(s)).
 
     Returns:
-        W_new [B, n_t, n_f] = W − (B + λW)(G_mem + Λ_k I)^{−1}, and info [B, 5] with columns
-        ``INFO_FIELDS``: λ_k, Λ_k, sGCV(λ_k), ‖res(λ_k)‖/‖βC_k‖, (s_max + Λ_k)/(s_min + Λ_k).
+        W_new [B, n_t, n_f] = W − (B + λW)(G_mem + Λ_k I)^{−1}, and info [B, 6] with columns
+        ``INFO_FIELDS``: λ_k, Λ_k, sGCV(λ_k), ‖res(λ_k)‖/‖βC_k‖, (s_max + Λ_k)/(s_min + Λ_k),
+        s_min/max|s| of G_mem before clipping.
     """
     p = _sgcv_precompute(G_mem, G, H, c, W, memory_empty)
     mu = _select_mu(p, m, Lambda_prev, config)
@@ -267,5 +287,5 @@ def _slimtik_step(
     W_new = W - ((p.Bt + lam[:, None, None] * p.Wt) * d[:, None, :]) @ p.U.transpose(1, 2)
     rel = torch.where(c > 0, torch.sqrt(R[:, 0].clamp_min(0.0) / torch.where(c > 0, c, torch.ones_like(c))), torch.zeros_like(c))
     cond = (p.s[:, -1] + mu) / (p.s[:, 0] + mu)
-    info = torch.stack([lam, mu, f[:, 0], rel, cond], dim=1)
+    info = torch.stack([lam, mu, f[:, 0], rel, cond, p.eig_min], dim=1)
     return W_new, info

@@ -14,6 +14,17 @@ MODE_CODES: dict[str, int] = {"sgcv": 0, "constant": 1, "reference": 2}
 #: Machine epsilon used by the public reference to build its trial points.
 FLOAT64_EPS = 2.220446049250313e-16
 
+#: sGCV admissibility (method.md §6): a trial μ whose denominator D = m_k − n_t·tr(β²Z_kᵀ(G_mem + μI)⁻¹Z_k)
+#: is ≤ SGCV_DENOMINATOR_EPS·m_k gets f = +inf: never chosen, never a bracket end. Near D = 0
+#: (n_b·n_t ≤ rank) both the residual and D are differences of rounding-level terms, so f
+#: there is decided by rounding; csrc/slimfast_math.h holds the same constant.
+SGCV_DENOMINATOR_EPS = 1e-3
+
+#: Eigenvalues of G_mem at most SGCV_NULL_RTOL_PER_FEATURE·n_f·s_max count as exactly zero (with
+#: their projections B̃ and K̃), identically in every backend: they are rounding noise of a
+#: rank-deficient G_mem, and 1/(s_j + μ) would otherwise amplify that noise by 1/μ.
+SGCV_NULL_RTOL_PER_FEATURE = FLOAT64_EPS
+
 
 @dataclass(frozen=True)
 class SolverConfig:

@@ -11,7 +11,7 @@ all-reduce across ranks).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Literal, TypeVar
 
 import numpy as np
 import torch
@@ -20,14 +20,14 @@ from ._torch_impl import INFO_FIELDS
 from .backends import resolve_backend
 from .config import SolverConfig
 from .state import SlimTikState
-from .validation import check_step_inputs
+from .validation import check_step_inputs, raise_first, result_faults
 
 ArrayT = TypeVar("ArrayT", np.ndarray, torch.Tensor)
 
 
 @dataclass(frozen=True)
 class StepInfo(Generic[ArrayT]):
-    """Per-problem record of one step; every field is [B] float64.
+    """Per-problem record of one step; every field is [B] (float64 unless stated).
 
     Attributes:
         lambda_: λ_k chosen this step (may be negative).
@@ -35,7 +35,13 @@ class StepInfo(Generic[ArrayT]):
         sgcv: sampled GCV value at λ_k.
         rel_residual: ‖β(W_k Z_k − C_k)‖ / ‖β C_k‖ on the current batch (0 when C_k = 0).
         cond: (s_max + Λ_k)/(s_min + Λ_k), the condition number of G_mem + Λ_k I.
+        eig_min: smallest eigenvalue of G_mem over its largest magnitude, before clipping at 0
+            (rounding-level negative for a PSD G_mem).
+        faults: int64 ``validation.Fault`` codes, 0 where the problem's step was applied (always
+            0 with ``validate="eager"``, which raises instead).
         backend: name of the backend that computed the step.
+
+    The float fields are columns of one [B, 6] tensor (views, no copies).
     """
 
     lambda_: ArrayT
@@ -43,11 +49,30 @@ class StepInfo(Generic[ArrayT]):
     sgcv: ArrayT
     rel_residual: ArrayT
     cond: ArrayT
+    eig_min: ArrayT
+    faults: ArrayT
     backend: str
+    config: SolverConfig | None = None
+    Lambda_prev: ArrayT | None = None
+
+    def check(self) -> None:
+        """Raise the deferred error of ``validate="lazy"`` (ValueError naming the argument, or
+        FloatingPointError for non-finite weights) if a problem was rejected. Synchronises."""
+        faults = torch.as_tensor(self.faults)
+        if self.config is not None and bool(faults.any()):
+            raise_first(faults, self.config, torch.as_tensor(self.Lambda_prev), self.backend)
 
 
 def _like(x: torch.Tensor, numpy_out: bool) -> Any:
     return x.numpy() if numpy_out else x
+
+
+def _is_allocation_failure(exc: BaseException) -> bool:
+    """True for torch's "out of memory" errors (CPU allocator failures are plain RuntimeErrors)."""
+    if isinstance(exc, torch.OutOfMemoryError):
+        return True
+    text = str(exc)
+    return "can't allocate memory" in text or "not enough memory" in text
 
 
 def slimtik_step(
@@ -60,6 +85,7 @@ def slimtik_step(
     *,
     config: SolverConfig | None = None,
     backend: str | None = None,
+    validate: Literal["eager", "lazy"] = "eager",
 ) -> tuple[ArrayT, StepInfo[ArrayT]]:
     """Advance ``state`` by one slimTik step and return the new weights (method.md §2.3).
 
@@ -75,23 +101,65 @@ def slimtik_step(
         config: λ mode and bounds (default ``SolverConfig()``: sGCV over [1e-7, 1e3]).
         backend: force "cuda", "cpp", "numba" or "torch"; default: best available for the
             tensors' device (environment variable ``SLIMFAST_BACKEND`` also forces).
+        validate: "eager" (default) raises every error before the state changes; "lazy" never
+            synchronises with the host (on CUDA with the ``cuda`` backend the step is then fully
+            asynchronous): value errors are recorded per problem in ``info.faults`` and raised by
+            ``info.check()``; a rejected problem keeps its weights (W_new = W), its memory sum
+            and Λ, while the state's step counter and ring position advance for all problems.
 
     All arrays are float64, C-contiguous, numpy or torch (CPU or CUDA, on the state's
     device); the results have the type of ``W``. Bad input raises TypeError/ValueError naming
-    the argument, before anything is computed.
+    the argument, before anything is computed; so do a non-symmetric G and a clearly indefinite
+    G_mem = G + memory (smallest eigenvalue below −INDEFINITE_RTOL·max|eigenvalue|, found by the
+    step's own eigendecomposition). A failed allocation raises MemoryError. In every case the
+    state is unchanged and a later call may succeed.
 
     Returns:
         (W_new [B, n_t, n_f], StepInfo with [B] fields).
     """
     config = config if config is not None else SolverConfig()
+    if validate not in ("eager", "lazy"):
+        raise ValueError(f"validate must be 'eager' or 'lazy', got {validate!r}")
     numpy_out = isinstance(W, np.ndarray)
-    G_t, H_t, c_t, m_t, W_t = check_step_inputs(state, config, G, H, c, m, W)
-    name, module = resolve_backend(backend, state.device)
-    G_mem = state.memory_gram(G_t)
-    W_new, info = module.slimtik_step(G_mem, G_t, H_t, c_t, m_t, W_t, state.Lambda, state.memory_empty, config)
-    if not bool(torch.isfinite(W_new).all()):
-        # Never let a numerical failure reach the caller's weights or the memory.
-        raise FloatingPointError(f"backend {name!r} produced non-finite weights; state left unchanged")
-    state.commit(G_t, info[:, 1])
-    fields = {f: _like(info[:, i].clone(), numpy_out) for i, f in enumerate(INFO_FIELDS)}
-    return _like(W_new, numpy_out), StepInfo(backend=name, **fields)
+    try:
+        (G_t, H_t, c_t, m_t, W_t), faults = check_step_inputs(state, config, G, H, c, m, W)
+        name, module = resolve_backend(backend, state.device)
+        if validate == "eager":
+            raise_first_if_any(faults, config, state.Lambda, name)
+        inputs = (G_t, H_t, c_t, m_t, W_t) if validate == "eager" else _neutralised(faults, G_t, H_t, c_t, m_t, W_t)
+        G_mem = state.memory_gram(inputs[0])
+        W_new, info = module.slimtik_step(G_mem, *inputs, state.Lambda, state.memory_empty, config)
+    except RuntimeError as exc:
+        if _is_allocation_failure(exc):
+            raise MemoryError(f"slimtik_step could not allocate its workspace (state unchanged): {exc}") from exc
+        raise
+    # Never let a numerical failure or an indefinite G_mem reach the caller's weights or the memory.
+    faults = torch.where(faults == 0, result_faults(info, W_new), faults)
+    Lambda_prev = state.Lambda.clone()
+    if validate == "eager":
+        raise_first_if_any(faults, config, Lambda_prev, name)
+        state.commit(G_t, info[:, 1])
+    else:
+        ok = faults == 0
+        W_new = torch.where(ok[:, None, None], W_new, W_t)
+        state.commit(G_t, info[:, 1], applied=ok)
+    fields = {f: _like(info[:, i], numpy_out) for i, f in enumerate(INFO_FIELDS)}
+    record = StepInfo(backend=name, faults=_like(faults, numpy_out), config=config,
+                      Lambda_prev=_like(Lambda_prev, numpy_out), **fields)
+    return _like(W_new, numpy_out), record
+
+
+def _neutralised(faults: torch.Tensor, G: torch.Tensor, H: torch.Tensor, c: torch.Tensor, m: torch.Tensor,
+                 W: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """The inputs with every faulty problem replaced by a harmless one (G = I, H = W = 0, c = 0,
+    m = 1), so that NaN or garbage never reaches a backend; its result is discarded anyway."""
+    bad = faults != 0
+    eye = torch.eye(G.shape[-1], dtype=G.dtype, device=G.device)
+    return (torch.where(bad[:, None, None], eye, G), torch.where(bad[:, None, None], 0.0, H),
+            torch.where(bad, 0.0, c), torch.where(bad, 1.0, m), torch.where(bad[:, None, None], 0.0, W))
+
+
+def raise_first_if_any(faults: torch.Tensor, config: SolverConfig, Lambda_prev: torch.Tensor, backend: str) -> None:
+    """Eager validation: one host synchronisation, then the first fault's error if there is one."""
+    if bool(faults.any()):
+        raise_first(faults, config, Lambda_prev, backend)

@@ -123,8 +123,15 @@ class SlimTikState:
             return G
         return G + self.memory[:, : self.n_stored].sum(1) if self.n_stored < self.memory_depth else G + self.memory.sum(1)
 
-    def commit(self, G: torch.Tensor, Lambda_new: torch.Tensor) -> None:
-        """Record a completed step: store G_k [B, n_f, n_f] (dropping the oldest) and Λ_k [B]."""
+    def commit(self, G: torch.Tensor, Lambda_new: torch.Tensor, applied: torch.Tensor | None = None) -> None:
+        """Record a completed step: store G_k [B, n_f, n_f] (dropping the oldest) and Λ_k [B].
+
+        ``applied`` [B] bool (optional, no host synchronisation): problems where it is False keep
+        their slot's old Gram matrix (so their memory sum is unchanged) and their Λ.
+        """
+        if applied is not None:
+            G = torch.where(applied[:, None, None], G, self.memory[:, self.head]) if self.memory_depth > 0 else G
+            Lambda_new = torch.where(applied, Lambda_new, self.Lambda)
         if self.memory_depth > 0:
             self.memory[:, self.head].copy_(G)
             self.head = (self.head + 1) % self.memory_depth

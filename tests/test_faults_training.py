@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 import slimfast.solver
+from slimfast._torch_impl import INFO_FIELDS
 from slimfast.heads import head_statistics, head_to_matrix
 from slimfast.optim import SlimTik
 from slimfast.train import SlimTrain
@@ -149,7 +150,7 @@ class _NaNBackend:
 
     @staticmethod
     def slimtik_step(G_mem, G, H, c, m, W, Lambda_prev, memory_empty, config):  # noqa: ANN001, ANN205
-        info = torch.ones(W.shape[0], 5, dtype=F64)
+        info = torch.ones(W.shape[0], len(INFO_FIELDS), dtype=F64)
         return torch.full_like(W, math.nan), info
 
 

@@ -114,7 +114,7 @@ def test_wrong_shape_or_zero_size(cpu_backend: str, name: str, shape: list[int],
 @FEW
 @given(shape=st.lists(st.integers(0, 4), min_size=0, max_size=3))
 def test_m_wrong_shape(cpu_backend: str, shape: list[int]) -> None:
-    if tuple(shape) == (B,):
+    if tuple(shape) in ((B,), ()):  # [B] and 0-d (a number) are valid
         shape = [B, 1]
     _rejects(cpu_backend, {**_inputs(), "m": torch.full(shape, 10.0, dtype=F64)}, ValueError, "m")
 
@@ -151,7 +151,8 @@ def test_not_an_array(cpu_backend: str, name: str, value: Any) -> None:
 
 @FEW
 @given(m=st.sampled_from([True, np.bool_(False), "10", None, 1j, torch.ones(B, dtype=torch.bool),
-                          torch.ones(B, dtype=torch.complex128), np.ones(B, dtype=np.float32)]))
+                          torch.ones(B, dtype=torch.complex128), np.ones(B, dtype=np.complex64),
+                          np.array(["1", "2"])]))
 def test_m_wrong_type(cpu_backend: str, m: Any) -> None:
     _rejects(cpu_backend, {**_inputs(), "m": m}, TypeError, "m")
 
@@ -320,7 +321,8 @@ def test_nasty_but_valid_statistics(cpu_backend: str, kind: str, z_exp: float, c
 def test_arbitrary_finite_statistics_never_return_nan(cpu_backend: str, seed: int, scales: tuple, n_steps: int) -> None:
     """Inconsistent statistics (indefinite or asymmetric G, any H, c, W at independent scales) are
     outside the method's assumptions: the step either succeeds with finite weights and Λ in
-    bounds, or raises FloatingPointError with the state unchanged. Never NaN weights."""
+    bounds, or raises FloatingPointError, or ValueError naming G (asymmetric G, indefinite G_mem),
+    with the state unchanged. Never NaN weights."""
     gen = torch.Generator().manual_seed(seed)
     sG, sH, sc, sW = (10.0 ** e for e in scales)
     state = SlimTikState(B, NF, NT, memory_depth=2)
@@ -333,6 +335,10 @@ def test_arbitrary_finite_statistics_never_return_nan(cpu_backend: str, seed: in
         try:
             W_new, info = slimtik_step(state, G, H, c, 10.0, W, backend=cpu_backend)
         except FloatingPointError:
+            assert_state_equal(before, _snapshot(state))
+            return
+        except ValueError as exc:
+            assert re.search(r"\bG\b", str(exc)), exc
             assert_state_equal(before, _snapshot(state))
             return
         assert torch.isfinite(W_new).all()

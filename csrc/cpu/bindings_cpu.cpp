@@ -1,7 +1,8 @@
 // pybind11 module slimfast._cpu. Arrays cross as data pointers (Python ints) plus sizes, so the
 // module never links libtorch and survives torch upgrades; slimfast/backends/cpp.py owns the
-// tensors. Every argument is checked here (ValueError naming it) because a wrong size or pointer
-// would otherwise be a silent out-of-bounds write.
+// tensors. What can be checked (sizes, options, null and misaligned pointers) is checked by
+// csrc/bindings_common.h, shared with the CUDA module; the extent of the memory behind a pointer
+// cannot be, so the caller guarantees it.
 #include <pybind11/pybind11.h>
 
 #include <cmath>
@@ -9,6 +10,7 @@
 #include <stdexcept>
 #include <string>
 
+#include "bindings_common.h"
 #include "slimtik_step_cpu.h"
 
 #if defined(__linux__)
@@ -58,46 +60,17 @@ int find_openblas(struct dl_phdr_info* info, size_t, void* out) {
 }
 #endif
 
-void require(bool ok, const std::string& message) {
-  if (!ok) throw std::invalid_argument(message);
-}
-
-void require_size(long long value, const char* name, long long max_value = 46340) {
-  // 46340² < 2³¹: LAPACK's int arguments (n², workspace) must not overflow.
-  require(value >= 1 && value <= max_value,
-          std::string(name) + " must be in [1, " + std::to_string(max_value) + "], got " + std::to_string(value));
-}
-
-template <class T>
-T* as_ptr(std::uintptr_t value, const char* name) {
-  require(value != 0, std::string(name) + " must be a non-null data pointer");
-  return reinterpret_cast<T*>(value);
-}
-
 void py_slimtik_step(long long B, long long n_f, long long n_t, std::uintptr_t G_mem_ptr, std::uintptr_t G_ptr,
                   std::uintptr_t H_ptr, std::uintptr_t c_ptr, std::uintptr_t m_ptr, std::uintptr_t W_ptr,
                   std::uintptr_t Lambda_prev_ptr, bool memory_empty, int mode, double lambda_const, double Lambda_min,
                   double Lambda_max, double lambda_min, double lambda_max, int n_grid, double root_tol,
                   int max_root_iter, std::uintptr_t W_out_ptr, std::uintptr_t info_ptr, int eigensolver,
                   std::uintptr_t s_ptr, std::uintptr_t Ut_ptr) {
-  require_size(B, "B", 1LL << 30);
-  require_size(n_f, "n_f");
-  require_size(n_t, "n_t", 1LL << 30);
-  require(n_t * n_f <= (1LL << 31) - 1, "n_t * n_f must fit in a 32-bit int");
-  require(mode == SLIMFAST_MODE_SGCV || mode == SLIMFAST_MODE_CONSTANT || mode == SLIMFAST_MODE_REFERENCE,
-          "mode must be 0 (sgcv), 1 (constant) or 2 (reference), got " + std::to_string(mode));
-  require(std::isfinite(lambda_const), "lambda_const must be finite");
-  require(std::isfinite(Lambda_min) && std::isfinite(Lambda_max) && Lambda_min > 0 && Lambda_min <= Lambda_max,
-          "Lambda_min, Lambda_max must satisfy 0 < Lambda_min <= Lambda_max < inf");
-  require(!std::isnan(lambda_min) && !std::isnan(lambda_max) && lambda_min < lambda_max && lambda_max > 0,
-          "lambda_min, lambda_max must satisfy lambda_min < lambda_max and lambda_max > 0");
-  require(n_grid >= 2, "n_grid must be at least 2, got " + std::to_string(n_grid));
-  require(root_tol > 0 && root_tol < 1, "root_tol must lie in (0, 1)");
-  require(max_root_iter >= 1, "max_root_iter must be positive, got " + std::to_string(max_root_iter));
+  check_step_sizes(B, n_f, n_t);
+  const StepOptions opts = step_options(mode, lambda_const, Lambda_min, Lambda_max, lambda_min, lambda_max, n_grid,
+                                        root_tol, max_root_iter);
   require(eigensolver >= EIG_AUTO && eigensolver <= EIG_JACOBI,
           "eigensolver must be 0 (auto), 1 (syevd), 2 (syevr) or 3 (jacobi)");
-  const StepOptions opts{mode, lambda_const, Lambda_min, Lambda_max, lambda_min, lambda_max, n_grid, root_tol,
-                         max_root_iter};
   const double* G_mem = as_ptr<const double>(G_mem_ptr, "G_mem_ptr");
   const double* G = as_ptr<const double>(G_ptr, "G_ptr");
   const double* H = as_ptr<const double>(H_ptr, "H_ptr");
@@ -125,8 +98,7 @@ int py_jacobi_eigh(long long B, long long n, std::uintptr_t A_ptr, std::uintptr_
                 std::uintptr_t U_out_ptr, double tol, int max_sweeps) {
   require_size(B, "B", 1LL << 30);
   require_size(n, "n");
-  require(std::isfinite(tol) && tol >= 0, "tol must be finite and >= 0");
-  require(max_sweeps >= 1, "max_sweeps must be positive, got " + std::to_string(max_sweeps));
+  check_jacobi_options(tol, max_sweeps);
   const double* A = as_ptr<const double>(A_ptr, "A_ptr");
   const double* U0 = reinterpret_cast<const double*>(U0_ptr);  // 0: cold start
   double* s = as_ptr<double>(s_out_ptr, "s_out_ptr");

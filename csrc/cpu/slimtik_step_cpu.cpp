@@ -4,20 +4,24 @@
 #include "slimtik_step_cpu.h"
 
 #include <algorithm>
+#include <climits>
 #include <cmath>
 #include <cstring>
 #include <cstdlib>  // getloadavg
 #include <memory>
 #include <mutex>
-#include <vector>
+#include <stdexcept>
+#include <string>
 
 #ifdef _OPENMP
 #include <omp.h>
 static int omp_max_threads() { return omp_get_max_threads(); }
 static int omp_procs() { return omp_get_num_procs(); }
+static int omp_thread() { return omp_get_thread_num(); }
 #else
 static int omp_max_threads() { return 1; }
 static int omp_procs() { return 1; }
+static int omp_thread() { return 0; }
 #endif
 
 namespace slimfast {
@@ -100,24 +104,41 @@ void transpose(int n, const double* A, double* At) {
     for (int j = 0; j < n; ++j) At[(long)j * n + i] = A[(long)i * n + j];
 }
 
+// A LAPACK workspace size computed in 64 bits, as LAPACK's 32-bit int; std::invalid_argument
+// (ValueError) before anything is allocated when it does not fit.
+int lapack_int(long long size, const char* what, int n) {
+  if (size > INT_MAX)
+    throw std::invalid_argument(std::string(what) + " of the eigensolver for n_f = " + std::to_string(n) +
+                                " exceeds LAPACK's 32-bit workspace size; use a smaller n_f or eigensolver 'jacobi'");
+  return (int)size;
+}
+
+// The optimum a workspace query returned (a double), never below the documented minimum.
+long long query_size(double optimum, long long minimum) {
+  return optimum > (double)minimum ? (optimum < 9e18 ? (long long)optimum : LLONG_MAX) : minimum;
+}
+
 // Workspace sizes (doubles, ints) of the LAPACK eigensolver: the larger of the documented minimum
 // and the optimum from a workspace query.
 void eig_workspace(const Lapack& L, int method, int n, int* lwork, int* liwork) {
   double dummy = 0.0, wq = 0.0;
   int iq = 0, info = 0;
   const int query = -1;
+  const long long n64 = n;
   if (method == EIG_SYEVD) {
+    const long long min_lwork = 1 + 6 * n64 + 2 * n64 * n64;
+    lapack_int(min_lwork, "lwork", n);  // rejected before the query, which could overflow itself
     L.dsyevd("V", "U", &n, &dummy, &n, &dummy, &wq, &query, &iq, &query, &info);
-    *lwork = std::max(1 + 6 * n + 2 * n * n, (int)wq);
-    *liwork = std::max(3 + 5 * n, iq);
+    *lwork = lapack_int(query_size(wq, min_lwork), "lwork", n);
+    *liwork = lapack_int(std::max(3 + 5 * n64, (long long)iq), "liwork", n);
   } else if (method == EIG_SYEVR) {
     const double zero = 0.0;
     const int one = 1;
     int found = 0, isuppz[2];
     L.dsyevr("V", "A", "U", &n, &dummy, &n, &zero, &zero, &one, &one, &zero, &found, &dummy, &dummy, &n, isuppz,
              &wq, &query, &iq, &query, &info);
-    *lwork = std::max(26 * n, (int)wq);
-    *liwork = std::max(10 * n, iq) + 2 * n;  // + isuppz
+    *lwork = lapack_int(query_size(wq, 26 * n64), "lwork", n);
+    *liwork = lapack_int(std::max(10 * n64, (long long)iq) + 2 * n64, "liwork", n);  // + isuppz
   } else {
     *lwork = *liwork = 0;
   }
@@ -292,12 +313,13 @@ void sgcv_precompute_blas(const Lapack& L, Projections& p, const double* Ut, dou
   const int nf = p.n_f, nt = p.n_t, nt2 = 2 * nt;
   const long ntf = (long)nt * nf;
   const double one = 1.0, zero = 0.0;
-  for (int j = 0; j < nf; ++j) s[j] = clamp_min(s[j], 0.0);
+  p.eig_min = clip_spectrum(nf, s);
   L.dgemm("N", "N", &nf, &nt, &nf, &one, G, &nf, W, &nf, &zero, XW, &nf);  // W G
   p.res0 = residual0(ntf, W, XW, H, c);
   for (long i = 0; i < ntf; ++i) XW[i] -= H[i];
   std::memcpy(XW + ntf, W, sizeof(double) * ntf);
   L.dgemm("T", "N", &nf, &nt2, &nf, &one, Ut, &nf, XW, &nf, &zero, p.Bt, &nf);
+  zero_null_columns(p);
   precompute_ab(p);
   if (p.diagonal) {
     for (int j = 0; j < nf; ++j) q_diagonal_at(p, s, j);
@@ -399,12 +421,19 @@ int slimtik_step_cpu(const Lapack& L, int B, int n_f, int n_t, const double* G_m
   // more than they save); otherwise with as many threads as the machine's load allows.
   const BlasThreads blas_threads(L, threads > 1 || n_f < kBlasThreadsMinN ? 1 : usable_threads(BlasThreads::current(L)));
 
+  // Every thread's scratch is allocated here, before the parallel region: an exception may not
+  // leave an OpenMP region (std::terminate), while here std::bad_alloc reaches Python as
+  // MemoryError with nothing written. Uninitialised on purpose: zero-filling megabytes of
+  // scratch per call costs ~5% at n_f = 257.
+  const long per_thread_ints = std::max(liwork, n_f);  // LAPACK iwork, dpstrf pivots
+  std::unique_ptr<double[]> bufs(new double[(size_t)threads * (size_t)per_thread]);
+  std::unique_ptr<int[]> ibufs(new int[(size_t)threads * (size_t)per_thread_ints]);
+
 #pragma omp parallel if (threads > 1) num_threads(threads)
   {
-    // Uninitialised on purpose: zero-filling megabytes of scratch per call costs ~5% at n_f = 257.
-    std::unique_ptr<double[]> buf(new double[per_thread]);
-    std::unique_ptr<int[]> ibuf(new int[std::max(liwork, n_f)]);  // LAPACK iwork, dpstrf pivots
-    double* Ut = buf.get();  // eigenvectors as rows (eigh)
+    const int thread = threads > 1 ? omp_thread() : 0;
+    double* Ut = bufs.get() + (size_t)thread * per_thread;  // eigenvectors as rows (eigh)
+    int* iwork = ibufs.get() + (size_t)thread * per_thread_ints;
     double* U = Ut + nn;     // as columns, for the header's loops (small n_f); also eigh's scratch
     double* K = U + nn;
     double* T = K + nn;
@@ -425,7 +454,7 @@ int slimtik_step_cpu(const Lapack& L, int B, int n_f, int n_t, const double* G_m
         std::memcpy(s, s_given + (long)bi * n_f, sizeof(double) * n_f);
         std::memcpy(Ut, Ut_given + off_g, sizeof(double) * nn);
       } else {
-        inf = eigh(L, method, n_f, G_mem + off_g, s, Ut, U, work, lwork, ibuf.get(), liwork);
+        inf = eigh(L, method, n_f, G_mem + off_g, s, Ut, U, work, lwork, iwork, liwork);
       }
       if (inf != 0) {
 #pragma omp critical
@@ -443,7 +472,7 @@ int slimtik_step_cpu(const Lapack& L, int B, int n_f, int n_t, const double* G_m
         p.U = nullptr;  // only the header's loops read U; the dgemm calls take Ut
         QdSource q{&L, &p};
         if (!memory_empty) {
-          const int r = factor_gram(L, n_f, Ut, G + off_g, T, M, F, work, ibuf.get());
+          const int r = factor_gram(L, n_f, Ut, G + off_g, T, M, F, work, iwork);
           if (r > 0 && factored && 4 * r * n_t < 3 * n_f) {
             q.F = F;
             q.r = r;
@@ -457,7 +486,9 @@ int slimtik_step_cpu(const Lapack& L, int B, int n_f, int n_t, const double* G_m
         }
         sgcv_precompute_blas(L, p, Ut, s, G + off_g, H + off_w, c[bi], W + off_w, K, q.F == nullptr, XW);
         if (q.F != nullptr)
-          for (int j = 0; j < n_f; ++j) {  // k_j = K̃_jj = Σ_k F_jk²
+          for (int j = 0; j < n_f; ++j) {  // null-space rows of F are 0 (masked_gram); k_j = K̃_jj = Σ_k F_jk²
+            if (s[j] == 0.0)
+              for (int k = 0; k < q.r; ++k) F[(long)k * n_f + j] = 0.0;
             double kj = 0.0;
             for (int k = 0; k < q.r; ++k) kj += F[(long)k * n_f + j] * F[(long)k * n_f + j];
             p.k[j] = kj;
@@ -486,13 +517,15 @@ int jacobi_eigh_cpu(int B, int n, const double* A, const double* U0, double* s, 
   const int threads = B > 1 && B * 0.015 * (double)n * n * n >= kParallelMinMicros
                           ? usable_threads(std::min(B, omp_max_threads()))
                           : 1;
+  // Allocated before the parallel region (see slimtik_step_cpu).
+  std::unique_ptr<double[]> scratch(new double[(size_t)threads * (size_t)jacobi_doubles(n)]);
 #pragma omp parallel if (threads > 1) num_threads(threads)
   {
-    std::vector<double> scratch(jacobi_doubles(n));
+    double* mine = scratch.get() + (size_t)(threads > 1 ? omp_thread() : 0) * (size_t)jacobi_doubles(n);
 #pragma omp for schedule(dynamic) reduction(max : sweeps)
     for (int bi = 0; bi < B; ++bi) {
       const int k = jacobi_eigh(n, A + bi * nn, U0 ? U0 + bi * nn : nullptr, s + (long)bi * n, U + bi * nn, tol,
-                                max_sweeps, scratch.data());
+                                max_sweeps, mine);
       sweeps = std::max(sweeps, k);
     }
   }

@@ -1,9 +1,9 @@
 // pybind11 module slimfast._cuda (built by the host compiler; twin of csrc/cpu/bindings_cpu.cpp).
 // Device arrays cross as data pointers (Python ints), the stream as an int
 // (torch.cuda.current_stream().cuda_stream), so the module never links libtorch and survives torch
-// upgrades; slimfast/backends/cuda.py owns the tensors. Every argument is checked here
-// (ValueError naming it), because a wrong size or pointer would otherwise be a silent
-// out-of-bounds write on the device.
+// upgrades; slimfast/backends/cuda.py owns the tensors. What can be checked (sizes, options, null
+// and misaligned pointers) is checked by csrc/bindings_common.h, shared with the CPU module; the
+// extent of the memory behind a pointer cannot be, so the caller guarantees it.
 //
 // Also exposes the host emulation of the same kernels (emulate_*: host pointers) and two header
 // helpers, so that machines without a GPU can test the kernels' arithmetic.
@@ -14,6 +14,7 @@
 #include <stdexcept>
 #include <string>
 
+#include "bindings_common.h"
 #include "slimtik_step_cuda.cuh"
 #include "slimtik_step_cuda.h"
 
@@ -21,56 +22,6 @@ namespace py = pybind11;
 using namespace slimfast;
 
 namespace {
-
-void require(bool ok, const std::string& message) {
-  if (!ok) throw std::invalid_argument(message);
-}
-
-void require_size(long long value, const char* name, long long max_value = 46340) {
-  // 46340² < 2³¹: the kernels index one n × n matrix with 32-bit ints in places.
-  require(value >= 1 && value <= max_value,
-          std::string(name) + " must be in [1, " + std::to_string(max_value) + "], got " + std::to_string(value));
-}
-
-template <class T>
-T* as_ptr(std::uintptr_t value, const char* name) {
-  require(value != 0, std::string(name) + " must be a non-null data pointer");
-  require(value % alignof(T) == 0, std::string(name) + " must be aligned to " + std::to_string(alignof(T)) + " bytes");
-  return reinterpret_cast<T*>(value);
-}
-
-template <class T>
-T* as_optional_ptr(std::uintptr_t value, const char* name) {
-  return value == 0 ? nullptr : as_ptr<T>(value, name);
-}
-
-StepOptions step_options(int mode, double lambda_const, double Lambda_min, double Lambda_max, double lambda_min,
-                         double lambda_max, int n_grid, double root_tol, int max_root_iter) {
-  require(mode == SLIMFAST_MODE_SGCV || mode == SLIMFAST_MODE_CONSTANT || mode == SLIMFAST_MODE_REFERENCE,
-          "mode must be 0 (sgcv), 1 (constant) or 2 (reference), got " + std::to_string(mode));
-  require(std::isfinite(lambda_const), "lambda_const must be finite");
-  require(std::isfinite(Lambda_min) && std::isfinite(Lambda_max) && Lambda_min > 0 && Lambda_min <= Lambda_max,
-          "Lambda_min, Lambda_max must satisfy 0 < Lambda_min <= Lambda_max < inf");
-  require(!std::isnan(lambda_min) && !std::isnan(lambda_max) && lambda_min < lambda_max && lambda_max > 0,
-          "lambda_min, lambda_max must satisfy lambda_min < lambda_max and lambda_max > 0");
-  require(n_grid >= 2 && n_grid <= 100000, "n_grid must be in [2, 100000], got " + std::to_string(n_grid));
-  require(root_tol > 0 && root_tol < 1, "root_tol must lie in (0, 1)");
-  require(max_root_iter >= 1, "max_root_iter must be positive, got " + std::to_string(max_root_iter));
-  return StepOptions{mode, lambda_const, Lambda_min, Lambda_max, lambda_min, lambda_max, n_grid, root_tol,
-                     max_root_iter};
-}
-
-void check_jacobi_options(double tol, int max_sweeps) {
-  require(std::isfinite(tol) && tol >= 0, "tol must be finite and >= 0");
-  require(max_sweeps >= 1, "max_sweeps must be positive, got " + std::to_string(max_sweeps));
-}
-
-void check_step_sizes(long long B, long long n_f, long long n_t) {
-  require_size(B, "B", 1LL << 30);
-  require_size(n_f, "n_f");
-  require_size(n_t, "n_t", 1LL << 30);
-  require(n_t * n_f <= (1LL << 31) - 1, "n_t * n_f must fit in a 32-bit int");
-}
 
 CudaLaunch launch_options(int device, std::uintptr_t stream, int n_threads, int shared) {
   require(device >= 0, "device must be a CUDA device index >= 0, got " + std::to_string(device));
@@ -113,7 +64,7 @@ StepPointers step_pointers(std::uintptr_t G_mem_ptr, std::uintptr_t G_ptr, std::
 
 long long py_workspace_doubles(long long B, long long n_f, long long n_t, int n_grid, bool memory_empty) {
   check_step_sizes(B, n_f, n_t);
-  require(n_grid >= 2 && n_grid <= 100000, "n_grid must be in [2, 100000], got " + std::to_string(n_grid));
+  check_n_grid(n_grid);
   return step_workspace_doubles(B, (int)n_f, (int)n_t, n_grid, memory_empty);
 }
 

@@ -361,7 +361,7 @@ SLIMFAST_BLOCK void jacobi_extract(const Ctx& ctx, int n, const double* M, const
 
 // ---------------------------------------------------------------------------------------------
 // sgcv_precompute, block-parallel. p bound (projections_bind) with p.s = s, p.U = U. s is clipped
-// at 0 in place. With a full memory T, K [n, n] are scratch (K = Uᵀ G U, T = G U). work: n_t × n
+// in place as by clip_spectrum, and the null space masked as in sgcv_precompute. With a full memory T, K [n, n] are scratch (K = Uᵀ G U, T = G U). work: n_t × n
 // (W G on return, free afterwards).
 // ---------------------------------------------------------------------------------------------
 template <class Ctx>
@@ -371,8 +371,20 @@ SLIMFAST_BLOCK void precompute_block(const Ctx& ctx, Projections& p, double* s, 
   const long ntf = (long)nt * nf, nn = (long)nf * nf;
   const double* U = p.U;
   double* WG = work;
+  // s_first, s_last through a reduction: every thread holds them before any thread clips s.
+  double ends[2];
+  ctx.template sums<2>(
+      [&](int tid, int, double* acc) {
+        if (tid == 0) {
+          acc[0] = s[0];
+          acc[1] = s[nf - 1];
+        }
+      },
+      ends);
+  p.eig_min = eig_min_ratio(ends[0], ends[1]);
+  const double thr = null_threshold(nf, ends[1]);
   ctx.par([&](int tid, int nthr) {
-    for (int j = tid; j < nf; j += nthr) s[j] = clamp_min(s[j], 0.0);
+    for (int j = tid; j < nf; j += nthr) s[j] = clipped_eigenvalue(s[j], thr);
     for (long e = tid; e < ntf; e += nthr) {
       const int t = (int)(e / nf), i = (int)(e % nf);
       double acc = 0.0;
@@ -403,7 +415,7 @@ SLIMFAST_BLOCK void precompute_block(const Ctx& ctx, Projections& p, double* s, 
         bt += (wg[i] - h[i]) * u;
         wt += w[i] * u;
       }
-      p.Bt[e] = bt;
+      p.Bt[e] = s[j] == 0.0 ? 0.0 : bt;  // null-space column (zero_null_columns)
       p.Wt[e] = wt;
     }
     if (!p.diagonal)
@@ -447,7 +459,7 @@ SLIMFAST_BLOCK void precompute_block(const Ctx& ctx, Projections& p, double* s, 
         q1 += bt[i] * wt[j] + wt[i] * bt[j];
         q2 += wt[i] * wt[j];
       }
-      const double k = K[e];
+      const double k = masked_gram(p, K, i, j);
       p.Q0[e] = q0 * k;
       p.Q1[e] = q1 * k;
       p.Q2[e] = q2 * k;

@@ -32,13 +32,20 @@ _cache: dict[str, ModuleType | Exception] = {}
 
 
 def load_backend(name: str) -> ModuleType | None:
-    """The backend module, or None if it cannot be imported (the reason is cached and logged)."""
+    """The backend module, or None if it cannot be imported (the reason is cached and logged).
+
+    MemoryError during the import propagates and is not cached: a later call imports again.
+    """
     if name not in _MODULES:
         raise ValueError(f"backend must be one of {BACKEND_NAMES}, got {name!r}")
     if name not in _cache:
         try:
             _cache[name] = importlib.import_module(_MODULES[name])
             logger.debug("slimfast backend %r loaded", name)
+        except MemoryError:
+            # Memory pressure is not a property of the backend: raise now, try again next call.
+            logger.info("slimfast backend %r: import ran out of memory (not cached, retried next call)", name)
+            raise
         except Exception as exc:  # any failure (missing .so, ABI, numba) means "not available"
             _cache[name] = exc
             logger.info("slimfast backend %r unavailable: %s", name, exc)

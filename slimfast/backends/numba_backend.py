@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from .._torch_impl import N_INFO, N_REFERENCE_POINTS
-from ..config import FLOAT64_EPS, SolverConfig
+from ..config import FLOAT64_EPS, SGCV_DENOMINATOR_EPS, SGCV_NULL_RTOL_PER_FEATURE, SolverConfig
 
 __all__ = ["slimtik_step"]
 
@@ -108,20 +108,30 @@ def _tree_sum_rows(T, out):
 
 
 @_jit()
-def _sgcv_precompute(G_mem, G, H, c, W, memory_empty):
-    """Eigendecompose G_mem [n_f,n_f] and project the batch statistics once (method.md §4).
+def _sgcv_precompute(s, UT, G, H, c, W, memory_empty, null_rtol):
+    """Project the batch statistics once on G_mem = U diag(s) Uᵀ (method.md §4).
 
-    Returns (s, Uᵀ, Bt, Wt, a, b, k, Q, res0), all arrays C-contiguous (one matmul layout to
-    compile). Q stacks Q0, Q1, Q2: [3·n_f, n_f] (rows i, n_f + i, 2n_f + i), or only their
-    diagonals [3, n_f] when ``memory_empty`` (K̃ = diag(s)).
+    s [n_f] ascending (overwritten: clipped) and UT = Uᵀ [n_f, n_f] C-contiguous come from
+    ``torch.linalg.eigh`` outside the jitted code: numba's own LAPACK wrapper aborts the process
+    (numba_fatal_error) when it cannot allocate its workspace, where torch raises.
+
+    Returns (s, Uᵀ, Bt, Wt, a, b, k, Q, res0, eig_min), all arrays C-contiguous (one matmul
+    layout to compile). Q stacks Q0, Q1, Q2: [3·n_f, n_f] (rows i, n_f + i, 2n_f + i), or only
+    their diagonals [3, n_f] when ``memory_empty`` (K̃ = diag(s)). Eigenvalues in the null space
+    (``_torch_impl._null_space``) are 0 with their columns of B̃ and rows/columns of K̃.
     """
     n_t, n_f = W.shape
-    s, U_f = np.linalg.eigh(G_mem)  # U_f is Fortran-ordered, so U_f.T is C-contiguous
+    scale = max(s[n_f - 1], -s[0])
+    eig_min = s[0] / scale if scale > 0 else 0.0
     for j in range(n_f):
         if s[j] < 0.0:
             s[j] = 0.0
-    U = np.ascontiguousarray(U_f)
-    UT = U_f.T
+    null_tol = null_rtol * n_f * s[n_f - 1]
+    keep = np.empty(n_f)
+    for j in range(n_f):
+        keep[j] = 0.0 if s[j] <= null_tol else 1.0
+        s[j] *= keep[j]
+    U = np.ascontiguousarray(UT.T)
     WG = W @ G
     T = np.empty((2, n_t * n_f))
     for t in range(n_t):
@@ -132,6 +142,9 @@ def _sgcv_precompute(G_mem, G, H, c, W, memory_empty):
     _tree_sum_rows(T, sums)
     res0 = sums[0] - 2.0 * sums[1] + c
     Bt = (WG - H) @ U
+    for t in range(n_t):
+        for j in range(n_f):
+            Bt[t, j] *= keep[j]
     Wt = W @ U
     T = np.empty((3 * n_f, n_t))
     for j in range(n_f):
@@ -149,8 +162,11 @@ def _sgcv_precompute(G_mem, G, H, c, W, memory_empty):
             Q[0, j] = s[j] * a[j]
             Q[1, j] = 2.0 * s[j] * b[j]
             Q[2, j] = s[j] * sums[2 * n_f + j]
-        return s, UT, Bt, Wt, a, b, k, Q, res0
+        return s, UT, Bt, Wt, a, b, k, Q, res0, eig_min
     K = UT @ (G @ U)
+    for i in range(n_f):
+        for j in range(n_f):
+            K[i, j] *= keep[i] * keep[j]
     BtT = np.ascontiguousarray(Bt.T)
     WtT = np.ascontiguousarray(Wt.T)
     BB = BtT @ Bt
@@ -164,16 +180,17 @@ def _sgcv_precompute(G_mem, G, H, c, W, memory_empty):
             Q[i, j] = K[i, j] * BB[i, j]
             Q[n_f + i, j] = K[i, j] * (BW[i, j] + BW[j, i])
             Q[2 * n_f + i, j] = K[i, j] * WW[i, j]
-    return s, UT, Bt, Wt, a, b, k, Q, res0
+    return s, UT, Bt, Wt, a, b, k, Q, res0, eig_min
 
 
 @_jit()
-def _sgcv_eval(mu, Lambda_prev, s, a, b, k, Q, diagonal, res0, m, n_t):
+def _sgcv_eval(mu, Lambda_prev, s, a, b, k, Q, diagonal, res0, m, n_t, den_eps):
     """sGCV value, residual and derivative sign at one μ: (f, R, g), as ``_sgcv_eval``.
 
     R(μ) = res0 − 2 Σ_j d_j (a_j + λ b_j) + dᵀ(Q0 + λQ1 + λ²Q2)d,  d = 1/(s + μ), λ = μ − Λ_{k−1}
     f(μ) = m R / (m − n_t T)²,  T = Σ_j K̃_jj d_j; g = R' D − 2 R D' with D = m − n_t T.
-    f is +inf where D ≤ 0, then NaN → inf, ±inf → ±DBL_MAX (torch.nan_to_num(f, nan=inf)).
+    NaN → inf, ±inf → ±DBL_MAX (torch.nan_to_num(f, nan=inf)); then f = +inf where μ is
+    inadmissible, D ≤ SGCV_DENOMINATOR_EPS·m.
     """
     n_f = s.shape[0]
     lam = mu - Lambda_prev
@@ -209,22 +226,22 @@ def _sgcv_eval(mu, Lambda_prev, s, a, b, k, Q, diagonal, res0, m, n_t):
     D = m - n_t * S[6]
     D_der = n_t * S[7]
     g = R_der * D - 2.0 * R * D_der
-    if D > 0:
-        Rc = 0.0 if R < 0.0 else R  # clamp_min(0) keeps NaN
-        f = m * Rc / (D * D)
-    else:
-        f = math.inf
+    Rc = 0.0 if R < 0.0 else R  # clamp_min(0) keeps NaN
+    f = m * Rc / (D * D)
     if math.isnan(f):
         f = math.inf
     elif f == math.inf:
         f = _DBL_MAX
     elif f == -math.inf:
         f = -_DBL_MAX
+    if not D > den_eps * m:
+        f = math.inf
     return f, R, g
 
 
 @_jit()
-def _illinois_root(ta, tb, ga, gb, Lambda_prev, s, a, b, k, Q, diagonal, res0, m, n_t, root_tol, max_root_iter):
+def _illinois_root(ta, tb, ga, gb, Lambda_prev, s, a, b, k, Q, diagonal, res0, m, n_t, root_tol, max_root_iter,
+                   den_eps):
     """Root of g(t) = sGCV'(e^t) sign on [ta, tb] by Illinois regula falsi, as ``_illinois_root``."""
     side = 0
     c_prev = math.nan
@@ -232,7 +249,7 @@ def _illinois_root(ta, tb, ga, gb, Lambda_prev, s, a, b, k, Q, diagonal, res0, m
     for _ in range(max_root_iter):
         c_new = (ta * gb - tb * ga) / (gb - ga)
         c = _fmin(_fmax(c_new, _fmin(ta, tb)), _fmax(ta, tb))
-        gc = _sgcv_eval(math.exp(c), Lambda_prev, s, a, b, k, Q, diagonal, res0, m, n_t)[2]
+        gc = _sgcv_eval(math.exp(c), Lambda_prev, s, a, b, k, Q, diagonal, res0, m, n_t, den_eps)[2]
         if gc == 0 or abs(c - c_prev) <= root_tol * _fmax(abs(c), 1.0):
             break
         if (gc > 0) == (gb > 0):
@@ -255,7 +272,7 @@ def _illinois_root(ta, tb, ga, gb, Lambda_prev, s, a, b, k, Q, diagonal, res0, m
 @_jit()
 def _select_mu(
     Lambda_prev, s, a, b, k, Q, diagonal, res0, m, n_t,
-    mode, lambda_const, Lmin, Lmax, lmin, lmax, n_grid, root_tol, max_root_iter,
+    mode, lambda_const, Lmin, Lmax, lmin, lmax, n_grid, root_tol, max_root_iter, den_eps, null_rtol,
 ):  # fmt: skip
     """New cumulative regularisation μ = Λ_k for one problem according to ``mode``."""
     mu_lo, mu_hi = _admissible_interval(Lambda_prev, Lmin, Lmax, lmin, lmax)
@@ -285,7 +302,7 @@ def _select_mu(
                     lam = 10.0 ** (math.log10(lmax_ref) - step * (n - j - 1))
             mu = Lambda_prev + lam
             if mu >= mu_lo and mu <= mu_hi:
-                f = _sgcv_eval(mu, Lambda_prev, s, a, b, k, Q, diagonal, res0, m, n_t)[0]
+                f = _sgcv_eval(mu, Lambda_prev, s, a, b, k, Q, diagonal, res0, m, n_t, den_eps)[0]
             else:
                 f = math.inf
             if math.isfinite(f):
@@ -301,13 +318,15 @@ def _select_mu(
     t_lo = math.log(mu_lo)
     t_hi = math.log(mu_hi)
     t_grid = np.empty(n_grid)
+    f_grid = np.empty(n_grid)
     g_grid = np.empty(n_grid)
     i_best = 0
     f_best = math.inf
     for i in range(n_grid):
         t = t_lo + (t_hi - t_lo) * _linspace01(i, n_grid)
-        f, _, g = _sgcv_eval(math.exp(t), Lambda_prev, s, a, b, k, Q, diagonal, res0, m, n_t)
+        f, _, g = _sgcv_eval(math.exp(t), Lambda_prev, s, a, b, k, Q, diagonal, res0, m, n_t, den_eps)
         t_grid[i] = t
+        f_grid[i] = f
         g_grid[i] = g
         if i == 0 or f < f_best:
             f_best = f
@@ -320,29 +339,30 @@ def _select_mu(
     t_other = t_grid[i_other]
     g_other = g_grid[i_other]
     bracketed = ((go_left and g_other < 0) or (go_right and g_other > 0)) and t_hi > t_lo
+    bracketed = bracketed and f_best < math.inf and f_grid[i_other] < math.inf  # admissible ends
     t_star = t_best
     if bracketed:
         t_star = _illinois_root(
             t_other, t_best, g_other, g_best, Lambda_prev, s, a, b, k, Q, diagonal, res0, m, n_t,
-            root_tol, max_root_iter,
+            root_tol, max_root_iter, den_eps,
         )  # fmt: skip
     return _fmin(_fmax(math.exp(t_star), mu_lo), mu_hi)
 
 
 @_jit()
 def _slimtik_step_one(
-    G_mem, G, H, c, m, W, Lambda_prev, memory_empty,
-    mode, lambda_const, Lmin, Lmax, lmin, lmax, n_grid, root_tol, max_root_iter,
+    s, UT, G, H, c, m, W, Lambda_prev, memory_empty,
+    mode, lambda_const, Lmin, Lmax, lmin, lmax, n_grid, root_tol, max_root_iter, den_eps, null_rtol,
     W_out, info_out,
 ):  # fmt: skip
-    """One problem of ``_slimtik_step``: writes W_new into W_out [n_t,n_f] and info_out [5]."""
+    """One problem of ``_slimtik_step``: writes W_new into W_out [n_t,n_f] and info_out [N_INFO]."""
     n_t = W.shape[0]
-    s, UT, Bt, Wt, a, b, k, Q, res0 = _sgcv_precompute(G_mem, G, H, c, W, memory_empty)
+    s, UT, Bt, Wt, a, b, k, Q, res0, eig_min = _sgcv_precompute(s, UT, G, H, c, W, memory_empty, null_rtol)
     mu = _select_mu(
         Lambda_prev, s, a, b, k, Q, memory_empty, res0, m, n_t,
-        mode, lambda_const, Lmin, Lmax, lmin, lmax, n_grid, root_tol, max_root_iter,
+        mode, lambda_const, Lmin, Lmax, lmin, lmax, n_grid, root_tol, max_root_iter, den_eps, null_rtol,
     )  # fmt: skip
-    f, R, _ = _sgcv_eval(mu, Lambda_prev, s, a, b, k, Q, memory_empty, res0, m, n_t)
+    f, R, _ = _sgcv_eval(mu, Lambda_prev, s, a, b, k, Q, memory_empty, res0, m, n_t, den_eps)
     lam = mu - Lambda_prev
     n_f = s.shape[0]
     X = np.empty_like(Bt)
@@ -364,32 +384,33 @@ def _slimtik_step_one(
     info_out[2] = f
     info_out[3] = rel
     info_out[4] = (s[n_f - 1] + mu) / (s[0] + mu)
+    info_out[5] = eig_min
 
 
 @_jit(parallel=True)
 def _slimtik_step_parallel(
-    G_mem, G, H, c, m, W, Lambda_prev, memory_empty,
-    mode, lambda_const, Lmin, Lmax, lmin, lmax, n_grid, root_tol, max_root_iter,
+    s, UT, G, H, c, m, W, Lambda_prev, memory_empty,
+    mode, lambda_const, Lmin, Lmax, lmin, lmax, n_grid, root_tol, max_root_iter, den_eps, null_rtol,
     W_out, info_out,
 ):  # fmt: skip
-    for p in numba.prange(G_mem.shape[0]):
+    for p in numba.prange(G.shape[0]):
         _slimtik_step_one(
-            G_mem[p], G[p], H[p], c[p], m[p], W[p], Lambda_prev[p], memory_empty,
-            mode, lambda_const, Lmin, Lmax, lmin, lmax, n_grid, root_tol, max_root_iter,
+            s[p], UT[p], G[p], H[p], c[p], m[p], W[p], Lambda_prev[p], memory_empty,
+            mode, lambda_const, Lmin, Lmax, lmin, lmax, n_grid, root_tol, max_root_iter, den_eps, null_rtol,
             W_out[p], info_out[p],
         )  # fmt: skip
 
 
 @_jit()
 def _slimtik_step_serial(
-    G_mem, G, H, c, m, W, Lambda_prev, memory_empty,
-    mode, lambda_const, Lmin, Lmax, lmin, lmax, n_grid, root_tol, max_root_iter,
+    s, UT, G, H, c, m, W, Lambda_prev, memory_empty,
+    mode, lambda_const, Lmin, Lmax, lmin, lmax, n_grid, root_tol, max_root_iter, den_eps, null_rtol,
     W_out, info_out,
 ):  # fmt: skip
-    for p in range(G_mem.shape[0]):
+    for p in range(G.shape[0]):
         _slimtik_step_one(
-            G_mem[p], G[p], H[p], c[p], m[p], W[p], Lambda_prev[p], memory_empty,
-            mode, lambda_const, Lmin, Lmax, lmin, lmax, n_grid, root_tol, max_root_iter,
+            s[p], UT[p], G[p], H[p], c[p], m[p], W[p], Lambda_prev[p], memory_empty,
+            mode, lambda_const, Lmin, Lmax, lmin, lmax, n_grid, root_tol, max_root_iter, den_eps, null_rtol,
             W_out[p], info_out[p],
         )  # fmt: skip
 
@@ -437,22 +458,31 @@ def slimtik_step(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """One slimTik step for B problems on CPU float64 tensors; see ``_torch_impl._slimtik_step``.
 
-    Returns W_new [B, n_t, n_f] and info [B, 5] (columns ``INFO_FIELDS``) as torch tensors.
+    Returns W_new [B, n_t, n_f] and info [B, N_INFO] (columns ``INFO_FIELDS``) as torch tensors.
     """
-    arrays = [_as_array(x) for x in (G_mem, G, H, c, m, W, Lambda_prev)]
-    B, n_t, n_f = arrays[5].shape
+    B, n_t, n_f = W.shape
     W_out = np.empty((B, n_t, n_f))
     info_out = np.empty((B, N_INFO))
     if B > 0:
+        # Everything sized n_f² is allocated here, where a failure raises MemoryError.
+        s, U = torch.linalg.eigh(G_mem.detach().to(torch.float64))
+        arrays = [_as_array(x) for x in (s, U.mT, G, H, c, m, W, Lambda_prev)]
         Lmin, Lmax = (float(v) for v in config.Lambda_bounds)
         lmin, lmax = (float(v) for v in config.lambda_bounds)
         scalars = (
             bool(memory_empty), int(config.mode_code), float(config.lambda_const), Lmin, Lmax, lmin, lmax,
             int(config.n_grid), float(config.root_tol), int(config.max_root_iter),
+            # runtime arguments, not globals: numba's cache would keep a global's old value
+            SGCV_DENOMINATOR_EPS, SGCV_NULL_RTOL_PER_FEATURE,
         )  # fmt: skip
-        if B == 1:  # no thread pool; LAPACK/BLAS keep their own threads for a large n_f
+        if B == 1:  # no thread pool; BLAS keeps its own threads for a large n_f
             _slimtik_step_serial(*arrays, *scalars, W_out, info_out)
         else:
-            with _single_threaded_blas():
-                _slimtik_step_parallel(*arrays, *scalars, W_out, info_out)
+            try:
+                with _single_threaded_blas():
+                    _slimtik_step_parallel(*arrays, *scalars, W_out, info_out)
+            except SystemError as exc:  # how a MemoryError leaves a prange loop
+                if isinstance(exc.__cause__, MemoryError):
+                    raise MemoryError(str(exc.__cause__)) from exc
+                raise
     return torch.from_numpy(W_out), torch.from_numpy(info_out)

@@ -1,0 +1,85 @@
+"""``slimtik_step(..., validate="lazy")`` never synchronises with the host (issue 9.3), and its
+deferred checks keep the state of a rejected problem while the others advance.
+
+On CPU a "synchronisation" is any call that needs a tensor's value on the host: ``.item()``,
+``.tolist()``, ``bool()``/``float()``/``int()`` of a tensor, ``nonzero`` (its shape depends on
+the values). A TorchFunctionMode counts them inside the step; on CUDA the same calls would
+block on the stream (benchmarks/gpu_check.sh runs the step under
+``torch.cuda.set_sync_debug_mode("error")``).
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch.overrides import TorchFunctionMode
+
+from slimfast import SlimTikState, slimtik_step
+
+from .conftest import require_backend
+from .solver_cases import RandomProblems
+
+F64 = torch.float64
+SYNCING = {"item", "tolist", "__bool__", "__float__", "__int__", "__index__", "nonzero", "__len__"}
+#: Backends whose step itself does not read tensor values on the host (the torch twin's
+#: Illinois loop stops when every problem has converged, which it must read).
+NO_SYNC_BACKENDS = ("cpp", "numba")
+
+
+class CountHostSyncs(TorchFunctionMode):
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: list[str] = []
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):  # noqa: ANN001, ANN204
+        name = getattr(func, "__name__", "")
+        if name in SYNCING:
+            self.calls.append(name)
+        return func(*args, **(kwargs or {}))
+
+
+def _problem(B: int = 3, n_f: int = 6, n_t: int = 2, seed: int = 0):
+    probs = RandomProblems(B, n_f, n_t, n_b=10, seed=seed)
+    return probs, SlimTikState(B, n_f, n_t, memory_depth=2), torch.zeros(B, n_t, n_f, dtype=F64)
+
+
+@pytest.mark.parametrize("backend", NO_SYNC_BACKENDS)
+def test_lazy_step_does_not_sync(backend: str) -> None:
+    require_backend(backend)
+    probs, state, W = _problem()
+    W, _ = slimtik_step(state, *probs.next_batch(), W, backend=backend, validate="lazy")  # memory non-empty
+    args = probs.next_batch()
+    with CountHostSyncs() as lazy:
+        W_lazy, info = slimtik_step(state, *args, W, backend=backend, validate="lazy")
+    assert lazy.calls == [], lazy.calls
+    with CountHostSyncs() as eager:
+        slimtik_step(SlimTikState(3, 6, 2, memory_depth=2), *args, W, backend=backend)
+    assert len(eager.calls) >= 2  # the counter sees the eager checks (one read before, one after)
+    info.check()  # nothing to report
+
+
+def test_lazy_faults_keep_the_rejected_problem_and_advance_the_others(backend: str, device: torch.device) -> None:
+    probs, _, _ = _problem()
+    state = SlimTikState(3, 6, 2, memory_depth=2, device=device)
+    ref = SlimTikState(3, 6, 2, memory_depth=2, device=device)
+    W = torch.zeros(3, 2, 6, dtype=F64, device=device)
+    first = [x.to(device) if isinstance(x, torch.Tensor) else x for x in probs.next_batch()]
+    W1, _ = slimtik_step(state, *first, W, backend=backend, validate="lazy")
+    slimtik_step(ref, *first, W, backend=backend)
+    G, H, c, m = [x.to(device) if isinstance(x, torch.Tensor) else x for x in probs.next_batch()]
+    G_bad = G.clone()
+    G_bad[1, 0, 0] = float("nan")
+    Lambda_before, memory_sum_before = state.Lambda.clone(), state.memory.sum(1).clone()
+    W2, info = slimtik_step(state, G_bad, H, c, m, W1, backend=backend, validate="lazy")
+    assert info.faults.tolist() == [0, int(info.faults[1]), 0] and int(info.faults[1]) != 0
+    with pytest.raises(ValueError, match=r"\bG\b.*problem 1"):
+        info.check()
+    assert torch.equal(W2[1], W1[1])
+    assert torch.equal(state.Lambda[1], Lambda_before[1])
+    assert torch.equal(state.memory.sum(1)[1], memory_sum_before[1])
+    # The other problems took exactly the eager step.
+    W_ref, info_ref = slimtik_step(ref, G, H, c, m, W1, backend=backend)
+    for b in (0, 2):
+        assert torch.equal(W2[b], W_ref[b])
+        assert torch.equal(state.Lambda[b], ref.Lambda[b])
+        assert torch.equal(state.memory[b], ref.memory[b])
