@@ -5,10 +5,10 @@ on fresh random batches every step (``--mode slimtik``), or the whole ``SlimTrai
 small tanh body and Adam (``--mode slimtrain``). Resident set size (RSS) is read from psutil if
 installed, else ``/proc/self/statm``, after ``gc.collect()``, every ``--interval`` steps.
 
-What is expected to grow: SlimTik keeps six per-step histories (``lambda_history_``,
-``Lambda_history_``, ``alpha_history_``, ``sgcv_history_``, ``rel_residual_history_``,
-``cond_history_``): one Python float (a 32-byte block) and one list slot (8 B) each per step,
-~240 B per step (≈ 2.3 MB over 10,000 steps), by design. The script reports that size (measured with ``sys.getsizeof``) next to the
+What is expected to grow: SlimTik keeps five per-step histories (``lambda_history_``,
+``Lambda_history_``, ``sgcv_history_``, ``rel_residual_history_``, ``cond_history_``;
+``alpha_history_`` is derived from ``Lambda_history_``): one Python float (a 32-byte block) and
+one list slot (8 B) each per step, ~200 B per step (≈ 2 MB over 10,000 steps), by design. The script reports that size (measured with ``sys.getsizeof``) next to the
 RSS growth; ``--clear-histories`` empties them at every report, so what remains is anything
 else (a leak would show as growth proportional to the number of steps).
 

@@ -95,8 +95,8 @@ class SlimTikInfo:
     reason: str = ""
 
 
-_HISTORIES = ("lambda_history_", "Lambda_history_", "alpha_history_", "sgcv_history_", "rel_residual_history_",
-              "cond_history_")
+#: Per-step lists kept by SlimTik (``alpha_history_`` is derived from ``Lambda_history_``).
+_HISTORIES = ("lambda_history_", "Lambda_history_", "sgcv_history_", "rel_residual_history_", "cond_history_")
 
 _STEP_SIGNATURE_HELP = ("SlimTik.step(features, target) needs the head's input batch and its target: it solves for "
                         "the head's weights in closed form from that batch, so it takes no closure and needs no "
@@ -189,7 +189,6 @@ class SlimTik(torch.optim.Optimizer):
         self.distributed = distributed
         # Created lazily on the first step (or load) so it lands on the head's device then.
         self.solver_state: SlimTikState | None = None
-        self.n_steps_ = 0
         self.n_skipped_ = 0
         self.last_info_: SlimTikInfo | None = None
         for name in _HISTORIES:
@@ -226,9 +225,21 @@ class SlimTik(torch.optim.Optimizer):
     # ------------------------------------------------------------------ properties
 
     @property
+    def n_steps_(self) -> int:
+        """Completed steps k + 1 (the solver state's count; 0 before the first step)."""
+        return 0 if self.solver_state is None else self.solver_state.step_count
+
+    @property
     def Lambda_(self) -> float:
-        """Current cumulative regularisation Λ (Λ_0 before the first step)."""
-        return self.Lambda_history_[-1] if self.Lambda_history_ else self.Lambda0
+        """Current cumulative regularisation Λ_k, read from the solver state (Λ_0 before the
+        first step); on CUDA reading it synchronises."""
+        return self.Lambda0 if self.solver_state is None else float(self.solver_state.Lambda[0])
+
+    @property
+    def alpha_history_(self) -> list[float]:
+        """Λ_i/(i+1) for every step still in ``Lambda_history_`` (derived, not stored)."""
+        first = self.n_steps_ - len(self.Lambda_history_)   # entries a user cleared come first
+        return [Lam / (first + i + 1) for i, Lam in enumerate(self.Lambda_history_)]
 
     @property
     def alpha_(self) -> float:
@@ -323,7 +334,6 @@ class SlimTik(torch.optim.Optimizer):
         self.head.weight.copy_(weight)
         if bias is not None:
             self.head.bias.copy_(bias)
-        self.n_steps_ += 1
         rec = SlimTikInfo(step=self.n_steps_, lambda_=lam, Lambda=Lam, alpha=Lam / self.n_steps_, sgcv=sgcv,
                           rel_residual=rel, cond=cond, m=int(m), backend=info.backend)
         self._record(rec)
@@ -346,7 +356,6 @@ class SlimTik(torch.optim.Optimizer):
         self.last_info_ = rec
         self.lambda_history_.append(rec.lambda_)
         self.Lambda_history_.append(rec.Lambda)
-        self.alpha_history_.append(rec.alpha)
         self.sgcv_history_.append(rec.sgcv)
         self.rel_residual_history_.append(rec.rel_residual)
         self.cond_history_.append(rec.cond)
@@ -422,6 +431,8 @@ class SlimTik(torch.optim.Optimizer):
             if int(solver["step_count"]) != n_steps:
                 raise ValueError(f"state_dict field slimtik.solver.step_count={solver['step_count']} differs from "
                                  f"slimtik.n_steps={n_steps}")
+        elif n_steps != 0:
+            raise ValueError(f"state_dict field slimtik.n_steps={n_steps} but it holds no solver state")
         hist = extra["histories"]
         if not isinstance(hist, dict):
             raise ValueError("state_dict field slimtik.histories must be a dict")
@@ -454,7 +465,6 @@ class SlimTik(torch.optim.Optimizer):
         self.Lambda0 = parsed["Lambda0"]
         self.reduction = parsed["reduction"]
         self.solver_state = solver
-        self.n_steps_ = parsed["n_steps"]
         self.n_skipped_ = parsed["n_skipped"]
         for name, values in parsed["histories"].items():
             setattr(self, name, values)

@@ -11,8 +11,10 @@ import torch
 from torch import nn
 
 from slimfast import SlimTikState, SolverConfig, slimtik_step
-from slimfast.heads import _dense_design, head_output_shape, head_shape, head_statistics, head_to_matrix
+from slimfast.heads import head_output_shape, head_shape, head_statistics, head_to_matrix
 from slimfast.optim import SlimTik
+
+from .dense_reference import dense_design
 
 F64 = torch.float64
 
@@ -68,7 +70,7 @@ def test_weights_equal_stacked_least_squares(name: str) -> None:
     seen: list[tuple[torch.Tensor, float]] = []     # (Z_j, β_j) of earlier batches
     Lambda_prev = 0.05
     for x, y in _batches(head, in_shape, 5, seed=3):
-        Z = _dense_design(head, x)
+        Z = dense_design(head, x)
         C = y.transpose(0, 1).reshape(y.shape[1], -1) if y.ndim == 4 else y.T
         beta = 1.0 / math.sqrt(C.numel())
         W_prev = head_to_matrix(head)
@@ -225,3 +227,23 @@ def test_scheduler_attaches_writer_and_logging(caplog: pytest.LogCaptureFixture,
     assert capsys.readouterr().out == ""
     with pytest.raises(TypeError):
         slim.add_param_group({"params": [torch.zeros(1, requires_grad=True)]})
+
+
+def test_step_count_and_Lambda_come_from_the_solver_state_not_the_histories() -> None:
+    """Clearing the per-step lists (as a long run may do to bound memory) changes no current value:
+    n_steps_, Lambda_ and alpha_ are the solver state's; alpha_history_ is derived from Lambda_history_."""
+    torch.manual_seed(0)
+    head = nn.Linear(4, 2).double()
+    slim = SlimTik(head, memory_depth=2)
+    x, y = torch.randn(16, 4, dtype=F64), torch.randn(16, 2, dtype=F64)
+    for _ in range(3):
+        slim.step(x, y)
+    Lam, alpha = slim.Lambda_, slim.alpha_
+    assert slim.n_steps_ == slim.solver_state.step_count == 3
+    assert Lam == float(slim.solver_state.Lambda[0]) and alpha == Lam / 3
+    assert slim.alpha_history_ == [L / (i + 1) for i, L in enumerate(slim.Lambda_history_)]
+    for name in ("lambda_history_", "Lambda_history_", "sgcv_history_", "rel_residual_history_", "cond_history_"):
+        getattr(slim, name).clear()
+    assert (slim.n_steps_, slim.Lambda_, slim.alpha_) == (3, Lam, alpha)
+    rec = slim.step(x, y)
+    assert slim.alpha_history_ == [rec.Lambda / 4] and rec.alpha == rec.Lambda / 4
