@@ -4,7 +4,7 @@
 #   1. build and install slimfast with the CUDA module required (SLIMFAST_CUDA=ON), for this GPU's
 #      architecture only, and put the compiled modules next to the sources so that both
 #      `import slimfast` from the repository root and the installed package find them;
-#   2. the test suite without the slow tests: first the tests that use the GPU (-k cuda), then
+#   2. the test suite: first the tests that use the GPU (-k cuda), then
 #      benchmarks/bench_gpu.py, then the rest of the suite in the time that is left.
 # Everything is tee'd into ${OUT:-.}/gpu_results.txt. Target: < 8 minutes in total.
 #
@@ -48,9 +48,9 @@ START=$(date +%s)
   # GPU time is the scarce part: the tests that touch the GPU, then the benchmark, then the rest of
   # the suite (CPU-only, also run by CI) with whatever time is left of the 8 minutes.
   echo
-  echo "## GPU tests (-m 'not slow' -k cuda)"
+  echo "## GPU tests (-k cuda)"
   t1=$(date +%s)
-  timeout 150 "$PY" -m pytest tests -q -m "not slow" -k cuda --maxfail=25 --durations=10 -p no:cacheprovider \
+  timeout 150 "$PY" -m pytest tests -q -k cuda --maxfail=25 --durations=10 -p no:cacheprovider \
     || status=1
   echo "GPU tests: $(( $(date +%s) - t1 )) s, status $status"
 
@@ -63,9 +63,9 @@ START=$(date +%s)
   echo
   left=$(( START + 470 - $(date +%s) ))
   [ "$left" -lt 60 ] && left=60
-  echo "## remaining tests (-m 'not slow' -k 'not cuda'; ${left} s left)"
+  echo "## remaining tests (-k 'not cuda'; ${left} s left)"
   t1=$(date +%s)
-  timeout "$left" "$PY" -m pytest tests -q -m "not slow" -k "not cuda" --maxfail=25 -p no:cacheprovider || status=1
+  timeout "$left" "$PY" -m pytest tests -q -k "not cuda" --maxfail=25 -p no:cacheprovider || status=1
   echo "remaining tests: $(( $(date +%s) - t1 )) s, status $status; total $(( $(date +%s) - START )) s"
   echo
   echo "# gpu_check done, status $status"

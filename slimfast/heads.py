@@ -89,9 +89,22 @@ def head_shape(head: HeadLayer) -> tuple[int, int]:
 
 
 def _conv_pads(head: nn.Conv2d) -> tuple[int, int, int, int]:
-    """(left, right, top, bottom) zero/reflect/... padding the Conv2d applies to its input."""
-    # The layer already resolves int, tuple and "same"/"valid" padding into this F.pad tuple.
-    left, right, top, bottom = (int(v) for v in head._reversed_padding_repeated_twice)
+    """(left, right, top, bottom) padding the Conv2d applies to its input (F.pad order).
+
+    ``padding="same"`` puts the odd pixel of an odd total d·(k − 1) on the right/bottom, as
+    torch does; ``"valid"`` is no padding.
+    """
+    pads: list[int] = []
+    for axis in (1, 0):   # F.pad lists the last dimension first
+        if head.padding == "valid":
+            lo = hi = 0
+        elif head.padding == "same":
+            total = head.dilation[axis] * (head.kernel_size[axis] - 1)
+            lo, hi = total // 2, total - total // 2
+        else:
+            lo = hi = int(head.padding[axis])
+        pads += [lo, hi]
+    left, right, top, bottom = pads
     return left, right, top, bottom
 
 
@@ -367,50 +380,3 @@ def head_statistics(
             fn = _conv_stats if isinstance(head, nn.Conv2d) else _conv_transpose_stats
             G, H, c = fn(head, x, y, beta2)
     return G, H, c, m
-
-
-# ----------------------------------------------------------------------------- test reference
-
-def _dense_design(head: HeadLayer, features: torch.Tensor) -> torch.Tensor:
-    """Explicit design matrix Z [n_f, rows] (float64), structural zeros included. Tests only.
-
-    Built from the layer's own functional op with one-hot weights (one output channel per
-    feature), so it is independent of the unfold / phase formulas above. Rows are ordered
-    (sample, output pixel) like ``target.permute(1, 0, 2, 3).reshape(n_t, -1)``.
-    """
-    x = features.detach().to(F64)
-    n_t, n_f = head_shape(head)
-    bias = head.bias is not None
-    if isinstance(head, nn.Linear):
-        Z = x.reshape(-1, head.in_features).T
-    else:
-        if x.ndim == 3:
-            x = x[None]
-        K = n_f - int(bias)
-        c_in, (kh, kw) = head.in_channels, head.kernel_size
-        eye = torch.eye(K, dtype=F64, device=x.device).reshape(K, c_in, kh, kw)
-        if isinstance(head, nn.Conv2d):
-            out = head._conv_forward(x, eye, None)
-        else:
-            out = F.conv_transpose2d(x, eye.transpose(0, 1), None, head.stride, head.padding,
-                                     head.output_padding, 1, head.dilation)
-        Z = out.transpose(0, 1).reshape(K, -1)
-    if bias:
-        Z = torch.cat([Z, Z.new_ones(1, Z.shape[1])])
-    return Z
-
-
-def _dense_statistics(
-    head: HeadLayer, features: torch.Tensor, target: torch.Tensor, reduction: Reduction = "mean"
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
-    """(G, H, c, m) from the explicit design of ``_dense_design``. Tests only."""
-    Z = _dense_design(head, features)
-    y = target.detach().to(F64)
-    n_t = head_shape(head)[0]
-    if isinstance(head, nn.Linear):
-        C = y.reshape(-1, n_t).T
-    else:
-        C = (y[None] if y.ndim == 3 else y).transpose(0, 1).reshape(n_t, -1)
-    m = C.numel()
-    beta2 = _beta2(reduction, m)
-    return beta2 * Z @ Z.T, beta2 * C @ Z.T, beta2 * (C * C).sum(), m

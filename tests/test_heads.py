@@ -7,9 +7,11 @@ import torch
 from torch import nn
 
 from slimfast.heads import (
-    _dense_design, _dense_statistics, check_statistics_finite, head_output_shape, head_shape, head_statistics,
-    _unfold, head_to_matrix, matrix_to_params, write_matrix_,
+    _unfold, check_statistics_finite, head_output_shape, head_shape, head_statistics, head_to_matrix,
+    matrix_to_params, write_matrix_,
 )
+
+from .dense_reference import dense_design, dense_statistics
 
 F64 = torch.float64
 
@@ -46,13 +48,13 @@ HEADS = {
 
 @pytest.mark.parametrize("name", sorted(HEADS))
 @pytest.mark.parametrize("reduction", ["mean", "sum"])
-def test_statistics_equal_dense_design(name: str, reduction: str) -> None:
+def test_statistics_equaldense_design(name: str, reduction: str) -> None:
     make, in_shape = HEADS[name]
     torch.manual_seed(1)
     head = make().double()
     x, y = _case(head, in_shape)
     G, H, c, m = head_statistics(head, x, y, reduction)
-    Gd, Hd, cd, md = _dense_statistics(head, x, y, reduction)
+    Gd, Hd, cd, md = dense_statistics(head, x, y, reduction)
     n_t, n_f = head_shape(head)
     assert G.shape == (n_f, n_f) and H.shape == (n_t, n_f) and c.shape == ()
     assert G.dtype == H.dtype == c.dtype == F64
@@ -62,7 +64,7 @@ def test_statistics_equal_dense_design(name: str, reduction: str) -> None:
 
 
 @pytest.mark.parametrize("name", sorted(HEADS))
-def test_dense_design_reproduces_layer_and_W_maps_round_trip(name: str) -> None:
+def testdense_design_reproduces_layer_and_W_maps_round_trip(name: str) -> None:
     """The test reference itself is right: W @ Z equals the layer's forward."""
     make, in_shape = HEADS[name]
     torch.manual_seed(2)
@@ -70,7 +72,7 @@ def test_dense_design_reproduces_layer_and_W_maps_round_trip(name: str) -> None:
     x, _ = _case(head, in_shape)
     out = head(x).detach()
     W = head_to_matrix(head)
-    pred = W @ _dense_design(head, x)
+    pred = W @ dense_design(head, x)
     ref = out.reshape(-1, out.shape[-1]).T if isinstance(head, nn.Linear) else \
         (out[None] if out.ndim == 3 else out).transpose(0, 1).reshape(out.shape[-3], -1)
     assert float((pred - ref).abs().max()) < 1e-12
@@ -103,7 +105,7 @@ def test_statistics_are_float64_for_low_precision_inputs(dtype: torch.dtype) -> 
         G, H, c, _ = head_statistics(head, x, y)
     assert G.dtype == H.dtype == c.dtype == F64
     # Equal to the float64 statistics of the same (rounded) numbers.
-    Gd, Hd, cd, _ = _dense_statistics(head, x.double(), y.double())
+    Gd, Hd, cd, _ = dense_statistics(head, x.double(), y.double())
     assert _max_err((G, H, c), (Gd, Hd, cd)) < 1e-10
 
 

@@ -1,6 +1,6 @@
 """Exact full-data refit: ``refit_head`` == a dense float64 ridge solve with λ minimising exact GCV.
 
-The reference is independent of the solver: the explicit design matrix (``heads._dense_design``),
+The reference is independent of the solver: the explicit design matrix (``tests/dense_reference.dense_design``),
 its SVD, GCV and dGCV/dμ written in the SVD basis, a fine log grid over the same interval and
 Brent's root of the derivative on the best bracket. Two gloo ranks with half the data each must
 give the single-process head.
@@ -21,9 +21,12 @@ import torch.multiprocessing as mp
 from scipy.optimize import brentq
 from torch import nn
 
-from slimfast.heads import _dense_design, head_shape, head_to_matrix
+from slimfast.heads import head_shape, head_to_matrix
+
 from slimfast.refit import MU_RANGE, data_statistics, refit_head, ridge_gcv_solve
 from slimfast.sweep import ModelSpec, SweepTrainer
+
+from .dense_reference import dense_design
 
 F64 = torch.float64
 
@@ -114,7 +117,7 @@ def test_refit_equals_dense_ridge_at_exact_gcv_minimum(case):
     body, head, x, y = _linear_case() if case == "linear" else _conv_case()
     sizes = [17, 20, 23] if case == "linear" else [1, 2, 3]          # unequal batches, one pass
     with torch.no_grad():
-        Z = _dense_design(head, x if body is None else body(x))
+        Z = dense_design(head, x if body is None else body(x))
     C = _targets_matrix(head, y)
     n_f = Z.shape[0]
     scale = float((Z * Z).sum()) / C.numel() / n_f                    # tr(G)/n_f with G = ZZᵀ/m

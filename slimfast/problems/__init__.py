@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ._common import Problem, ResidualBlock, ResidualBody, relative_error
+from ._common import Problem, ResidualBlock, ResidualBody
 from .cdr import CDRConfig, CDRSolver, load_cdr
 from .digits import load_digits_problem
 from .mnist import load_mnist, read_idx
@@ -40,5 +40,5 @@ def get_problem(name: str, seed: int = 0, **kwargs: Any) -> Problem:
 
 __all__ = [
     "PROBLEMS", "CDRConfig", "CDRSolver", "Problem", "ResidualBlock", "ResidualBody", "get_problem", "load_cdr",
-    "load_digits_problem", "load_mnist", "load_peaks", "peaks", "read_idx", "relative_error",
+    "load_digits_problem", "load_mnist", "load_peaks", "peaks", "read_idx",
 ]

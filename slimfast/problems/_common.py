@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -119,10 +118,3 @@ def split_sizes(total: int, n_train: int, n_val: int) -> tuple[int, int, int]:
     if n_train < 1 or n_val < 1 or n_train + n_val > total:
         raise ValueError(f"need 1 <= n_train, 1 <= n_val and n_train + n_val <= {total}, got {n_train}, {n_val}")
     return n_train, n_val, total - n_train - n_val
-
-
-def relative_error(pred: torch.Tensor, target: torch.Tensor) -> float:
-    """‖pred − target‖_F / ‖target‖_F (0 when the target is zero and the prediction exact)."""
-    num = float(torch.linalg.vector_norm((pred - target).double()))
-    den = float(torch.linalg.vector_norm(target.double()))
-    return num / den if den > 0 else (0.0 if num == 0 else math.inf)
