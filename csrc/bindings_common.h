@@ -74,4 +74,35 @@ T* as_optional_ptr(std::uintptr_t value, const char* name) {
   return value == 0 ? nullptr : as_ptr<T>(value, name);
 }
 
+// Pointers of one step call: required ones non-null and aligned, optional ones 0 or aligned.
+struct StepPointers {
+  const double *G_mem, *G, *H, *c, *m, *W, *Lambda_prev, *U0, *s_in, *U_in;
+  double *W_out, *info, *U_out, *workspace;
+};
+
+inline StepPointers step_pointers(std::uintptr_t G_mem_ptr, std::uintptr_t G_ptr, std::uintptr_t H_ptr, std::uintptr_t c_ptr,
+                           std::uintptr_t m_ptr, std::uintptr_t W_ptr, std::uintptr_t Lambda_prev_ptr,
+                           std::uintptr_t W_out_ptr, std::uintptr_t info_ptr, std::uintptr_t workspace_ptr,
+                           std::uintptr_t U0_ptr, std::uintptr_t U_out_ptr, std::uintptr_t s_in_ptr,
+                           std::uintptr_t U_in_ptr) {
+  StepPointers p;
+  p.G_mem = as_ptr<const double>(G_mem_ptr, "G_mem_ptr");
+  p.G = as_ptr<const double>(G_ptr, "G_ptr");
+  p.H = as_ptr<const double>(H_ptr, "H_ptr");
+  p.c = as_ptr<const double>(c_ptr, "c_ptr");
+  p.m = as_ptr<const double>(m_ptr, "m_ptr");
+  p.W = as_ptr<const double>(W_ptr, "W_ptr");
+  p.Lambda_prev = as_ptr<const double>(Lambda_prev_ptr, "Lambda_prev_ptr");
+  p.W_out = as_ptr<double>(W_out_ptr, "W_out_ptr");
+  p.info = as_ptr<double>(info_ptr, "info_ptr");
+  p.workspace = as_ptr<double>(workspace_ptr, "workspace_ptr");
+  p.U0 = as_optional_ptr<const double>(U0_ptr, "U0_ptr");
+  p.U_out = as_optional_ptr<double>(U_out_ptr, "U_out_ptr");
+  p.s_in = as_optional_ptr<const double>(s_in_ptr, "s_in_ptr");
+  p.U_in = as_optional_ptr<const double>(U_in_ptr, "U_in_ptr");
+  require((p.s_in == nullptr) == (p.U_in == nullptr), "s_in_ptr and U_in_ptr must be given together");
+  require(p.W_out != p.W, "W_out_ptr must not alias W_ptr");
+  return p;
+}
+
 }  // namespace slimfast

@@ -21,6 +21,8 @@
 namespace py = pybind11;
 using namespace slimfast;
 
+void bind_block_emulation(py::module_& mod);  // bindings_emulate.cpp
+
 namespace {
 
 Lapack g_lapack;
@@ -131,6 +133,7 @@ PYBIND11_MODULE(_cpu, mod) {
   mod.def("jacobi_eigh", &py_jacobi_eigh, py::arg("B"), py::arg("n"), py::arg("A_ptr"), py::arg("U0_ptr"),
           py::arg("s_out_ptr"), py::arg("U_out_ptr"), py::arg("tol"), py::arg("max_sweeps"),
           "Cyclic Jacobi eigendecomposition of B symmetric n×n matrices; returns the largest sweep count.");
+  bind_block_emulation(mod);
   mod.attr("MODE_SGCV") = SLIMFAST_MODE_SGCV;
   mod.attr("MODE_CONSTANT") = SLIMFAST_MODE_CONSTANT;
   mod.attr("MODE_REFERENCE") = SLIMFAST_MODE_REFERENCE;

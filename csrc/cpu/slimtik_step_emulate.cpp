@@ -6,10 +6,17 @@
 #include <cmath>
 #include <vector>
 
-#include "slimtik_step_cuda.cuh"
-#include "slimtik_step_cuda.h"
+#include "slimtik_step_emulate.h"
+
+#include "cuda/slimtik_step_cuda.cuh"
 
 namespace slimfast {
+
+long long emulate_step_workspace_doubles(long long B, int n_f, int n_t, int n_grid, bool memory_empty) {
+  return B * step_layout(n_f, n_t, n_grid, memory_empty).total;
+}
+
+long long emulate_jacobi_workspace_doubles(long long B, int n) { return B * jacobi_layout(n).total; }
 
 void slimtik_step_emulate(long long B, int n_f, int n_t, const double* G_mem, const double* G, const double* H,
                           const double* c, const double* m, const double* W, const double* Lambda_prev,
