@@ -634,6 +634,38 @@ struct StepArgs {
   int shared_level;  // jacobi_storage level; `smem` holds jacobi_shared_doubles(n, shared_level)
 };
 
+// The launch arguments of one step (the CUDA launcher and the host emulation both use this).
+inline StepArgs step_args(int n_f, int n_t, const double* G_mem, const double* G, const double* H, const double* c,
+                          const double* m, const double* W, const double* Lambda_prev, bool memory_empty,
+                          const StepOptions& opts, const double* U0, const double* s_in, const double* U_in,
+                          double* W_out, double* info, double* U_out, double* workspace, double jacobi_tol,
+                          int max_sweeps, int shared_level) {
+  StepArgs a{};
+  a.n = n_f;
+  a.nt = n_t;
+  a.memory_empty = memory_empty;
+  a.opts = opts;
+  a.G_mem = G_mem;
+  a.G = G;
+  a.H = H;
+  a.c = c;
+  a.m = m;
+  a.W = W;
+  a.Lambda_prev = Lambda_prev;
+  a.U0 = U0;
+  a.s_in = s_in;
+  a.U_in = U_in;
+  a.W_out = W_out;
+  a.info = info;
+  a.U_out = U_out;
+  a.ws = workspace;
+  a.ws_stride = step_layout(n_f, n_t, opts.n_grid, memory_empty).total;
+  a.jacobi_tol = jacobi_tol;
+  a.max_sweeps = max_sweeps;
+  a.shared_level = U_in != nullptr ? 0 : shared_level;  // given eigenpairs: no Jacobi matrices
+  return a;
+}
+
 template <class Ctx>
 SLIMFAST_BLOCK void slimtik_problem(const Ctx& ctx, const StepArgs& a, long b, double* smem) {
   const int n = a.n;
@@ -686,6 +718,23 @@ struct JacobiArgs {
   int max_sweeps;
   int shared_level;  // as StepArgs
 };
+
+inline JacobiArgs jacobi_args(int n, const double* A, const double* U0, double* s, double* U, int* sweeps,
+                              double* workspace, double tol, int max_sweeps, int shared_level) {
+  JacobiArgs a{};
+  a.n = n;
+  a.A = A;
+  a.U0 = U0;
+  a.s = s;
+  a.U = U;
+  a.sweeps = sweeps;
+  a.ws = workspace;
+  a.ws_stride = jacobi_layout(n).total;
+  a.tol = tol;
+  a.max_sweeps = max_sweeps;
+  a.shared_level = shared_level;
+  return a;
+}
 
 template <class Ctx>
 SLIMFAST_BLOCK void jacobi_problem(const Ctx& ctx, const JacobiArgs& a, long b, double* smem) {
