@@ -6,6 +6,8 @@
 // limits, options, null and misaligned pointers — is checked once, by these functions.
 #pragma once
 
+#include <pybind11/pybind11.h>
+
 #include <cmath>
 #include <cstdint>
 #include <stdexcept>
@@ -55,6 +57,26 @@ inline StepOptions step_options(int mode, double lambda_const, double Lambda_min
   require(max_root_iter >= 1, "max_root_iter must be positive, got " + std::to_string(max_root_iter));
   return StepOptions{mode, lambda_const, Lambda_min, Lambda_max, lambda_min, lambda_max, n_grid, root_tol,
                      max_root_iter};
+}
+
+// slimfast._cpu.StepOptions / slimfast._cuda.StepOptions: the step options as one bound struct,
+// constructed (and so validated) only through step_options. Module-local: each module has its own.
+inline void bind_step_options(pybind11::module_& mod) {
+  namespace py = pybind11;
+  py::class_<StepOptions>(mod, "StepOptions", py::module_local(),
+                          "Validated options of one step (slimfast.config.SolverConfig.kernel_options()).")
+      .def(py::init(&step_options), py::arg("mode"), py::arg("lambda_const"), py::arg("Lambda_min"),
+           py::arg("Lambda_max"), py::arg("lambda_min"), py::arg("lambda_max"), py::arg("n_grid"), py::arg("root_tol"),
+           py::arg("max_root_iter"))
+      .def_readonly("mode", &StepOptions::mode)
+      .def_readonly("lambda_const", &StepOptions::lambda_const)
+      .def_readonly("Lambda_min", &StepOptions::Lambda_min)
+      .def_readonly("Lambda_max", &StepOptions::Lambda_max)
+      .def_readonly("lambda_min", &StepOptions::lambda_min)
+      .def_readonly("lambda_max", &StepOptions::lambda_max)
+      .def_readonly("n_grid", &StepOptions::n_grid)
+      .def_readonly("root_tol", &StepOptions::root_tol)
+      .def_readonly("max_root_iter", &StepOptions::max_root_iter);
 }
 
 inline void check_jacobi_options(double tol, int max_sweeps) {

@@ -17,6 +17,23 @@ openmp: bool
 #: parallel batch loop and below n_f = 400, where LAPACK's own threads do not pay) and restores it.
 blas_thread_control: bool
 
+class StepOptions:
+    """Validated step options (ValueError at construction otherwise): the one struct both modules'
+    step functions take. Build it from ``SolverConfig.kernel_options()``."""
+
+    mode: int
+    lambda_const: float
+    Lambda_min: float
+    Lambda_max: float
+    lambda_min: float
+    lambda_max: float
+    n_grid: int
+    root_tol: float
+    max_root_iter: int
+
+    def __init__(self, mode: int, lambda_const: float, Lambda_min: float, Lambda_max: float, lambda_min: float,
+                 lambda_max: float, n_grid: int, root_tol: float, max_root_iter: int) -> None: ...
+
 def slimtik_step(
     B: int,
     n_f: int,
@@ -29,15 +46,7 @@ def slimtik_step(
     W_ptr: int,
     Lambda_prev_ptr: int,
     memory_empty: bool,
-    mode: int,
-    lambda_const: float,
-    Lambda_min: float,
-    Lambda_max: float,
-    lambda_min: float,
-    lambda_max: float,
-    n_grid: int,
-    root_tol: float,
-    max_root_iter: int,
+    options: StepOptions,
     W_out_ptr: int,
     info_ptr: int,
     eigensolver: int = 0,
@@ -87,15 +96,7 @@ def emulate_slimtik_step(
     W_ptr: int,
     Lambda_prev_ptr: int,
     memory_empty: bool,
-    mode: int,
-    lambda_const: float,
-    Lambda_min: float,
-    Lambda_max: float,
-    lambda_min: float,
-    lambda_max: float,
-    n_grid: int,
-    root_tol: float,
-    max_root_iter: int,
+    options: StepOptions,
     W_out_ptr: int,
     info_ptr: int,
     workspace_ptr: int,

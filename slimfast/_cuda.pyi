@@ -20,6 +20,23 @@ SHARED_MATRIX: int
 SHARED_ON: int
 N_INFO: int
 
+class StepOptions:
+    """Validated step options (ValueError at construction otherwise): the one struct both modules'
+    step functions take. Build it from ``SolverConfig.kernel_options()``."""
+
+    mode: int
+    lambda_const: float
+    Lambda_min: float
+    Lambda_max: float
+    lambda_min: float
+    lambda_max: float
+    n_grid: int
+    root_tol: float
+    max_root_iter: int
+
+    def __init__(self, mode: int, lambda_const: float, Lambda_min: float, Lambda_max: float, lambda_min: float,
+                 lambda_max: float, n_grid: int, root_tol: float, max_root_iter: int) -> None: ...
+
 def workspace_doubles(B: int, n_f: int, n_t: int, n_grid: int, memory_empty: bool) -> int:
     """float64 elements of the workspace ``slimtik_step`` needs for B problems."""
 
@@ -38,15 +55,7 @@ def slimtik_step(
     W_ptr: int,
     Lambda_prev_ptr: int,
     memory_empty: bool,
-    mode: int,
-    lambda_const: float,
-    Lambda_min: float,
-    Lambda_max: float,
-    lambda_min: float,
-    lambda_max: float,
-    n_grid: int,
-    root_tol: float,
-    max_root_iter: int,
+    options: StepOptions,
     W_out_ptr: int,
     info_ptr: int,
     workspace_ptr: int,

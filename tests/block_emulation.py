@@ -79,13 +79,11 @@ def emulate_slimtik_step(
     s_in = U_in = None
     if eigensolver == "cusolver":
         s_in, U_in = (x.contiguous() for x in torch.linalg.eigh(G_mem))
-    (Lmin, Lmax), (lmin, lmax) = config.Lambda_bounds, config.lambda_bounds
     _cpu.emulate_slimtik_step(
         B, n_f, n_t, G_mem.data_ptr(), G.data_ptr(), H.data_ptr(), c.data_ptr(), m.data_ptr(), W.data_ptr(),
-        Lambda_prev.data_ptr(), bool(memory_empty), config.mode_code, float(config.lambda_const), float(Lmin),
-        float(Lmax), float(lmin), float(lmax), int(config.n_grid), float(config.root_tol), int(config.max_root_iter),
-        W_new.data_ptr(), info.data_ptr(), ws.data_ptr(), _ptr(U0), _ptr(U_out), float(jacobi_tol), int(max_sweeps),
-        int(n_threads), bool(reverse), SHARED[shared], _ptr(s_in), _ptr(U_in),
+        Lambda_prev.data_ptr(), bool(memory_empty), _cpu.StepOptions(**config.kernel_options()), W_new.data_ptr(),
+        info.data_ptr(), ws.data_ptr(), _ptr(U0), _ptr(U_out), float(jacobi_tol), int(max_sweeps), int(n_threads),
+        bool(reverse), SHARED[shared], _ptr(s_in), _ptr(U_in),
     )  # fmt: skip
     return W_new, info
 

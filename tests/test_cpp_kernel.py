@@ -292,11 +292,14 @@ def _valid_call_args():
     kwargs = dict(
         B=2, n_f=3, n_t=2, G_mem_ptr=G_mem.data_ptr(), G_ptr=G.data_ptr(), H_ptr=H.data_ptr(),
         c_ptr=c.data_ptr(), m_ptr=m.data_ptr(), W_ptr=W.data_ptr(), Lambda_prev_ptr=Lp.data_ptr(),
-        memory_empty=False, mode=0, lambda_const=0.0, Lambda_min=1e-7, Lambda_max=1e3,
-        lambda_min=-math.inf, lambda_max=1e3, n_grid=33, root_tol=1e-13, max_root_iter=100,
+        memory_empty=False, options=_cpu.StepOptions(**VALID_OPTIONS),
         W_out_ptr=W_out.data_ptr(), info_ptr=info.data_ptr(),
     )  # fmt: skip
     return kwargs, keep
+
+
+VALID_OPTIONS = dict(mode=0, lambda_const=0.0, Lambda_min=1e-7, Lambda_max=1e3, lambda_min=-math.inf, lambda_max=1e3,
+                     n_grid=33, root_tol=1e-13, max_root_iter=100)
 
 
 def test_binding_accepts_valid_arguments():
@@ -318,10 +321,14 @@ def test_binding_accepts_valid_arguments():
     ],
 )  # fmt: skip
 def test_binding_rejects_bad_arguments(name, value):
+    """Sizes and pointers by the step binding; options when the StepOptions struct is built (the one
+    validation both modules share)."""
     kwargs, _keep = _valid_call_args()
-    kwargs[name] = value
     with pytest.raises(ValueError, match=name.split("_ptr")[0] if name != "s_ptr" else "together"):
-        _cpu.slimtik_step(**kwargs)
+        if name in VALID_OPTIONS:
+            _cpu.StepOptions(**{**VALID_OPTIONS, name: value})
+        else:
+            _cpu.slimtik_step(**{**kwargs, name: value})
 
 
 @pytest.mark.parametrize(

@@ -23,6 +23,7 @@ from hypothesis import strategies as st
 from torch import nn
 
 from slimfast import SlimTikState, SolverConfig, slimtik_step
+from slimfast._torch_impl import N_INFO
 from slimfast.backends import load_backend
 from slimfast.optim import SlimTik
 
@@ -393,13 +394,23 @@ def _binding_args() -> tuple[dict[str, Any], list[torch.Tensor]]:
     G, H, c, m = RandomProblems(B, NF, NT, n_b=10, seed=3).next_batch()
     keep = [G, G.clone(), H, c, torch.full((B,), m, dtype=F64), torch.zeros(B, NT, NF, dtype=F64),
             torch.full((B,), 0.05, dtype=F64), torch.full((B, NT, NF), 123.0, dtype=F64),
-            torch.full((B, 5), 123.0, dtype=F64)]
+            torch.full((B, N_INFO), 123.0, dtype=F64)]
     names = ["G_mem_ptr", "G_ptr", "H_ptr", "c_ptr", "m_ptr", "W_ptr", "Lambda_prev_ptr", "W_out_ptr", "info_ptr"]
     args: dict[str, Any] = dict(B=B, n_f=NF, n_t=NT, memory_empty=True, mode=0, lambda_const=0.0, Lambda_min=1e-7,
                                 Lambda_max=1e3, lambda_min=-math.inf, lambda_max=1e3, n_grid=33, root_tol=1e-13,
                                 max_root_iter=100, eigensolver=0)
     args.update({n: t.data_ptr() for n, t in zip(names, keep)})
     return args, keep
+
+
+OPTION_NAMES = ("mode", "lambda_const", "Lambda_min", "Lambda_max", "lambda_min", "lambda_max", "n_grid", "root_tol",
+                "max_root_iter")
+
+
+def _call_step_binding(cpu: Any, args: dict[str, Any]) -> None:
+    """cpu.slimtik_step with the option arguments packed into cpu.StepOptions (validated there)."""
+    options = cpu.StepOptions(**{k: args[k] for k in OPTION_NAMES})
+    cpu.slimtik_step(**{k: v for k, v in args.items() if k not in OPTION_NAMES}, options=options)
 
 
 BINDING_BAD = (
@@ -430,7 +441,7 @@ def test_cpu_binding_rejects_bad_sizes_and_null_pointers(bad: list[tuple[str, An
     args, keep = _binding_args()
     args.update(dict(bad))
     with pytest.raises(ValueError) as info:
-        cpu.slimtik_step(**args)
+        _call_step_binding(cpu, args)
     msg = str(info.value)
     assert any(re.search(rf"\b{name}\b", msg) for name, _ in bad), (bad, msg)
     assert (keep[7] == 123.0).all() and (keep[8] == 123.0).all()
@@ -457,7 +468,7 @@ def test_cpu_binding_wrong_python_types_raise_typeerror() -> None:
     args, _ = _binding_args()
     for name, value in (("G_ptr", None), ("W_ptr", "0x1"), ("H_ptr", -8), ("B", 2.5), ("mode", "sgcv")):
         with pytest.raises(TypeError):
-            cpu.slimtik_step(**{**args, name: value})
+            _call_step_binding(cpu, {**args, name: value})
 
 
 # ----------------------------------------------------------------------------- the torch wrapper

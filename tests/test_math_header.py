@@ -279,5 +279,6 @@ def test_bindings_validate_arguments():
     with pytest.raises(ValueError, match="device"):
         _cuda.jacobi_eigh(1, 3, 8, 0, 8, 8, 1e-14, 10, 8, 0, -1)
     with pytest.raises(ValueError, match="mode"):
-        _cuda.slimtik_step(1, 3, 1, 8, 8, 8, 8, 8, 8, 8, True, 7, 0.0, 1e-7, 1e3, -math.inf, 1e3, 33, 1e-13, 100,
-                           8, 8, 8)
+        _cuda.StepOptions(7, 0.0, 1e-7, 1e3, -math.inf, 1e3, 33, 1e-13, 100)
+    with pytest.raises(ValueError, match="n_grid"):  # the same limits as the CPU module's
+        _cuda.StepOptions(0, 0.0, 1e-7, 1e3, -math.inf, 1e3, 100001, 1e-13, 100)

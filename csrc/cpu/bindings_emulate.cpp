@@ -32,15 +32,12 @@ long long py_emulate_jacobi_workspace_doubles(long long B, long long n) {
 
 void py_emulate_slimtik_step(long long B, long long n_f, long long n_t, std::uintptr_t G_mem_ptr, std::uintptr_t G_ptr,
                              std::uintptr_t H_ptr, std::uintptr_t c_ptr, std::uintptr_t m_ptr, std::uintptr_t W_ptr,
-                             std::uintptr_t Lambda_prev_ptr, bool memory_empty, int mode, double lambda_const,
-                             double Lambda_min, double Lambda_max, double lambda_min, double lambda_max, int n_grid,
-                             double root_tol, int max_root_iter, std::uintptr_t W_out_ptr, std::uintptr_t info_ptr,
+                             std::uintptr_t Lambda_prev_ptr, bool memory_empty, const StepOptions& opts,
+                     std::uintptr_t W_out_ptr, std::uintptr_t info_ptr,
                              std::uintptr_t workspace_ptr, std::uintptr_t U0_ptr, std::uintptr_t U_out_ptr,
                              double jacobi_tol, int max_sweeps, int n_threads, bool reverse, int shared,
                              std::uintptr_t s_in_ptr, std::uintptr_t U_in_ptr) {
   check_step_sizes(B, n_f, n_t);
-  const StepOptions opts = step_options(mode, lambda_const, Lambda_min, Lambda_max, lambda_min, lambda_max, n_grid,
-                                        root_tol, max_root_iter);
   check_jacobi_options(jacobi_tol, max_sweeps);
   require(n_threads >= 1, "n_threads must be positive, got " + std::to_string(n_threads));
   require(shared >= SHARED_OFF && shared <= SHARED_ON, "shared must be 0 (off), 1 (matrix) or 2 (on)");
@@ -101,9 +98,7 @@ void bind_block_emulation(py::module_& mod) {
           "float64 workspace elements emulate_jacobi_eigh needs.");
   mod.def("emulate_slimtik_step", &py_emulate_slimtik_step, py::arg("B"), py::arg("n_f"), py::arg("n_t"),
           py::arg("G_mem_ptr"), py::arg("G_ptr"), py::arg("H_ptr"), py::arg("c_ptr"), py::arg("m_ptr"),
-          py::arg("W_ptr"), py::arg("Lambda_prev_ptr"), py::arg("memory_empty"), py::arg("mode"),
-          py::arg("lambda_const"), py::arg("Lambda_min"), py::arg("Lambda_max"), py::arg("lambda_min"),
-          py::arg("lambda_max"), py::arg("n_grid"), py::arg("root_tol"), py::arg("max_root_iter"),
+          py::arg("W_ptr"), py::arg("Lambda_prev_ptr"), py::arg("memory_empty"), py::arg("options"),
           py::arg("W_out_ptr"), py::arg("info_ptr"), py::arg("workspace_ptr"), py::arg("U0_ptr") = null,
           py::arg("U_out_ptr") = null, py::arg("jacobi_tol") = SLIMFAST_CUDA_JACOBI_TOL,
           py::arg("max_sweeps") = SLIMFAST_CUDA_JACOBI_MAX_SWEEPS, py::arg("n_threads") = 128,

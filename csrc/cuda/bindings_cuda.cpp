@@ -46,15 +46,12 @@ long long py_jacobi_workspace_doubles(long long B, long long n) {
 
 void py_slimtik_step(long long B, long long n_f, long long n_t, std::uintptr_t G_mem_ptr, std::uintptr_t G_ptr,
                      std::uintptr_t H_ptr, std::uintptr_t c_ptr, std::uintptr_t m_ptr, std::uintptr_t W_ptr,
-                     std::uintptr_t Lambda_prev_ptr, bool memory_empty, int mode, double lambda_const,
-                     double Lambda_min, double Lambda_max, double lambda_min, double lambda_max, int n_grid,
-                     double root_tol, int max_root_iter, std::uintptr_t W_out_ptr, std::uintptr_t info_ptr,
+                     std::uintptr_t Lambda_prev_ptr, bool memory_empty, const StepOptions& opts,
+                     std::uintptr_t W_out_ptr, std::uintptr_t info_ptr,
                      std::uintptr_t workspace_ptr, std::uintptr_t U0_ptr, std::uintptr_t U_out_ptr,
                      std::uintptr_t stream, int device, double jacobi_tol, int max_sweeps, int n_threads,
                      int shared, std::uintptr_t s_in_ptr, std::uintptr_t U_in_ptr) {
   check_step_sizes(B, n_f, n_t);
-  const StepOptions opts = step_options(mode, lambda_const, Lambda_min, Lambda_max, lambda_min, lambda_max, n_grid,
-                                        root_tol, max_root_iter);
   check_jacobi_options(jacobi_tol, max_sweeps);
   const CudaLaunch launch = launch_options(device, stream, n_threads, shared);
   const StepPointers p = step_pointers(G_mem_ptr, G_ptr, H_ptr, c_ptr, m_ptr, W_ptr, Lambda_prev_ptr, W_out_ptr,
@@ -88,15 +85,14 @@ PYBIND11_MODULE(_cuda, mod) {
       "slimfast CUDA kernels (csrc/cuda): batched slimTik step and block-parallel Jacobi eigensolver on raw "
       "float64 device pointers (their host emulation is in slimfast._cpu).";
   const std::uintptr_t null = 0;
+  bind_step_options(mod);
   mod.def("workspace_doubles", &py_workspace_doubles, py::arg("B"), py::arg("n_f"), py::arg("n_t"), py::arg("n_grid"),
           py::arg("memory_empty"), "float64 workspace elements slimtik_step needs for B problems.");
   mod.def("jacobi_workspace_doubles", &py_jacobi_workspace_doubles, py::arg("B"), py::arg("n"),
           "float64 workspace elements jacobi_eigh needs for B matrices.");
   mod.def("slimtik_step", &py_slimtik_step, py::arg("B"), py::arg("n_f"), py::arg("n_t"), py::arg("G_mem_ptr"),
           py::arg("G_ptr"), py::arg("H_ptr"), py::arg("c_ptr"), py::arg("m_ptr"), py::arg("W_ptr"),
-          py::arg("Lambda_prev_ptr"), py::arg("memory_empty"), py::arg("mode"), py::arg("lambda_const"),
-          py::arg("Lambda_min"), py::arg("Lambda_max"), py::arg("lambda_min"), py::arg("lambda_max"),
-          py::arg("n_grid"), py::arg("root_tol"), py::arg("max_root_iter"), py::arg("W_out_ptr"),
+          py::arg("Lambda_prev_ptr"), py::arg("memory_empty"), py::arg("options"), py::arg("W_out_ptr"),
           py::arg("info_ptr"), py::arg("workspace_ptr"), py::arg("U0_ptr") = null, py::arg("U_out_ptr") = null,
           py::arg("stream") = null, py::arg("device") = 0, py::arg("jacobi_tol") = SLIMFAST_CUDA_JACOBI_TOL,
           py::arg("max_sweeps") = SLIMFAST_CUDA_JACOBI_MAX_SWEEPS, py::arg("n_threads") = 0,

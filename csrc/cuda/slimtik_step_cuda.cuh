@@ -361,7 +361,8 @@ SLIMFAST_BLOCK void jacobi_extract(const Ctx& ctx, int n, const double* M, const
 
 // ---------------------------------------------------------------------------------------------
 // sgcv_precompute, block-parallel. p bound (projections_bind) with p.s = s, p.U = U. s is clipped
-// in place as by clip_spectrum, and the null space masked as in sgcv_precompute. With a full memory T, K [n, n] are scratch (K = Uᵀ G U, T = G U). work: n_t × n
+// in place as by clip_spectrum, and the null space masked as in sgcv_precompute. With a full memory
+// T, K [n, n] are scratch (K = Uᵀ G U, T = G U). work: n_t × n
 // (W G on return, free afterwards).
 // ---------------------------------------------------------------------------------------------
 template <class Ctx>

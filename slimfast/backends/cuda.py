@@ -109,13 +109,10 @@ def _step_inputs(G_mem, G, H, c, m, W, Lambda_prev, U0, U_out, device):
     return B, n_t, n_f, device, t
 
 
-def _config_args(config: SolverConfig) -> tuple:
+def _step_options(config: SolverConfig) -> "_cuda.StepOptions":
     if not isinstance(config, SolverConfig):
         raise TypeError(f"config must be a SolverConfig, got {type(config).__name__}")
-    Lmin, Lmax = (float(v) for v in config.Lambda_bounds)
-    lmin, lmax = (float(v) for v in config.lambda_bounds)
-    return (config.mode_code, float(config.lambda_const), Lmin, Lmax, lmin, lmax, int(config.n_grid),
-            float(config.root_tol), int(config.max_root_iter))
+    return _cuda.StepOptions(**config.kernel_options())
 
 
 def _workspace(workspace: torch.Tensor | None, size: int, device: torch.device) -> torch.Tensor:
@@ -174,7 +171,7 @@ def slimtik_step(
         the current stream of the tensors' device; nothing is synchronised (except by cuSOLVER).
     """
     B, n_t, n_f, device, t = _step_inputs(G_mem, G, H, c, m, W, Lambda_prev, U0, U_out, device=W.device)
-    opts = _config_args(config)
+    opts = _step_options(config)
     shared_code = _shared_code(shared)
     if eigensolver not in EIGENSOLVERS:
         raise ValueError(f"eigensolver must be one of {EIGENSOLVERS}, got {eigensolver!r}")
@@ -194,7 +191,7 @@ def slimtik_step(
         _cuda.slimtik_step(
             B, n_f, n_t,
             t["G_mem"].data_ptr(), t["G"].data_ptr(), t["H"].data_ptr(), t["c"].data_ptr(), t["m"].data_ptr(),
-            t["W"].data_ptr(), t["Lambda_prev"].data_ptr(), bool(memory_empty), *opts,
+            t["W"].data_ptr(), t["Lambda_prev"].data_ptr(), bool(memory_empty), opts,
             W_new.data_ptr(), info.data_ptr(), ws.data_ptr(),
             0 if t["U0"] is None else t["U0"].data_ptr(), 0 if U_out is None else U_out.data_ptr(),
             stream, _device_index(device), float(jacobi_tol), int(max_sweeps), int(n_threads), shared_code,
