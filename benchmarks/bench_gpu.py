@@ -29,6 +29,7 @@ import math
 import statistics
 import sys
 import time
+from pathlib import Path
 from collections.abc import Callable
 
 import torch
@@ -195,17 +196,25 @@ def correctness(cuda, device: torch.device, smoke: bool, failures: list[str]) ->
     print("  " + ("FAILURES: " + "; ".join(failures) if failures else "all agree"))
 
 
+def _emulation():
+    """tests/block_emulation.py: the kernels' block code on the host (slimfast._cpu), for --smoke."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from tests import block_emulation
+
+    return block_emulation
+
+
 def cuda_step(cuda, smoke: bool, inp: dict, config: SolverConfig, **kwargs):
     if smoke:
         if kwargs.get("eigensolver") == "auto":
             kwargs["eigensolver"] = "jacobi"
-        return cuda.emulate_slimtik_step(**inp, config=config, **kwargs)
+        return _emulation().emulate_slimtik_step(**inp, config=config, **kwargs)
     return cuda.slimtik_step(**inp, config=config, **kwargs)
 
 
 def cuda_eigh(cuda, smoke: bool, A: torch.Tensor, U0: torch.Tensor | None = None, sweeps: bool = False):
     """Our Jacobi (tolerance 1e-14); with ``sweeps`` also the sweep count (synchronises)."""
-    return (cuda.emulate_jacobi_eigh if smoke else cuda.jacobi_eigh)(A, U0, tol=1e-14, return_sweeps=sweeps)
+    return (_emulation().emulate_jacobi_eigh if smoke else cuda.jacobi_eigh)(A, U0, tol=1e-14, return_sweeps=sweeps)
 
 
 def eigh_section(cuda, cp, device, clock: Clock, sizes, batches, smoke: bool, rows: list, failures: list) -> None:

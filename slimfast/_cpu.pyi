@@ -17,6 +17,23 @@ openmp: bool
 #: parallel batch loop and below n_f = 400, where LAPACK's own threads do not pay) and restores it.
 blas_thread_control: bool
 
+class StepOptions:
+    """Validated step options (ValueError at construction otherwise): the one struct both modules'
+    step functions take. Build it from ``SolverConfig.kernel_options()``."""
+
+    mode: int
+    lambda_const: float
+    Lambda_min: float
+    Lambda_max: float
+    lambda_min: float
+    lambda_max: float
+    n_grid: int
+    root_tol: float
+    max_root_iter: int
+
+    def __init__(self, mode: int, lambda_const: float, Lambda_min: float, Lambda_max: float, lambda_min: float,
+                 lambda_max: float, n_grid: int, root_tol: float, max_root_iter: int) -> None: ...
+
 def slimtik_step(
     B: int,
     n_f: int,
@@ -29,15 +46,7 @@ def slimtik_step(
     W_ptr: int,
     Lambda_prev_ptr: int,
     memory_empty: bool,
-    mode: int,
-    lambda_const: float,
-    Lambda_min: float,
-    Lambda_max: float,
-    lambda_min: float,
-    lambda_max: float,
-    n_grid: int,
-    root_tol: float,
-    max_root_iter: int,
+    options: StepOptions,
     W_out_ptr: int,
     info_ptr: int,
     eigensolver: int = 0,
@@ -46,9 +55,9 @@ def slimtik_step(
 ) -> None:
     """One slimTik step for B problems (twin: slimfast._torch_impl._slimtik_step).
 
-    G_mem, G: [B, n_f, n_f]; H, W, W_out: [B, n_t, n_f]; c, m, Lambda_prev: [B]; info: [B, 5].
+    G_mem, G: [B, n_f, n_f]; H, W, W_out: [B, n_t, n_f]; c, m, Lambda_prev: [B]; info: [B, N_INFO] (slimfast._torch_impl.INFO_FIELDS).
     Writes W_out = W − (W G − H + λW)(G_mem + Λ_k I)^{-1} and info rows (λ, Λ_k, sGCV,
-    relative residual, cond). eigensolver: a value of EIGENSOLVERS (0: auto). s_ptr [B, n_f],
+    relative residual, cond, eig_min). eigensolver: a value of EIGENSOLVERS (0: auto). s_ptr [B, n_f],
     Ut_ptr [B, n_f, n_f]: the eigendecomposition of G_mem if the caller has it (s ascending,
     eigenvectors as ROWS, i.e. Uᵀ, LAPACK's column-major output), else both 0. The GIL is
     released while computing.
@@ -62,3 +71,66 @@ def jacobi_eigh(
     U0_ptr: 0 for a cold start, else [B, n, n] starting eigenvectors. Writes s [B, n] ascending
     and U [B, n, n] (eigenvectors as columns). Returns the largest number of sweeps used.
     """
+
+# ---- host emulation of the CUDA block code (csrc/cpu/bindings_emulate.cpp; tests/block_emulation.py)
+
+#: Default Jacobi stopping rule of the CUDA step (‖offdiag‖_F <= JACOBI_TOL·‖G_mem‖_F).
+JACOBI_TOL: float
+JACOBI_MAX_SWEEPS: int
+
+def emulate_workspace_doubles(B: int, n_f: int, n_t: int, n_grid: int, memory_empty: bool) -> int:
+    """float64 workspace elements emulate_slimtik_step needs for B problems."""
+
+def emulate_jacobi_workspace_doubles(B: int, n: int) -> int:
+    """float64 workspace elements emulate_jacobi_eigh needs for B matrices."""
+
+def emulate_slimtik_step(
+    B: int,
+    n_f: int,
+    n_t: int,
+    G_mem_ptr: int,
+    G_ptr: int,
+    H_ptr: int,
+    c_ptr: int,
+    m_ptr: int,
+    W_ptr: int,
+    Lambda_prev_ptr: int,
+    memory_empty: bool,
+    options: StepOptions,
+    W_out_ptr: int,
+    info_ptr: int,
+    workspace_ptr: int,
+    U0_ptr: int = 0,
+    U_out_ptr: int = 0,
+    jacobi_tol: float = ...,
+    max_sweeps: int = ...,
+    n_threads: int = 128,
+    reverse: bool = False,
+    shared: int = 0,
+    s_in_ptr: int = 0,
+    U_in_ptr: int = 0,
+) -> None:
+    """``slimtik_step``'s block code run serially on the host (host pointers)."""
+
+def emulate_jacobi_eigh(
+    B: int,
+    n: int,
+    A_ptr: int,
+    U0_ptr: int,
+    s_ptr: int,
+    U_ptr: int,
+    tol: float,
+    max_sweeps: int,
+    workspace_ptr: int,
+    sweeps_ptr: int = 0,
+    n_threads: int = 128,
+    reverse: bool = False,
+    shared: int = 0,
+) -> None:
+    """``jacobi_eigh``'s block code run serially on the host (host pointers)."""
+
+def round_robin_schedule(n_pad: int) -> list[list[tuple[int, int]]]:
+    """Rounds of disjoint (p, q) pairs of the parallel Jacobi ordering for an even n_pad."""
+
+def jacobi_rotation(app: float, aqq: float, apq: float) -> tuple[float, float, float]:
+    """(c, s, t) of the Jacobi rotation zeroing a_pq (slimfast_math.h jacobi_rotation)."""

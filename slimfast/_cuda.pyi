@@ -4,8 +4,8 @@ Device arrays are contiguous float64 CUDA buffers passed as data pointers (``ten
 the stream as an integer (``torch.cuda.current_stream().cuda_stream``), the device as its index.
 Launches are asynchronous and never synchronise or allocate: scratch is the caller's workspace.
 Invalid sizes, null pointers or options raise ValueError naming the argument; a failed launch
-raises RuntimeError. The ``emulate_*`` functions run the kernels' block code serially on the host
-(host pointers) for tests on machines without a GPU.
+raises RuntimeError. The host emulation of the same block code is in slimfast._cpu
+(``emulate_*``), built on every install.
 """
 
 #: Default Jacobi stopping rule of the step (‖offdiag‖_F <= JACOBI_TOL·‖G_mem‖_F).
@@ -19,6 +19,23 @@ SHARED_OFF: int
 SHARED_MATRIX: int
 SHARED_ON: int
 N_INFO: int
+
+class StepOptions:
+    """Validated step options (ValueError at construction otherwise): the one struct both modules'
+    step functions take. Build it from ``SolverConfig.kernel_options()``."""
+
+    mode: int
+    lambda_const: float
+    Lambda_min: float
+    Lambda_max: float
+    lambda_min: float
+    lambda_max: float
+    n_grid: int
+    root_tol: float
+    max_root_iter: int
+
+    def __init__(self, mode: int, lambda_const: float, Lambda_min: float, Lambda_max: float, lambda_min: float,
+                 lambda_max: float, n_grid: int, root_tol: float, max_root_iter: int) -> None: ...
 
 def workspace_doubles(B: int, n_f: int, n_t: int, n_grid: int, memory_empty: bool) -> int:
     """float64 elements of the workspace ``slimtik_step`` needs for B problems."""
@@ -38,15 +55,7 @@ def slimtik_step(
     W_ptr: int,
     Lambda_prev_ptr: int,
     memory_empty: bool,
-    mode: int,
-    lambda_const: float,
-    Lambda_min: float,
-    Lambda_max: float,
-    lambda_min: float,
-    lambda_max: float,
-    n_grid: int,
-    root_tol: float,
-    max_root_iter: int,
+    options: StepOptions,
     W_out_ptr: int,
     info_ptr: int,
     workspace_ptr: int,
@@ -87,62 +96,3 @@ def jacobi_eigh(
 ) -> None:
     """Enqueue the block-parallel Jacobi eigendecomposition of B symmetric n×n matrices (lower
     triangle read): s [B, n] ascending, U [B, n, n] eigenvectors as columns, sweeps [B] int32."""
-
-def emulate_slimtik_step(
-    B: int,
-    n_f: int,
-    n_t: int,
-    G_mem_ptr: int,
-    G_ptr: int,
-    H_ptr: int,
-    c_ptr: int,
-    m_ptr: int,
-    W_ptr: int,
-    Lambda_prev_ptr: int,
-    memory_empty: bool,
-    mode: int,
-    lambda_const: float,
-    Lambda_min: float,
-    Lambda_max: float,
-    lambda_min: float,
-    lambda_max: float,
-    n_grid: int,
-    root_tol: float,
-    max_root_iter: int,
-    W_out_ptr: int,
-    info_ptr: int,
-    workspace_ptr: int,
-    U0_ptr: int = 0,
-    U_out_ptr: int = 0,
-    jacobi_tol: float = ...,
-    max_sweeps: int = ...,
-    n_threads: int = 128,
-    reverse: bool = False,
-    shared: int = 0,
-    s_in_ptr: int = 0,
-    U_in_ptr: int = 0,
-) -> None:
-    """``slimtik_step``'s block code run serially on the host (host pointers)."""
-
-def emulate_jacobi_eigh(
-    B: int,
-    n: int,
-    A_ptr: int,
-    U0_ptr: int,
-    s_ptr: int,
-    U_ptr: int,
-    tol: float,
-    max_sweeps: int,
-    workspace_ptr: int,
-    sweeps_ptr: int = 0,
-    n_threads: int = 128,
-    reverse: bool = False,
-    shared: int = 0,
-) -> None:
-    """``jacobi_eigh``'s block code run serially on the host (host pointers)."""
-
-def round_robin_schedule(n_pad: int) -> list[list[tuple[int, int]]]:
-    """Rounds of disjoint (p, q) pairs of the parallel Jacobi ordering for an even n_pad."""
-
-def jacobi_rotation(app: float, aqq: float, apq: float) -> tuple[float, float, float]:
-    """(c, s, t) of the Jacobi rotation zeroing a_pq (slimfast_math.h jacobi_rotation)."""

@@ -78,3 +78,10 @@ class SolverConfig:
     @property
     def mode_code(self) -> int:
         return MODE_CODES[self.mode]
+
+    def kernel_options(self) -> dict[str, float | int]:
+        """Keyword arguments of the compiled modules' ``StepOptions`` (validated once, in C++)."""
+        (Lmin, Lmax), (lmin, lmax) = self.Lambda_bounds, self.lambda_bounds
+        return dict(mode=self.mode_code, lambda_const=float(self.lambda_const), Lambda_min=float(Lmin),
+                    Lambda_max=float(Lmax), lambda_min=float(lmin), lambda_max=float(lmax), n_grid=int(self.n_grid),
+                    root_tol=float(self.root_tol), max_root_iter=int(self.max_root_iter))

@@ -128,7 +128,9 @@ def slimtik_step(
             raise_first_if_any(faults, config, state.Lambda, name)
         inputs = (G_t, H_t, c_t, m_t, W_t) if validate == "eager" else _neutralised(faults, G_t, H_t, c_t, m_t, W_t)
         G_mem = state.memory_gram(inputs[0])
-        W_new, info = module.slimtik_step(G_mem, *inputs, state.Lambda, state.memory_empty, config)
+        # cuSOLVER (the cuda backend's "auto" choice for a few large problems) synchronises.
+        extra = {"eigensolver": "jacobi"} if validate == "lazy" and name == "cuda" else {}
+        W_new, info = module.slimtik_step(G_mem, *inputs, state.Lambda, state.memory_empty, config, **extra)
     except RuntimeError as exc:
         if _is_allocation_failure(exc):
             raise MemoryError(f"slimtik_step could not allocate its workspace (state unchanged): {exc}") from exc

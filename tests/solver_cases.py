@@ -74,3 +74,24 @@ def dense_slimtik_solution(
 def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
     a, b = torch.as_tensor(a, dtype=F64), torch.as_tensor(b, dtype=F64)
     return float((a - b).norm() / b.norm().clamp_min(1e-300))
+
+
+def assert_backends_follow_the_twin(trajectory, rtol: float) -> None:
+    """Every available compiled CPU backend's trajectory (``trajectory(backend)``: a list of
+    (W, Λ) per step) agrees with the torch twin's within ``rtol`` relative, step by step."""
+    import pytest
+
+    from slimfast.backends import load_backend
+
+    ref = trajectory("torch")
+    compared = 0
+    for name in ("cpp", "numba"):
+        if load_backend(name) is None:
+            continue
+        for k, ((W, Lam), (W_ref, Lam_ref)) in enumerate(zip(trajectory(name), ref)):
+            assert rel_err(W, W_ref) <= rtol, (name, k, rel_err(W, W_ref))
+            assert rel_err(Lam, Lam_ref) <= rtol, (name, k, rel_err(Lam, Lam_ref))
+        compared += 1
+    if compared == 0:
+        pytest.skip("only the torch backend is available")
+

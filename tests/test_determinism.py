@@ -25,7 +25,7 @@ from slimfast.optim import SlimTik
 from slimfast.train import SlimTrain
 
 from .conftest import CPU_BACKENDS, require_backend
-from .solver_cases import RandomProblems, rel_err
+from .solver_cases import RandomProblems, assert_backends_follow_the_twin, rel_err
 from .test_faults_training import _tree_equal
 
 F64 = torch.float64
@@ -103,22 +103,7 @@ def _functional_trajectory(backend: str, config: SolverConfig, well_posed: bool)
 @pytest.mark.parametrize("well_posed", [True, False], ids=["fit", "noise"])
 def test_backends_agree_over_20_functional_steps(mode: str, well_posed: bool) -> None:
     config = SolverConfig(mode=mode)
-    ref = _functional_trajectory("torch", config, well_posed)
-    compared = 0
-    for name in CPU_BACKENDS:
-        if name == "torch":
-            continue
-        try:
-            require_backend(name)
-        except pytest.skip.Exception:
-            continue
-        traj = _functional_trajectory(name, config, well_posed)
-        for k, ((W, Lam), (W_ref, Lam_ref)) in enumerate(zip(traj, ref)):
-            assert rel_err(W, W_ref) <= TRAJECTORY_RTOL, (name, k)
-            assert rel_err(Lam, Lam_ref) <= TRAJECTORY_RTOL, (name, k)
-        compared += 1
-    if compared == 0:
-        pytest.skip("only the torch backend is available")
+    assert_backends_follow_the_twin(lambda name: _functional_trajectory(name, config, well_posed), TRAJECTORY_RTOL)
 
 
 def _train_steps(backend: str, n_steps: int = N_STEPS) -> SlimTrain:

@@ -1,7 +1,7 @@
 """The CUDA kernels' arithmetic, tested on the CPU.
 
 ``csrc/cuda/slimtik_step_cuda.cuh`` holds the block code of the kernels as templates over an
-execution context; ``slimfast._cuda`` also builds it with a host context that runs the simulated
+execution context; ``slimfast._cpu`` also builds it (always) with a host context that runs the simulated
 threads of a block one after another (``emulate_*``). These tests run that exact code — the
 shared-header pieces it uses (``jacobi_rotation``, ``round_robin_pair``, the sGCV sums, the grid
 bracket, the Illinois state machine), the parallel Jacobi ordering, the work distribution over
@@ -18,6 +18,7 @@ import math
 import pytest
 import torch
 
+from slimfast import _cpu
 from slimfast._torch_impl import _slimtik_step
 
 from .cuda_cases import (
@@ -35,11 +36,10 @@ from .cuda_cases import (
 
 @pytest.fixture
 def emu():
-    """The cuda backend module (its emulate_* functions); skips when slimfast._cuda is missing."""
-    cuda_module()
-    from slimfast.backends import cuda
+    """tests/block_emulation.py: the kernels' block code run on the host by slimfast._cpu (always built)."""
+    from . import block_emulation
 
-    return cuda
+    return block_emulation
 
 
 # ------------------------------------------------------------------ header pieces
@@ -47,7 +47,7 @@ def emu():
 
 @pytest.mark.parametrize("n_pad", [2, 4, 6, 10, 64, 130])
 def test_round_robin_covers_every_pair_once_in_disjoint_rounds(n_pad):
-    rounds = cuda_module().round_robin_schedule(n_pad)
+    rounds = _cpu.round_robin_schedule(n_pad)
     assert len(rounds) == n_pad - 1
     seen = set()
     for pairs in rounds:
@@ -66,7 +66,7 @@ def test_round_robin_covers_every_pair_once_in_disjoint_rounds(n_pad):
      (1e300, -1e300, 1e-10), (0.0, 0.0, -2.0)],
 )
 def test_jacobi_rotation_zeroes_the_offdiagonal(app, aqq, apq):
-    c, s, t = cuda_module().jacobi_rotation(app, aqq, apq)
+    c, s, t = _cpu.jacobi_rotation(app, aqq, apq)
     assert abs(c * c + s * s - 1.0) < 4e-16
     assert abs(abs(t) - abs(s / c)) <= 4e-16 * max(1.0, abs(t))
     assert abs(t) <= 1.0  # the smaller of the two angles
@@ -81,7 +81,7 @@ def test_jacobi_rotation_zeroes_the_offdiagonal(app, aqq, apq):
 
 
 def test_jacobi_rotation_is_exactly_the_identity_for_a_zero_entry():
-    assert cuda_module().jacobi_rotation(3.0, -1.0, 0.0) == (1.0, 0.0, 0.0)
+    assert _cpu.jacobi_rotation(3.0, -1.0, 0.0) == (1.0, 0.0, 0.0)
 
 
 # ------------------------------------------------------------------ block-parallel Jacobi
@@ -143,9 +143,8 @@ def test_emulated_jacobi_any_thread_count(emu, n_threads):
 
 
 def test_emulated_jacobi_stays_inside_its_workspace(emu):
-    _cuda = cuda_module()
     B, n = 3, 11
-    size = _cuda.jacobi_workspace_doubles(B, n)
+    size = _cpu.emulate_jacobi_workspace_doubles(B, n)
     ws = torch.full((size + 1000,), 1234.5, dtype=F64)
     A = torch.stack([symmetric_cases(n, b)["random"] for b in range(B)])
     s, U = emu.emulate_jacobi_eigh(A, workspace=ws)
@@ -272,11 +271,14 @@ def test_bindings_validate_arguments():
     with pytest.raises(ValueError, match="n_grid"):
         _cuda.workspace_doubles(1, 3, 1, 1, True)
     with pytest.raises(ValueError, match="A_ptr"):
-        _cuda.emulate_jacobi_eigh(1, 3, 0, 0, 8, 8, 1e-14, 10, 8)
+        _cpu.emulate_jacobi_eigh(1, 3, 0, 0, 8, 8, 1e-14, 10, 8)
+    with pytest.raises(ValueError, match="n_grid"):
+        _cpu.emulate_workspace_doubles(1, 3, 1, 1, True)
     with pytest.raises(ValueError, match="n_threads"):
         _cuda.jacobi_eigh(1, 3, 8, 0, 8, 8, 1e-14, 10, 8, 0, 0, 0, 33, -1)
     with pytest.raises(ValueError, match="device"):
         _cuda.jacobi_eigh(1, 3, 8, 0, 8, 8, 1e-14, 10, 8, 0, -1)
     with pytest.raises(ValueError, match="mode"):
-        _cuda.slimtik_step(1, 3, 1, 8, 8, 8, 8, 8, 8, 8, True, 7, 0.0, 1e-7, 1e3, -math.inf, 1e3, 33, 1e-13, 100,
-                           8, 8, 8)
+        _cuda.StepOptions(7, 0.0, 1e-7, 1e3, -math.inf, 1e3, 33, 1e-13, 100)
+    with pytest.raises(ValueError, match="n_grid"):  # the same limits as the CPU module's
+        _cuda.StepOptions(0, 0.0, 1e-7, 1e3, -math.inf, 1e3, 100001, 1e-13, 100)

@@ -17,6 +17,7 @@ import pytest
 import torch
 
 from slimfast.backends import loader
+from slimfast.config import SolverConfig
 
 from .conftest import CPU_BACKENDS, require_backend
 
@@ -82,8 +83,8 @@ def test_lapack_workspace_overflow_is_value_error() -> None:
 
     fake = 8
     with pytest.raises(ValueError, match="lwork"):
-        _cpu.slimtik_step(1, 40000, 1, fake, fake, fake, fake, fake, fake, fake, True, 0, 0.0, 1e-7, 1e3,
-                          -float("inf"), 1e3, 33, 1e-13, 100, fake, fake)
+        _cpu.slimtik_step(1, 40000, 1, fake, fake, fake, fake, fake, fake, fake, True,
+                          _cpu.StepOptions(**SolverConfig().kernel_options()), fake, fake)
 
 
 def test_import_memory_error_is_not_cached(monkeypatch: pytest.MonkeyPatch) -> None:

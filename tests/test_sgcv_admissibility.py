@@ -17,8 +17,7 @@ from slimfast import SlimTikState, SolverConfig, slimtik_step
 from slimfast._torch_impl import _sgcv_eval, _sgcv_precompute
 from slimfast.config import SGCV_DENOMINATOR_EPS
 
-from .conftest import CPU_BACKENDS, require_backend
-from .solver_cases import RandomProblems, rel_err
+from .solver_cases import RandomProblems, assert_backends_follow_the_twin
 
 F64 = torch.float64
 # The regime: B=2, n_f=300, n_t=2, n_b=16, memory depth 3, 8 steps.
@@ -44,21 +43,7 @@ def _trajectory(backend: str, well_posed: bool, seed: int) -> list[tuple[torch.T
 
 @pytest.mark.parametrize("well_posed,seed,rtol", [(False, 0, NOISE_RTOL), (True, 0, FIT_RTOL)], ids=["noise", "fit"])
 def test_backends_agree_when_the_batch_is_smaller_than_the_features(well_posed: bool, seed: int, rtol: float) -> None:
-    ref = _trajectory("torch", well_posed, seed)
-    compared = 0
-    for name in CPU_BACKENDS:
-        if name == "torch":
-            continue
-        try:
-            require_backend(name)
-        except pytest.skip.Exception:
-            continue
-        for k, ((W, Lam), (W_ref, Lam_ref)) in enumerate(zip(_trajectory(name, well_posed, seed), ref)):
-            assert rel_err(W, W_ref) <= rtol, (name, k, rel_err(W, W_ref))
-            assert rel_err(Lam, Lam_ref) <= rtol, (name, k, rel_err(Lam, Lam_ref))
-        compared += 1
-    if compared == 0:
-        pytest.skip("only the torch backend is available")
+    assert_backends_follow_the_twin(lambda name: _trajectory(name, well_posed, seed), rtol)
 
 
 def test_inadmissible_points_are_never_chosen(backend: str, device: torch.device) -> None:

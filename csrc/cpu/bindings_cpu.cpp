@@ -21,6 +21,8 @@
 namespace py = pybind11;
 using namespace slimfast;
 
+void bind_block_emulation(py::module_& mod);  // bindings_emulate.cpp
+
 namespace {
 
 Lapack g_lapack;
@@ -62,13 +64,10 @@ int find_openblas(struct dl_phdr_info* info, size_t, void* out) {
 
 void py_slimtik_step(long long B, long long n_f, long long n_t, std::uintptr_t G_mem_ptr, std::uintptr_t G_ptr,
                   std::uintptr_t H_ptr, std::uintptr_t c_ptr, std::uintptr_t m_ptr, std::uintptr_t W_ptr,
-                  std::uintptr_t Lambda_prev_ptr, bool memory_empty, int mode, double lambda_const, double Lambda_min,
-                  double Lambda_max, double lambda_min, double lambda_max, int n_grid, double root_tol,
-                  int max_root_iter, std::uintptr_t W_out_ptr, std::uintptr_t info_ptr, int eigensolver,
+                  std::uintptr_t Lambda_prev_ptr, bool memory_empty, const StepOptions& opts,
+                     std::uintptr_t W_out_ptr, std::uintptr_t info_ptr, int eigensolver,
                   std::uintptr_t s_ptr, std::uintptr_t Ut_ptr) {
   check_step_sizes(B, n_f, n_t);
-  const StepOptions opts = step_options(mode, lambda_const, Lambda_min, Lambda_max, lambda_min, lambda_max, n_grid,
-                                        root_tol, max_root_iter);
   require(eigensolver >= EIG_AUTO && eigensolver <= EIG_JACOBI,
           "eigensolver must be 0 (auto), 1 (syevd), 2 (syevr) or 3 (jacobi)");
   const double* G_mem = as_ptr<const double>(G_mem_ptr, "G_mem_ptr");
@@ -123,14 +122,14 @@ PYBIND11_MODULE(_cpu, mod) {
 
   mod.def("slimtik_step", &py_slimtik_step, py::arg("B"), py::arg("n_f"), py::arg("n_t"), py::arg("G_mem_ptr"),
           py::arg("G_ptr"), py::arg("H_ptr"), py::arg("c_ptr"), py::arg("m_ptr"), py::arg("W_ptr"),
-          py::arg("Lambda_prev_ptr"), py::arg("memory_empty"), py::arg("mode"), py::arg("lambda_const"),
-          py::arg("Lambda_min"), py::arg("Lambda_max"), py::arg("lambda_min"), py::arg("lambda_max"),
-          py::arg("n_grid"), py::arg("root_tol"), py::arg("max_root_iter"), py::arg("W_out_ptr"),
+          py::arg("Lambda_prev_ptr"), py::arg("memory_empty"), py::arg("options"), py::arg("W_out_ptr"),
           py::arg("info_ptr"), py::arg("eigensolver") = 0, py::arg("s_ptr") = 0, py::arg("Ut_ptr") = 0,
           "One slimTik step for B problems on contiguous float64 buffers (see slimfast/_cpu.pyi).");
   mod.def("jacobi_eigh", &py_jacobi_eigh, py::arg("B"), py::arg("n"), py::arg("A_ptr"), py::arg("U0_ptr"),
           py::arg("s_out_ptr"), py::arg("U_out_ptr"), py::arg("tol"), py::arg("max_sweeps"),
           "Cyclic Jacobi eigendecomposition of B symmetric n×n matrices; returns the largest sweep count.");
+  bind_step_options(mod);
+  bind_block_emulation(mod);
   mod.attr("MODE_SGCV") = SLIMFAST_MODE_SGCV;
   mod.attr("MODE_CONSTANT") = SLIMFAST_MODE_CONSTANT;
   mod.attr("MODE_REFERENCE") = SLIMFAST_MODE_REFERENCE;

@@ -1,28 +1,20 @@
 // CPU launcher: loops over the B problems (OpenMP), factors G_mem with LAPACK, forms the n_f³
-// products with dgemm, and leaves all other arithmetic to csrc/slimfast_math.h — the same code the
-// CUDA kernel runs. Twin of csrc/cuda/slimtik_step_cuda.cu.
+// products with dgemm, and leaves the rest to the pieces of csrc/slimfast_math.h. The CUDA kernel
+// composes the same pieces differently (block-parallel, its own Jacobi); the tests run that
+// composition too, through its host emulation (slimtik_step_emulate.cpp). Twin of
+// csrc/cuda/slimtik_step_cuda.cu.
 #include "slimtik_step_cpu.h"
+
+#include "cpu_threads.h"
 
 #include <algorithm>
 #include <climits>
 #include <cmath>
 #include <cstring>
-#include <cstdlib>  // getloadavg
 #include <memory>
-#include <mutex>
 #include <stdexcept>
 #include <string>
 
-#ifdef _OPENMP
-#include <omp.h>
-static int omp_max_threads() { return omp_get_max_threads(); }
-static int omp_procs() { return omp_get_num_procs(); }
-static int omp_thread() { return omp_get_thread_num(); }
-#else
-static int omp_max_threads() { return 1; }
-static int omp_procs() { return 1; }
-static int omp_thread() { return 0; }
-#endif
 
 namespace slimfast {
 namespace {
@@ -49,43 +41,6 @@ constexpr double kParallelMinMicros = 2000.0;
 // torch's OpenMP threads, which spin for a while after every torch op (a step right after
 // torch.linalg.eigh took 16 ms instead of 5 with two OpenBLAS threads at n_f = 257).
 constexpr int kBlasThreadsMinN = 400;
-
-// Threads worth using, at most `wanted`: all of them on an idle machine, fewer when other
-// processes already keep the cores busy (1-minute load average, which includes this process).
-// Threads that get preempted stall the others at every barrier (OpenMP loop end, BLAS
-// synchronisation) for a scheduler time slice, so on a saturated machine one thread is faster.
-int usable_threads(int wanted) {
-  double load[1];
-  if (wanted > 1 && getloadavg(load, 1) == 1) wanted = std::max(1, std::min(wanted, (int)(omp_procs() + 1.5 - load[0])));
-  return wanted;
-}
-
-// Sets the BLAS thread count for the duration of a call and restores it afterwards. The count is
-// process-global (OpenBLAS), so concurrent calls (the GIL is released) share one saved value: the
-// first caller saves it, the last one restores it.
-class BlasThreads {
- public:
-  BlasThreads(const Lapack& L, int wanted) : L_(L) {
-    if (!L_.get_threads || !L_.set_threads) return;
-    std::lock_guard<std::mutex> lock(mutex_);
-    if (users_++ == 0) saved_ = L_.get_threads();
-    if (L_.get_threads() > wanted) L_.set_threads(wanted);
-  }
-  ~BlasThreads() {
-    if (!L_.get_threads || !L_.set_threads) return;
-    std::lock_guard<std::mutex> lock(mutex_);
-    if (--users_ == 0 && L_.get_threads() != saved_) L_.set_threads(saved_);
-  }
-  static int current(const Lapack& L) { return L.get_threads ? L.get_threads() : 1; }
-
- private:
-  const Lapack& L_;
-  static std::mutex mutex_;
-  static int users_, saved_;
-};
-std::mutex BlasThreads::mutex_;
-int BlasThreads::users_ = 0;
-int BlasThreads::saved_ = 0;
 
 // Rough serial microseconds of one step problem (fit on a 2-core EPYC: eigensolver + projections
 // ~ n³, the sGCV grid ~ n_grid n², fixed overhead).

@@ -124,29 +124,8 @@ void slimtik_step_cuda(long long B, int n_f, int n_t, const double* G_mem, const
   size_t smem = 0;  // given eigenpairs: no Jacobi, no shared matrices
   const int level =
       U_in != nullptr ? 0 : shared_level(slimtik_step_kernel, launch.device, n_f, launch.shared_mode, &smem);
-  StepArgs a{};
-  a.n = n_f;
-  a.nt = n_t;
-  a.memory_empty = memory_empty;
-  a.opts = opts;
-  a.G_mem = G_mem;
-  a.G = G;
-  a.H = H;
-  a.c = c;
-  a.m = m;
-  a.W = W;
-  a.Lambda_prev = Lambda_prev;
-  a.U0 = U0;
-  a.s_in = s_in;
-  a.U_in = U_in;
-  a.W_out = W_out;
-  a.info = info;
-  a.U_out = U_out;
-  a.ws = workspace;
-  a.ws_stride = step_layout(n_f, n_t, opts.n_grid, memory_empty).total;
-  a.jacobi_tol = jacobi_tol;
-  a.max_sweeps = max_sweeps;
-  a.shared_level = level;
+  const StepArgs a = step_args(n_f, n_t, G_mem, G, H, c, m, W, Lambda_prev, memory_empty, opts, U0, s_in, U_in,
+                               W_out, info, U_out, workspace, jacobi_tol, max_sweeps, level);
   const cudaStream_t stream = reinterpret_cast<cudaStream_t>(launch.stream);
   slimtik_step_kernel<<<(unsigned)B, threads, smem, stream>>>(a);
   check(cudaGetLastError(), "slimtik_step kernel launch");
@@ -159,18 +138,7 @@ void jacobi_eigh_cuda(long long B, int n, const double* A, const double* U0, dou
   DeviceGuard guard(launch.device);
   size_t smem = 0;
   const int level = shared_level(jacobi_kernel, launch.device, n, launch.shared_mode, &smem);
-  JacobiArgs a{};
-  a.n = n;
-  a.A = A;
-  a.U0 = U0;
-  a.s = s;
-  a.U = U;
-  a.sweeps = sweeps;
-  a.ws = workspace;
-  a.ws_stride = jacobi_layout(n).total;
-  a.tol = tol;
-  a.max_sweeps = max_sweeps;
-  a.shared_level = level;
+  const JacobiArgs a = jacobi_args(n, A, U0, s, U, sweeps, workspace, tol, max_sweeps, level);
   const cudaStream_t stream = reinterpret_cast<cudaStream_t>(launch.stream);
   jacobi_kernel<<<(unsigned)B, threads, smem, stream>>>(a);
   check(cudaGetLastError(), "jacobi_eigh kernel launch");

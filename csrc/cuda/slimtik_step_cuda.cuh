@@ -20,348 +20,15 @@
 // (n odd: one extra zero row/column, which the rotations leave exactly zero), leading dim np.
 #pragma once
 
-#include "slimfast_math.h"
-
-#if defined(__CUDACC__)
-#define SLIMFAST_BLOCK __device__  // block functions exist only on the device under nvcc
-#else
-#define SLIMFAST_BLOCK
-#endif
+#include "block_context.cuh"  // layouts, HostCtx / DeviceCtx, SLIMFAST_BLOCK
+#include "jacobi_block.cuh"   // jacobi_block, jacobi_extract
 
 namespace slimfast {
 
-// Most values a single block reduction carries (the eight sGCV sums).
-inline constexpr int SLIMFAST_MAX_SUMS = SLIMFAST_SGCV_NSUMS;
-// Default Jacobi stopping rule of the step: off(A') <= tol·‖A‖_F, as the CPU launcher's Jacobi.
-inline constexpr double SLIMFAST_CUDA_JACOBI_TOL = 1e-15;
-inline constexpr int SLIMFAST_CUDA_JACOBI_MAX_SWEEPS = 60;
-// Trial points a workspace must hold: the sGCV grid or the 60 reference candidates.
-SLIMFAST_HD inline int step_points(int n_grid) {
-  return n_grid > 2 * SLIMFAST_N_REFERENCE_POINTS ? n_grid : 2 * SLIMFAST_N_REFERENCE_POINTS;
-}
-
-SLIMFAST_HD inline int padded_order(int n) { return n + (n & 1); }
-
-// ---------------------------------------------------------------------------------------------
-// Workspace layouts (doubles per problem). The Jacobi matrices M, Vt and the rotations live in
-// shared memory as far as they fit (jacobi_storage), else in the jac_* regions; those regions are
-// always allocated because the step reuses them afterwards (T = G U in jac_M, K = Uᵀ G U in jac_Vt).
-// ---------------------------------------------------------------------------------------------
-struct JacobiLayout {
-  long jac_M, jac_Vt, rot, perm, total;
-};
-
-SLIMFAST_HD inline JacobiLayout jacobi_layout(int n) {
-  const long np = padded_order(n);
-  JacobiLayout L;
-  L.jac_M = 0;
-  L.jac_Vt = L.jac_M + np * np;
-  L.rot = L.jac_Vt + np * np;
-  L.perm = L.rot + 3 * (np / 2);
-  L.total = L.perm + n;
-  return L;
-}
-
-// Where a block keeps its Jacobi matrices: level 0 all in the workspace (global memory); level 1
-// M and the rotations in shared memory, Vt in the workspace (Vt is only rotated row-wise, a
-// streaming access that global memory serves well); level 2 M, the rotations and Vt in shared
-// memory. Shared layout: M [np²], rot [3·np/2], Vt [np²].
-SLIMFAST_HD inline long jacobi_shared_doubles(int n, int level) {
-  const long np = padded_order(n);
-  return level <= 0 ? 0L : (level == 1 ? 1 : 2) * np * np + 3 * (np / 2);
-}
-
-struct JacobiStorage {
-  double *M, *Vt, *rot;
-};
-
-SLIMFAST_HD inline JacobiStorage jacobi_storage(int n, int level, double* smem, double* ws_M, double* ws_Vt,
-                                                double* ws_rot) {
-  const long np = padded_order(n);
-  JacobiStorage st;
-  st.M = level >= 1 ? smem : ws_M;
-  st.rot = level >= 1 ? smem + np * np : ws_rot;
-  st.Vt = level >= 2 ? smem + np * np + 3 * (np / 2) : ws_Vt;
-  return st;
-}
-
-struct StepLayout {
-  long jac_M, jac_Vt, rot, perm;  // as JacobiLayout
-  long U, s, proj;                // eigenvectors [n, n], eigenvalues [n], Projections buffer
-  long pt_t, pt_mu, pt_f, pt_g;   // trial points [npts] each
-  long D, QD;                     // [npts, n], [npts, 3, n] (QD only with a full memory)
-  long ev;                        // one-point evaluation: d, Q0d, Q1d, Q2d [4, n]
-  long total;
-};
-
-SLIMFAST_HD inline StepLayout step_layout(int n, int nt, int n_grid, bool memory_empty) {
-  const JacobiLayout J = jacobi_layout(n);
-  const long npts = step_points(n_grid);
-  StepLayout L;
-  L.jac_M = J.jac_M;
-  L.jac_Vt = J.jac_Vt;
-  L.rot = J.rot;
-  L.perm = J.perm;
-  L.U = J.total;
-  L.s = L.U + (long)n * n;
-  L.proj = L.s + n;
-  L.pt_t = L.proj + projections_doubles(n, nt, memory_empty);
-  L.pt_mu = L.pt_t + npts;
-  L.pt_f = L.pt_mu + npts;
-  L.pt_g = L.pt_f + npts;
-  L.D = L.pt_g + npts;
-  L.QD = L.D + npts * n;
-  L.ev = L.QD + (memory_empty ? 0L : 3L * npts * n);
-  L.total = L.ev + 4L * n;
-  return L;
-}
-
-// ---------------------------------------------------------------------------------------------
-// Execution contexts.
-// ---------------------------------------------------------------------------------------------
-struct HostCtx {
-  int nthr;      // simulated threads per block
-  bool reverse;  // run the simulated threads in reverse order (data-race probe)
-
-  template <class F>
-  void par(F&& f) const {
-    if (reverse)
-      for (int t = nthr - 1; t >= 0; --t) f(t, nthr);
-    else
-      for (int t = 0; t < nthr; ++t) f(t, nthr);
-  }
-
-  // Partial sums per simulated thread, totalled in thread order (the same whatever `reverse`).
-  template <int K, class F>
-  void sums(F&& f, double* out) const {
-    for (int k = 0; k < K; ++k) out[k] = 0.0;
-    for (int t = 0; t < nthr; ++t) {
-      double acc[K];
-      for (int k = 0; k < K; ++k) acc[k] = 0.0;
-      f(t, nthr, acc);
-      for (int k = 0; k < K; ++k) out[k] += acc[k];
-    }
-  }
-};
-
-#if defined(__CUDACC__)
-// One block: blockDim.x threads, a multiple of 32 and at most 1024. `red` is shared memory of
-// kReductionDoubles doubles: partials of up to 32 warps, then the totals at a fixed offset (so a
-// fast thread's next partials never overwrite totals a slow thread has still to read).
-struct DeviceCtx {
-  int tid, nthr;
-  double* red;
-
-  static constexpr int kReductionDoubles = 33 * SLIMFAST_MAX_SUMS;
-
-  template <class F>
-  __device__ void par(F&& f) const {
-    f(tid, nthr);
-    __syncthreads();
-  }
-
-  template <int K, class F>
-  __device__ void sums(F&& f, double* out) const {
-    static_assert(K >= 1 && K <= SLIMFAST_MAX_SUMS, "too many sums for one reduction");
-    double acc[K];
-    for (int k = 0; k < K; ++k) acc[k] = 0.0;
-    f(tid, nthr, acc);
-    const int lane = tid & 31, warp = tid >> 5, nwarps = nthr >> 5;
-    for (int k = 0; k < K; ++k)
-      for (int off = 16; off > 0; off >>= 1) acc[k] += __shfl_down_sync(0xffffffffu, acc[k], off);
-    if (lane == 0)
-      for (int k = 0; k < K; ++k) red[warp * K + k] = acc[k];
-    __syncthreads();
-    if (warp == 0) {
-      for (int k = 0; k < K; ++k) {
-        double v = lane < nwarps ? red[lane * K + k] : 0.0;
-        for (int off = 16; off > 0; off >>= 1) v += __shfl_down_sync(0xffffffffu, v, off);
-        if (lane == 0) red[32 * SLIMFAST_MAX_SUMS + k] = v;
-      }
-    }
-    __syncthreads();
-    for (int k = 0; k < K; ++k) out[k] = red[32 * SLIMFAST_MAX_SUMS + k];
-  }
-};
-#endif
-
-// ---------------------------------------------------------------------------------------------
-// Block-parallel cyclic Jacobi (round-robin ordering) for a symmetric A [n, n], lower triangle read.
-// M [np, np] and Vt [np, np] (eigenvectors as rows) are left diagonalised: A = Vtᵀ diag(M) Vt.
-// rot: 3·np/2 doubles. Warm start U0 [n, n] (orthogonal, eigenvectors as columns): M = U0ᵀ A U0,
-// Vt = U0ᵀ. Stops when off(M) <= tol·‖A‖_F (checked before each sweep) or after max_sweeps;
-// returns the sweeps run. One round = np/2 disjoint rotations: one thread per pair computes the
-// rotation (jacobi_rotation), then every 2×2 block (pair k, pair l) of M is replaced by
-// R_kᵀ M_kl R_l by one work item (blocks k < l also written transposed, so M stays exactly
-// symmetric; the diagonal block gets a_pp − t·a_pq, a_qq + t·a_pq, 0 as in jacobi_eigh), and the
-// rows p, q of Vt are rotated.
-// ---------------------------------------------------------------------------------------------
-template <class Ctx>
-SLIMFAST_BLOCK int jacobi_block(const Ctx& ctx, int n, const double* A, const double* U0, double* M, double* Vt,
-                                double* rot, double tol, int max_sweeps) {
-  const int np = padded_order(n);
-  const int P = np / 2;
-  const long nn = (long)n * n, npnp = (long)np * np;
-  double norm2;
-  ctx.template sums<1>(
-      [&](int tid, int nthr, double* acc) {
-        for (long e = tid; e < nn; e += nthr) {
-          const double x = sym_lower(A, n, (int)(e / n), (int)(e % n));
-          acc[0] += x * x;
-        }
-      },
-      &norm2);
-  if (U0 == nullptr) {
-    ctx.par([&](int tid, int nthr) {
-      for (long e = tid; e < npnp; e += nthr) {
-        const int i = (int)(e / np), j = (int)(e % np);
-        M[e] = (i < n && j < n) ? sym_lower(A, n, i, j) : 0.0;
-        Vt[e] = i == j ? 1.0 : 0.0;
-      }
-    });
-  } else {
-    double* T = Vt;  // T = A U0 [n, n] (leading dim n) in Vt's storage until Vt is set
-    ctx.par([&](int tid, int nthr) {
-      for (long e = tid; e < nn; e += nthr) {
-        const int i = (int)(e / n), j = (int)(e % n);
-        double acc = 0.0;
-        for (int l = 0; l < n; ++l) acc += sym_lower(A, n, i, l) * U0[(long)l * n + j];
-        T[e] = acc;
-      }
-    });
-    // M = U0ᵀ T; both (i, j) and (j, i) take the lower entry, computed identically (jacobi_eigh
-    // also keeps the lower triangle of U0ᵀ A U0).
-    ctx.par([&](int tid, int nthr) {
-      for (long e = tid; e < npnp; e += nthr) {
-        const int i = (int)(e / np), j = (int)(e % np);
-        if (i >= n || j >= n) {
-          M[e] = 0.0;
-          continue;
-        }
-        const int r = i > j ? i : j, c = i > j ? j : i;
-        double acc = 0.0;
-        for (int l = 0; l < n; ++l) acc += U0[(long)l * n + r] * T[(long)l * n + c];
-        M[e] = acc;
-      }
-    });
-    ctx.par([&](int tid, int nthr) {
-      for (long e = tid; e < npnp; e += nthr) {
-        const int i = (int)(e / np), j = (int)(e % np);
-        Vt[e] = (i < n && j < n) ? U0[(long)j * n + i] : (i == j ? 1.0 : 0.0);
-      }
-    });
-  }
-  const double thresh = tol * sqrt(norm2);
-  int sweep = 0;
-  for (; sweep < max_sweeps; ++sweep) {
-    double off2;
-    ctx.template sums<1>(
-        [&](int tid, int nthr, double* acc) {
-          for (long e = tid; e < npnp; e += nthr)
-            if (e / np != e % np) acc[0] += M[e] * M[e];
-        },
-        &off2);
-    if (sqrt(off2) <= thresh) break;
-    for (int r = 0; r < np - 1; ++r) {
-      ctx.par([&](int tid, int nthr) {
-        for (int k = tid; k < P; k += nthr) {
-          int p, q;
-          round_robin_pair(np, r, k, &p, &q);
-          const JacobiRotation rt = jacobi_rotation(M[(long)p * np + p], M[(long)q * np + q], M[(long)p * np + q]);
-          rot[3 * k] = rt.c;
-          rot[3 * k + 1] = rt.s;
-          rot[3 * k + 2] = rt.t;
-        }
-      });
-      ctx.par([&](int tid, int nthr) {
-        const long nblk = (long)P * P, nvec = (long)P * np;
-        for (long e = tid; e < nblk + nvec; e += nthr) {
-          if (e < nblk) {
-            const int k = (int)(e / P), l = (int)(e % P);
-            if (k > l) continue;
-            int pk, qk;
-            round_robin_pair(np, r, k, &pk, &qk);
-            double* rpk = M + (long)pk * np;
-            double* rqk = M + (long)qk * np;
-            if (k == l) {
-              const double app = rpk[pk], aqq = rqk[qk], apq = rpk[qk], t = rot[3 * k + 2];
-              rpk[pk] = app - t * apq;
-              rqk[qk] = aqq + t * apq;
-              rpk[qk] = 0.0;
-              rqk[pk] = 0.0;
-              continue;
-            }
-            int pl, ql;
-            round_robin_pair(np, r, l, &pl, &ql);
-            const double ck = rot[3 * k], sk = rot[3 * k + 1], cl = rot[3 * l], sl = rot[3 * l + 1];
-            const double x_pp = rpk[pl], x_pq = rpk[ql], x_qp = rqk[pl], x_qq = rqk[ql];
-            // Rows (pair k): row_p ← c·row_p − s·row_q, row_q ← s·row_p + c·row_q.
-            const double y_pp = ck * x_pp - sk * x_qp, y_pq = ck * x_pq - sk * x_qq;
-            const double y_qp = sk * x_pp + ck * x_qp, y_qq = sk * x_pq + ck * x_qq;
-            // Columns (pair l), the same rule.
-            const double z_pp = cl * y_pp - sl * y_pq, z_pq = sl * y_pp + cl * y_pq;
-            const double z_qp = cl * y_qp - sl * y_qq, z_qq = sl * y_qp + cl * y_qq;
-            rpk[pl] = z_pp;
-            rpk[ql] = z_pq;
-            rqk[pl] = z_qp;
-            rqk[ql] = z_qq;
-            M[(long)pl * np + pk] = z_pp;
-            M[(long)ql * np + pk] = z_pq;
-            M[(long)pl * np + qk] = z_qp;
-            M[(long)ql * np + qk] = z_qq;
-          } else {
-            const long v = e - nblk;
-            const int k = (int)(v / np), j = (int)(v % np);
-            int p, q;
-            round_robin_pair(np, r, k, &p, &q);
-            const double c = rot[3 * k], s = rot[3 * k + 1];
-            const double x = Vt[(long)p * np + j], y = Vt[(long)q * np + j];
-            Vt[(long)p * np + j] = c * x - s * y;
-            Vt[(long)q * np + j] = s * x + c * y;
-          }
-        }
-      });
-    }
-  }
-  return sweep;
-}
-
-// Strict total order of (value, index) used to sort eigenvalues ascending: NaNs last, ties by
-// index (so the ranks are a permutation whatever the values).
-SLIMFAST_HD inline bool eig_before(double a, int i, double b, int j) {
-  const bool an = a != a, bn = b != b;
-  if (an != bn) return bn;
-  if (!an && a != b) return a < b;
-  return i < j;
-}
-
-// s_out [n] = diag(M) ascending, U_out [n, n] the matching eigenvectors as columns; perm [n]
-// scratch (doubles holding indices).
-template <class Ctx>
-SLIMFAST_BLOCK void jacobi_extract(const Ctx& ctx, int n, const double* M, const double* Vt, double* s_out,
-                                   double* U_out, double* perm) {
-  const int np = padded_order(n);
-  ctx.par([&](int tid, int nthr) {
-    for (int i = tid; i < n; i += nthr) {
-      const double di = M[(long)i * np + i];
-      int rank = 0;
-      for (int j = 0; j < n; ++j) rank += eig_before(M[(long)j * np + j], j, di, i) ? 1 : 0;
-      s_out[rank] = di;
-      perm[rank] = (double)i;
-    }
-  });
-  ctx.par([&](int tid, int nthr) {
-    const long nn = (long)n * n;
-    for (long e = tid; e < nn; e += nthr) {
-      const int i = (int)(e / n), r = (int)(e % n);
-      U_out[e] = Vt[(long)perm[r] * np + i];
-    }
-  });
-}
-
 // ---------------------------------------------------------------------------------------------
 // sgcv_precompute, block-parallel. p bound (projections_bind) with p.s = s, p.U = U. s is clipped
-// in place as by clip_spectrum, and the null space masked as in sgcv_precompute. With a full memory T, K [n, n] are scratch (K = Uᵀ G U, T = G U). work: n_t × n
+// in place as by clip_spectrum, and the null space masked as in sgcv_precompute. With a full memory
+// T, K [n, n] are scratch (K = Uᵀ G U, T = G U). work: n_t × n
 // (W G on return, free afterwards).
 // ---------------------------------------------------------------------------------------------
 template <class Ctx>
@@ -634,6 +301,38 @@ struct StepArgs {
   int shared_level;  // jacobi_storage level; `smem` holds jacobi_shared_doubles(n, shared_level)
 };
 
+// The launch arguments of one step (the CUDA launcher and the host emulation both use this).
+inline StepArgs step_args(int n_f, int n_t, const double* G_mem, const double* G, const double* H, const double* c,
+                          const double* m, const double* W, const double* Lambda_prev, bool memory_empty,
+                          const StepOptions& opts, const double* U0, const double* s_in, const double* U_in,
+                          double* W_out, double* info, double* U_out, double* workspace, double jacobi_tol,
+                          int max_sweeps, int shared_level) {
+  StepArgs a{};
+  a.n = n_f;
+  a.nt = n_t;
+  a.memory_empty = memory_empty;
+  a.opts = opts;
+  a.G_mem = G_mem;
+  a.G = G;
+  a.H = H;
+  a.c = c;
+  a.m = m;
+  a.W = W;
+  a.Lambda_prev = Lambda_prev;
+  a.U0 = U0;
+  a.s_in = s_in;
+  a.U_in = U_in;
+  a.W_out = W_out;
+  a.info = info;
+  a.U_out = U_out;
+  a.ws = workspace;
+  a.ws_stride = step_layout(n_f, n_t, opts.n_grid, memory_empty).total;
+  a.jacobi_tol = jacobi_tol;
+  a.max_sweeps = max_sweeps;
+  a.shared_level = U_in != nullptr ? 0 : shared_level;  // given eigenpairs: no Jacobi matrices
+  return a;
+}
+
 template <class Ctx>
 SLIMFAST_BLOCK void slimtik_problem(const Ctx& ctx, const StepArgs& a, long b, double* smem) {
   const int n = a.n;
@@ -686,6 +385,23 @@ struct JacobiArgs {
   int max_sweeps;
   int shared_level;  // as StepArgs
 };
+
+inline JacobiArgs jacobi_args(int n, const double* A, const double* U0, double* s, double* U, int* sweeps,
+                              double* workspace, double tol, int max_sweeps, int shared_level) {
+  JacobiArgs a{};
+  a.n = n;
+  a.A = A;
+  a.U0 = U0;
+  a.s = s;
+  a.U = U;
+  a.sweeps = sweeps;
+  a.ws = workspace;
+  a.ws_stride = jacobi_layout(n).total;
+  a.tol = tol;
+  a.max_sweeps = max_sweeps;
+  a.shared_level = shared_level;
+  return a;
+}
 
 template <class Ctx>
 SLIMFAST_BLOCK void jacobi_problem(const Ctx& ctx, const JacobiArgs& a, long b, double* smem) {

@@ -30,7 +30,7 @@ long long step_workspace_doubles(long long B, int n_f, int n_t, int n_grid, bool
 long long jacobi_workspace_doubles(long long B, int n);
 
 // One slimTik step for B problems (slimfast._torch_impl._slimtik_step), device pointers:
-//   G_mem, G [B, n_f, n_f]; H, W, W_out [B, n_t, n_f]; c, m, Lambda_prev [B]; info [B, 5].
+//   G_mem, G [B, n_f, n_f]; H, W, W_out [B, n_t, n_f]; c, m, Lambda_prev [B]; info [B, SLIMFAST_N_INFO].
 // U0 [B, n_f, n_f] (optional): eigenvectors of a nearby G_mem (e.g. the previous step's U_out) to
 // warm-start the Jacobi sweeps; s_in [B, n_f], U_in [B, n_f, n_f] (optional, together): G_mem's
 // eigenpairs computed elsewhere (cuSOLVER), which replace the Jacobi sweeps; U_out [B, n_f, n_f]
@@ -46,17 +46,5 @@ void slimtik_step_cuda(long long B, int n_f, int n_t, const double* G_mem, const
 // sweeps [B] (optional) receives the sweeps each problem ran.
 void jacobi_eigh_cuda(long long B, int n, const double* A, const double* U0, double* s, double* U, int* sweeps,
                       double* workspace, double tol, int max_sweeps, const CudaLaunch& launch);
-
-// The same block code run serially on the host (slimtik_step_emulate.cpp), host pointers: the
-// blocks' threads are simulated one after another (in reverse order with `reverse`), and the
-// Jacobi matrices sit in a separate "shared" buffer as far as `shared_level` (0, 1, 2: OFF,
-// MATRIX, ON) says. For tests on machines without a GPU.
-void slimtik_step_emulate(long long B, int n_f, int n_t, const double* G_mem, const double* G, const double* H,
-                          const double* c, const double* m, const double* W, const double* Lambda_prev,
-                          bool memory_empty, const StepOptions& opts, const double* U0, const double* s_in,
-                          const double* U_in, double* W_out, double* info, double* U_out, double* workspace,
-                          double jacobi_tol, int max_sweeps, int n_threads, bool reverse, int shared_level);
-void jacobi_eigh_emulate(long long B, int n, const double* A, const double* U0, double* s, double* U, int* sweeps,
-                         double* workspace, double tol, int max_sweeps, int n_threads, bool reverse, int shared_level);
 
 }  // namespace slimfast

@@ -79,13 +79,10 @@ def slimtik_step(
         # The kernel takes eigenvectors as rows; LAPACK returns them so (U is column-major), so
         # this .contiguous() is normally free.
         Ut = U.mT.contiguous()
-    Lmin, Lmax = (float(v) for v in config.Lambda_bounds)
-    lmin, lmax = (float(v) for v in config.lambda_bounds)
     _cpu.slimtik_step(
         B, n_f, n_t,
         G_mem.data_ptr(), G.data_ptr(), H.data_ptr(), c.data_ptr(), m.data_ptr(), W.data_ptr(),
-        Lambda_prev.data_ptr(), bool(memory_empty), config.mode_code, float(config.lambda_const),
-        Lmin, Lmax, lmin, lmax, int(config.n_grid), float(config.root_tol), int(config.max_root_iter),
+        Lambda_prev.data_ptr(), bool(memory_empty), _cpu.StepOptions(**config.kernel_options()),
         W_new.data_ptr(), info.data_ptr(), EIGENSOLVERS[eigensolver],
         0 if s is None else s.data_ptr(), 0 if Ut is None else Ut.data_ptr(),
     )  # fmt: skip

@@ -10,8 +10,9 @@ Tensors cross into C++ as data pointers and the stream as an integer, so the ext
 independent of the torch version; this module owns the checks that make those pointers safe
 (device, dtype, shape, contiguity).
 
-``emulate_slimtik_step`` / ``emulate_jacobi_eigh`` run the kernels' block code serially on the
-host (CPU tensors): the tests use them to check the GPU arithmetic on machines without a GPU.
+The kernels' block code also runs serially on the host, built into the CPU module
+(``slimfast._cpu.emulate_*``, wrapped for the tests in tests/block_emulation.py), so every CPU
+install tests the GPU's arithmetic.
 """
 
 from __future__ import annotations
@@ -23,8 +24,8 @@ from .._torch_impl import N_INFO
 from ..config import SolverConfig
 
 __all__ = [
-    "EIGENSOLVERS", "JACOBI_MAX_SWEEPS", "JACOBI_TOL", "choose_eigensolver", "emulate_jacobi_eigh",
-    "emulate_slimtik_step", "jacobi_eigh", "slimtik_step", "workspace_size",
+    "EIGENSOLVERS", "JACOBI_MAX_SWEEPS", "JACOBI_TOL", "choose_eigensolver", "jacobi_eigh", "slimtik_step",
+    "workspace_size",
 ]
 
 #: Eigensolvers of the step: "jacobi" (the kernel's own block-parallel Jacobi: no host
@@ -57,10 +58,9 @@ def _as_buffer(name: str, x: torch.Tensor, shape: tuple[int, ...], device: torch
     return x.contiguous()
 
 
-def _shared_code(shared: str, emulated: bool = False) -> int:
-    allowed = [k for k in _SHARED if not (emulated and k == "auto")]
-    if shared not in allowed:
-        raise ValueError(f"shared must be one of {allowed}, got {shared!r}")
+def _shared_code(shared: str) -> int:
+    if shared not in _SHARED:
+        raise ValueError(f"shared must be one of {list(_SHARED)}, got {shared!r}")
     return _SHARED[shared]
 
 
@@ -109,13 +109,10 @@ def _step_inputs(G_mem, G, H, c, m, W, Lambda_prev, U0, U_out, device):
     return B, n_t, n_f, device, t
 
 
-def _config_args(config: SolverConfig) -> tuple:
+def _step_options(config: SolverConfig) -> "_cuda.StepOptions":
     if not isinstance(config, SolverConfig):
         raise TypeError(f"config must be a SolverConfig, got {type(config).__name__}")
-    Lmin, Lmax = (float(v) for v in config.Lambda_bounds)
-    lmin, lmax = (float(v) for v in config.lambda_bounds)
-    return (config.mode_code, float(config.lambda_const), Lmin, Lmax, lmin, lmax, int(config.n_grid),
-            float(config.root_tol), int(config.max_root_iter))
+    return _cuda.StepOptions(**config.kernel_options())
 
 
 def _workspace(workspace: torch.Tensor | None, size: int, device: torch.device) -> torch.Tensor:
@@ -174,7 +171,7 @@ def slimtik_step(
         the current stream of the tensors' device; nothing is synchronised (except by cuSOLVER).
     """
     B, n_t, n_f, device, t = _step_inputs(G_mem, G, H, c, m, W, Lambda_prev, U0, U_out, device=W.device)
-    opts = _config_args(config)
+    opts = _step_options(config)
     shared_code = _shared_code(shared)
     if eigensolver not in EIGENSOLVERS:
         raise ValueError(f"eigensolver must be one of {EIGENSOLVERS}, got {eigensolver!r}")
@@ -194,7 +191,7 @@ def slimtik_step(
         _cuda.slimtik_step(
             B, n_f, n_t,
             t["G_mem"].data_ptr(), t["G"].data_ptr(), t["H"].data_ptr(), t["c"].data_ptr(), t["m"].data_ptr(),
-            t["W"].data_ptr(), t["Lambda_prev"].data_ptr(), bool(memory_empty), *opts,
+            t["W"].data_ptr(), t["Lambda_prev"].data_ptr(), bool(memory_empty), opts,
             W_new.data_ptr(), info.data_ptr(), ws.data_ptr(),
             0 if t["U0"] is None else t["U0"].data_ptr(), 0 if U_out is None else U_out.data_ptr(),
             stream, _device_index(device), float(jacobi_tol), int(max_sweeps), int(n_threads), shared_code,
@@ -261,99 +258,3 @@ def jacobi_eigh(
 
 
 # ------------------------------------------------------------------ host emulation (tests)
-
-
-def _host_workspace(workspace: torch.Tensor | None, size: int) -> torch.Tensor:
-    """NaN-filled CPU workspace (a read of an unwritten element then shows), or the caller's."""
-    if workspace is None:
-        return torch.full((max(size, 1),), float("nan"), dtype=F64)
-    if workspace.dtype != F64 or workspace.device.type != "cpu" or not workspace.is_contiguous():
-        raise ValueError("workspace must be a contiguous CPU float64 tensor")
-    if workspace.numel() < size:
-        raise ValueError(f"workspace must hold at least {size} elements, got {workspace.numel()}")
-    return workspace
-
-
-def emulate_slimtik_step(
-    G_mem: torch.Tensor,
-    G: torch.Tensor,
-    H: torch.Tensor,
-    c: torch.Tensor,
-    m: torch.Tensor,
-    W: torch.Tensor,
-    Lambda_prev: torch.Tensor,
-    memory_empty: bool,
-    config: SolverConfig,
-    *,
-    U0: torch.Tensor | None = None,
-    U_out: torch.Tensor | None = None,
-    workspace: torch.Tensor | None = None,
-    jacobi_tol: float = JACOBI_TOL,
-    max_sweeps: int = JACOBI_MAX_SWEEPS,
-    n_threads: int = 128,
-    reverse: bool = False,
-    shared: str = "off",
-    eigensolver: str = "jacobi",
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """``slimtik_step`` on CPU float64 tensors by the kernel's own block code run serially on the host.
-
-    ``n_threads`` simulated threads per block run one after another (in reverse order with
-    ``reverse``: a result that depends on the order would reveal a data race between threads);
-    ``shared`` ("off" | "matrix" | "on") puts the Jacobi matrices in a separate buffer, as the
-    kernel does in shared memory. ``eigensolver="cusolver"`` hands the kernel torch.linalg.eigh's
-    eigenpairs, as ``slimtik_step`` does. The workspace starts as NaN unless given, so a read of an
-    unwritten element shows up.
-    """
-    B, n_t, n_f, _, t = _step_inputs(G_mem, G, H, c, m, W, Lambda_prev, U0, U_out, device=None)
-    opts = _config_args(config)
-    shared_code = _shared_code(shared, emulated=True)
-    if eigensolver not in ("jacobi", "cusolver"):
-        raise ValueError(f"eigensolver must be 'jacobi' or 'cusolver' here, got {eigensolver!r}")
-    W_new = torch.empty_like(t["W"])
-    info = torch.empty(B, N_INFO, dtype=F64)
-    if B == 0:
-        return W_new, info
-    size = workspace_size(B, n_f, n_t, config, memory_empty)
-    workspace = _host_workspace(workspace, size)
-    s_in = U_in = None
-    if eigensolver == "cusolver":
-        s_in, U_in = (x.contiguous() for x in torch.linalg.eigh(t["G_mem"]))
-    _cuda.emulate_slimtik_step(
-        B, n_f, n_t,
-        t["G_mem"].data_ptr(), t["G"].data_ptr(), t["H"].data_ptr(), t["c"].data_ptr(), t["m"].data_ptr(),
-        t["W"].data_ptr(), t["Lambda_prev"].data_ptr(), bool(memory_empty), *opts,
-        W_new.data_ptr(), info.data_ptr(), workspace.data_ptr(),
-        0 if t["U0"] is None else t["U0"].data_ptr(), 0 if U_out is None else U_out.data_ptr(),
-        float(jacobi_tol), int(max_sweeps), int(n_threads), bool(reverse), shared_code,
-        0 if s_in is None else s_in.data_ptr(), 0 if U_in is None else U_in.data_ptr(),
-    )  # fmt: skip
-    return W_new, info
-
-
-def emulate_jacobi_eigh(
-    A: torch.Tensor,
-    U0: torch.Tensor | None = None,
-    tol: float = 1e-14,
-    max_sweeps: int = 60,
-    *,
-    return_sweeps: bool = False,
-    n_threads: int = 128,
-    reverse: bool = False,
-    shared: str = "off",
-    workspace: torch.Tensor | None = None,
-):
-    """``jacobi_eigh`` on CPU float64 tensors by the kernel's block code run serially on the host."""
-    A, U0, n, batch, B = _jacobi_inputs(A, U0, None)
-    shared_code = _shared_code(shared, emulated=True)
-    s = torch.empty(batch + (n,), dtype=F64)
-    U = torch.empty(batch + (n, n), dtype=F64)
-    sweeps = torch.zeros(max(B, 1), dtype=torch.int32)
-    if B == 0 or n == 0:
-        return (s, U, 0) if return_sweeps else (s, U)
-    size = int(_cuda.jacobi_workspace_doubles(B, n))
-    workspace = _host_workspace(workspace, size)
-    _cuda.emulate_jacobi_eigh(
-        B, n, A.data_ptr(), 0 if U0 is None else U0.data_ptr(), s.data_ptr(), U.data_ptr(), float(tol),
-        int(max_sweeps), workspace.data_ptr(), sweeps.data_ptr(), int(n_threads), bool(reverse), shared_code,
-    )
-    return (s, U, int(sweeps.max())) if return_sweeps else (s, U)

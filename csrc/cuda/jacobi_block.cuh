@@ -1,0 +1,183 @@
+// The block-parallel Jacobi eigensolver of the CUDA kernels (and of their host emulation): part of
+// csrc/cuda/slimtik_step_cuda.cuh (same context rules).
+#pragma once
+
+#include "block_context.cuh"
+
+namespace slimfast {
+
+// ---------------------------------------------------------------------------------------------
+// Block-parallel cyclic Jacobi (round-robin ordering) for a symmetric A [n, n], lower triangle read.
+// M [np, np] and Vt [np, np] (eigenvectors as rows) are left diagonalised: A = Vtᵀ diag(M) Vt.
+// rot: 3·np/2 doubles. Warm start U0 [n, n] (orthogonal, eigenvectors as columns): M = U0ᵀ A U0,
+// Vt = U0ᵀ. Stops when off(M) <= tol·‖A‖_F (checked before each sweep) or after max_sweeps;
+// returns the sweeps run. One round = np/2 disjoint rotations: one thread per pair computes the
+// rotation (jacobi_rotation), then every 2×2 block (pair k, pair l) of M is replaced by
+// R_kᵀ M_kl R_l by one work item (blocks k < l also written transposed, so M stays exactly
+// symmetric; the diagonal block gets a_pp − t·a_pq, a_qq + t·a_pq, 0 as in jacobi_eigh), and the
+// rows p, q of Vt are rotated.
+// ---------------------------------------------------------------------------------------------
+template <class Ctx>
+SLIMFAST_BLOCK int jacobi_block(const Ctx& ctx, int n, const double* A, const double* U0, double* M, double* Vt,
+                                double* rot, double tol, int max_sweeps) {
+  const int np = padded_order(n);
+  const int P = np / 2;
+  const long nn = (long)n * n, npnp = (long)np * np;
+  double norm2;
+  ctx.template sums<1>(
+      [&](int tid, int nthr, double* acc) {
+        for (long e = tid; e < nn; e += nthr) {
+          const double x = sym_lower(A, n, (int)(e / n), (int)(e % n));
+          acc[0] += x * x;
+        }
+      },
+      &norm2);
+  if (U0 == nullptr) {
+    ctx.par([&](int tid, int nthr) {
+      for (long e = tid; e < npnp; e += nthr) {
+        const int i = (int)(e / np), j = (int)(e % np);
+        M[e] = (i < n && j < n) ? sym_lower(A, n, i, j) : 0.0;
+        Vt[e] = i == j ? 1.0 : 0.0;
+      }
+    });
+  } else {
+    double* T = Vt;  // T = A U0 [n, n] (leading dim n) in Vt's storage until Vt is set
+    ctx.par([&](int tid, int nthr) {
+      for (long e = tid; e < nn; e += nthr) {
+        const int i = (int)(e / n), j = (int)(e % n);
+        double acc = 0.0;
+        for (int l = 0; l < n; ++l) acc += sym_lower(A, n, i, l) * U0[(long)l * n + j];
+        T[e] = acc;
+      }
+    });
+    // M = U0ᵀ T; both (i, j) and (j, i) take the lower entry, computed identically (jacobi_eigh
+    // also keeps the lower triangle of U0ᵀ A U0).
+    ctx.par([&](int tid, int nthr) {
+      for (long e = tid; e < npnp; e += nthr) {
+        const int i = (int)(e / np), j = (int)(e % np);
+        if (i >= n || j >= n) {
+          M[e] = 0.0;
+          continue;
+        }
+        const int r = i > j ? i : j, c = i > j ? j : i;
+        double acc = 0.0;
+        for (int l = 0; l < n; ++l) acc += U0[(long)l * n + r] * T[(long)l * n + c];
+        M[e] = acc;
+      }
+    });
+    ctx.par([&](int tid, int nthr) {
+      for (long e = tid; e < npnp; e += nthr) {
+        const int i = (int)(e / np), j = (int)(e % np);
+        Vt[e] = (i < n && j < n) ? U0[(long)j * n + i] : (i == j ? 1.0 : 0.0);
+      }
+    });
+  }
+  const double thresh = tol * sqrt(norm2);
+  int sweep = 0;
+  for (; sweep < max_sweeps; ++sweep) {
+    double off2;
+    ctx.template sums<1>(
+        [&](int tid, int nthr, double* acc) {
+          for (long e = tid; e < npnp; e += nthr)
+            if (e / np != e % np) acc[0] += M[e] * M[e];
+        },
+        &off2);
+    if (sqrt(off2) <= thresh) break;
+    for (int r = 0; r < np - 1; ++r) {
+      ctx.par([&](int tid, int nthr) {
+        for (int k = tid; k < P; k += nthr) {
+          int p, q;
+          round_robin_pair(np, r, k, &p, &q);
+          const JacobiRotation rt = jacobi_rotation(M[(long)p * np + p], M[(long)q * np + q], M[(long)p * np + q]);
+          rot[3 * k] = rt.c;
+          rot[3 * k + 1] = rt.s;
+          rot[3 * k + 2] = rt.t;
+        }
+      });
+      ctx.par([&](int tid, int nthr) {
+        const long nblk = (long)P * P, nvec = (long)P * np;
+        for (long e = tid; e < nblk + nvec; e += nthr) {
+          if (e < nblk) {
+            const int k = (int)(e / P), l = (int)(e % P);
+            if (k > l) continue;
+            int pk, qk;
+            round_robin_pair(np, r, k, &pk, &qk);
+            double* rpk = M + (long)pk * np;
+            double* rqk = M + (long)qk * np;
+            if (k == l) {
+              const double app = rpk[pk], aqq = rqk[qk], apq = rpk[qk], t = rot[3 * k + 2];
+              rpk[pk] = app - t * apq;
+              rqk[qk] = aqq + t * apq;
+              rpk[qk] = 0.0;
+              rqk[pk] = 0.0;
+              continue;
+            }
+            int pl, ql;
+            round_robin_pair(np, r, l, &pl, &ql);
+            const double ck = rot[3 * k], sk = rot[3 * k + 1], cl = rot[3 * l], sl = rot[3 * l + 1];
+            const double x_pp = rpk[pl], x_pq = rpk[ql], x_qp = rqk[pl], x_qq = rqk[ql];
+            // Rows (pair k): row_p ← c·row_p − s·row_q, row_q ← s·row_p + c·row_q.
+            const double y_pp = ck * x_pp - sk * x_qp, y_pq = ck * x_pq - sk * x_qq;
+            const double y_qp = sk * x_pp + ck * x_qp, y_qq = sk * x_pq + ck * x_qq;
+            // Columns (pair l), the same rule.
+            const double z_pp = cl * y_pp - sl * y_pq, z_pq = sl * y_pp + cl * y_pq;
+            const double z_qp = cl * y_qp - sl * y_qq, z_qq = sl * y_qp + cl * y_qq;
+            rpk[pl] = z_pp;
+            rpk[ql] = z_pq;
+            rqk[pl] = z_qp;
+            rqk[ql] = z_qq;
+            M[(long)pl * np + pk] = z_pp;
+            M[(long)ql * np + pk] = z_pq;
+            M[(long)pl * np + qk] = z_qp;
+            M[(long)ql * np + qk] = z_qq;
+          } else {
+            const long v = e - nblk;
+            const int k = (int)(v / np), j = (int)(v % np);
+            int p, q;
+            round_robin_pair(np, r, k, &p, &q);
+            const double c = rot[3 * k], s = rot[3 * k + 1];
+            const double x = Vt[(long)p * np + j], y = Vt[(long)q * np + j];
+            Vt[(long)p * np + j] = c * x - s * y;
+            Vt[(long)q * np + j] = s * x + c * y;
+          }
+        }
+      });
+    }
+  }
+  return sweep;
+}
+
+// Strict total order of (value, index) used to sort eigenvalues ascending: NaNs last, ties by
+// index (so the ranks are a permutation whatever the values).
+SLIMFAST_HD inline bool eig_before(double a, int i, double b, int j) {
+  const bool an = a != a, bn = b != b;
+  if (an != bn) return bn;
+  if (!an && a != b) return a < b;
+  return i < j;
+}
+
+// s_out [n] = diag(M) ascending, U_out [n, n] the matching eigenvectors as columns; perm [n]
+// scratch (doubles holding indices).
+template <class Ctx>
+SLIMFAST_BLOCK void jacobi_extract(const Ctx& ctx, int n, const double* M, const double* Vt, double* s_out,
+                                   double* U_out, double* perm) {
+  const int np = padded_order(n);
+  ctx.par([&](int tid, int nthr) {
+    for (int i = tid; i < n; i += nthr) {
+      const double di = M[(long)i * np + i];
+      int rank = 0;
+      for (int j = 0; j < n; ++j) rank += eig_before(M[(long)j * np + j], j, di, i) ? 1 : 0;
+      s_out[rank] = di;
+      perm[rank] = (double)i;
+    }
+  });
+  ctx.par([&](int tid, int nthr) {
+    const long nn = (long)n * n;
+    for (long e = tid; e < nn; e += nthr) {
+      const int i = (int)(e / n), r = (int)(e % n);
+      U_out[e] = Vt[(long)perm[r] * np + i];
+    }
+  });
+}
+
+}  // namespace slimfast
