@@ -68,6 +68,7 @@ class Fault(IntEnum):
     BOUNDS_EXCLUDE = 12
     G_MEM_INDEFINITE = 13
     RESULT_NONFINITE = 14
+    LAMBDA_ABOVE_MAX = 15
 
 
 _ARRAY_FAULTS = {"G": (Fault.G_NONFINITE, Fault.G_TOO_LARGE), "H": (Fault.H_NONFINITE, Fault.H_TOO_LARGE),
@@ -93,6 +94,12 @@ def fault_error(code: int, problem: int, config: SolverConfig, Lambda_prev: floa
         return ValueError(
             f"the bounds exclude every λ for problem {problem}: Lambda_bounds={config.Lambda_bounds}, "
             f"lambda_bounds={config.lambda_bounds}, Λ_(k-1)={Lambda_prev}"
+        )
+    if code == Fault.LAMBDA_ABOVE_MAX:
+        return ValueError(
+            f"state: Λ_(k-1)={Lambda_prev} exceeds Lambda_max={config.Lambda_bounds[1]} for problem {problem}; the "
+            f"step would have to take λ ≈ −Λ_(k-1) and scale the weights by ~Λ_(k-1)/Lambda_max (start from "
+            f"Lambda0 <= Lambda_max)"
         )
     if code == Fault.G_MEM_INDEFINITE:
         return ValueError(
@@ -212,6 +219,9 @@ def check_step_inputs(
     checks.append((Fault.C_NEGATIVE, c_t < 0))
     checks.append((Fault.M_INVALID, m_bad))
     mu_lo, mu_hi = _admissible_interval(state.Lambda, config)
+    # Λ_k never exceeds Λ_max after a step, so only a fresh or loaded state can: stepping from it
+    # would need λ ≈ −Λ_(k−1), whose λ·W term inflates the weights by ~Λ_(k−1)/Λ_max.
+    checks.append((Fault.LAMBDA_ABOVE_MAX, state.Lambda > config.Lambda_bounds[1]))
     checks.append((Fault.BOUNDS_EXCLUDE, mu_lo > mu_hi))
     return (G_t, H_t, c_t, m_t, W_t), first_fault(checks, B, dev)
 

@@ -108,12 +108,22 @@ def test_bad_config(kwargs: dict, argname: str) -> None:
 
 
 def test_bounds_that_exclude_every_lambda(backend: str, device: torch.device) -> None:
-    """Λ_{k−1} = 10, λ ≥ 0 required, but Λ_k ≤ 5: no admissible λ."""
-    state = SlimTikState(B, NF, NT, Lambda0=10.0, device=device)
+    """Λ_{k−1} = 4, λ ≥ 2 required, but Λ_k ≤ 5: no admissible λ."""
+    state = SlimTikState(B, NF, NT, Lambda0=4.0, device=device)
     before = _snapshot(state)
-    config = SolverConfig(Lambda_bounds=(1e-7, 5.0), lambda_bounds=(0.0, 1e3))
+    config = SolverConfig(Lambda_bounds=(1e-7, 5.0), lambda_bounds=(2.0, 1e3))
     with pytest.raises(ValueError, match="bounds exclude every"):
         slimtik_step(state, **_inputs(device), config=config, backend=backend)
+    _assert_same(before, _snapshot(state))
+
+
+def test_Lambda_above_its_bound_is_rejected_not_stepped(backend: str, device: torch.device) -> None:
+    """A state whose Λ exceeds Λ_max (fresh or loaded; a step never leaves one) would need
+    λ ≈ −Λ_{k−1}, which scales the weights by ~Λ_{k−1}/Λ_max: rejected, state unchanged."""
+    state = SlimTikState(B, NF, NT, Lambda0=1e6, device=device)
+    before = _snapshot(state)
+    with pytest.raises(ValueError, match="exceeds Lambda_max"):
+        slimtik_step(state, **_inputs(device), backend=backend)
     _assert_same(before, _snapshot(state))
 
 

@@ -352,9 +352,10 @@ def test_arbitrary_finite_statistics_never_return_nan(cpu_backend: str, seed: in
 def test_bounds_exclude_every_lambda_or_are_respected(cpu_backend: str, Lmin_exp: float, Lspan_exp: float,
                                                       Lambda0_exp: float | None, lmin: float, lspan_exp: float,
                                                       mode: str, lambda_const: float) -> None:
-    """For random bounds and Λ_{k−1}: if [max(Λ_min, Λ_{k−1}+λ_min), min(Λ_max, Λ_{k−1}+λ_max)] is
-    empty the call raises ValueError ('bounds exclude every λ') and changes nothing; otherwise
-    Λ_k lies in that interval, in every mode."""
+    """For random bounds and Λ_{k−1}: Λ_{k−1} > Λ_max raises ValueError ('exceeds Lambda_max');
+    else if [max(Λ_min, Λ_{k−1}+λ_min), min(Λ_max, Λ_{k−1}+λ_max)] is empty the call raises
+    ValueError ('bounds exclude every λ'); either way nothing changes. Otherwise Λ_k lies in
+    that interval, in every mode."""
     Lmin = 10.0 ** Lmin_exp
     Lmax = Lmin * 10.0 ** Lspan_exp
     lmax = (lmin if math.isfinite(lmin) else 0.0) + 10.0 ** lspan_exp
@@ -366,7 +367,11 @@ def test_bounds_exclude_every_lambda_or_are_respected(cpu_backend: str, Lmin_exp
     hi = min(Lmax, Lambda0 + lmax)
     state = SlimTikState(B, NF, NT, memory_depth=1, Lambda0=Lambda0)
     before = _snapshot(state)
-    if lo > hi:
+    if Lambda0 > Lmax:   # only a fresh or loaded state can hold Λ above Λ_max: rejected, not stepped
+        with pytest.raises(ValueError, match="exceeds Lambda_max"):
+            slimtik_step(state, **_inputs(), config=config, backend=cpu_backend)
+        assert_state_equal(before, _snapshot(state))
+    elif lo > hi:
         with pytest.raises(ValueError, match="bounds exclude every"):
             slimtik_step(state, **_inputs(), config=config, backend=cpu_backend)
         assert_state_equal(before, _snapshot(state))
