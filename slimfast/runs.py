@@ -229,7 +229,7 @@ def run_training(problem: Any, cfg: RunConfig, progress: StepProgress | None = N
     if not math.isfinite(hist["val_loss"][-1]):
         hist["diverged"] = True
     mark_blow_up(hist)
-    return dict(hist)
+    return hist
 
 
 class _TrainingRun(EpochRun):

@@ -40,9 +40,10 @@ from torch import nn
 from torch.func import functional_call, stack_module_state, vmap
 
 from .config import LambdaMode, SolverConfig
-from .heads import HeadLayer, Reduction, check_head, head_shape, head_statistics
+from .heads import HeadLayer, Reduction, check_head, head_shape, head_statistics, params_to_matrix, write_params_
+from .loop import REFIT_MODES
 from .presets import PRESETS
-from .stacked import StackedAdam, _head_apply, _stacked_head_matrix, _StackedMSE, _write_stacked_head
+from .stacked import StackedAdam, _head_apply, _StackedMSE, problem_models
 from .solver import slimtik_step
 from .state import SlimTikState
 from .validation import MAX_ABS
@@ -52,8 +53,6 @@ logger = logging.getLogger("slimfast")
 __all__ = ["REFIT_MODES", "ModelSpec", "StackedAdam", "SweepTrainer", "run_sweep"]
 
 F64 = torch.float64
-#: When the heads are refit on the whole training split (``refit.refit_head``).
-REFIT_MODES = ("none", "end", "epoch")
 
 
 @dataclass(frozen=True)
@@ -201,12 +200,7 @@ class SweepTrainer:
     @classmethod
     def from_problem(cls, problem: Any, specs: Sequence[ModelSpec], **kwargs: Any) -> "SweepTrainer":
         """The models of ``cli.run_training``: body/head initialised by ``problem.make_body(seed)``/``make_head``."""
-        bodies, heads = [], []
-        for s in specs:
-            torch.manual_seed(s.seed)
-            bodies.append(problem.make_body(s.seed))
-            heads.append(problem.make_head(s.seed))
-        return cls(bodies, heads, specs, **kwargs)
+        return cls(*problem_models(problem, specs), specs, **kwargs)
 
     # ------------------------------------------------------------------ functional pieces
 
@@ -227,7 +221,7 @@ class SweepTrainer:
 
     def head_matrices(self) -> torch.Tensor:
         """W [B_active, n_t, n_f] float64 of the active models' heads."""
-        return _stacked_head_matrix(self._head, self.head_params["weight"], self.head_params.get("bias"))
+        return params_to_matrix(self._head, self.head_params["weight"], self.head_params.get("bias"))
 
     def model_state(self, model: int) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
         """(body parameters, head parameters) of an active model, by original index (copies)."""
@@ -283,7 +277,7 @@ class SweepTrainer:
             except FloatingPointError:
                 self._solve_rows_separately(group, G, H, c, m, W, W_new, lam, Lam, failed)
         # failed rows keep their old head (the solo run stops before writing it)
-        _write_stacked_head(self._head, self.head_params["weight"], self.head_params.get("bias"), W_new)
+        write_params_(self._head, self.head_params["weight"], self.head_params.get("bias"), W_new)
         pred = self._heads_forward(self.head_params, z)
         losses = _StackedMSE.apply(pred, ys.to(pred.dtype), self.reduction == "mean")
         values = losses.detach().tolist()
@@ -346,26 +340,15 @@ class SweepTrainer:
     @staticmethod
     def _drop_from_group(group: _Group, keep: torch.Tensor) -> None:
         """Keep the rows ``keep`` (bool over the group's rows) of a group and of its solver state."""
-        st = group.state
-        idx = keep.nonzero().flatten()
-        new = SlimTikState(max(int(idx.numel()), 1), st.n_features, st.n_targets, st.memory_depth, 0.0, st.device)
-        if idx.numel():
-            new.memory = st.memory[idx].clone()
-            new.Lambda = st.Lambda[idx].clone()
-        new.batch = int(idx.numel())
-        new.n_stored, new.head, new.step_count = st.n_stored, st.head, st.step_count
-        group.state = new
-        group.rows = group.rows[idx]
+        group.state = group.state.select(keep)
+        group.rows = group.rows[keep]
 
     def _solve_rows_separately(self, group: _Group, G, H, c, m, W, W_new, lam, Lam, failed: dict[int, str]) -> None:
         """After a batched solve raised FloatingPointError: solve each model alone, drop the failures."""
-        st = group.state
-        ok_rows, memories, Lambdas, last = [], [], [], None
+        solved: list[SlimTikState] = []
+        keep = torch.zeros(group.rows.numel(), dtype=torch.bool)
         for j, row in enumerate(group.rows.tolist()):
-            sub = SlimTikState(1, st.n_features, st.n_targets, st.memory_depth, 0.0, st.device)
-            sub.memory = st.memory[j:j + 1].clone()
-            sub.Lambda = st.Lambda[j:j + 1].clone()
-            sub.n_stored, sub.head, sub.step_count = st.n_stored, st.head, st.step_count
+            sub = group.state.select([j])
             try:
                 Wr, info = slimtik_step(sub, G[row:row + 1], H[row:row + 1], c[row:row + 1], m, W[row:row + 1],
                                         config=self.config, backend=self.backend)
@@ -374,17 +357,10 @@ class SweepTrainer:
                 continue
             W_new[row] = Wr[0]
             lam[row], Lam[row] = float(info.lambda_[0]), float(info.Lambda[0])
-            ok_rows.append(j)
-            memories.append(sub.memory)
-            Lambdas.append(sub.Lambda)
-            last = sub
-        keep = torch.zeros(group.rows.numel(), dtype=torch.bool)
-        keep[ok_rows] = True
-        self._drop_from_group(group, keep)
-        if last is not None:
-            group.state.memory = torch.cat(memories)
-            group.state.Lambda = torch.cat(Lambdas)
-            group.state.n_stored, group.state.head, group.state.step_count = last.n_stored, last.head, last.step_count
+            keep[j] = True
+            solved.append(sub)
+        group.state = SlimTikState.cat(solved) if solved else group.state.select(keep)
+        group.rows = group.rows[keep]
 
     # ------------------------------------------------------------------ full-data refit
 
@@ -425,7 +401,7 @@ class SweepTrainer:
             G, H, c = G / m, H / m, c / m
         dev = self.head_params["weight"].device
         W, mu, _, _, _ = ridge_gcv_solve(G.to(dev), H.to(dev), c.to(dev), m, backend=self.backend)
-        _write_stacked_head(self._head, self.head_params["weight"], self.head_params.get("bias"), W)
+        write_params_(self._head, self.head_params["weight"], self.head_params.get("bias"), W)
         return mu.tolist()
 
     # ------------------------------------------------------------------ evaluation

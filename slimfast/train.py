@@ -289,7 +289,7 @@ class SlimTrain:
                       callback=callback, scheduler=scheduler, scheduler_interval=scheduler_interval,
                       progress=progress, refit_loader=refit_loader, eval_train=eval_train)
         run_epochs(run, range(start_epoch, epochs), refit=refit)
-        return dict(history)
+        return history
 
 
 class _FitRun(EpochRun):
