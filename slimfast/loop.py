@@ -10,12 +10,18 @@ ready) with ``record`` to append a row.
 
 from __future__ import annotations
 
+import contextlib
 import enum
+import math
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
-__all__ = ["REFIT_MODES", "EpochRun", "History", "Stop", "record_evaluation", "refit_due", "run_epochs"]
+import torch
+from torch import nn
+
+__all__ = ["REFIT_MODES", "EpochRun", "History", "Stop", "eval_mode", "record_evaluation", "refit_due", "run_epochs",
+           "split_errors"]
 
 #: When the head is refit on the whole training split: never, after the last epoch, after every epoch.
 REFIT_MODES = ("none", "end", "epoch")
@@ -52,6 +58,40 @@ def record_evaluation(hist: History, epoch: int, train: tuple[float, float], val
                       **extra: Any) -> None:
     """One epoch row of a run's whole-split evaluation: ``train``/``val`` are (MSE, relative error)."""
     hist.record(epoch=epoch, train_loss=train[0], train_rel=train[1], val_loss=val[0], val_rel=val[1], **extra)
+
+
+@contextlib.contextmanager
+def eval_mode(*modules: nn.Module) -> Iterator[None]:
+    """The modules in eval mode inside the block; each gets its own training flag back after."""
+    modes = [m.training for m in modules]
+    for m in modules:
+        m.eval()
+    try:
+        yield
+    finally:
+        for m, mode in zip(modules, modes):
+            m.train(mode)
+
+
+@torch.no_grad()
+def split_errors(predict: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, y: torch.Tensor,
+                 chunk: int = 2048) -> tuple[list[float], list[float]]:
+    """Per model, over a whole split: the mean squared error ‖P − Y‖²_F / numel(Y) and the
+    relative error ‖P − Y‖_F / ‖Y‖_F (NaN when Y = 0), with float64 sums over chunks of ``chunk``
+    samples. ``predict(x[chunk])`` returns the B models' predictions [B, *y.shape]."""
+    sq: torch.Tensor | None = None
+    ref = 0.0
+    for start in range(0, x.shape[0], chunk):
+        pred = predict(x[start:start + chunk]).double()
+        target = y[start:start + chunk].double()
+        part = ((pred - target[None]) ** 2).reshape(pred.shape[0], -1).sum(1).cpu()
+        sq = part if sq is None else sq + part
+        ref += float((target**2).sum())
+    if sq is None:
+        return [], []
+    mse = [float(v) / max(y.numel(), 1) for v in sq]
+    rel = [math.sqrt(float(v) / ref) if ref > 0 else math.nan for v in sq]
+    return mse, rel
 
 
 class Stop(enum.Enum):

@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .loop import EpochRun, History, Stop, record_evaluation, run_epochs
+from .loop import EpochRun, History, Stop, eval_mode, record_evaluation, run_epochs, split_errors
 from .presets import PRESETS
 
 logger = logging.getLogger("slimfast")
@@ -80,25 +80,11 @@ def batches(x: torch.Tensor, y: torch.Tensor, batch_size: int, generator: torch.
         yield x[idx], y[idx]
 
 
-@torch.no_grad()
 def evaluate(body: nn.Module, head: nn.Module, x: torch.Tensor, y: torch.Tensor, chunk: int = 2048) -> tuple[float, float]:
-    """(mean squared error, relative error) of head(body(x)) against y, in eval mode."""
-    modes = body.training, head.training
-    body.eval()
-    head.eval()
-    try:
-        sq, ref = 0.0, 0.0
-        for start in range(0, x.shape[0], chunk):
-            pred = head(body(x[start:start + chunk])).double()
-            target = y[start:start + chunk].double()
-            sq += float(((pred - target) ** 2).sum())
-            ref += float((target**2).sum())
-    finally:
-        body.train(modes[0])
-        head.train(modes[1])
-    mse = sq / max(y.numel(), 1)
-    rel = math.sqrt(sq / ref) if ref > 0 else math.nan
-    return mse, rel
+    """(mean squared error, relative error) of head(body(x)) against y, in eval mode (``loop.split_errors``)."""
+    with eval_mode(body, head):
+        mse, rel = split_errors(lambda xc: head(body(xc))[None], x, y, chunk)
+    return (mse[0], rel[0]) if mse else (0.0, math.nan)
 
 
 class _AdamTrainer:

@@ -16,6 +16,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.func import stack_module_state
 
 from .heads import HeadLayer
 
@@ -120,6 +121,34 @@ def _head_apply(head: HeadLayer, weight: torch.Tensor, bias: torch.Tensor | None
         return head._conv_forward(z, weight, bias)
     return F.conv_transpose2d(z, weight, bias, head.stride, head.padding, head.output_padding, head.groups,
                               head.dilation)
+
+
+def check_stackable(modules: Sequence[nn.Module], what: str = "bodies") -> None:
+    """ValueError if a module keeps running statistics (BatchNorm with ``track_running_stats``):
+    its buffers change in training mode, which stacked functional calls do not carry over."""
+    for module in modules:
+        for mod in module.modules():
+            if getattr(mod, "track_running_stats", False):
+                raise ValueError(f"{what} with running statistics ({type(mod).__name__}) cannot be stacked; "
+                                 "train these models one at a time")
+
+
+def stack_params(modules: Sequence[nn.Module], trainable: bool = True) -> tuple[dict[str, torch.Tensor],
+                                                                               dict[str, torch.Tensor]]:
+    """(parameters, buffers) of B modules of one architecture stacked into [B, ...] leaf tensors
+    (``torch.func.stack_module_state``), the parameters requiring grad when ``trainable``."""
+    params, buffers = stack_module_state(list(modules))
+    return ({k: v.detach().requires_grad_(trainable) for k, v in params.items()},
+            {k: v.detach() for k, v in buffers.items()})
+
+
+class FromProblem:
+    """``from_problem`` for the stacked trainers, whose constructor takes (bodies, heads, specs, ...)."""
+
+    @classmethod
+    def from_problem(cls, problem: Any, specs: Sequence[Any], **kwargs: Any) -> Any:
+        """The models of ``runs.run_training``: ``problem.make_body(seed)``/``make_head(seed)`` per spec."""
+        return cls(*problem_models(problem, specs), specs, **kwargs)
 
 
 def problem_models(problem: Any, specs: Sequence[Any]) -> tuple[list[nn.Module], list[nn.Module]]:

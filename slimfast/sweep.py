@@ -33,17 +33,16 @@ import logging
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 from torch import nn
-from torch.func import functional_call, stack_module_state, vmap
+from torch.func import functional_call, vmap
 
 from .config import LambdaMode, SolverConfig
 from .heads import HeadLayer, Reduction, check_head, head_shape, head_statistics, params_to_matrix, write_params_
-from .loop import REFIT_MODES
+from .loop import REFIT_MODES, eval_mode, split_errors
 from .presets import PRESETS
-from .stacked import StackedAdam, _head_apply, _StackedMSE, problem_models
+from .stacked import FromProblem, StackedAdam, _head_apply, _StackedMSE, check_stackable, stack_params
 from .solver import slimtik_step
 from .state import SlimTikState
 from .validation import MAX_ABS
@@ -115,7 +114,7 @@ class SweepStepInfo:
     diverged: dict[int, str]
 
 
-class SweepTrainer:
+class SweepTrainer(FromProblem):
     """B slimTrain models of one architecture, trained in lockstep in one process.
 
     Args:
@@ -128,6 +127,7 @@ class SweepTrainer:
         backend: force a solver backend; lambda_mode, lambda_const, Lambda_bounds,
             lambda_bounds: the solver settings of ``SlimTik`` (shared).
 
+    ``SweepTrainer.from_problem(problem, specs, **kwargs)`` builds the models as ``run_training`` does.
     ``train_step(xs, ys)`` takes one batch per active model (xs [B_active, n_b, ...]).
     ``active`` lists the original indices of the models still training; ``diverged`` maps
     dropped models to the reason.
@@ -159,11 +159,7 @@ class SweepTrainer:
         shapes = {(type(h), head_shape(h), tuple(h.weight.shape)) for h in heads}
         if len(shapes) != 1:
             raise ValueError("all heads must have the same type and shape")
-        for body in bodies:
-            for mod in body.modules():
-                if isinstance(mod, nn.modules.batchnorm._NormBase) and mod.track_running_stats:
-                    raise ValueError(f"bodies with running statistics ({type(mod).__name__}) cannot be stacked; "
-                                     "train these models one at a time")
+        check_stackable(bodies)
         self.specs = list(specs)
         self.reduction: Reduction = reduction
         self.backend = backend
@@ -172,11 +168,8 @@ class SweepTrainer:
         # Templates: real copies (statistics read the layer type and shape; functional_call swaps params).
         self._body = copy.deepcopy(bodies[0])
         self._head: HeadLayer = copy.deepcopy(heads[0])
-        body_params, body_buffers = stack_module_state(list(bodies))
-        head_params, _ = stack_module_state(list(heads))
-        self.body_params = {k: v.detach().requires_grad_(True) for k, v in body_params.items()}
-        self.body_buffers = {k: v.detach() for k, v in body_buffers.items()}
-        self.head_params = {k: v.detach() for k, v in head_params.items()}
+        self.body_params, self.body_buffers = stack_params(bodies)
+        self.head_params = stack_params(heads, trainable=False)[0]
         self.optimizer = StackedAdam(self.body_params, [s.lr for s in self.specs], betas, eps, weight_decay)
         self.active: list[int] = list(range(len(self.specs)))
         self.diverged: dict[int, str] = {}
@@ -196,11 +189,6 @@ class SweepTrainer:
             state.Lambda.copy_(torch.tensor([self.specs[i].Lambda0 for i in rows], dtype=F64))
             self.groups.append(_Group(depth, torch.tensor(rows, dtype=torch.long), state))
         self._vbody = vmap(self._body_call)
-
-    @classmethod
-    def from_problem(cls, problem: Any, specs: Sequence[ModelSpec], **kwargs: Any) -> "SweepTrainer":
-        """The models of ``cli.run_training``: body/head initialised by ``problem.make_body(seed)``/``make_head``."""
-        return cls(*problem_models(problem, specs), specs, **kwargs)
 
     # ------------------------------------------------------------------ functional pieces
 
@@ -382,10 +370,8 @@ class SweepTrainer:
         H = torch.zeros(B, n_t, n_f, dtype=F64)
         c = torch.zeros(B, dtype=F64)
         m = 0
-        modes = self._body.training
-        self._body.eval()
         vbody = vmap(self._body_call, in_dims=(0, 0, None))
-        try:
+        with eval_mode(self._body):
             for start in range(0, x.shape[0], chunk):
                 xc, yc = x[start:start + chunk], y[start:start + chunk]
                 z = vbody(self.body_params, self.body_buffers, xc)
@@ -395,8 +381,6 @@ class SweepTrainer:
                     H[i] += H_i.cpu()
                     c[i] += c_i.cpu()
                 m += m_i
-        finally:
-            self._body.train(modes)
         if self.reduction == "mean":
             G, H, c = G / m, H / m, c / m
         dev = self.head_params["weight"].device
@@ -421,26 +405,10 @@ class SweepTrainer:
                                                               self.head_params)
         if not models:
             return [], []
-        modes = self._body.training, self._head.training
-        self._body.eval()
-        self._head.eval()
         vbody = vmap(self._body_call, in_dims=(0, 0, None))
-        B = len(models)
-        sq = torch.zeros(B, dtype=F64)
-        try:
-            ref = 0.0
-            for start in range(0, x.shape[0], chunk):
-                xc, yc = x[start:start + chunk], y[start:start + chunk]
-                pred = self._heads_forward(head_params, vbody(body_params, body_buffers, xc)).double()
-                target = yc.double()
-                sq += ((pred - target[None]) ** 2).reshape(B, -1).sum(1).cpu()
-                ref += float((target**2).sum())
-        finally:
-            self._body.train(modes[0])
-            self._head.train(modes[1])
-        mse = [float(v) / max(y.numel(), 1) for v in sq]
-        rel = [math.sqrt(float(v) / ref) if ref > 0 else math.nan for v in sq]
-        return mse, rel
+        with eval_mode(self._body, self._head):
+            return split_errors(lambda xc: self._heads_forward(head_params, vbody(body_params, body_buffers, xc)),
+                                x, y, chunk)
 
 
 # run_sweep lives in sweep_run.py (file size); it imports this module lazily, so either may be imported first

@@ -23,40 +23,29 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.func import functional_call, stack_module_state, vmap
+from torch.func import functional_call, vmap
 
-from .loop import EpochRun, History, Stop, record_evaluation, run_epochs
-from .stacked import StackedAdam, _StackedMSE, problem_models
+from .loop import EpochRun, History, Stop, eval_mode, record_evaluation, run_epochs, split_errors
+from .stacked import FromProblem, StackedAdam, _StackedMSE, check_stackable, stack_params
 from .sweep import ModelSpec
 from .sweep_run import finish_histories
 
 __all__ = ["AdamSweepTrainer", "run_adam_sweep"]
 
-F64 = torch.float64
 
-
-class AdamSweepTrainer:
+class AdamSweepTrainer(FromProblem):
     """B networks ``nn.Sequential(body, head)`` of one architecture, trained by Adam in lockstep."""
 
     def __init__(self, bodies: Sequence[nn.Module], heads: Sequence[nn.Module], specs: Sequence[ModelSpec],
                  weight_decay: float = 0.0) -> None:
         nets = [nn.Sequential(copy.deepcopy(b), copy.deepcopy(h)) for b, h in zip(bodies, heads)]
-        for net in nets:
-            for mod in net.modules():
-                if isinstance(mod, nn.modules.batchnorm._NormBase) and mod.track_running_stats:
-                    raise ValueError("networks with running statistics cannot be stacked")
+        check_stackable(nets, "networks")
         self.specs = list(specs)
         self._net = copy.deepcopy(nets[0])
-        params, buffers = stack_module_state(nets)
-        self.params = {k: v.detach().requires_grad_(True) for k, v in params.items()}
-        self.buffers = {k: v.detach() for k, v in buffers.items()}
+        self.params, self.buffers = stack_params(nets)
         self.optimizer = StackedAdam(self.params, [s.lr for s in self.specs], weight_decay=weight_decay)
         self.diverged: dict[int, str] = {}
         self._vnet = vmap(self._call)
-
-    @classmethod
-    def from_problem(cls, problem: Any, specs: Sequence[ModelSpec], **kwargs: Any) -> "AdamSweepTrainer":
-        return cls(*problem_models(problem, specs), specs, **kwargs)
 
     def _call(self, params: dict[str, torch.Tensor], buffers: dict[str, torch.Tensor], x: torch.Tensor):
         return functional_call(self._net, (params, buffers), (x,))
@@ -84,21 +73,8 @@ class AdamSweepTrainer:
     def evaluate(self, x: torch.Tensor, y: torch.Tensor, chunk: int = 2048) -> tuple[list[float], list[float]]:
         """Per model: (mean squared error, relative error) on (x, y), eval mode, float64 sums."""
         vnet = vmap(self._call, in_dims=(0, 0, None))
-        B = len(self.specs)
-        sq = torch.zeros(B, dtype=F64)
-        ref = 0.0
-        self._net.eval()
-        try:
-            for start in range(0, x.shape[0], chunk):
-                xc, yc = x[start:start + chunk], y[start:start + chunk]
-                pred = vnet(self.params, self.buffers, xc).double()
-                sq += ((pred - yc.double()[None]) ** 2).reshape(B, -1).sum(1).cpu()
-                ref += float((yc.double() ** 2).sum())
-        finally:
-            self._net.train()
-        mse = [float(v) / max(y.numel(), 1) for v in sq]
-        rel = [math.sqrt(float(v) / ref) if ref > 0 else math.nan for v in sq]
-        return mse, rel
+        with eval_mode(self._net):
+            return split_errors(lambda xc: vnet(self.params, self.buffers, xc), x, y, chunk)
 
 
 def run_adam_sweep(problem: Any, specs: Sequence[ModelSpec], epochs: int, batch_size: int | None = None,

@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from .checkpoint import get_rng_state, set_rng_state
-from .loop import REFIT_MODES, EpochRun, History, Stop, check_refit, run_epochs
+from .loop import REFIT_MODES, EpochRun, History, Stop, check_refit, eval_mode, run_epochs
 from .optim import SlimTik
 from .refit import refit_head
 
@@ -200,11 +200,8 @@ class SlimTrain:
             set_rng_state(rng)
 
     def _evaluate(self, loader: Iterable[tuple[torch.Tensor, torch.Tensor]]) -> float:
-        modes = (self.body.training, self.head.training)
-        self.body.eval()
-        self.head.eval()
         total, count = 0.0, 0
-        try:
+        with eval_mode(self.body, self.head):
             for x, y in loader:
                 x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
                 if self.slim.on_nonfinite == "skip" and not _finite(x, y):
@@ -212,9 +209,6 @@ class SlimTrain:
                 n = _batch_size(x)
                 total += float(self.loss_fn(self.head(self.body(x)), y)) * n
                 count += n
-        finally:
-            self.body.train(modes[0])
-            self.head.train(modes[1])
         return total / max(count, 1)
 
     def fit(

@@ -38,13 +38,7 @@ SPECS = [   # memory depth 5 spelled out: ModelSpec's default is now the default
     ModelSpec(seed=2, lr=3e-2, memory_depth=2),
 ]
 
-
-@pytest.fixture(autouse=True)
-def _single_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("single_thread")   # conftest.py
 
 
 def _peaks64(n_train: int = 96, n_val: int = 40):
