@@ -1,7 +1,7 @@
 """Stacked pieces of a sweep: B models' parameters in [B, ...] tensors, one op for all of them.
 
 ``StackedAdam`` (torch.optim.Adam's arithmetic with one learning rate per model), ``_StackedMSE``
-(nn.MSELoss per model with ATen's backward), ``_head_apply`` (a head's forward with given
+(nn.MSELoss per model with ATen's backward), ``heads_forward`` (B heads' forward with stacked
 parameters) and ``problem_models`` (the initial networks of a sweep). The stacked head
 parameters map to and from the solver's W [B, n_t, n_f] by ``heads.params_to_matrix`` and
 ``heads.write_params_``. Used by ``sweep.SweepTrainer`` (slimTrain) and
@@ -121,6 +121,16 @@ def _head_apply(head: HeadLayer, weight: torch.Tensor, bias: torch.Tensor | None
         return head._conv_forward(z, weight, bias)
     return F.conv_transpose2d(z, weight, bias, head.stride, head.padding, head.output_padding, head.groups,
                               head.dilation)
+
+
+def heads_forward(head: HeadLayer, params: dict[str, torch.Tensor], z: torch.Tensor) -> torch.Tensor:
+    """[B, ...] predictions of B stacked heads (params "weight" [B, ...], "bias" [B, n_t]) on their
+    own features z[i], one head call per model: a vmapped head runs other GEMM kernels (bmm instead
+    of addmm/gemv) and rounds differently from the model trained alone; the vmapped body does not
+    (checked bit for bit in tests/test_sweep.py)."""
+    weight, bias = params["weight"], params.get("bias")
+    return torch.stack([_head_apply(head, weight[i], None if bias is None else bias[i], z[i])
+                        for i in range(z.shape[0])])
 
 
 def check_stackable(modules: Sequence[nn.Module], what: str = "bodies") -> None:

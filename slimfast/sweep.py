@@ -42,7 +42,7 @@ from .config import LambdaMode, SolverConfig
 from .heads import HeadLayer, Reduction, check_head, head_shape, head_statistics, params_to_matrix, write_params_
 from .loop import REFIT_MODES, eval_mode, split_errors
 from .presets import PRESETS
-from .stacked import FromProblem, StackedAdam, _head_apply, _StackedMSE, check_stackable, stack_params
+from .stacked import FromProblem, StackedAdam, _StackedMSE, check_stackable, heads_forward, stack_params
 from .solver import slimtik_step
 from .state import SlimTikState
 from .validation import MAX_ABS
@@ -195,14 +195,6 @@ class SweepTrainer(FromProblem):
     def _body_call(self, params: dict[str, torch.Tensor], buffers: dict[str, torch.Tensor], x: torch.Tensor):
         return functional_call(self._body, (params, buffers), (x,))
 
-    def _heads_forward(self, params: dict[str, torch.Tensor], z: torch.Tensor) -> torch.Tensor:
-        """[B, ...] predictions, one head call per model: a vmapped head runs other GEMM kernels
-        (bmm instead of addmm/gemv) and rounds differently from the model trained alone; the
-        vmapped body does not (checked bit for bit in tests/test_sweep.py)."""
-        weight, bias = params["weight"], params.get("bias")
-        return torch.stack([_head_apply(self._head, weight[i], None if bias is None else bias[i], z[i])
-                            for i in range(z.shape[0])])
-
     @property
     def n_active(self) -> int:
         return len(self.active)
@@ -266,7 +258,7 @@ class SweepTrainer(FromProblem):
                 self._solve_rows_separately(group, G, H, c, m, W, W_new, lam, Lam, failed)
         # failed rows keep their old head (the solo run stops before writing it)
         write_params_(self._head, self.head_params["weight"], self.head_params.get("bias"), W_new)
-        pred = self._heads_forward(self.head_params, z)
+        pred = heads_forward(self._head, self.head_params, z)
         losses = _StackedMSE.apply(pred, ys.to(pred.dtype), self.reduction == "mean")
         values = losses.detach().tolist()
         for i, v in enumerate(values):
@@ -406,9 +398,12 @@ class SweepTrainer(FromProblem):
         if not models:
             return [], []
         vbody = vmap(self._body_call, in_dims=(0, 0, None))
+
+        def predict(xc: torch.Tensor) -> torch.Tensor:
+            return heads_forward(self._head, head_params, vbody(body_params, body_buffers, xc))
+
         with eval_mode(self._body, self._head):
-            return split_errors(lambda xc: self._heads_forward(head_params, vbody(body_params, body_buffers, xc)),
-                                x, y, chunk)
+            return split_errors(predict, x, y, chunk)
 
 
 # run_sweep lives in sweep_run.py (file size); it imports this module lazily, so either may be imported first

@@ -70,7 +70,8 @@ def _state(B: int = 4, n_f: int = 3, n_t: int = 2, r: int = 2) -> SlimTikState:
 def test_state_select_and_cat_are_inverse() -> None:
     st = _state()
     part = st.select([2, 0])
-    assert part.batch == 2 and torch.equal(part.memory, st.memory[[2, 0]]) and torch.equal(part.Lambda, st.Lambda[[2, 0]])
+    assert part.batch == 2 and torch.equal(part.memory, st.memory[[2, 0]])
+    assert torch.equal(part.Lambda, st.Lambda[[2, 0]])
     assert (part.n_stored, part.head, part.step_count, part.memory_depth) == (1, 1, 7, 2)
     masked = st[torch.tensor([False, True, False, True])]
     assert torch.equal(masked.Lambda, st.Lambda[[1, 3]])
