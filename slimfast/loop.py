@@ -4,8 +4,8 @@
 slimTrain models) and ``sweep_adam.run_adam_sweep`` all run ``run_epochs`` with an ``EpochRun``
 that says how to draw an epoch's batches, take one step, record it, refit the head and close an
 epoch; the loop owns the order of these, the step timing, the step count, ``max_steps`` and the
-refit schedule (``refit_due``). Histories are ``History`` objects: plain dicts of lists (JSON
-ready) with ``record`` to append a row.
+refit schedule (``refit_due``). Histories are plain dicts of lists (JSON ready, and loadable by
+``torch.load(weights_only=True)``), made by ``new_history`` and appended to by ``record``.
 """
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ from typing import Any
 import torch
 from torch import nn
 
-__all__ = ["REFIT_MODES", "EpochRun", "History", "Stop", "eval_mode", "record_evaluation", "refit_due", "run_epochs",
-           "split_errors"]
+__all__ = ["REFIT_MODES", "EpochRun", "Stop", "eval_mode", "new_history", "record", "record_evaluation", "refit_due",
+           "run_epochs", "split_errors"]
 
 #: When the head is refit on the whole training split: never, after the last epoch, after every epoch.
 REFIT_MODES = ("none", "end", "epoch")
@@ -37,27 +37,24 @@ def refit_due(refit: str, last: bool) -> bool:
     return refit == "epoch" or (refit == "end" and last)
 
 
-class History(dict):
-    """Named lists of a run (a dict, so it is JSON ready and compares as one).
-
-    ``History(keys, **fields)`` starts with an empty list per key and the given scalar fields;
-    ``record(**values)`` appends each value to its list, creating lists for new keys.
-    """
-
-    def __init__(self, keys: Iterable[str] = (), **fields: Any) -> None:
-        super().__init__(fields)
-        for key in keys:
-            self[key] = []
-
-    def record(self, **values: Any) -> None:
-        for key, value in values.items():
-            self.setdefault(key, []).append(value)
+def new_history(keys: Iterable[str] = (), **fields: Any) -> dict[str, Any]:
+    """A run's history: the given fields, then an empty list per key."""
+    hist = dict(fields)
+    for key in keys:
+        hist[key] = []
+    return hist
 
 
-def record_evaluation(hist: History, epoch: int, train: tuple[float, float], val: tuple[float, float],
+def record(hist: dict[str, Any], **values: Any) -> None:
+    """Append each value to its list in ``hist`` (a new key starts a new list)."""
+    for key, value in values.items():
+        hist.setdefault(key, []).append(value)
+
+
+def record_evaluation(hist: dict[str, Any], epoch: int, train: tuple[float, float], val: tuple[float, float],
                       **extra: Any) -> None:
     """One epoch row of a run's whole-split evaluation: ``train``/``val`` are (MSE, relative error)."""
-    hist.record(epoch=epoch, train_loss=train[0], train_rel=train[1], val_loss=val[0], val_rel=val[1], **extra)
+    record(hist, epoch=epoch, train_loss=train[0], train_rel=train[1], val_loss=val[0], val_rel=val[1], **extra)
 
 
 @contextlib.contextmanager

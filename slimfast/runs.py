@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .loop import EpochRun, History, Stop, eval_mode, record_evaluation, run_epochs, split_errors
+from .loop import EpochRun, Stop, eval_mode, new_history, record, record_evaluation, run_epochs, split_errors
 from .presets import PRESETS
 
 logger = logging.getLogger("slimfast")
@@ -80,8 +80,9 @@ def batches(x: torch.Tensor, y: torch.Tensor, batch_size: int, generator: torch.
         yield x[idx], y[idx]
 
 
-def evaluate(body: nn.Module, head: nn.Module, x: torch.Tensor, y: torch.Tensor, chunk: int = 2048) -> tuple[float, float]:
-    """(mean squared error, relative error) of head(body(x)) against y, in eval mode (``loop.split_errors``)."""
+def evaluate(body: nn.Module, head: nn.Module, x: torch.Tensor, y: torch.Tensor,
+             chunk: int = 2048) -> tuple[float, float]:
+    """(mean squared error, relative error) of head(body(x)) against y, eval mode (``loop.split_errors``)."""
     with eval_mode(body, head):
         mse, rel = split_errors(lambda xc: head(body(xc))[None], x, y, chunk)
     return (mse[0], rel[0]) if mse else (0.0, math.nan)
@@ -233,7 +234,7 @@ class _TrainingRun(EpochRun):
         self.batch_size = cfg.batch_size or problem.batch_size
         self.generator = torch.Generator().manual_seed(cfg.seed)
         self.steps = 0
-        self.hist = History(
+        self.hist = new_history(
             ("epoch", "train_loss", "val_loss", "train_rel", "val_rel", "alpha", "batch_loss", "step_time",
              "step_alpha", "step_lambda", "refit_alpha"),
             method=cfg.method, config=asdict(cfg), problem=problem.name, batch_size=self.batch_size)
@@ -269,10 +270,10 @@ class _TrainingRun(EpochRun):
 
     def record_step(self, epoch: int, index: int, outcome: float, seconds: float, steps: int) -> Stop:
         loss, alpha = outcome, None
-        self.hist.record(step_time=seconds, batch_loss=loss)
+        record(self.hist, step_time=seconds, batch_loss=loss)
         if self.slim is not None:
             alpha = float(self.slim.alpha_)
-            self.hist.record(step_alpha=alpha, step_lambda=float(self.slim.lambda_history_[-1]))
+            record(self.hist, step_alpha=alpha, step_lambda=float(self.slim.lambda_history_[-1]))
         if self.progress is not None:
             self.progress(steps, loss, alpha)
         if not math.isfinite(loss):
@@ -288,7 +289,7 @@ class _TrainingRun(EpochRun):
         data = ((x[i:i + chunk], y[i:i + chunk]) for i in range(0, x.shape[0], chunk))
         res = refit_head(self.body, self.head, data, reduction=self.cfg.reduction,
                          backend=self.cfg.backend, distributed=False)
-        self.hist.record(refit_alpha=res.alpha_)
+        record(self.hist, refit_alpha=res.alpha_)
 
     def end_epoch(self, epoch: int) -> bool:
         body, head, p = self.body, self.head, self.problem

@@ -25,7 +25,7 @@ import torch
 from torch import nn
 from torch.func import functional_call, vmap
 
-from .loop import EpochRun, History, Stop, eval_mode, record_evaluation, run_epochs, split_errors
+from .loop import EpochRun, Stop, eval_mode, new_history, record, record_evaluation, run_epochs, split_errors
 from .stacked import FromProblem, StackedAdam, _StackedMSE, check_stackable, stack_params
 from .sweep import ModelSpec
 from .sweep_run import finish_histories
@@ -89,7 +89,7 @@ def run_adam_sweep(problem: Any, specs: Sequence[ModelSpec], epochs: int, batch_
         raise ValueError(f"epochs must be >= 0, got {epochs}")
     trainer = AdamSweepTrainer.from_problem(problem, specs, weight_decay=weight_decay)
     bs = batch_size or problem.batch_size
-    hists = [History(("epoch", "train_loss", "val_loss", "train_rel", "val_rel", "batch_loss"), method="adam",
+    hists = [new_history(("epoch", "train_loss", "val_loss", "train_rel", "val_rel", "batch_loss"), method="adam",
                      spec={"seed": s.seed, "lr": s.lr}, problem=problem.name, batch_size=bs) for s in specs]
     for h in hists:
         h.update(diverged=False, error=None)
@@ -106,7 +106,7 @@ def run_adam_sweep(problem: Any, specs: Sequence[ModelSpec], epochs: int, batch_
 class _AdamSweepRun(EpochRun):
     """``run_adam_sweep``'s parts of the shared epoch loop: B networks, one history each."""
 
-    def __init__(self, problem: Any, trainer: AdamSweepTrainer, hists: list[History], batch_size: int) -> None:
+    def __init__(self, problem: Any, trainer: AdamSweepTrainer, hists: list[dict[str, Any]], batch_size: int) -> None:
         self.problem, self.trainer, self.hists, self.batch_size = problem, trainer, hists, batch_size
         self.generators = [torch.Generator().manual_seed(s.seed) for s in trainer.specs]
         self.perms: list[torch.Tensor] = []
@@ -122,7 +122,7 @@ class _AdamSweepRun(EpochRun):
 
     def record_step(self, epoch: int, index: int, losses: list[float], seconds: float, steps: int) -> Stop:
         for h, v in zip(self.hists, losses):
-            h.record(batch_loss=v)
+            record(h, batch_loss=v)
         return Stop.NO
 
     def end_epoch(self, epoch: int) -> bool:

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from .loop import EpochRun, History, Stop, check_refit, record_evaluation, run_epochs
+from .loop import EpochRun, Stop, check_refit, new_history, record, record_evaluation, run_epochs
 from .presets import PRESETS
 from .runs import mark_blow_up
 
@@ -66,12 +66,12 @@ def run_sweep(
     check_refit(refit)
     trainer = SweepTrainer.from_problem(problem, specs, backend=backend, weight_decay=weight_decay, **solver_kwargs)
     bs = batch_size or problem.batch_size
-    hists: list[History] = []
+    hists: list[dict[str, Any]] = []
     for s in specs:
         cfg = {"method": "slimtrain", "lr": s.lr, "epochs": epochs, "memory_depth": s.memory_depth,
                "batch_size": batch_size, "seed": s.seed, "backend": backend, "weight_decay": weight_decay,
                "max_steps": max_steps, "Lambda0": s.Lambda0, "refit": refit}
-        hists.append(History(_EPOCH_KEYS + ("alpha", "batch_loss", "step_time", "step_alpha", "step_lambda"),
+        hists.append(new_history(_EPOCH_KEYS + ("alpha", "batch_loss", "step_time", "step_alpha", "step_lambda"),
                              method="slimtrain", config=cfg, spec=asdict(s), problem=problem.name, batch_size=bs))
         hists[-1].update(diverged=False, error=None)
     run = _SweepRun(problem, trainer, hists, bs, progress, eval_refit)
@@ -85,7 +85,7 @@ def run_sweep(
 _EPOCH_KEYS = ("epoch", "train_loss", "val_loss", "train_rel", "val_rel")
 
 
-def finish_histories(hists: Sequence[History], steps: int, wall: float, blow_up: bool = True) -> None:
+def finish_histories(hists: Sequence[dict[str, Any]], steps: int, wall: float, blow_up: bool = True) -> None:
     """Summary fields of a sweep's histories (``steps`` unless a model stopped earlier, ``wall_time``,
     ``median_step_time`` where steps are timed), ``diverged`` where the final validation loss is
     not finite, and (``blow_up``) by ``mark_blow_up``, the rule of ``run_training``."""
@@ -103,7 +103,7 @@ def finish_histories(hists: Sequence[History], steps: int, wall: float, blow_up:
 class _SweepRun(EpochRun):
     """``run_sweep``'s parts of the shared epoch loop: B models, one history each."""
 
-    def __init__(self, problem: Any, trainer: SweepTrainer, hists: list[History], batch_size: int,
+    def __init__(self, problem: Any, trainer: SweepTrainer, hists: list[dict[str, Any]], batch_size: int,
                  progress: Callable[[int, int], None] | None, eval_refit: bool) -> None:
         self.problem, self.trainer, self.hists, self.batch_size = problem, trainer, hists, batch_size
         self.progress, self.eval_refit = progress, eval_refit
@@ -128,8 +128,8 @@ class _SweepRun(EpochRun):
         trainer, p = self.trainer, self.problem
         for row, model in enumerate(info.models):
             if model not in info.diverged:
-                self.hists[model].record(step_time=seconds, batch_loss=info.loss[row], step_alpha=info.alpha[row],
-                                         step_lambda=info.lambda_[row])
+                record(self.hists[model], step_time=seconds, batch_loss=info.loss[row],
+                       step_alpha=info.alpha[row], step_lambda=info.lambda_[row])
         if info.diverged:
             # the solo run stops here and records this epoch with the weights as they are now
             tr = trainer.evaluate(p.x_train, p.y_train, dropped=True)
@@ -148,7 +148,7 @@ class _SweepRun(EpochRun):
 
     def refit(self, epoch: int) -> None:
         for model, mu in zip(self.trainer.active, self.trainer.refit_heads(self.problem.x_train, self.problem.y_train)):
-            self.hists[model].record(refit_alpha=mu)
+            record(self.hists[model], refit_alpha=mu)
 
     def end_epoch(self, epoch: int) -> bool:
         trainer, p = self.trainer, self.problem
@@ -161,7 +161,7 @@ class _SweepRun(EpochRun):
             for k, v in saved.items():
                 trainer.head_params[k].copy_(v)
             for row, model in enumerate(trainer.active):
-                self.hists[model].record(val_loss_refit=va_refit[row])
+                record(self.hists[model], val_loss_refit=va_refit[row])
         tr = trainer.evaluate(p.x_train, p.y_train)
         va = trainer.evaluate(p.x_val, p.y_val)
         for row, model in enumerate(trainer.active):

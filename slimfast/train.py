@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from .checkpoint import get_rng_state, set_rng_state
-from .loop import REFIT_MODES, EpochRun, History, Stop, check_refit, eval_mode, run_epochs
+from .loop import EpochRun, REFIT_MODES, Stop, check_refit, eval_mode, new_history, record, run_epochs
 from .optim import SlimTik
 from .refit import refit_head
 
@@ -278,7 +278,7 @@ class SlimTrain:
             raise ValueError(f"scheduler_interval must be 'epoch' or 'step', got {scheduler_interval!r}")
         keys = ("train_loss", "step_time", "alpha", "lambda", "epoch_train_loss", "running_train_loss", "val_loss",
                 "refit_alpha", "lr", "epoch_time", "skipped")
-        history = History(keys)
+        history = new_history(keys)
         run = _FitRun(self, loader, history, start_epoch=start_epoch, start_batch=start_batch, val_loader=val_loader,
                       callback=callback, scheduler=scheduler, scheduler_interval=scheduler_interval,
                       progress=progress, refit_loader=refit_loader, eval_train=eval_train)
@@ -289,7 +289,8 @@ class SlimTrain:
 class _FitRun(EpochRun):
     """``SlimTrain.fit``'s parts of the shared epoch loop (``loop.run_epochs``)."""
 
-    def __init__(self, trainer: SlimTrain, loader: Iterable[tuple[torch.Tensor, torch.Tensor]], history: History, *,
+    def __init__(self, trainer: SlimTrain, loader: Iterable[tuple[torch.Tensor, torch.Tensor]],
+                 history: dict[str, Any], *,
                  start_epoch: int, start_batch: int, val_loader: Iterable[Any] | None, callback: CallbackFn | None,
                  scheduler: Any | None, scheduler_interval: str, progress: ProgressFn | None,
                  refit_loader: Iterable[Any] | None, eval_train: bool) -> None:
@@ -312,7 +313,7 @@ class _FitRun(EpochRun):
         t = self.trainer
         t.body.train()
         t.head.train()
-        self.history.record(lr=float(t.body_optimizer.param_groups[0]["lr"]))
+        record(self.history, lr=float(t.body_optimizer.param_groups[0]["lr"]))
         self.t_epoch = time.perf_counter()
         self.skip = self.start_batch if epoch == self.start_epoch else 0
         # a resumed epoch goes on from the checkpoint's running sums
@@ -337,8 +338,8 @@ class _FitRun(EpochRun):
         t, slim = self.trainer, self.trainer.slim
         loss, n = outcome
         skipped_head = t.last_skipped and slim.last_info_.skipped
-        self.history.record(step_time=seconds, train_loss=loss, alpha=slim.alpha_,
-                            **{"lambda": math.nan if skipped_head else slim.lambda_history_[-1]})
+        record(self.history, step_time=seconds, train_loss=loss, alpha=slim.alpha_,
+               **{"lambda": math.nan if skipped_head else slim.lambda_history_[-1]})
         if t.last_skipped:
             self.n_skipped += 1
         else:
@@ -351,17 +352,17 @@ class _FitRun(EpochRun):
         return Stop.NO
 
     def refit(self, epoch: int) -> None:
-        self.history.record(refit_alpha=self.trainer.refit(self.refit_loader))
+        record(self.history, refit_alpha=self.trainer.refit(self.refit_loader))
 
     def end_epoch(self, epoch: int) -> bool:
         t, h = self.trainer, self.history
         total, count = t.epoch_running
         epoch_loss = total / max(count, 1)
-        h.record(running_train_loss=epoch_loss, skipped=self.n_skipped,
+        record(h, running_train_loss=epoch_loss, skipped=self.n_skipped,
                  epoch_train_loss=t.evaluate(self.loader) if self.eval_train else epoch_loss)
         if self.val_loader is not None:
-            h.record(val_loss=t.evaluate(self.val_loader))
-        h.record(epoch_time=time.perf_counter() - self.t_epoch)
+            record(h, val_loss=t.evaluate(self.val_loader))
+        record(h, epoch_time=time.perf_counter() - self.t_epoch)
         if self.epoch_scheduler:
             if self.plateau:
                 self.scheduler.step(h["val_loss"][-1] if self.val_loader is not None else h["epoch_train_loss"][-1])

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from slimfast.heads import head_shape, head_to_matrix, matrix_to_params, params_to_matrix, write_matrix_, write_params_
-from slimfast.loop import EpochRun, History, Stop, run_epochs
+from slimfast.loop import EpochRun, Stop, new_history, record, run_epochs
 from slimfast.solver import slimtik_step
 from slimfast.state import SlimTikState
 
@@ -198,9 +198,10 @@ def test_loop_propagates_other_errors_and_checks_refit() -> None:
         run_epochs(_Run(), range(2), refit="always")
 
 
-def test_history_records_rows_and_is_a_json_dict() -> None:
-    h = History(("a", "b"), method="x")
-    h.record(a=1.0, c=math.pi)
-    h.record(**{"lambda": 2.0})
+def test_history_records_rows_and_is_a_plain_json_dict() -> None:
+    h = new_history(("a", "b"), method="x")
+    assert type(h) is dict
+    record(h, a=1.0, c=math.pi)
+    record(h, **{"lambda": 2.0})
     assert h == {"method": "x", "a": [1.0], "b": [], "c": [math.pi], "lambda": [2.0]}
     assert json.loads(json.dumps(h)) == h
