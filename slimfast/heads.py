@@ -218,6 +218,9 @@ def matrix_to_params(head: HeadLayer, W: torch.Tensor) -> tuple[torch.Tensor, to
 @torch.no_grad()
 def write_matrix_(head: HeadLayer, W: torch.Tensor) -> None:
     """Copy W [n_t, n_f] into the layer's weight and bias in place (cast to their dtype)."""
+    if W.ndim != 2:
+        n_t, n_f = head_shape(head)
+        raise ValueError(f"W must have shape [n_t, n_f] = [{n_t}, {n_f}], got {list(W.shape)}")
     write_params_(head, head.weight, head.bias, W)
 
 
@@ -227,6 +230,8 @@ def write_params_(head: HeadLayer, weight: torch.Tensor, bias: torch.Tensor | No
     leading batch dimensions (weight [..., *head.weight.shape], bias [..., n_t]; cast to their
     dtype): ``write_matrix_`` for B stacked models."""
     w, b = _param_views(head, W)
+    if w.shape != weight.shape:
+        raise ValueError(f"W {list(W.shape)} does not match the stacked parameters: weight {list(weight.shape)}")
     weight.copy_(w)
     if b is not None:
         bias.copy_(b)

@@ -50,9 +50,13 @@ def test_batched_head_maps_equal_the_single_model_maps(name: str) -> None:
 
 def test_batched_head_map_rejects_a_wrong_matrix_shape() -> None:
     head = nn.Linear(5, 3)
+    weight, bias = head.weight.detach()[None].clone(), head.bias.detach()[None].clone()
     with pytest.raises(ValueError, match="W must have shape"):
-        write_params_(head, head.weight.detach()[None].clone(), head.bias.detach()[None].clone(),
-                      torch.zeros(1, 3, 5, dtype=F64))
+        write_params_(head, weight, bias, torch.zeros(1, 3, 5, dtype=F64))
+    with pytest.raises(ValueError, match="does not match the stacked parameters"):
+        write_params_(head, weight, bias, torch.zeros(2, 3, 6, dtype=F64))
+    with pytest.raises(ValueError, match=r"W must have shape \[n_t, n_f\] = \[3, 6\], got \[1, 3, 6\]"):
+        write_matrix_(head, torch.zeros(1, 3, 6, dtype=F64))    # one model's map stays one model's
 
 
 # ----------------------------------------------------------------------------- state slicing
