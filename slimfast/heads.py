@@ -58,7 +58,7 @@ F64 = torch.float64
 __all__ = [
     "HeadLayer", "Reduction", "check_head", "check_head_inputs", "check_statistics_finite", "head_output_shape",
     "head_shape",
-    "head_statistics", "head_to_matrix", "matrix_to_params", "write_matrix_",
+    "head_statistics", "head_to_matrix", "matrix_to_params", "params_to_matrix", "write_matrix_", "write_params_",
 ]
 
 
@@ -180,40 +180,50 @@ def head_to_matrix(head: HeadLayer) -> torch.Tensor:
     Column order matches the design rows: Linear (in), Conv2d (C_in, kh, kw) as in ``unfold``,
     ConvTranspose2d (C_in, kh, kw) with W[o, (i, t)] = weight[i, o, t].
     """
-    w = head.weight.detach()
+    return params_to_matrix(head, head.weight.detach(), None if head.bias is None else head.bias.detach())
+
+
+def params_to_matrix(head: HeadLayer, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """W [..., n_t, n_f] float64 (contiguous) from parameters shaped like the layer's with any
+    leading batch dimensions (weight [..., *head.weight.shape], bias [..., n_t]): ``head_to_matrix``
+    for B stacked models of one architecture (a sweep)."""
+    lead = weight.shape[: weight.ndim - head.weight.ndim]
     if isinstance(head, nn.Linear):
-        W = w
+        W = weight
     elif isinstance(head, nn.Conv2d):
-        W = w.reshape(w.shape[0], -1)
+        W = weight.reshape(*lead, weight.shape[-4], -1)
     else:
-        W = w.transpose(0, 1).reshape(w.shape[1], -1)
+        W = weight.transpose(-4, -3).reshape(*lead, weight.shape[-3], -1)
     cols = [W.to(F64)]
-    if head.bias is not None:
-        cols.append(head.bias.detach().to(F64)[:, None])
-    return torch.cat(cols, dim=1).contiguous()
+    if bias is not None:
+        cols.append(bias.to(F64)[..., None])
+    return torch.cat(cols, dim=-1).contiguous()
 
 
 def _param_views(head: HeadLayer, W: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Views (where possible) of W [n_t, n_f] shaped like the layer's weight and bias."""
+    """Views (where possible) of W [..., n_t, n_f] shaped like the layer's weight and bias, with
+    W's leading batch dimensions in front."""
     n_t, n_f = head_shape(head)
-    if tuple(W.shape) != (n_t, n_f):
-        raise ValueError(f"W must have shape [n_t, n_f] = [{n_t}, {n_f}], got {list(W.shape)}")
+    if W.ndim < 2 or tuple(W.shape[-2:]) != (n_t, n_f):
+        raise ValueError(f"W must have shape [n_t, n_f] = [{n_t}, {n_f}] (after any batch dimensions), "
+                         f"got {list(W.shape)}")
+    lead = W.shape[:-2]
     has_bias = head.bias is not None
-    Wx = W[:, : n_f - 1] if has_bias else W
-    bias = W[:, n_f - 1] if has_bias else None
+    Wx = W[..., : n_f - 1] if has_bias else W
+    bias = W[..., n_f - 1] if has_bias else None
     if isinstance(head, nn.Linear):
         weight = Wx
     elif isinstance(head, nn.Conv2d):
-        weight = Wx.reshape(head.weight.shape)
+        weight = Wx.reshape(*lead, *head.weight.shape)
     else:
         c_in, c_out, kh, kw = head.weight.shape
-        weight = Wx.reshape(c_out, c_in, kh, kw).transpose(0, 1)
+        weight = Wx.reshape(*lead, c_out, c_in, kh, kw).transpose(-4, -3)
     return weight, bias
 
 
 def matrix_to_params(head: HeadLayer, W: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """(weight, bias) shaped like the layer's parameters from W [n_t, n_f]; new contiguous
-    tensors with the dtype of W (inverse of ``head_to_matrix``)."""
+    """(weight, bias) shaped like the layer's parameters from W [..., n_t, n_f] (leading batch
+    dimensions kept); new contiguous tensors with the dtype of W (inverse of ``head_to_matrix``)."""
     weight, bias = _param_views(head, W)
     return weight.clone(memory_format=torch.contiguous_format), None if bias is None else bias.clone()
 
@@ -221,10 +231,23 @@ def matrix_to_params(head: HeadLayer, W: torch.Tensor) -> tuple[torch.Tensor, to
 @torch.no_grad()
 def write_matrix_(head: HeadLayer, W: torch.Tensor) -> None:
     """Copy W [n_t, n_f] into the layer's weight and bias in place (cast to their dtype)."""
-    weight, bias = _param_views(head, W)
-    head.weight.copy_(weight)
-    if bias is not None:
-        head.bias.copy_(bias)
+    if W.ndim != 2:
+        n_t, n_f = head_shape(head)
+        raise ValueError(f"W must have shape [n_t, n_f] = [{n_t}, {n_f}], got {list(W.shape)}")
+    write_params_(head, head.weight, head.bias, W)
+
+
+@torch.no_grad()
+def write_params_(head: HeadLayer, weight: torch.Tensor, bias: torch.Tensor | None, W: torch.Tensor) -> None:
+    """Copy W [..., n_t, n_f] in place into parameters shaped like the layer's with the same
+    leading batch dimensions (weight [..., *head.weight.shape], bias [..., n_t]; cast to their
+    dtype): ``write_matrix_`` for B stacked models."""
+    w, b = _param_views(head, W)
+    if w.shape != weight.shape:
+        raise ValueError(f"W {list(W.shape)} does not match the stacked parameters: weight {list(weight.shape)}")
+    weight.copy_(w)
+    if b is not None:
+        bias.copy_(b)
 
 
 # ----------------------------------------------------------------------------- statistics

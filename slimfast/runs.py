@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .loop import EpochRun, Stop, eval_mode, new_history, record, record_evaluation, run_epochs, split_errors
 from .presets import PRESETS
 
 logger = logging.getLogger("slimfast")
@@ -79,25 +80,12 @@ def batches(x: torch.Tensor, y: torch.Tensor, batch_size: int, generator: torch.
         yield x[idx], y[idx]
 
 
-@torch.no_grad()
-def evaluate(body: nn.Module, head: nn.Module, x: torch.Tensor, y: torch.Tensor, chunk: int = 2048) -> tuple[float, float]:
-    """(mean squared error, relative error) of head(body(x)) against y, in eval mode."""
-    modes = body.training, head.training
-    body.eval()
-    head.eval()
-    try:
-        sq, ref = 0.0, 0.0
-        for start in range(0, x.shape[0], chunk):
-            pred = head(body(x[start:start + chunk])).double()
-            target = y[start:start + chunk].double()
-            sq += float(((pred - target) ** 2).sum())
-            ref += float((target**2).sum())
-    finally:
-        body.train(modes[0])
-        head.train(modes[1])
-    mse = sq / max(y.numel(), 1)
-    rel = math.sqrt(sq / ref) if ref > 0 else math.nan
-    return mse, rel
+def evaluate(body: nn.Module, head: nn.Module, x: torch.Tensor, y: torch.Tensor,
+             chunk: int = 2048) -> tuple[float, float]:
+    """(mean squared error, relative error) of head(body(x)) against y, eval mode (``loop.split_errors``)."""
+    with eval_mode(body, head):
+        mse, rel = split_errors(lambda xc: head(body(xc))[None], x, y, chunk)
+    return (mse[0], rel[0]) if mse else (0.0, math.nan)
 
 
 class _AdamTrainer:
@@ -214,94 +202,101 @@ def run_training(problem: Any, cfg: RunConfig, progress: StepProgress | None = N
     batch smaller than the number of ranks is skipped. ``batch_loss`` is the whole batch's loss.
     All ranks end with identical weights; the epoch losses are evaluated on the full splits.
     """
-    rank, size = world()
     torch.manual_seed(cfg.seed)
     body, head = problem.make_body(cfg.seed), problem.make_head(cfg.seed)
-    trainer = make_trainer(cfg.method, body, head, cfg)
-    slim = getattr(trainer, "slim", None)
-    batch_size = cfg.batch_size or problem.batch_size
-    gen = torch.Generator().manual_seed(cfg.seed)
-    hist: dict[str, Any] = {
-        "method": cfg.method, "config": asdict(cfg), "problem": problem.name, "batch_size": batch_size,
-        "epoch": [], "train_loss": [], "val_loss": [], "train_rel": [], "val_rel": [], "alpha": [],
-        "batch_loss": [], "step_time": [], "step_alpha": [], "step_lambda": [], "refit_alpha": [],
-        "diverged": False, "error": None, "world_size": size,
-        "loss_definitions": {
-            "train_loss": "MSE of the network at the epoch's end (after any refit) over the whole training split",
-            "val_loss": "the same over the validation split",
-            "batch_loss": "MSE of one batch right after the head step on that batch (optimistic for slimTrain)"},
-    }
-
-    def refit() -> None:
-        # every rank holds the whole training split: each refits on all of it, no communication
-        from .refit import refit_head
-
-        chunk = 4096
-        data = ((problem.x_train[i:i + chunk], problem.y_train[i:i + chunk])
-                for i in range(0, problem.x_train.shape[0], chunk))
-        res = refit_head(body, head, data, reduction=cfg.reduction, backend=cfg.backend, distributed=False)
-        hist["refit_alpha"].append(res.alpha_)
-
-    def record_epoch(epoch: int) -> None:
-        tr = evaluate(body, head, problem.x_train, problem.y_train)
-        va = evaluate(body, head, problem.x_val, problem.y_val)
-        hist["epoch"].append(epoch)
-        hist["train_loss"].append(tr[0])
-        hist["train_rel"].append(tr[1])
-        hist["val_loss"].append(va[0])
-        hist["val_rel"].append(va[1])
-        hist["alpha"].append(None if slim is None else float(slim.alpha_))
-
+    run = _TrainingRun(problem, cfg, body, head, make_trainer(cfg.method, body, head, cfg), progress)
+    hist = run.hist
     start = time.perf_counter()
-    record_epoch(0)
-    steps = 0
-    body.train()
-    head.train()
-    for epoch in range(1, cfg.epochs + 1):
-        for x, y in batches(problem.x_train, problem.y_train, batch_size, gen):
-            if size > 1:
-                if x.shape[0] < size:
-                    continue
-                n_batch = x.shape[0]
-                x, y = x.tensor_split(size)[rank], y.tensor_split(size)[rank]
-                trainer.shard_loss.scale = size * x.shape[0] / n_batch
-            t0 = time.perf_counter()
-            try:
-                loss = trainer.train_step(x, y)
-            except (FloatingPointError, ValueError, RuntimeError) as exc:  # NaN features, failed solve
-                if steps == 0:  # nothing ever worked: a configuration error, not divergence
-                    raise
-                hist["diverged"], hist["error"] = True, f"{type(exc).__name__}: {exc}"
-                logger.warning("%s run (lr=%g) stopped at step %d: %s", cfg.method, cfg.lr, steps, exc)
-                break
-            hist["step_time"].append(time.perf_counter() - t0)
-            hist["batch_loss"].append(loss)
-            alpha = None
-            if slim is not None:
-                alpha = float(slim.alpha_)
-                hist["step_alpha"].append(alpha)
-                hist["step_lambda"].append(float(slim.lambda_history_[-1]))
-            steps += 1
-            if progress is not None:
-                progress(steps, loss, alpha)
-            if not math.isfinite(loss):
-                hist["diverged"], hist["error"] = True, f"non-finite training loss at step {steps}"
-                break
-            if cfg.max_steps is not None and steps >= cfg.max_steps:
-                break
-        last = hist["diverged"] or epoch == cfg.epochs or (cfg.max_steps is not None and steps >= cfg.max_steps)
-        if slim is not None and not hist["diverged"] and (cfg.refit == "epoch" or (cfg.refit == "end" and last)):
-            refit()
-        record_epoch(epoch)
-        if hist["diverged"] or (cfg.max_steps is not None and steps >= cfg.max_steps):
-            break
-    hist["steps"] = steps
+    run.end_epoch(0)
+    run.steps = run_epochs(run, range(1, cfg.epochs + 1), refit=cfg.refit if run.slim is not None else "none",
+                           max_steps=cfg.max_steps)
+    hist["steps"] = run.steps
     hist["wall_time"] = time.perf_counter() - start
     hist["median_step_time"] = statistics.median(hist["step_time"]) if hist["step_time"] else math.nan
     if not math.isfinite(hist["val_loss"][-1]):
         hist["diverged"] = True
     mark_blow_up(hist)
     return hist
+
+
+class _TrainingRun(EpochRun):
+    """``run_training``'s parts of the shared epoch loop (``loop.run_epochs``)."""
+
+    step_errors = (FloatingPointError, ValueError, RuntimeError)   # NaN features, a failed solve
+
+    def __init__(self, problem: Any, cfg: RunConfig, body: nn.Module, head: nn.Module, trainer: Any,
+                 progress: StepProgress | None) -> None:
+        # body and head themselves, not a data-parallel wrapper: evaluation and refit are per rank
+        self.problem, self.cfg, self.body, self.head, self.trainer = problem, cfg, body, head, trainer
+        self.progress = progress
+        self.slim = getattr(trainer, "slim", None)
+        self.rank, self.size = world()
+        self.batch_size = cfg.batch_size or problem.batch_size
+        self.generator = torch.Generator().manual_seed(cfg.seed)
+        self.steps = 0
+        self.hist = new_history(
+            ("epoch", "train_loss", "val_loss", "train_rel", "val_rel", "alpha", "batch_loss", "step_time",
+             "step_alpha", "step_lambda", "refit_alpha"),
+            method=cfg.method, config=asdict(cfg), problem=problem.name, batch_size=self.batch_size)
+        self.hist.update(diverged=False, error=None, world_size=self.size, loss_definitions={
+            "train_loss": "MSE of the network at the epoch's end (after any refit) over the whole training split",
+            "val_loss": "the same over the validation split",
+            "batch_loss": "MSE of one batch right after the head step on that batch (optimistic for slimTrain)"})
+
+    def begin_epoch(self, epoch: int) -> None:
+        self.body.train()
+        self.head.train()
+
+    def batches(self, epoch: int) -> Iterator[tuple[int, tuple[torch.Tensor, torch.Tensor]]]:
+        rank, size = self.rank, self.size
+        for index, (x, y) in enumerate(batches(self.problem.x_train, self.problem.y_train, self.batch_size,
+                                               self.generator)):
+            if size > 1:
+                if x.shape[0] < size:
+                    continue
+                n_batch = x.shape[0]
+                x, y = x.tensor_split(size)[rank], y.tensor_split(size)[rank]
+                self.trainer.shard_loss.scale = size * x.shape[0] / n_batch
+            yield index, (x, y)
+
+    def train_step(self, batch: tuple[torch.Tensor, torch.Tensor]) -> float:
+        return self.trainer.train_step(*batch)
+
+    def step_failed(self, exc: BaseException, steps: int) -> None:
+        if steps == 0:  # nothing ever worked: a configuration error, not divergence
+            raise exc
+        self.hist["diverged"], self.hist["error"] = True, f"{type(exc).__name__}: {exc}"
+        logger.warning("%s run (lr=%g) stopped at step %d: %s", self.cfg.method, self.cfg.lr, steps, exc)
+
+    def record_step(self, epoch: int, index: int, outcome: float, seconds: float, steps: int) -> Stop:
+        loss, alpha = outcome, None
+        record(self.hist, step_time=seconds, batch_loss=loss)
+        if self.slim is not None:
+            alpha = float(self.slim.alpha_)
+            record(self.hist, step_alpha=alpha, step_lambda=float(self.slim.lambda_history_[-1]))
+        if self.progress is not None:
+            self.progress(steps, loss, alpha)
+        if not math.isfinite(loss):
+            self.hist["diverged"], self.hist["error"] = True, f"non-finite training loss at step {steps}"
+            return Stop.FAILED
+        return Stop.NO
+
+    def refit(self, epoch: int) -> None:
+        # every rank holds the whole training split: each refits on all of it, no communication
+        from .refit import refit_head
+
+        x, y, chunk = self.problem.x_train, self.problem.y_train, 4096
+        data = ((x[i:i + chunk], y[i:i + chunk]) for i in range(0, x.shape[0], chunk))
+        res = refit_head(self.body, self.head, data, reduction=self.cfg.reduction,
+                         backend=self.cfg.backend, distributed=False)
+        record(self.hist, refit_alpha=res.alpha_)
+
+    def end_epoch(self, epoch: int) -> bool:
+        body, head, p = self.body, self.head, self.problem
+        record_evaluation(self.hist, epoch, evaluate(body, head, p.x_train, p.y_train),
+                          evaluate(body, head, p.x_val, p.y_val),
+                          alpha=None if self.slim is None else float(self.slim.alpha_))
+        return False
 
 
 #: A run whose final validation loss exceeds this multiple of the untrained network's (epoch 0)

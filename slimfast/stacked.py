@@ -1,8 +1,10 @@
 """Stacked pieces of a sweep: B models' parameters in [B, ...] tensors, one op for all of them.
 
 ``StackedAdam`` (torch.optim.Adam's arithmetic with one learning rate per model), ``_StackedMSE``
-(nn.MSELoss per model with ATen's backward) and the conversions between stacked head
-parameters and the solver's W [B, n_t, n_f]. Used by ``sweep.SweepTrainer`` (slimTrain) and
+(nn.MSELoss per model with ATen's backward), ``heads_forward`` (B heads' forward with stacked
+parameters) and ``problem_models`` (the initial networks of a sweep). The stacked head
+parameters map to and from the solver's W [B, n_t, n_f] by ``heads.params_to_matrix`` and
+``heads.write_params_``. Used by ``sweep.SweepTrainer`` (slimTrain) and
 ``sweep_adam.AdamSweepTrainer`` (the Adam baseline).
 """
 
@@ -14,12 +16,12 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.func import stack_module_state
 
 from .heads import HeadLayer
 
 __all__ = ["StackedAdam"]
 
-F64 = torch.float64
 
 
 # ============================================================================ optimizer
@@ -111,21 +113,6 @@ class _StackedMSE(torch.autograd.Function):
 
 # ============================================================================ heads, stacked
 
-def _stacked_head_matrix(head: HeadLayer, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-    """W [B, n_t, n_f] float64 from stacked layer parameters (``heads.head_to_matrix`` per model)."""
-    B = weight.shape[0]
-    if isinstance(head, nn.Linear):
-        W = weight
-    elif isinstance(head, nn.Conv2d):
-        W = weight.reshape(B, weight.shape[1], -1)
-    else:
-        W = weight.transpose(1, 2).reshape(B, weight.shape[2], -1)
-    cols = [W.to(F64)]
-    if bias is not None:
-        cols.append(bias.to(F64)[:, :, None])
-    return torch.cat(cols, dim=2).contiguous()
-
-
 def _head_apply(head: HeadLayer, weight: torch.Tensor, bias: torch.Tensor | None, z: torch.Tensor) -> torch.Tensor:
     """``head(z)`` with the given weight and bias: the op of the layer's own forward."""
     if isinstance(head, nn.Linear):
@@ -136,17 +123,50 @@ def _head_apply(head: HeadLayer, weight: torch.Tensor, bias: torch.Tensor | None
                               head.dilation)
 
 
-@torch.no_grad()
-def _write_stacked_head(head: HeadLayer, weight: torch.Tensor, bias: torch.Tensor | None, W: torch.Tensor) -> None:
-    """Copy W [B, n_t, n_f] into stacked layer parameters (``heads.write_matrix_`` per model)."""
-    n_f = W.shape[2]
-    Wx = W[:, :, : n_f - 1] if bias is not None else W
-    if isinstance(head, nn.Linear):
-        weight.copy_(Wx)
-    elif isinstance(head, nn.Conv2d):
-        weight.copy_(Wx.reshape(weight.shape))
-    else:
-        B, c_in, c_out, kh, kw = weight.shape
-        weight.copy_(Wx.reshape(B, c_out, c_in, kh, kw).transpose(1, 2))
-    if bias is not None:
-        bias.copy_(W[:, :, n_f - 1])
+def heads_forward(head: HeadLayer, params: dict[str, torch.Tensor], z: torch.Tensor) -> torch.Tensor:
+    """[B, ...] predictions of B stacked heads (params "weight" [B, ...], "bias" [B, n_t]) on their
+    own features z[i], one head call per model: a vmapped head runs other GEMM kernels (bmm instead
+    of addmm/gemv) and rounds differently from the model trained alone; the vmapped body does not
+    (checked bit for bit in tests/test_sweep.py)."""
+    weight, bias = params["weight"], params.get("bias")
+    return torch.stack([_head_apply(head, weight[i], None if bias is None else bias[i], z[i])
+                        for i in range(z.shape[0])])
+
+
+def check_stackable(modules: Sequence[nn.Module], what: str = "bodies") -> None:
+    """ValueError if a module keeps running statistics (BatchNorm with ``track_running_stats``):
+    its buffers change in training mode, which stacked functional calls do not carry over."""
+    for module in modules:
+        for mod in module.modules():
+            if getattr(mod, "track_running_stats", False):
+                raise ValueError(f"{what} with running statistics ({type(mod).__name__}) cannot be stacked; "
+                                 "train these models one at a time")
+
+
+def stack_params(modules: Sequence[nn.Module], trainable: bool = True) -> tuple[dict[str, torch.Tensor],
+                                                                               dict[str, torch.Tensor]]:
+    """(parameters, buffers) of B modules of one architecture stacked into [B, ...] leaf tensors
+    (``torch.func.stack_module_state``), the parameters requiring grad when ``trainable``."""
+    params, buffers = stack_module_state(list(modules))
+    return ({k: v.detach().requires_grad_(trainable) for k, v in params.items()},
+            {k: v.detach() for k, v in buffers.items()})
+
+
+class FromProblem:
+    """``from_problem`` for the stacked trainers, whose constructor takes (bodies, heads, specs, ...)."""
+
+    @classmethod
+    def from_problem(cls, problem: Any, specs: Sequence[Any], **kwargs: Any) -> Any:
+        """The models of ``runs.run_training``: ``problem.make_body(seed)``/``make_head(seed)`` per spec."""
+        return cls(*problem_models(problem, specs), specs, **kwargs)
+
+
+def problem_models(problem: Any, specs: Sequence[Any]) -> tuple[list[nn.Module], list[nn.Module]]:
+    """(bodies, heads) of a sweep's models: ``problem.make_body(seed)``/``make_head(seed)`` per spec,
+    after ``torch.manual_seed(seed)``, as ``runs.run_training`` initialises a run."""
+    bodies, heads = [], []
+    for spec in specs:
+        torch.manual_seed(spec.seed)
+        bodies.append(problem.make_body(spec.seed))
+        heads.append(problem.make_head(spec.seed))
+    return bodies, heads

@@ -152,6 +152,39 @@ class SlimTikState:
             self.memory[:, self.head].copy_(slot)
         self.Lambda.copy_(Lambda)
 
+    def select(self, rows: Any) -> "SlimTikState":
+        """A new state holding copies of the problems ``rows`` (indices or a [B] bool mask, as
+        tensor indexing takes them; possibly none): memory [len(rows), r, n_f, n_f], Λ, and the
+        shared counters. ``state[rows]`` is the same. A sweep drops a diverged model this way."""
+        index = torch.as_tensor(rows, device=self.device)
+        index = index.nonzero().flatten() if index.dtype == torch.bool else index.long().flatten()
+        new = object.__new__(type(self))
+        new.__dict__.update(self.__dict__)
+        new.memory, new.Lambda = self.memory[index].clone(), self.Lambda[index].clone()
+        new.batch = int(index.numel())
+        return new
+
+    __getitem__ = select
+
+    @classmethod
+    def cat(cls, states: "list[SlimTikState]") -> "SlimTikState":
+        """One state of the problems of ``states`` in order (the inverse of ``select``). They must
+        share n_f, n_t, r, device and the ring-buffer counters (n_stored, head, step_count): a
+        state's problems are stepped together, so only states stepped in lockstep can be joined."""
+        if not states:
+            raise ValueError("states must hold at least one SlimTikState")
+        first = states[0]
+        for st in states[1:]:
+            for key in ("n_features", "n_targets", "memory_depth", "n_stored", "head", "step_count", "device"):
+                if getattr(st, key) != getattr(first, key):
+                    raise ValueError(f"states must share {key}: got {getattr(first, key)} and {getattr(st, key)}")
+        new = object.__new__(cls)
+        new.__dict__.update(first.__dict__)
+        new.memory = torch.cat([st.memory for st in states])
+        new.Lambda = torch.cat([st.Lambda for st in states])
+        new.batch = sum(st.batch for st in states)
+        return new
+
     def state_dict(self) -> dict[str, Any]:
         return {
             "batch": self.batch, "n_features": self.n_features, "n_targets": self.n_targets,

@@ -33,16 +33,16 @@ import logging
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 from torch import nn
-from torch.func import functional_call, stack_module_state, vmap
+from torch.func import functional_call, vmap
 
 from .config import LambdaMode, SolverConfig
-from .heads import HeadLayer, Reduction, check_head, head_shape, head_statistics
+from .heads import HeadLayer, Reduction, check_head, head_shape, head_statistics, params_to_matrix, write_params_
+from .loop import REFIT_MODES, eval_mode, split_errors
 from .presets import PRESETS
-from .stacked import StackedAdam, _head_apply, _stacked_head_matrix, _StackedMSE, _write_stacked_head
+from .stacked import FromProblem, StackedAdam, _StackedMSE, check_stackable, heads_forward, stack_params
 from .solver import slimtik_step
 from .state import SlimTikState
 from .validation import MAX_ABS
@@ -52,8 +52,6 @@ logger = logging.getLogger("slimfast")
 __all__ = ["REFIT_MODES", "ModelSpec", "StackedAdam", "SweepTrainer", "run_sweep"]
 
 F64 = torch.float64
-#: When the heads are refit on the whole training split (``refit.refit_head``).
-REFIT_MODES = ("none", "end", "epoch")
 
 
 @dataclass(frozen=True)
@@ -116,7 +114,7 @@ class SweepStepInfo:
     diverged: dict[int, str]
 
 
-class SweepTrainer:
+class SweepTrainer(FromProblem):
     """B slimTrain models of one architecture, trained in lockstep in one process.
 
     Args:
@@ -129,6 +127,7 @@ class SweepTrainer:
         backend: force a solver backend; lambda_mode, lambda_const, Lambda_bounds,
             lambda_bounds: the solver settings of ``SlimTik`` (shared).
 
+    ``SweepTrainer.from_problem(problem, specs, **kwargs)`` builds the models as ``run_training`` does.
     ``train_step(xs, ys)`` takes one batch per active model (xs [B_active, n_b, ...]).
     ``active`` lists the original indices of the models still training; ``diverged`` maps
     dropped models to the reason.
@@ -160,11 +159,7 @@ class SweepTrainer:
         shapes = {(type(h), head_shape(h), tuple(h.weight.shape)) for h in heads}
         if len(shapes) != 1:
             raise ValueError("all heads must have the same type and shape")
-        for body in bodies:
-            for mod in body.modules():
-                if isinstance(mod, nn.modules.batchnorm._NormBase) and mod.track_running_stats:
-                    raise ValueError(f"bodies with running statistics ({type(mod).__name__}) cannot be stacked; "
-                                     "train these models one at a time")
+        check_stackable(bodies)
         self.specs = list(specs)
         self.reduction: Reduction = reduction
         self.backend = backend
@@ -173,11 +168,8 @@ class SweepTrainer:
         # Templates: real copies (statistics read the layer type and shape; functional_call swaps params).
         self._body = copy.deepcopy(bodies[0])
         self._head: HeadLayer = copy.deepcopy(heads[0])
-        body_params, body_buffers = stack_module_state(list(bodies))
-        head_params, _ = stack_module_state(list(heads))
-        self.body_params = {k: v.detach().requires_grad_(True) for k, v in body_params.items()}
-        self.body_buffers = {k: v.detach() for k, v in body_buffers.items()}
-        self.head_params = {k: v.detach() for k, v in head_params.items()}
+        self.body_params, self.body_buffers = stack_params(bodies)
+        self.head_params = stack_params(heads, trainable=False)[0]
         self.optimizer = StackedAdam(self.body_params, [s.lr for s in self.specs], betas, eps, weight_decay)
         self.active: list[int] = list(range(len(self.specs)))
         self.diverged: dict[int, str] = {}
@@ -198,28 +190,10 @@ class SweepTrainer:
             self.groups.append(_Group(depth, torch.tensor(rows, dtype=torch.long), state))
         self._vbody = vmap(self._body_call)
 
-    @classmethod
-    def from_problem(cls, problem: Any, specs: Sequence[ModelSpec], **kwargs: Any) -> "SweepTrainer":
-        """The models of ``cli.run_training``: body/head initialised by ``problem.make_body(seed)``/``make_head``."""
-        bodies, heads = [], []
-        for s in specs:
-            torch.manual_seed(s.seed)
-            bodies.append(problem.make_body(s.seed))
-            heads.append(problem.make_head(s.seed))
-        return cls(bodies, heads, specs, **kwargs)
-
     # ------------------------------------------------------------------ functional pieces
 
     def _body_call(self, params: dict[str, torch.Tensor], buffers: dict[str, torch.Tensor], x: torch.Tensor):
         return functional_call(self._body, (params, buffers), (x,))
-
-    def _heads_forward(self, params: dict[str, torch.Tensor], z: torch.Tensor) -> torch.Tensor:
-        """[B, ...] predictions, one head call per model: a vmapped head runs other GEMM kernels
-        (bmm instead of addmm/gemv) and rounds differently from the model trained alone; the
-        vmapped body does not (checked bit for bit in tests/test_sweep.py)."""
-        weight, bias = params["weight"], params.get("bias")
-        return torch.stack([_head_apply(self._head, weight[i], None if bias is None else bias[i], z[i])
-                            for i in range(z.shape[0])])
 
     @property
     def n_active(self) -> int:
@@ -227,7 +201,7 @@ class SweepTrainer:
 
     def head_matrices(self) -> torch.Tensor:
         """W [B_active, n_t, n_f] float64 of the active models' heads."""
-        return _stacked_head_matrix(self._head, self.head_params["weight"], self.head_params.get("bias"))
+        return params_to_matrix(self._head, self.head_params["weight"], self.head_params.get("bias"))
 
     def model_state(self, model: int) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
         """(body parameters, head parameters) of an active model, by original index (copies)."""
@@ -283,8 +257,8 @@ class SweepTrainer:
             except FloatingPointError:
                 self._solve_rows_separately(group, G, H, c, m, W, W_new, lam, Lam, failed)
         # failed rows keep their old head (the solo run stops before writing it)
-        _write_stacked_head(self._head, self.head_params["weight"], self.head_params.get("bias"), W_new)
-        pred = self._heads_forward(self.head_params, z)
+        write_params_(self._head, self.head_params["weight"], self.head_params.get("bias"), W_new)
+        pred = heads_forward(self._head, self.head_params, z)
         losses = _StackedMSE.apply(pred, ys.to(pred.dtype), self.reduction == "mean")
         values = losses.detach().tolist()
         for i, v in enumerate(values):
@@ -346,26 +320,15 @@ class SweepTrainer:
     @staticmethod
     def _drop_from_group(group: _Group, keep: torch.Tensor) -> None:
         """Keep the rows ``keep`` (bool over the group's rows) of a group and of its solver state."""
-        st = group.state
-        idx = keep.nonzero().flatten()
-        new = SlimTikState(max(int(idx.numel()), 1), st.n_features, st.n_targets, st.memory_depth, 0.0, st.device)
-        if idx.numel():
-            new.memory = st.memory[idx].clone()
-            new.Lambda = st.Lambda[idx].clone()
-        new.batch = int(idx.numel())
-        new.n_stored, new.head, new.step_count = st.n_stored, st.head, st.step_count
-        group.state = new
-        group.rows = group.rows[idx]
+        group.state = group.state.select(keep)
+        group.rows = group.rows[keep]
 
     def _solve_rows_separately(self, group: _Group, G, H, c, m, W, W_new, lam, Lam, failed: dict[int, str]) -> None:
         """After a batched solve raised FloatingPointError: solve each model alone, drop the failures."""
-        st = group.state
-        ok_rows, memories, Lambdas, last = [], [], [], None
+        solved: list[SlimTikState] = []
+        keep = torch.zeros(group.rows.numel(), dtype=torch.bool)
         for j, row in enumerate(group.rows.tolist()):
-            sub = SlimTikState(1, st.n_features, st.n_targets, st.memory_depth, 0.0, st.device)
-            sub.memory = st.memory[j:j + 1].clone()
-            sub.Lambda = st.Lambda[j:j + 1].clone()
-            sub.n_stored, sub.head, sub.step_count = st.n_stored, st.head, st.step_count
+            sub = group.state.select([j])
             try:
                 Wr, info = slimtik_step(sub, G[row:row + 1], H[row:row + 1], c[row:row + 1], m, W[row:row + 1],
                                         config=self.config, backend=self.backend)
@@ -374,17 +337,10 @@ class SweepTrainer:
                 continue
             W_new[row] = Wr[0]
             lam[row], Lam[row] = float(info.lambda_[0]), float(info.Lambda[0])
-            ok_rows.append(j)
-            memories.append(sub.memory)
-            Lambdas.append(sub.Lambda)
-            last = sub
-        keep = torch.zeros(group.rows.numel(), dtype=torch.bool)
-        keep[ok_rows] = True
-        self._drop_from_group(group, keep)
-        if last is not None:
-            group.state.memory = torch.cat(memories)
-            group.state.Lambda = torch.cat(Lambdas)
-            group.state.n_stored, group.state.head, group.state.step_count = last.n_stored, last.head, last.step_count
+            keep[j] = True
+            solved.append(sub)
+        group.state = SlimTikState.cat(solved) if solved else group.state.select(keep)
+        group.rows = group.rows[keep]
 
     # ------------------------------------------------------------------ full-data refit
 
@@ -406,10 +362,8 @@ class SweepTrainer:
         H = torch.zeros(B, n_t, n_f, dtype=F64)
         c = torch.zeros(B, dtype=F64)
         m = 0
-        modes = self._body.training
-        self._body.eval()
         vbody = vmap(self._body_call, in_dims=(0, 0, None))
-        try:
+        with eval_mode(self._body):
             for start in range(0, x.shape[0], chunk):
                 xc, yc = x[start:start + chunk], y[start:start + chunk]
                 z = vbody(self.body_params, self.body_buffers, xc)
@@ -419,13 +373,11 @@ class SweepTrainer:
                     H[i] += H_i.cpu()
                     c[i] += c_i.cpu()
                 m += m_i
-        finally:
-            self._body.train(modes)
         if self.reduction == "mean":
             G, H, c = G / m, H / m, c / m
         dev = self.head_params["weight"].device
         W, mu, _, _, _ = ridge_gcv_solve(G.to(dev), H.to(dev), c.to(dev), m, backend=self.backend)
-        _write_stacked_head(self._head, self.head_params["weight"], self.head_params.get("bias"), W)
+        write_params_(self._head, self.head_params["weight"], self.head_params.get("bias"), W)
         return mu.tolist()
 
     # ------------------------------------------------------------------ evaluation
@@ -445,26 +397,13 @@ class SweepTrainer:
                                                               self.head_params)
         if not models:
             return [], []
-        modes = self._body.training, self._head.training
-        self._body.eval()
-        self._head.eval()
         vbody = vmap(self._body_call, in_dims=(0, 0, None))
-        B = len(models)
-        sq = torch.zeros(B, dtype=F64)
-        try:
-            ref = 0.0
-            for start in range(0, x.shape[0], chunk):
-                xc, yc = x[start:start + chunk], y[start:start + chunk]
-                pred = self._heads_forward(head_params, vbody(body_params, body_buffers, xc)).double()
-                target = yc.double()
-                sq += ((pred - target[None]) ** 2).reshape(B, -1).sum(1).cpu()
-                ref += float((target**2).sum())
-        finally:
-            self._body.train(modes[0])
-            self._head.train(modes[1])
-        mse = [float(v) / max(y.numel(), 1) for v in sq]
-        rel = [math.sqrt(float(v) / ref) if ref > 0 else math.nan for v in sq]
-        return mse, rel
+
+        def predict(xc: torch.Tensor) -> torch.Tensor:
+            return heads_forward(self._head, head_params, vbody(body_params, body_buffers, xc))
+
+        with eval_mode(self._body, self._head):
+            return split_errors(predict, x, y, chunk)
 
 
 # run_sweep lives in sweep_run.py (file size); it imports this module lazily, so either may be imported first

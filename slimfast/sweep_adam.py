@@ -18,48 +18,34 @@ import copy
 import math
 import statistics
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import torch
 from torch import nn
-from torch.func import functional_call, stack_module_state, vmap
+from torch.func import functional_call, vmap
 
-from .stacked import StackedAdam, _StackedMSE
+from .loop import EpochRun, Stop, eval_mode, new_history, record, record_evaluation, run_epochs, split_errors
+from .stacked import FromProblem, StackedAdam, _StackedMSE, check_stackable, stack_params
 from .sweep import ModelSpec
+from .sweep_run import finish_histories
 
 __all__ = ["AdamSweepTrainer", "run_adam_sweep"]
 
-F64 = torch.float64
 
-
-class AdamSweepTrainer:
+class AdamSweepTrainer(FromProblem):
     """B networks ``nn.Sequential(body, head)`` of one architecture, trained by Adam in lockstep."""
 
     def __init__(self, bodies: Sequence[nn.Module], heads: Sequence[nn.Module], specs: Sequence[ModelSpec],
                  weight_decay: float = 0.0) -> None:
         nets = [nn.Sequential(copy.deepcopy(b), copy.deepcopy(h)) for b, h in zip(bodies, heads)]
-        for net in nets:
-            for mod in net.modules():
-                if isinstance(mod, nn.modules.batchnorm._NormBase) and mod.track_running_stats:
-                    raise ValueError("networks with running statistics cannot be stacked")
+        check_stackable(nets, "networks")
         self.specs = list(specs)
         self._net = copy.deepcopy(nets[0])
-        params, buffers = stack_module_state(nets)
-        self.params = {k: v.detach().requires_grad_(True) for k, v in params.items()}
-        self.buffers = {k: v.detach() for k, v in buffers.items()}
+        self.params, self.buffers = stack_params(nets)
         self.optimizer = StackedAdam(self.params, [s.lr for s in self.specs], weight_decay=weight_decay)
         self.diverged: dict[int, str] = {}
         self._vnet = vmap(self._call)
-
-    @classmethod
-    def from_problem(cls, problem: Any, specs: Sequence[ModelSpec], **kwargs: Any) -> "AdamSweepTrainer":
-        bodies, heads = [], []
-        for s in specs:
-            torch.manual_seed(s.seed)
-            bodies.append(problem.make_body(s.seed))
-            heads.append(problem.make_head(s.seed))
-        return cls(bodies, heads, specs, **kwargs)
 
     def _call(self, params: dict[str, torch.Tensor], buffers: dict[str, torch.Tensor], x: torch.Tensor):
         return functional_call(self._net, (params, buffers), (x,))
@@ -87,21 +73,8 @@ class AdamSweepTrainer:
     def evaluate(self, x: torch.Tensor, y: torch.Tensor, chunk: int = 2048) -> tuple[list[float], list[float]]:
         """Per model: (mean squared error, relative error) on (x, y), eval mode, float64 sums."""
         vnet = vmap(self._call, in_dims=(0, 0, None))
-        B = len(self.specs)
-        sq = torch.zeros(B, dtype=F64)
-        ref = 0.0
-        self._net.eval()
-        try:
-            for start in range(0, x.shape[0], chunk):
-                xc, yc = x[start:start + chunk], y[start:start + chunk]
-                pred = vnet(self.params, self.buffers, xc).double()
-                sq += ((pred - yc.double()[None]) ** 2).reshape(B, -1).sum(1).cpu()
-                ref += float((yc.double() ** 2).sum())
-        finally:
-            self._net.train()
-        mse = [float(v) / max(y.numel(), 1) for v in sq]
-        rel = [math.sqrt(float(v) / ref) if ref > 0 else math.nan for v in sq]
-        return mse, rel
+        with eval_mode(self._net):
+            return split_errors(lambda xc: vnet(self.params, self.buffers, xc), x, y, chunk)
 
 
 def run_adam_sweep(problem: Any, specs: Sequence[ModelSpec], epochs: int, batch_size: int | None = None,
@@ -116,41 +89,50 @@ def run_adam_sweep(problem: Any, specs: Sequence[ModelSpec], epochs: int, batch_
         raise ValueError(f"epochs must be >= 0, got {epochs}")
     trainer = AdamSweepTrainer.from_problem(problem, specs, weight_decay=weight_decay)
     bs = batch_size or problem.batch_size
-    gens = [torch.Generator().manual_seed(s.seed) for s in specs]
-    hists = [{"method": "adam", "spec": {"seed": s.seed, "lr": s.lr}, "problem": problem.name, "batch_size": bs,
-              "epoch": [], "train_loss": [], "val_loss": [], "train_rel": [], "val_rel": [], "batch_loss": [],
-              "diverged": False, "error": None} for s in specs]
-
-    def record(epoch: int) -> None:
-        tr = trainer.evaluate(problem.x_train, problem.y_train)
-        va = trainer.evaluate(problem.x_val, problem.y_val)
-        for i, h in enumerate(hists):
-            if i in trainer.diverged and h["diverged"]:
-                continue
-            h["epoch"].append(epoch)
-            h["train_loss"].append(tr[0][i])
-            h["train_rel"].append(tr[1][i])
-            h["val_loss"].append(va[0][i])
-            h["val_rel"].append(va[1][i])
-            if i in trainer.diverged:
-                h["diverged"], h["error"] = True, trainer.diverged[i]
-
-    start = time.perf_counter()
-    record(0)
-    n = problem.x_train.shape[0]
-    steps = 0
-    for epoch in range(1, epochs + 1):
-        perms = [torch.randperm(n, generator=g) for g in gens]
-        for lo in range(0, n, bs):
-            idx = torch.stack([p[lo:lo + bs] for p in perms])
-            for h, v in zip(hists, trainer.train_step(problem.x_train[idx], problem.y_train[idx])):
-                h["batch_loss"].append(v)
-            steps += 1
-        record(epoch)
-    wall = time.perf_counter() - start
+    hists = [new_history(("epoch", "train_loss", "val_loss", "train_rel", "val_rel", "batch_loss"), method="adam",
+                     spec={"seed": s.seed, "lr": s.lr}, problem=problem.name, batch_size=bs) for s in specs]
     for h in hists:
-        h["steps"], h["wall_time"] = steps, wall
-        if not math.isfinite(h["val_loss"][-1]):
-            h["diverged"] = True
+        h.update(diverged=False, error=None)
+    run = _AdamSweepRun(problem, trainer, hists, bs)
+    start = time.perf_counter()
+    run.end_epoch(0)
+    steps = run_epochs(run, range(1, epochs + 1))
+    finish_histories(hists, steps, time.perf_counter() - start, blow_up=False)
+    for h in hists:
         h["median_batch_loss"] = statistics.median(h["batch_loss"]) if h["batch_loss"] else math.nan
     return hists
+
+
+class _AdamSweepRun(EpochRun):
+    """``run_adam_sweep``'s parts of the shared epoch loop: B networks, one history each."""
+
+    def __init__(self, problem: Any, trainer: AdamSweepTrainer, hists: list[dict[str, Any]], batch_size: int) -> None:
+        self.problem, self.trainer, self.hists, self.batch_size = problem, trainer, hists, batch_size
+        self.generators = [torch.Generator().manual_seed(s.seed) for s in trainer.specs]
+        self.perms: list[torch.Tensor] = []
+
+    def batches(self, epoch: int) -> Iterable[tuple[int, int]]:
+        n = self.problem.x_train.shape[0]
+        self.perms = [torch.randperm(n, generator=g) for g in self.generators]
+        return enumerate(range(0, n, self.batch_size))
+
+    def train_step(self, lo: int) -> list[float]:
+        idx = torch.stack([p[lo:lo + self.batch_size] for p in self.perms])
+        return self.trainer.train_step(self.problem.x_train[idx], self.problem.y_train[idx])
+
+    def record_step(self, epoch: int, index: int, losses: list[float], seconds: float, steps: int) -> Stop:
+        for h, v in zip(self.hists, losses):
+            record(h, batch_loss=v)
+        return Stop.NO
+
+    def end_epoch(self, epoch: int) -> bool:
+        p, diverged = self.problem, self.trainer.diverged
+        tr = self.trainer.evaluate(p.x_train, p.y_train)
+        va = self.trainer.evaluate(p.x_val, p.y_val)
+        for i, h in enumerate(self.hists):
+            if i in diverged and h["diverged"]:
+                continue
+            record_evaluation(h, epoch, (tr[0][i], tr[1][i]), (va[0][i], va[1][i]))
+            if i in diverged:
+                h["diverged"], h["error"] = True, diverged[i]
+        return False

@@ -29,15 +29,13 @@ import torch
 from torch import nn
 
 from .checkpoint import get_rng_state, set_rng_state
+from .loop import EpochRun, REFIT_MODES, Stop, check_refit, eval_mode, new_history, record, run_epochs
 from .optim import SlimTik
 from .refit import refit_head
 
 logger = logging.getLogger("slimfast")
 
 __all__ = ["REFIT_MODES", "ProgressFn", "SlimTrain"]
-
-#: ``SlimTrain.fit(refit=...)``: never, after the last epoch, or after every epoch (before validation).
-REFIT_MODES = ("none", "end", "epoch")
 
 #: progress(epoch, batch_index, n_batches or None, loss) — called after every training step.
 ProgressFn = Callable[[int, int, "int | None", float], None]
@@ -202,11 +200,8 @@ class SlimTrain:
             set_rng_state(rng)
 
     def _evaluate(self, loader: Iterable[tuple[torch.Tensor, torch.Tensor]]) -> float:
-        modes = (self.body.training, self.head.training)
-        self.body.eval()
-        self.head.eval()
         total, count = 0.0, 0
-        try:
+        with eval_mode(self.body, self.head):
             for x, y in loader:
                 x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
                 if self.slim.on_nonfinite == "skip" and not _finite(x, y):
@@ -214,9 +209,6 @@ class SlimTrain:
                 n = _batch_size(x)
                 total += float(self.loss_fn(self.head(self.body(x)), y)) * n
                 count += n
-        finally:
-            self.body.train(modes[0])
-            self.head.train(modes[1])
         return total / max(count, 1)
 
     def fit(
@@ -275,8 +267,7 @@ class SlimTrain:
             ``val_loss`` (when ``val_loader``), ``refit_alpha`` (μ* of each refit), ``lr`` (body
             optimizer, first group, at the epoch's start), ``epoch_time`` (s), ``skipped``.
         """
-        if refit not in REFIT_MODES:
-            raise ValueError(f"refit must be one of {REFIT_MODES}, got {refit!r}")
+        check_refit(refit)
         if not isinstance(epochs, int) or epochs < 0:
             raise ValueError(f"epochs must be a non-negative integer, got {epochs!r}")
         if not isinstance(start_epoch, int) or not 0 <= start_epoch <= epochs:
@@ -287,60 +278,94 @@ class SlimTrain:
             raise ValueError(f"scheduler_interval must be 'epoch' or 'step', got {scheduler_interval!r}")
         keys = ("train_loss", "step_time", "alpha", "lambda", "epoch_train_loss", "running_train_loss", "val_loss",
                 "refit_alpha", "lr", "epoch_time", "skipped")
-        history: dict[str, list[float]] = {k: [] for k in keys}
-        plateau = isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau)
-        try:
-            n_batches: int | None = len(loader)  # type: ignore[arg-type]
-        except TypeError:
-            n_batches = None
-        for epoch in range(start_epoch, epochs):
-            self.body.train()
-            self.head.train()
-            history["lr"].append(float(self.body_optimizer.param_groups[0]["lr"]))
-            t_epoch = time.perf_counter()
-            skip = start_batch if epoch == start_epoch else 0
-            total, count = self.epoch_running if skip else (0.0, 0)
-            self.epoch_running = (total, count)
-            n_skipped = 0
-            _set_epoch(loader, epoch)
-            rng = get_rng_state() if skip else None   # before iter(): a DataLoader draws its seed there
-            batches = iter(loader)
-            if rng is not None:
-                for _ in itertools.islice(batches, skip):
-                    pass
-                set_rng_state(rng)
-            for i, (x, y) in enumerate(batches, start=skip):
-                t0 = time.perf_counter()
-                loss = self.train_step(x, y)   # float(loss) synchronises, so the time is complete
-                history["step_time"].append(time.perf_counter() - t0)
-                history["train_loss"].append(loss)
-                history["alpha"].append(self.slim.alpha_)
-                if self.last_skipped:
-                    n_skipped += 1
-                    history["lambda"].append(math.nan if self.slim.last_info_.skipped else self.slim.lambda_history_[-1])
-                else:
-                    history["lambda"].append(self.slim.lambda_history_[-1])
-                    n = _batch_size(x)
-                    total, count = total + loss * n, count + n
-                    self.epoch_running = (total, count)
-                    if scheduler is not None and scheduler_interval == "step" and not plateau:
-                        scheduler.step()
-                if progress is not None:
-                    progress(epoch, i, n_batches, loss)
-            epoch_loss = total / max(count, 1)
-            history["running_train_loss"].append(epoch_loss)
-            history["skipped"].append(n_skipped)
-            if refit == "epoch" or (refit == "end" and epoch == epochs - 1):
-                history["refit_alpha"].append(self.refit(refit_loader if refit_loader is not None else loader))
-            history["epoch_train_loss"].append(self.evaluate(loader) if eval_train else epoch_loss)
-            if val_loader is not None:
-                history["val_loss"].append(self.evaluate(val_loader))
-            history["epoch_time"].append(time.perf_counter() - t_epoch)
-            if scheduler is not None and (scheduler_interval == "epoch" or plateau):
-                if plateau:
-                    scheduler.step(history["val_loss"][-1] if val_loader is not None else history["epoch_train_loss"][-1])
-                else:
-                    scheduler.step()
-            if callback is not None and callback(epoch, history):
-                break
+        history = new_history(keys)
+        run = _FitRun(self, loader, history, start_epoch=start_epoch, start_batch=start_batch, val_loader=val_loader,
+                      callback=callback, scheduler=scheduler, scheduler_interval=scheduler_interval,
+                      progress=progress, refit_loader=refit_loader, eval_train=eval_train)
+        run_epochs(run, range(start_epoch, epochs), refit=refit)
         return history
+
+
+class _FitRun(EpochRun):
+    """``SlimTrain.fit``'s parts of the shared epoch loop (``loop.run_epochs``)."""
+
+    def __init__(self, trainer: SlimTrain, loader: Iterable[tuple[torch.Tensor, torch.Tensor]],
+                 history: dict[str, Any], *,
+                 start_epoch: int, start_batch: int, val_loader: Iterable[Any] | None, callback: CallbackFn | None,
+                 scheduler: Any | None, scheduler_interval: str, progress: ProgressFn | None,
+                 refit_loader: Iterable[Any] | None, eval_train: bool) -> None:
+        self.trainer, self.loader, self.history = trainer, loader, history
+        self.start_epoch, self.start_batch = start_epoch, start_batch
+        self.val_loader, self.callback, self.progress = val_loader, callback, progress
+        self.refit_loader = refit_loader if refit_loader is not None else loader
+        self.eval_train = eval_train
+        self.scheduler = scheduler
+        self.plateau = isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau)
+        self.step_scheduler = scheduler is not None and scheduler_interval == "step" and not self.plateau
+        self.epoch_scheduler = scheduler is not None and (scheduler_interval == "epoch" or self.plateau)
+        try:
+            self.n_batches: int | None = len(loader)  # type: ignore[arg-type]
+        except TypeError:
+            self.n_batches = None
+        self.skip, self.n_skipped, self.t_epoch = 0, 0, 0.0
+
+    def begin_epoch(self, epoch: int) -> None:
+        t = self.trainer
+        t.body.train()
+        t.head.train()
+        record(self.history, lr=float(t.body_optimizer.param_groups[0]["lr"]))
+        self.t_epoch = time.perf_counter()
+        self.skip = self.start_batch if epoch == self.start_epoch else 0
+        # a resumed epoch goes on from the checkpoint's running sums
+        t.epoch_running = t.epoch_running if self.skip else (0.0, 0)
+        self.n_skipped = 0
+        _set_epoch(self.loader, epoch)
+
+    def batches(self, epoch: int) -> Iterable[tuple[int, Any]]:
+        rng = get_rng_state() if self.skip else None   # before iter(): a DataLoader draws its seed there
+        batches = iter(self.loader)
+        if rng is not None:
+            for _ in itertools.islice(batches, self.skip):
+                pass
+            set_rng_state(rng)
+        return enumerate(batches, start=self.skip)
+
+    def train_step(self, batch: Any) -> tuple[float, int]:
+        x, y = batch
+        return self.trainer.train_step(x, y), _batch_size(x)   # float(loss) synchronises: the time is complete
+
+    def record_step(self, epoch: int, index: int, outcome: tuple[float, int], seconds: float, steps: int) -> Stop:
+        t, slim = self.trainer, self.trainer.slim
+        loss, n = outcome
+        skipped_head = t.last_skipped and slim.last_info_.skipped
+        record(self.history, step_time=seconds, train_loss=loss, alpha=slim.alpha_,
+               **{"lambda": math.nan if skipped_head else slim.lambda_history_[-1]})
+        if t.last_skipped:
+            self.n_skipped += 1
+        else:
+            total, count = t.epoch_running
+            t.epoch_running = (total + loss * n, count + n)
+            if self.step_scheduler:
+                self.scheduler.step()
+        if self.progress is not None:
+            self.progress(epoch, index, self.n_batches, loss)
+        return Stop.NO
+
+    def refit(self, epoch: int) -> None:
+        record(self.history, refit_alpha=self.trainer.refit(self.refit_loader))
+
+    def end_epoch(self, epoch: int) -> bool:
+        t, h = self.trainer, self.history
+        total, count = t.epoch_running
+        epoch_loss = total / max(count, 1)
+        record(h, running_train_loss=epoch_loss, skipped=self.n_skipped,
+                 epoch_train_loss=t.evaluate(self.loader) if self.eval_train else epoch_loss)
+        if self.val_loader is not None:
+            record(h, val_loss=t.evaluate(self.val_loader))
+        record(h, epoch_time=time.perf_counter() - self.t_epoch)
+        if self.epoch_scheduler:
+            if self.plateau:
+                self.scheduler.step(h["val_loss"][-1] if self.val_loader is not None else h["epoch_train_loss"][-1])
+            else:
+                self.scheduler.step()
+        return bool(self.callback is not None and self.callback(epoch, h))

@@ -35,6 +35,16 @@ def device(backend: str) -> torch.device:
     return torch.device("cuda") if backend == "cuda" else torch.device("cpu")
 
 
+@pytest.fixture
+def single_thread():
+    """One intra-op thread for the test: tiny networks run fastest so, immune to a busy machine's
+    stalls (modules opt in with ``pytestmark = pytest.mark.usefixtures("single_thread")``)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def pytest_sessionstart(session: pytest.Session) -> None:
     """In CI the compiled CPU backend must be importable, or its tests would all skip silently."""
     import os

@@ -9,7 +9,6 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 
 from slimfast.cli import main
 from slimfast.reports import sweep_summary
@@ -19,14 +18,7 @@ from slimfast.problems import get_problem
 PNG = b"\x89PNG\r\n\x1a\n"
 ROOT = Path(__file__).resolve().parents[1]
 
-
-@pytest.fixture(autouse=True)
-def _single_thread():
-    """Tiny networks: one intra-op thread is fastest and immune to a busy machine's stalls."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("single_thread")   # conftest.py
 
 
 def _is_png(path: Path) -> bool:

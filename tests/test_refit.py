@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import datetime
 import math
-import os
 import socket
 import traceback
 
@@ -212,24 +211,15 @@ def _free_port() -> int:
 
 @pytest.mark.skipif(not torch.distributed.is_available() or not torch.distributed.is_gloo_available(),
                     reason="torch.distributed with gloo not available")
-def test_two_gloo_ranks_refit_equals_one_process():
-    ctx = mp.get_context("spawn")
-    queue = ctx.Queue()
-    env_threads = os.environ.get("OMP_NUM_THREADS")
-    os.environ["OMP_NUM_THREADS"] = "1"
-    try:
-        procs = mp.start_processes(_dp_worker, args=(_free_port(), queue), nprocs=2, join=False,
-                                   start_method="spawn")
-        results = [queue.get(timeout=55) for _ in range(2)]
-        procs.join(timeout=20)
-    finally:
-        if env_threads is None:
-            os.environ.pop("OMP_NUM_THREADS", None)
-        else:
-            os.environ["OMP_NUM_THREADS"] = env_threads
-    for r in results:
-        assert "error" not in r, f"rank {r['rank']} failed:\n{r['error']}"
-    r0, r1 = sorted(results, key=lambda r: r["rank"])
+def test_two_gloo_ranks_refit_equals_one_process(monkeypatch: pytest.MonkeyPatch):
+    queue = mp.get_context("spawn").Queue()
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")     # the spawned ranks inherit it; restored after the test
+    procs = mp.start_processes(_dp_worker, args=(_free_port(), queue), nprocs=2, join=False, start_method="spawn")
+    results = sorted((queue.get(timeout=55) for _ in range(2)), key=lambda r: r["rank"])
+    procs.join(timeout=20)
+    failed = [f"rank {r['rank']} failed:\n{r['error']}" for r in results if "error" in r]
+    assert not failed, "\n".join(failed)
+    r0, r1 = results
     assert np.array_equal(r0["W"], r1["W"]) and r0["mu"] == r1["mu"]
     body, head, x, y = _linear_case()
     single = refit_head(body, head, [(x, y)])

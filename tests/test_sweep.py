@@ -38,13 +38,7 @@ SPECS = [   # memory depth 5 spelled out: ModelSpec's default is now the default
     ModelSpec(seed=2, lr=3e-2, memory_depth=2),
 ]
 
-
-@pytest.fixture(autouse=True)
-def _single_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("single_thread")   # conftest.py
 
 
 def _peaks64(n_train: int = 96, n_val: int = 40):
@@ -190,6 +184,49 @@ def test_failing_model_is_dropped_others_unchanged():
             assert _rel(W[row], head_to_matrix(solo.head)) <= TOL
             assert _rel_scalar(info.loss[info.models.index(model)], loss) <= TOL
     assert [g.depth for g in trainer.groups] == [0, 5]
+
+
+def test_failed_batched_solve_resolves_each_model_alone(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A group's batched solve that raises FloatingPointError is redone model by model on rows
+    selected out of the group's state; the model whose own solve fails is dropped, the others'
+    states are joined again (SlimTikState.cat) and follow their solo runs."""
+    import slimfast.sweep as sweep_module
+
+    p = _peaks64()
+    specs = SPECS[:3]                      # one group: memory depth 5
+    trainer = SweepTrainer.from_problem(p, specs)
+    solos = [_solo(p.make_body(s.seed), p.make_head(s.seed), s) for s in specs]
+    real, calls = sweep_module.slimtik_step, []
+
+    def flaky(state, *args, **kwargs):
+        if fail_now:
+            calls.append(state.batch)
+            if state.batch > 1:
+                raise FloatingPointError("batched solve failed")
+            if len(calls) == 3:            # the second model's own solve
+                raise FloatingPointError("model solve failed")
+        return real(state, *args, **kwargs)
+
+    monkeypatch.setattr(sweep_module, "slimtik_step", flaky)
+    g = torch.Generator().manual_seed(4)
+    for k in range(4):
+        fail_now = k == 1
+        xs = torch.rand(trainer.n_active, 16, 2, dtype=F64, generator=g) * 6 - 3
+        ys = torch.randn(trainer.n_active, 16, 1, dtype=F64, generator=g)
+        info = trainer.train_step(xs, ys)
+        if k == 1:
+            assert calls == [3, 1, 1, 1] and info.diverged == {1: "FloatingPointError: model solve failed"}
+        W = trainer.head_matrices()
+        for row, model in enumerate(trainer.active):
+            i = info.models.index(model)
+            solos[model].train_step(xs[i], ys[i])
+            assert _rel(W[row], head_to_matrix(solos[model].head)) <= TOL
+    assert trainer.active == [0, 2]
+    state = trainer.groups[0].state
+    assert state.batch == 2 and state.step_count == 4
+    for row, model in enumerate(trainer.active):
+        ref = solos[model].slim.solver_state
+        assert _rel(state.memory[row], ref.memory[0]) <= TOL and _rel(state.Lambda[row], ref.Lambda[0]) <= TOL
 
 
 def test_run_sweep_marks_only_the_diverged_model():
