@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import stack_module_state
 
-from .heads import HeadLayer
+from .heads import HeadLayer, _conv_pads
 
 __all__ = ["StackedAdam"]
 
@@ -118,7 +118,10 @@ def _head_apply(head: HeadLayer, weight: torch.Tensor, bias: torch.Tensor | None
     if isinstance(head, nn.Linear):
         return F.linear(z, weight, bias)
     if isinstance(head, nn.Conv2d):
-        return head._conv_forward(z, weight, bias)
+        if head.padding_mode == "zeros":
+            return F.conv2d(z, weight, bias, head.stride, head.padding, head.dilation, head.groups)
+        padded = F.pad(z, _conv_pads(head), mode=head.padding_mode)   # the layer's own padding, done by hand
+        return F.conv2d(padded, weight, bias, head.stride, 0, head.dilation, head.groups)
     return F.conv_transpose2d(z, weight, bias, head.stride, head.padding, head.output_padding, head.groups,
                               head.dilation)
 
