@@ -13,7 +13,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 import slimfast.commands
 import slimfast.sweep
@@ -28,12 +27,7 @@ from .test_problems import _fake_mnist, _write_idx
 TINY = ["--n-train", "64", "--n-val", "32", "--max-steps", "2", "-q"]
 
 
-@pytest.fixture(autouse=True)
-def _single_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 @pytest.fixture

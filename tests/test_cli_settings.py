@@ -6,19 +6,13 @@ import json
 import statistics
 
 import pytest
-import torch
 
 from slimfast.cli import main
 from slimfast.problems import get_problem
 from slimfast.runs import RunConfig, run_training
 
 
-@pytest.fixture(autouse=True)
-def _single_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def test_compare_reports_medians_over_seeds(tmp_path):
