@@ -66,11 +66,14 @@ CHILD = textwrap.dedent(
 
 
 @pytest.mark.parametrize("backend", CPU_BACKENDS)
-def test_allocation_failure_is_memory_error(backend: str) -> None:
+def test_allocation_failure_is_memory_error(backend: str, tmp_path) -> None:
     require_backend(backend)
     if not sys.platform.startswith("linux"):
         pytest.skip("RLIMIT_AS and /proc/self/status are Linux")
-    proc = subprocess.run([sys.executable, "-c", CHILD, backend], capture_output=True, text=True, timeout=60)
+    # cwd outside the checkout: `python -c` puts the working directory first on sys.path, where
+    # the source tree (without its compiled modules) would shadow the installed package.
+    proc = subprocess.run([sys.executable, "-c", CHILD, backend], capture_output=True, text=True, timeout=60,
+                          cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.split("\n")[:3] == ["MemoryError", "unchanged", "later step ok"], proc.stdout + proc.stderr[-2000:]
 
