@@ -290,6 +290,15 @@ def _check_payload(payload: dict[str, Any], body: Any, head: Any, body_optimizer
             raise ValueError(f"field epoch_running must be [finite total, count], got {running!r}")
 
 
+def _apply_states(parts: Mapping[str, Any], gens: Mapping[str, torch.Generator], states: Mapping[str, Any]) -> None:
+    """Load ``states[name]`` into every object of ``parts`` (None objects skipped) and the generators."""
+    for name, obj in parts.items():
+        if obj is not None:
+            obj.load_state_dict(states[name])
+    for name, gen in gens.items():
+        gen.set_state(states["generators"][name])
+
+
 def load_checkpoint(
     path: str | os.PathLike[str],
     *,
@@ -327,30 +336,15 @@ def load_checkpoint(
         raise ValueError(f"{path!r}: {exc}") from None
     # Everything is checked; should a load still fail (a value no check foresaw), put back what
     # was there so that a rejected checkpoint never leaves a half-restored run.
-    before = copy.deepcopy({"body": body.state_dict(), "head": head.state_dict(),
-                            "body_optimizer": body_optimizer.state_dict(), "slim": slim.state_dict(),
-                            "scheduler": None if scheduler is None else scheduler.state_dict(),
-                            "generators": {k: g.get_state() for k, g in gens.items()}})
+    parts = {"body": body, "head": head, "body_optimizer": body_optimizer, "slim": slim, "scheduler": scheduler}
+    before = copy.deepcopy({"generators": {k: g.get_state() for k, g in gens.items()},
+                            **{k: None if obj is None else obj.state_dict() for k, obj in parts.items()}})
     try:
-        body.load_state_dict(payload["body"])
-        head.load_state_dict(payload["head"])
-        body_optimizer.load_state_dict(payload["body_optimizer"])
-        slim.load_state_dict(payload["slim"])
-        if scheduler is not None:
-            scheduler.load_state_dict(payload["scheduler"])
-        for name, gen in gens.items():
-            gen.set_state(payload["generators"][name])
+        _apply_states(parts, gens, payload)
         if restore_rng:
             set_rng_state(payload["rng"])
     except Exception as exc:
-        body.load_state_dict(before["body"])
-        head.load_state_dict(before["head"])
-        body_optimizer.load_state_dict(before["body_optimizer"])
-        slim.load_state_dict(before["slim"])
-        if scheduler is not None:
-            scheduler.load_state_dict(before["scheduler"])
-        for name, gen in gens.items():
-            gen.set_state(before["generators"][name])
+        _apply_states(parts, gens, before)
         raise ValueError(f"{path!r} could not be applied ({type(exc).__name__}: {exc}); nothing was changed") from exc
     if slimtrain is not None and payload["epoch_running"] is not None:
         total, count = payload["epoch_running"]
