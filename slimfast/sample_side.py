@@ -215,7 +215,7 @@ def sample_side_step(
     Mz = beta[:, None, None] * Z
     cols = state.columns()
     # New kernel entries: stored blocks (all padded columns, so no gather of n_f-long data) and itself.
-    stored = (state.blocks.mT @ Mz[:, None]).reshape(B, r * cap, n_b) if r * cap else Mz.new_zeros(B, 0, n_b)
+    stored = state.blocks.mT @ Mz
     gram = _sym(Mz.mT @ Mz)
     A = torch.cat([stored[:, cols], gram], dim=1)
     K_mem = state.kernel[:, cols][:, :, cols]
@@ -223,8 +223,7 @@ def sample_side_step(
     if not bool(torch.isfinite(K).all()) or float(K.abs().max()) > MAX_ABS:
         raise ValueError(f"Z too large: its kernel matrix exceeds ±{MAX_ABS:g} (the solver squares it); rescale")
     sigma2, P, rank = _kernel_basis(K, n_f)
-    WM = torch.cat([(W[:, None] @ state.blocks).transpose(1, 2).reshape(B, -1, r * cap)[:, :, cols]
-                    if r * cap else W.new_zeros(B, W.shape[1], 0), W @ Mz], dim=2)
+    WM = torch.cat([(W @ state.blocks)[:, :, cols], W @ Mz], dim=2)
     inputs = _projected(P.mT @ A, C, beta, sigma2, WM @ P)
     extra = {"eigensolver": "jacobi"} if name in ("cpp", "cuda") else {}
     W_p, info = module.slimtik_step(*inputs[:4], m_t, inputs[4], state.Lambda, state.memory_empty, config, **extra)
@@ -232,9 +231,7 @@ def sample_side_step(
     X = (W_p - ratio[:, None, None] * inputs[4]) @ P.mT
     X_mem = X.new_zeros(B, X.shape[1], r * cap)
     X_mem[:, :, cols] = X[:, :, : len(cols)]
-    W_new = ratio[:, None, None] * W + X[:, :, len(cols):] @ Mz.mT
-    if r * cap:
-        W_new = W_new + (X_mem.reshape(B, -1, r, cap).transpose(1, 2) @ state.blocks.mT).sum(1)
+    W_new = ratio[:, None, None] * W + X[:, :, len(cols):] @ Mz.mT + X_mem @ state.blocks.mT
     info = _finish_info(info, rank, sigma2, n_f)
     if not bool(torch.isfinite(W_new).all()):
         raise FloatingPointError(f"backend {name!r} produced non-finite weights on the sample side; state unchanged")

@@ -260,8 +260,10 @@ class SampleSideState:
     N = (n_stored + 1)·n_b columns, not O(n_f³) (``slimfast.sample_side``).
 
     Attributes:
-        blocks: [B, r, n_f, cap] float64 ring buffer; slot i holds β_j Z_j in its first
-            ``sizes[i]`` columns (zeros after them: a partial batch only fills part of a slot).
+        blocks: [B, n_f, r·cap] float64 ring buffer of r slots of ``cap`` columns: slot i
+            (columns i·cap …) holds β_j Z_j in its first ``sizes[i]`` columns and zeros after
+            them (a partial batch fills part of a slot). One matrix, so the products with all
+            stored blocks are single GEMMs.
         beta: [B, r] the β_j each slot's block was scaled with (0 for an empty slot).
         sizes: r Python ints, the samples in each slot (0: empty), shared by the B problems.
         kernel: [B, r·cap, r·cap] cache of MᵀM between the stored columns: the entry of column a
@@ -291,7 +293,7 @@ class SampleSideState:
             memory_depth
         self.Lambda = ref.Lambda
         self.cap = 0
-        self.blocks = self.Lambda.new_zeros(ref.batch, memory_depth, ref.n_features, 0)
+        self.blocks = self.Lambda.new_zeros(ref.batch, ref.n_features, 0)
         self.beta = self.Lambda.new_zeros(ref.batch, memory_depth)
         self.kernel = self.Lambda.new_zeros(ref.batch, 0, 0)
         self.sizes = [0] * memory_depth
@@ -313,11 +315,15 @@ class SampleSideState:
         """Re-lay the slots with ``cap`` columns each (cap ≥ every stored size)."""
         B, r, n_f, old = self.batch, self.memory_depth, self.n_features, self.cap
         keep = min(old, cap)
-        blocks = self.blocks.new_zeros(B, r, n_f, cap)
-        blocks[..., :keep] = self.blocks[..., :keep]
+        blocks = self.blocks.new_zeros(B, n_f, r, cap)
+        blocks[..., :keep] = self.blocks.reshape(B, n_f, r, old)[..., :keep]
         kernel = self.kernel.new_zeros(B, r, cap, r, cap)
         kernel[:, :, :keep, :, :keep] = self.kernel.reshape(B, r, old, r, old)[:, :, :keep, :, :keep]
-        self.blocks, self.kernel, self.cap = blocks, kernel.reshape(B, r * cap, r * cap), cap
+        self.blocks, self.kernel, self.cap = blocks.reshape(B, n_f, r * cap), kernel.reshape(B, r * cap, r * cap), cap
+
+    def slot(self, i: int) -> torch.Tensor:
+        """View [B, n_f, cap] of slot i of ``blocks``."""
+        return self.blocks[:, :, i * self.cap:(i + 1) * self.cap]
 
     def commit(self, Mz: torch.Tensor, beta: torch.Tensor, cross: torch.Tensor, Lambda_new: torch.Tensor) -> None:
         """Record a completed step: store Mz = β_k Z_k [B, n_f, n_b] in slot ``head`` (dropping the
@@ -331,8 +337,8 @@ class SampleSideState:
             if n_b > self.cap:
                 self._resize(n_b)
             h, cap = self.head, self.cap
-            self.blocks[:, h].zero_()
-            self.blocks[:, h, :, :n_b] = Mz
+            self.slot(h).zero_()
+            self.slot(h)[:, :, :n_b] = Mz
             self.beta[:, h] = beta
             self.sizes[h] = n_b
             # Kernel entries of the new block with every slot (its own slot: MzᵀMz), written to its
@@ -353,7 +359,7 @@ class SampleSideState:
 
     def snapshot(self) -> tuple[Any, ...]:
         """What the next ``commit`` overwrites, for ``restore``: O(B·(n_f·cap + (r·cap)²)) copies."""
-        slot = (self.blocks[:, self.head].clone(), self.beta.clone(), self.kernel.clone()) if self.memory_depth else None
+        slot = (self.slot(self.head).clone(), self.beta.clone(), self.kernel.clone()) if self.memory_depth else None
         return slot, self.cap, list(self.sizes), self.Lambda.clone(), self.n_stored, self.head, self.step_count
 
     def restore(self, snap: tuple[Any, ...]) -> None:
@@ -362,7 +368,7 @@ class SampleSideState:
         if slot is not None:
             if self.cap != cap:
                 self._resize(cap)
-            self.blocks[:, head].copy_(slot[0])
+            self.slot(head).copy_(slot[0])
             self.beta.copy_(slot[1])
             self.kernel.copy_(slot[2])
         self.sizes, self.n_stored, self.head, self.step_count = sizes, n_stored, head, step_count
@@ -391,7 +397,7 @@ class SampleSideState:
         B, n_f = as_size("batch", state["batch"], 1), as_size("n_features", state["n_features"], 1)
         as_size("n_targets", state["n_targets"], 1)
         r, cap = as_size("memory_depth", state["memory_depth"], 0), as_size("cap", state["cap"], 0)
-        for name, shape in (("blocks", (B, r, n_f, cap)), ("beta", (B, r)), ("kernel", (B, r * cap, r * cap)),
+        for name, shape in (("blocks", (B, n_f, r * cap)), ("beta", (B, r)), ("kernel", (B, r * cap, r * cap)),
                             ("Lambda", (B,))):
             x = state[name]
             if not isinstance(x, torch.Tensor) or not x.is_floating_point():
@@ -407,7 +413,7 @@ class SampleSideState:
         sizes = [as_size("sizes", n, 0) for n in sizes]
         if any(n > cap for n in sizes):
             raise ValueError(f"solver state field sizes={sizes} exceeds cap={cap}")
-        if any(bool((state["blocks"][:, i, :, n:] != 0).any()) for i, n in enumerate(sizes)):
+        if any(bool((state["blocks"][:, :, i * cap + n:(i + 1) * cap] != 0).any()) for i, n in enumerate(sizes)):
             raise ValueError("solver state field blocks has nonzero columns beyond a slot's size")
         n_stored, head = as_size("n_stored", state["n_stored"], 0), as_size("head", state["head"], 0)
         as_size("step_count", state["step_count"], 0)
@@ -418,7 +424,7 @@ class SampleSideState:
             raise ValueError(f"solver state field head={head} is not a slot of memory_depth={r}")
         if bool((state["beta"] < 0).any()):
             raise ValueError("solver state field beta is negative")
-        M = state["blocks"].to(torch.float64).permute(0, 2, 1, 3).reshape(B, n_f, r * cap)
+        M = state["blocks"].to(torch.float64)
         K = state["kernel"].to(torch.float64)
         scale = float(K.abs().max()) if K.numel() else 0.0
         if K.numel() and float((M.mT @ M - K).abs().max()) > 1e-10 * max(scale, 1e-300):
