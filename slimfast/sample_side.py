@@ -87,6 +87,13 @@ def _projected(Zp: torch.Tensor, C: torch.Tensor, beta: torch.Tensor, sigma2: to
     return torch.diag_embed(sigma2), G.contiguous(), H.contiguous(), c, WQ.contiguous()
 
 
+def _null_ratio(Lambda_prev: torch.Tensor, mu: torch.Tensor, rank: torch.Tensor, n_f: int) -> torch.Tensor:
+    """[B] Λ_{k−1}/μ, the factor of W's component in the null space of G_mem; 0 where G_mem has
+    full rank. There QQᵀ = I, and W − WQQᵀ would be rounding amplified by Λ_{k−1}/μ (large when
+    sGCV lowers Λ by orders of magnitude)."""
+    return torch.where(rank < n_f, Lambda_prev / mu, torch.zeros_like(mu))
+
+
 def _finish_info(info: torch.Tensor, rank: torch.Tensor, sigma2: torch.Tensor, n_f: int) -> torch.Tensor:
     """The dense path's cond and eig_min for G_mem [n_f, n_f]: where rank < n_f its smallest
     eigenvalue is exactly 0, so cond = (s_max + μ)/μ and eig_min = 0."""
@@ -120,7 +127,7 @@ def _sample_side_step(
     Q = M @ P
     inputs = _projected(Q.mT @ Mz, C, beta, sigma2, W @ Q)
     W_p, info = _slimtik_step(*inputs[:4], m, inputs[4], Lambda_prev, memory_empty, config)
-    ratio = (Lambda_prev / info[:, 1])[:, None, None]
+    ratio = _null_ratio(Lambda_prev, info[:, 1], rank, n_f)[:, None, None]
     W_new = W_p @ Q.mT + ratio * (W - (W @ Q) @ Q.mT)
     return W_new, _finish_info(info, rank, sigma2, n_f)
 
@@ -227,7 +234,7 @@ def sample_side_step(
     inputs = _projected(P.mT @ A, C, beta, sigma2, WM @ P)
     extra = {"eigensolver": "jacobi"} if name in ("cpp", "cuda") else {}
     W_p, info = module.slimtik_step(*inputs[:4], m_t, inputs[4], state.Lambda, state.memory_empty, config, **extra)
-    ratio = state.Lambda / info[:, 1]
+    ratio = _null_ratio(state.Lambda, info[:, 1], rank, n_f)
     X = (W_p - ratio[:, None, None] * inputs[4]) @ P.mT
     X_mem = X.new_zeros(B, X.shape[1], r * cap)
     X_mem[:, :, cols] = X[:, :, : len(cols)]
