@@ -11,8 +11,9 @@ import math
 
 import pytest
 import torch
+from torch import nn
 
-from slimfast import SolverConfig
+from slimfast import SlimTik, SlimTikState, SolverConfig
 from slimfast._torch_impl import _slimtik_step
 from slimfast.sample_side import _sample_side_step, sample_side_step
 from slimfast.state import SampleSideState
@@ -185,3 +186,118 @@ def test_check_state_dict_rejects_inconsistent_states() -> None:
                          (bad_shape, "beta"), (dict(good, kind="gram"), "kind")):
         with pytest.raises(ValueError, match=match):
             SampleSideState.check_state_dict(state)
+
+
+# ----------------------------------------------------------------------------- SlimTik on the sample side
+
+def _wide_data(n_in: int, n_t: int, sizes: tuple[int, ...], seed: int = 0) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    g = torch.Generator().manual_seed(seed)
+    W_true = torch.randn(n_t, n_in, dtype=F64, generator=g) / math.sqrt(n_in)
+    out = []
+    for n_b in sizes:
+        x = torch.tanh(torch.randn(n_b, n_in, dtype=F64, generator=g))
+        out.append((x, x @ W_true.T + 0.1 * torch.randn(n_b, n_t, dtype=F64, generator=g)))
+    return out
+
+
+def _slim(side: str, n_in: int = 150, n_t: int = 3, r: int = 3, dtype: torch.dtype = F64, **kw) -> SlimTik:
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(1)
+        head = nn.Linear(n_in, n_t).to(dtype)
+    return SlimTik(head, memory_depth=r, solve_side=side, **kw)
+
+
+def _params(slim: SlimTik) -> torch.Tensor:
+    return torch.cat([slim.head.weight.detach().flatten(), slim.head.bias.detach()]).double()
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+def test_slimtik_samples_equals_features(backend: str, device: torch.device, reduction: str) -> None:
+    """Same data, 10 steps (one partial batch): the two sides give the same weights and Λ."""
+    data = _wide_data(150, 3, (16, 16, 16, 16, 16, 9, 16, 16, 16, 16))
+    if reduction == "sum":   # see WideRun.batch: unit-scale features make λ's minimiser flat under β = 1
+        data = [(0.3 * x, y) for x, y in data]
+    runs = {}
+    for side in ("features", "samples"):
+        slim = _slim(side, reduction=reduction, backend=backend)
+        slim.head.to(device)
+        infos = [slim.step(x.to(device), y.to(device)) for x, y in data]
+        assert {i.side for i in infos} == {side} and f"({side})" in repr(slim)
+        runs[side] = (_params(slim).cpu(), torch.tensor(slim.Lambda_history_, dtype=F64))
+    assert rel_err(runs["samples"][0], runs["features"][0]) < 1e-9
+    assert rel_err(runs["samples"][1], runs["features"][1]) < 1e-9
+
+
+def test_auto_choice_and_bad_settings() -> None:
+    wide, narrow = _slim("auto", n_in=100, r=2), _slim("auto", n_in=8, r=2)
+    (x, y), (x8, y8) = _wide_data(100, 3, (8,))[0], _wide_data(8, 3, (8,))[0]
+    assert wide.step(x, y).side == "samples"        # n_f = 101 > (r + 1)·n_b = 24
+    assert narrow.step(x8, y8).side == "features"   # n_f = 9
+    assert isinstance(wide.solver_state, SampleSideState) and isinstance(narrow.solver_state, SlimTikState)
+    conv = nn.Conv2d(2, 1, 3)
+    assert SlimTik(conv, solve_side="auto").step(torch.randn(2, 2, 5, 5), torch.randn(2, 1, 3, 3)).side == "features"
+    with pytest.raises(ValueError, match="solve_side"):
+        _slim("bogus")
+    with pytest.raises(ValueError, match="solve_side='samples' needs an nn.Linear"):
+        SlimTik(nn.Conv2d(2, 1, 3), solve_side="samples")
+
+
+def test_checkpoint_round_trip_is_bit_identical(tmp_path) -> None:
+    data = _wide_data(120, 2, (10,) * 8, seed=2)
+    slim = _slim("samples", n_in=120, n_t=2, r=2)
+    for x, y in data[:4]:
+        slim.step(x, y)
+    path = tmp_path / "slim.pt"
+    torch.save(slim.state_dict(), path)
+    other = _slim("features", n_in=120, n_t=2, r=2)   # the saved state decides the side
+    with torch.no_grad():
+        other.head.weight.copy_(slim.head.weight)
+        other.head.bias.copy_(slim.head.bias)
+    other.load_state_dict(torch.load(path, weights_only=True))
+    assert other.solve_side == "samples" and isinstance(other.solver_state, SampleSideState)
+    assert _state_equal(other.solver_state, slim.solver_state)
+    for x, y in data[4:]:
+        assert slim.step(x, y).side == other.step(x, y).side == "samples"
+    assert torch.equal(_params(slim), _params(other)) and _state_equal(other.solver_state, slim.solver_state)
+    assert slim.Lambda_history_ == other.Lambda_history_
+
+
+def test_corrupted_checkpoint_changes_nothing() -> None:
+    slim = _slim("samples", n_in=60, n_t=2, r=2)
+    for x, y in _wide_data(60, 2, (6, 6), seed=3):
+        slim.step(x, y)
+    sd = slim.state_dict()
+    sd["slimtik"]["solver"]["kernel"] = sd["slimtik"]["solver"]["kernel"] * 2.0
+    fresh = _slim("samples", n_in=60, n_t=2, r=2)
+    with pytest.raises(ValueError, match="kernel"):
+        fresh.load_state_dict(sd)
+    assert fresh.solver_state is None and fresh.n_steps_ == 0
+
+
+def test_nonfinite_and_oversized_batches() -> None:
+    (x, y), (x2, y2) = _wide_data(80, 2, (6, 6), seed=4)
+    slim = _slim("samples", n_in=80, n_t=2, r=2)
+    slim.step(x, y)
+    before, w0 = slim.solver_state.state_dict(), _params(slim)
+    bad = x2.clone()
+    bad[0, 0] = math.nan
+    with pytest.raises(ValueError, match="features"):
+        slim.step(bad, y2)
+    with pytest.raises(ValueError, match="target too large"):
+        slim.step(x2, y2 * 1e160)
+    assert torch.equal(_params(slim), w0) and slim.n_steps_ == 1
+    assert _state_equal(SampleSideState.from_state_dict(before), slim.solver_state)
+    slim.on_nonfinite = "skip"
+    info = slim.step(bad, y2)
+    assert info.skipped and slim.n_skipped_ == 1 and slim.n_steps_ == 1 and torch.equal(_params(slim), w0)
+    with pytest.raises(ValueError, match="features too large"):   # a scale error is never skipped
+        slim.step(x2 * 1e160, y2)
+
+
+def test_float32_head_follows_the_float64_solve() -> None:
+    data = _wide_data(100, 2, (8,) * 5, seed=5)
+    runs = [_slim(side, n_in=100, n_t=2, r=2, dtype=torch.float32) for side in ("features", "samples")]
+    for slim in runs:
+        for x, y in data:
+            slim.step(x.float(), y.float())
+    assert rel_err(_params(runs[1]), _params(runs[0])) < 1e-5
