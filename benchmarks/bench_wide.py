@@ -54,7 +54,7 @@ class Pair:
 
     def _cross(self, Mz: torch.Tensor) -> torch.Tensor:
         st = self.samples
-        stored = st.blocks.mT @ Mz
+        stored = st.blocks @ Mz
         return torch.cat([stored, Mz.mT @ Mz], dim=1)
 
     def batch(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -123,7 +123,7 @@ def main_wide(quick: bool = False) -> None:
 
     print(f"{'r':>2} {'n_b':>4} {'N':>4} {'n_f':>5} {'n_f/N':>6} | {'dense ms':>9} {'sample ms':>10} "
           f"{'dense/sample':>12} | max rel diff")
-    scans = [(5, 64, (192, 288, 384, 480, 576, 768)), (0, 64, (32, 48, 64, 96, 128, 192))]
+    scans = [(5, 64, (288, 384, 432, 480, 576, 768)), (0, 64, (48, 64, 80, 96, 128, 192))]
     for r, n_b, widths in scans:
         N = (r + 1) * n_b
         crossing = None

@@ -137,7 +137,7 @@ class SlimTik(torch.optim.Optimizer):
             by one all-reduce of 8·(n_f² + n_t·n_f + 2) bytes, scaled by the whole batch's β²,
             and every rank takes the identical step (the memory holds the reduced statistics).
             All ranks must call ``step`` together; ``m`` in the record is the global count.
-        solve_side: "auto" (samples if a Linear head's n_f > (r+1)·n_b; ``sample_side_head``), "features", "samples".
+        solve_side: "auto" (the sample side for a wide Linear head; ``sample_side_head``), "features", "samples".
 
     The params form one group with an unused ``lr`` (1.0) so LR schedulers attach without error.
     ``step(features, target)`` replaces the usual ``step(closure)``; it needs no gradients.

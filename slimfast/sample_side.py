@@ -29,6 +29,7 @@ Shapes: B problems, n_f features (bias included), n_t targets, n_b samples in th
 
 from __future__ import annotations
 
+import math
 import numbers
 from typing import Any
 
@@ -43,9 +44,11 @@ from .validation import MAX_ABS, Fault, first_fault, residual_counts
 
 __all__ = ["SAMPLE_SIDE_CROSSOVER", "prefer_samples", "sample_side_step"]
 
-#: The sample side is chosen when n_f > SAMPLE_SIDE_CROSSOVER·(r + 1)·n_b. Measured with
-#: ``benchmarks/bench_solver.py --wide`` (see benchmarks/RESULTS.md, "Wide heads").
-SAMPLE_SIDE_CROSSOVER = 1.0
+#: The sample side is chosen when n_f > SAMPLE_SIDE_CROSSOVER·(r + 1)·n_b: the larger of the two
+#: crossovers measured by ``benchmarks/bench_solver.py --wide`` (n_b = 64: n_f/N ≈ 1.1 at r = 5,
+#: where the N³ eigendecomposition dominates, ≈ 2 at r = 0, where the sample side's fixed cost of
+#: a dozen small tensor operations does; benchmarks/RESULTS.md, "Wide heads").
+SAMPLE_SIDE_CROSSOVER = 2.0
 
 F64 = torch.float64
 
@@ -158,9 +161,10 @@ def _check_array(name: str, x: Any, shape: tuple[int, ...], doc: str, device: to
         raise ValueError(f"{name} must have shape {doc} = {list(shape)}, got {list(x.shape)}")
     if x.device != device:
         raise ValueError(f"{name} is on {x.device}, but the solver state is on {device}")
-    if not bool(torch.isfinite(x).all()):
+    top = float(x.abs().max()) if x.numel() else 0.0   # one pass: max propagates NaN
+    if not math.isfinite(top):
         raise ValueError(f"{name} contains NaN or Inf")
-    if x.numel() and float(x.abs().max()) > MAX_ABS:
+    if top > MAX_ABS:
         raise ValueError(f"{name} has entries beyond ±{MAX_ABS:g}; rescale the data")
     return x.resolve_neg().contiguous()
 
@@ -171,7 +175,9 @@ def _check_inputs(state: SampleSideState, config: SolverConfig, Z: Any, C: Any, 
     if not isinstance(config, SolverConfig):
         raise TypeError(f"config must be a SolverConfig, got {type(config).__name__}")
     B, n_f, n_t, dev = state.batch, state.n_features, state.n_targets, state.device
-    if not isinstance(Z, torch.Tensor) or Z.ndim != 3 or Z.shape[-1] < 1:
+    if not isinstance(Z, torch.Tensor):
+        raise TypeError(f"Z must be a torch tensor, got {type(Z).__name__}")
+    if Z.ndim != 3 or Z.shape[-1] < 1:
         raise ValueError(f"Z must be a tensor of shape [B, n_f, n_b] with n_b >= 1, got {getattr(Z, 'shape', Z)!r}")
     n_b = Z.shape[-1]
     Z = _check_array("Z", Z, (B, n_f, n_b), "[B, n_f, n_b]", dev)
@@ -221,24 +227,30 @@ def sample_side_step(
     r, cap = state.memory_depth, state.cap
     Mz = beta[:, None, None] * Z
     cols = state.columns()
+    n_mem = len(cols)
+    # A full memory uses every padded column: no gathers then.
+    pick = slice(None) if n_mem == r * cap else cols
     # New kernel entries: stored blocks (all padded columns, so no gather of n_f-long data) and itself.
-    stored = state.blocks.mT @ Mz
+    stored = state.blocks @ Mz
     gram = _sym(Mz.mT @ Mz)
-    A = torch.cat([stored[:, cols], gram], dim=1)
-    K_mem = state.kernel[:, cols][:, :, cols]
-    K = torch.cat([torch.cat([K_mem, A[:, : len(cols)]], dim=2), A.mT], dim=1)
-    if not bool(torch.isfinite(K).all()) or float(K.abs().max()) > MAX_ABS:
+    A = torch.cat([stored[:, pick], gram], dim=1)
+    K_mem = state.kernel if n_mem == r * cap else state.kernel[:, cols][:, :, cols]
+    K = torch.cat([torch.cat([K_mem, A[:, :n_mem]], dim=2), A.mT], dim=1)
+    if not float(K.abs().max()) <= MAX_ABS:
         raise ValueError(f"Z too large: its kernel matrix exceeds ±{MAX_ABS:g} (the solver squares it); rescale")
     sigma2, P, rank = _kernel_basis(K, n_f)
-    WM = torch.cat([(W @ state.blocks)[:, :, cols], W @ Mz], dim=2)
+    WM = torch.cat([(W @ state.blocks.mT)[:, :, pick], W @ Mz], dim=2)
     inputs = _projected(P.mT @ A, C, beta, sigma2, WM @ P)
     extra = {"eigensolver": "jacobi"} if name in ("cpp", "cuda") else {}
     W_p, info = module.slimtik_step(*inputs[:4], m_t, inputs[4], state.Lambda, state.memory_empty, config, **extra)
     ratio = _null_ratio(state.Lambda, info[:, 1], rank, n_f)
     X = (W_p - ratio[:, None, None] * inputs[4]) @ P.mT
-    X_mem = X.new_zeros(B, X.shape[1], r * cap)
-    X_mem[:, :, cols] = X[:, :, : len(cols)]
-    W_new = ratio[:, None, None] * W + X[:, :, len(cols):] @ Mz.mT + X_mem @ state.blocks.mT
+    if n_mem == r * cap:
+        X_mem = X[:, :, :n_mem]
+    else:
+        X_mem = X.new_zeros(B, X.shape[1], r * cap)
+        X_mem[:, :, cols] = X[:, :, :n_mem]
+    W_new = ratio[:, None, None] * W + X[:, :, n_mem:] @ Mz.mT + X_mem @ state.blocks
     info = _finish_info(info, rank, sigma2, n_f)
     if not bool(torch.isfinite(W_new).all()):
         raise FloatingPointError(f"backend {name!r} produced non-finite weights on the sample side; state unchanged")

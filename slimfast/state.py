@@ -260,10 +260,10 @@ class SampleSideState:
     N = (n_stored + 1)·n_b columns, not O(n_f³) (``slimfast.sample_side``).
 
     Attributes:
-        blocks: [B, n_f, r·cap] float64 ring buffer of r slots of ``cap`` columns: slot i
-            (columns i·cap …) holds β_j Z_j in its first ``sizes[i]`` columns and zeros after
-            them (a partial batch fills part of a slot). One matrix, so the products with all
-            stored blocks are single GEMMs.
+        blocks: [B, r·cap, n_f] float64 ring buffer of r slots of ``cap`` samples, one row per
+            sample: slot i (rows i·cap …) holds (β_j Z_j)ᵀ in its first ``sizes[i]`` rows and
+            zeros after them (a partial batch fills part of a slot). One row-major matrix, so the
+            products with all stored blocks are single GEMMs on contiguous rows.
         beta: [B, r] the β_j each slot's block was scaled with (0 for an empty slot).
         sizes: r Python ints, the samples in each slot (0: empty), shared by the B problems.
         kernel: [B, r·cap, r·cap] cache of MᵀM between the stored columns: the entry of column a
@@ -293,7 +293,7 @@ class SampleSideState:
             memory_depth
         self.Lambda = ref.Lambda
         self.cap = 0
-        self.blocks = self.Lambda.new_zeros(ref.batch, ref.n_features, 0)
+        self.blocks = self.Lambda.new_zeros(ref.batch, 0, ref.n_features)
         self.beta = self.Lambda.new_zeros(ref.batch, memory_depth)
         self.kernel = self.Lambda.new_zeros(ref.batch, 0, 0)
         self.sizes = [0] * memory_depth
@@ -315,15 +315,15 @@ class SampleSideState:
         """Re-lay the slots with ``cap`` columns each (cap ≥ every stored size)."""
         B, r, n_f, old = self.batch, self.memory_depth, self.n_features, self.cap
         keep = min(old, cap)
-        blocks = self.blocks.new_zeros(B, n_f, r, cap)
-        blocks[..., :keep] = self.blocks.reshape(B, n_f, r, old)[..., :keep]
+        blocks = self.blocks.new_zeros(B, r, cap, n_f)
+        blocks[:, :, :keep] = self.blocks.reshape(B, r, old, n_f)[:, :, :keep]
         kernel = self.kernel.new_zeros(B, r, cap, r, cap)
         kernel[:, :, :keep, :, :keep] = self.kernel.reshape(B, r, old, r, old)[:, :, :keep, :, :keep]
-        self.blocks, self.kernel, self.cap = blocks.reshape(B, n_f, r * cap), kernel.reshape(B, r * cap, r * cap), cap
+        self.blocks, self.kernel, self.cap = blocks.reshape(B, r * cap, n_f), kernel.reshape(B, r * cap, r * cap), cap
 
     def slot(self, i: int) -> torch.Tensor:
-        """View [B, n_f, cap] of slot i of ``blocks``."""
-        return self.blocks[:, :, i * self.cap:(i + 1) * self.cap]
+        """View [B, n_f, cap] of slot i (its block β_jZ_j, zero-padded) inside ``blocks``."""
+        return self.blocks[:, i * self.cap:(i + 1) * self.cap].mT
 
     def commit(self, Mz: torch.Tensor, beta: torch.Tensor, cross: torch.Tensor, Lambda_new: torch.Tensor) -> None:
         """Record a completed step: store Mz = β_k Z_k [B, n_f, n_b] in slot ``head`` (dropping the
@@ -397,7 +397,7 @@ class SampleSideState:
         B, n_f = as_size("batch", state["batch"], 1), as_size("n_features", state["n_features"], 1)
         as_size("n_targets", state["n_targets"], 1)
         r, cap = as_size("memory_depth", state["memory_depth"], 0), as_size("cap", state["cap"], 0)
-        for name, shape in (("blocks", (B, n_f, r * cap)), ("beta", (B, r)), ("kernel", (B, r * cap, r * cap)),
+        for name, shape in (("blocks", (B, r * cap, n_f)), ("beta", (B, r)), ("kernel", (B, r * cap, r * cap)),
                             ("Lambda", (B,))):
             x = state[name]
             if not isinstance(x, torch.Tensor) or not x.is_floating_point():
@@ -413,8 +413,8 @@ class SampleSideState:
         sizes = [as_size("sizes", n, 0) for n in sizes]
         if any(n > cap for n in sizes):
             raise ValueError(f"solver state field sizes={sizes} exceeds cap={cap}")
-        if any(bool((state["blocks"][:, :, i * cap + n:(i + 1) * cap] != 0).any()) for i, n in enumerate(sizes)):
-            raise ValueError("solver state field blocks has nonzero columns beyond a slot's size")
+        if any(bool((state["blocks"][:, i * cap + n:(i + 1) * cap] != 0).any()) for i, n in enumerate(sizes)):
+            raise ValueError("solver state field blocks has nonzero rows beyond a slot's size")
         n_stored, head = as_size("n_stored", state["n_stored"], 0), as_size("head", state["head"], 0)
         as_size("step_count", state["step_count"], 0)
         if n_stored != sum(n > 0 for n in sizes):
@@ -424,7 +424,7 @@ class SampleSideState:
             raise ValueError(f"solver state field head={head} is not a slot of memory_depth={r}")
         if bool((state["beta"] < 0).any()):
             raise ValueError("solver state field beta is negative")
-        M = state["blocks"].to(torch.float64)
+        M = state["blocks"].to(torch.float64).mT
         K = state["kernel"].to(torch.float64)
         scale = float(K.abs().max()) if K.numel() else 0.0
         if K.numel() and float((M.mT @ M - K).abs().max()) > 1e-10 * max(scale, 1e-300):

@@ -180,7 +180,7 @@ def test_check_state_dict_rejects_inconsistent_states() -> None:
     bad_count = dict(good, n_stored=1)
     bad_sizes = dict(good, sizes=[good["cap"] + 1, 4])
     bad_pad = dict(good, blocks=good["blocks"].clone())
-    bad_pad["blocks"][0, 0, 4 + good["cap"]] = 1.0   # slot 1 holds 4 columns; the 5th must be zero
+    bad_pad["blocks"][0, good["cap"] + 4, 0] = 1.0   # slot 1 holds 4 samples; its 5th row must be zero
     bad_shape = dict(good, beta=good["beta"][:, :1])
     for state, match in ((bad_kernel, "kernel"), (bad_count, "n_stored"), (bad_sizes, "cap"), (bad_pad, "blocks"),
                          (bad_shape, "beta"), (dict(good, kind="gram"), "kind")):
@@ -301,3 +301,28 @@ def test_float32_head_follows_the_float64_solve() -> None:
         for x, y in data:
             slim.step(x.float(), y.float())
     assert rel_err(_params(runs[1]), _params(runs[0])) < 1e-5
+
+
+def test_training_checkpoint_resumes_bit_identically(tmp_path) -> None:
+    """SlimTrain with a wide head (sample side chosen automatically) through save/load_checkpoint."""
+    from slimfast.checkpoint import load_checkpoint, save_checkpoint
+    from slimfast.train import SlimTrain
+
+    def trainer() -> SlimTrain:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            body, head = nn.Sequential(nn.Linear(4, 99), nn.Tanh()), nn.Linear(99, 2)
+        return SlimTrain(body, head, torch.optim.Adam(body.parameters(), lr=1e-3), SlimTik(head, memory_depth=2))
+
+    g = torch.Generator().manual_seed(9)
+    batches = [(torch.randn(8, 4, generator=g), torch.randn(8, 2, generator=g)) for _ in range(6)]
+    a = trainer()
+    for x, y in batches[:3]:
+        a.train_step(x, y)
+    assert a.slim.last_info_.side == "samples"
+    save_checkpoint(tmp_path / "ck.pt", slimtrain=a, epoch=0, batch_index=3)
+    b = trainer()
+    load_checkpoint(tmp_path / "ck.pt", slimtrain=b)
+    for x, y in batches[3:]:
+        assert a.train_step(x, y) == b.train_step(x, y)
+    assert all(torch.equal(p, q) for p, q in zip(a.head.parameters(), b.head.parameters()))
