@@ -134,6 +134,7 @@ WIDE_BATCH = 64
 def make_wide_case(quick: bool) -> Case:
     """Body Linear(64 → 2047) + tanh, head Linear(2047 → 3), batch 64: n_f = 2048 > (r + 1)·n_b = 384,
     so SlimTik's automatic choice steps on the sample side. Targets: a smooth function of x."""
+    print(f"  wide: batch {WIDE_BATCH} (not {BATCH}), memory depth r = {MEMORY_DEPTH}, sample side", flush=True)
     g = torch.Generator().manual_seed(0)
     x = torch.randn(4 * WIDE_BATCH, 64, generator=g)
     y = torch.sin(x @ torch.randn(64, 3, generator=g) / 8.0)
