@@ -7,6 +7,7 @@ one ``torch.linalg.eigh`` of the same matrices and against the plain torch path 
 search adds over a constant-λ step of the same backend.
 
     python benchmarks/bench_solver.py [--quick] [--sizes 9x1,257x1] [--batches 1,64]
+    python benchmarks/bench_solver.py --wide [--quick]     # wide heads: dense vs sample side
 """
 
 from __future__ import annotations
@@ -69,9 +70,15 @@ def rel(a: torch.Tensor, b: torch.Tensor) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="fewer repeats (smoke run)")
+    parser.add_argument("--wide", action="store_true", help="only the wide-head case (bench_wide.py)")
     parser.add_argument("--sizes", default=",".join(f"{a}x{b}" for a, b in SIZES))
     parser.add_argument("--batches", default=",".join(map(str, BATCHES)))
     args = parser.parse_args()
+    if args.wide:
+        from bench_wide import main_wide
+
+        main_wide(quick=args.quick)
+        return
     sizes = [tuple(int(v) for v in s.split("x")) for s in args.sizes.split(",")]
     batches = [int(b) for b in args.batches.split(",")]
     repeats = 5 if args.quick else 15

@@ -5,6 +5,9 @@ Cases (batch 32, memory depth r = 5):
     cdr     residual tanh body (width 16), head Linear(16 → 72)       n_f = 17,  n_t = 72
     digits  conv autoencoder on 8×8 digits, head ConvTranspose2d(16 → 1)   n_f = 257, n_t = 1
     mnist   the paper's MNIST autoencoder on random 28×28 data, head ConvTranspose2d(16 → 1)
+    wide    body Linear(64 → 2047) + tanh, head Linear(2047 → 3), batch 64        n_f = 2048, n_t = 3
+            (its own batch size; the head steps on the sample side, ``make_wide_case``; not in the
+            default list: ``--cases wide``)
 
 slimTrain step = body forward, SlimTik head solve (statistics + sGCV step), head forward,
 backward through the body, Adam step on the body (``SlimTrain.train_step``). Adam step = forward,
@@ -118,7 +121,31 @@ def make_case(name: str, quick: bool) -> Case:
         x = torch.rand(4 * BATCH, 1, 28, 28, generator=g)
         return Case(name, _seeded(0, make_mnist_body), _seeded(7919, make_mnist_head), _split(x, x, 4),
                     blocks=5 if quick else 11, block_steps=2, warmup=3)
+    if name == "wide":
+        return make_wide_case(quick)
     raise ValueError(f"unknown case {name!r}")
+
+
+#: Wide head (issue 10, scope 4): slimTrain step / Adam step target.
+TARGETS["wide"] = 10.0
+WIDE_BATCH = 64
+
+
+def make_wide_case(quick: bool) -> Case:
+    """Body Linear(64 → 2047) + tanh, head Linear(2047 → 3), batch 64: n_f = 2048 > (r + 1)·n_b = 384,
+    so SlimTik's automatic choice steps on the sample side. Targets: a smooth function of x."""
+    print(f"  wide: batch {WIDE_BATCH} (not {BATCH}), memory depth r = {MEMORY_DEPTH}, sample side", flush=True)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(4 * WIDE_BATCH, 64, generator=g)
+    y = torch.sin(x @ torch.randn(64, 3, generator=g) / 8.0)
+
+    def body() -> nn.Module:
+        return nn.Sequential(nn.Linear(64, 2047), nn.Tanh())
+
+    batches = [(x[i * WIDE_BATCH:(i + 1) * WIDE_BATCH].contiguous(), y[i * WIDE_BATCH:(i + 1) * WIDE_BATCH].contiguous())
+               for i in range(4)]
+    return Case("wide", _seeded(0, body), _seeded(7919, lambda: nn.Linear(2047, 3)), batches,
+                blocks=5 if quick else 11, block_steps=3, warmup=MEMORY_DEPTH + 2)
 
 
 class AdamStep:

@@ -43,7 +43,8 @@ from .solver import slimtik_step
 from .ownership import check_owner as _check_owner
 from .ownership import claim as _claim
 from .ownership import release_head
-from .state import SlimTikState, as_size, check_Lambda0
+from .sample_side_head import SolveSide, check_solve_side, sample_side_head_step, side_of, steps_on_samples
+from .state import SlimTikState, as_size, check_Lambda0, state_class
 from .validation import MAX_ABS
 
 logger = logging.getLogger("slimfast")
@@ -80,6 +81,7 @@ class SlimTikInfo:
             changed, ``step``, ``Lambda`` and ``alpha`` are the current values and ``lambda_``,
             ``sgcv``, ``rel_residual`` and ``cond`` are NaN (not computed).
         reason: why the batch was skipped ("" otherwise).
+        side: "features" (Gram matrix) or "samples" (kernel matrix, ``slimfast.sample_side``).
     """
 
     step: int
@@ -93,6 +95,7 @@ class SlimTikInfo:
     backend: str
     skipped: bool = False
     reason: str = ""
+    side: str = "features"
 
 
 #: Per-step lists kept by SlimTik (``alpha_history_`` is derived from ``Lambda_history_``).
@@ -134,6 +137,7 @@ class SlimTik(torch.optim.Optimizer):
             by one all-reduce of 8·(n_f² + n_t·n_f + 2) bytes, scaled by the whole batch's β²,
             and every rank takes the identical step (the memory holds the reduced statistics).
             All ranks must call ``step`` together; ``m`` in the record is the global count.
+        solve_side: "auto" (the sample side for a wide Linear head; ``sample_side_head``), "features", "samples".
 
     The params form one group with an unused ``lr`` (1.0) so LR schedulers attach without error.
     ``step(features, target)`` replaces the usual ``step(closure)``; it needs no gradients.
@@ -164,8 +168,10 @@ class SlimTik(torch.optim.Optimizer):
         on_nonfinite: NonfiniteAction = "raise",
         process_group: Any = None,
         distributed: bool | None = None,
+        solve_side: SolveSide = "auto",
     ) -> None:
         check_head(head)
+        self.solve_side = check_solve_side(solve_side, head, distributed)
         if on_nonfinite not in ("raise", "skip"):
             raise ValueError(f"on_nonfinite must be 'raise' or 'skip', got {on_nonfinite!r}")
         if reduction not in ("mean", "sum"):
@@ -286,6 +292,8 @@ class SlimTik(torch.optim.Optimizer):
             raise TypeError(f"{_STEP_SIGNATURE_HELP}; got {got}")
         _check_owner(self)
         check_head_inputs(self.head, features, target, finite=False)
+        if steps_on_samples(self, features):
+            return sample_side_head_step(self, features, target)
         data_parallel = use_data_parallel(self.distributed, self.process_group)
         G, H, c, m = head_statistics(self.head, features, target, "sum" if data_parallel else self.reduction,
                                      check=False)
@@ -382,7 +390,7 @@ class SlimTik(torch.optim.Optimizer):
             "n_skipped": self.n_skipped_,
             "memory_depth": self.memory_depth,
             "Lambda0": self.Lambda0,
-            "reduction": self.reduction,
+            "reduction": self.reduction, "solve_side": self.solve_side,
             "config": {"mode": cfg.mode, "lambda_const": cfg.lambda_const, "Lambda_bounds": tuple(cfg.Lambda_bounds),
                        "lambda_bounds": tuple(cfg.lambda_bounds), "n_grid": cfg.n_grid, "root_tol": cfg.root_tol,
                        "max_root_iter": cfg.max_root_iter},
@@ -420,7 +428,7 @@ class SlimTik(torch.optim.Optimizer):
             raise ValueError(f"state_dict field slimtik.reduction must be 'mean' or 'sum', got {extra['reduction']!r}")
         solver = extra["solver"]
         if solver is not None:
-            SlimTikState.check_state_dict(solver, config)
+            state_class(solver).check_state_dict(solver, config)
             n_t, n_f = head_shape(self.head)
             if (int(solver["n_features"]), int(solver["n_targets"])) != (n_f, n_t):
                 raise ValueError(f"state_dict is for a head with (n_f, n_t)=({solver['n_features']}, "
@@ -447,6 +455,7 @@ class SlimTik(torch.optim.Optimizer):
                 raise ValueError(f"state_dict field slimtik.histories.{name} has {len(values)} entries for "
                                  f"{n_steps} steps")
         return {"config": config, "memory_depth": memory_depth, "n_steps": n_steps, "n_skipped": n_skipped,
+                "solve_side": check_solve_side(extra.get("solve_side", "auto"), self.head),
                 "Lambda0": Lambda0, "reduction": extra["reduction"], "solver": solver, "histories": histories}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -457,13 +466,13 @@ class SlimTik(torch.optim.Optimizer):
         parsed = self.check_state_dict(state_dict)
         solver = None
         if parsed["solver"] is not None:
-            solver = SlimTikState.from_state_dict(parsed["solver"], device=self.head.weight.device)
+            solver = state_class(parsed["solver"]).from_state_dict(parsed["solver"], device=self.head.weight.device)
         base = {k: v for k, v in state_dict.items() if k != "slimtik"}
         super().load_state_dict(base)
         self.config = parsed["config"]
         self.memory_depth = parsed["memory_depth"]
         self.Lambda0 = parsed["Lambda0"]
-        self.reduction = parsed["reduction"]
+        self.reduction, self.solve_side = parsed["reduction"], parsed["solve_side"]
         self.solver_state = solver
         self.n_skipped_ = parsed["n_skipped"]
         for name, values in parsed["histories"].items():
@@ -473,7 +482,8 @@ class SlimTik(torch.optim.Optimizer):
     def __repr__(self) -> str:
         n_t, n_f = head_shape(self.head)
         return (f"SlimTik(head={type(self.head).__name__}, n_f={n_f}, n_t={n_t}, memory_depth={self.memory_depth}, "
-                f"lambda_mode={self.config.mode!r}, reduction={self.reduction!r}, n_steps_={self.n_steps_})")
+                f"lambda_mode={self.config.mode!r}, reduction={self.reduction!r}, solve_side={side_of(self)}, "
+                f"n_steps_={self.n_steps_})")
 
 
 def _check_data_finite(features: torch.Tensor, target: torch.Tensor, G: torch.Tensor, c: torch.Tensor,
