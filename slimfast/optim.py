@@ -39,10 +39,9 @@ from .heads import (
     head_to_matrix, matrix_to_params,
 )
 from .distributed import all_reduce_statistics, use_data_parallel
+from .fused_head import fused_step
 from .solver import slimtik_step
-from .ownership import check_owner as _check_owner
-from .ownership import claim as _claim
-from .ownership import release_head
+from .ownership import check_owner as _check_owner, claim as _claim, release_head
 from .state import SlimTikState, as_size, check_Lambda0
 from .validation import MAX_ABS
 
@@ -285,6 +284,8 @@ class SlimTik(torch.optim.Optimizer):
             got = "a closure" if callable(features) else "no batch" if features is None else "no target"
             raise TypeError(f"{_STEP_SIGNATURE_HELP}; got {got}")
         _check_owner(self)
+        if (fused := fused_step(self, features, target)) is not None:   # Linear head, CPU, cpp: one call
+            return fused
         check_head_inputs(self.head, features, target, finite=False)
         data_parallel = use_data_parallel(self.distributed, self.process_group)
         G, H, c, m = head_statistics(self.head, features, target, "sum" if data_parallel else self.reduction,
