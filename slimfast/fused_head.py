@@ -36,7 +36,8 @@ import torch
 from torch import nn
 
 from ._torch_impl import _slimtik_step
-from .backends import load_backend, resolve_backend
+from . import solver
+from .backends import load_backend
 from .config import SolverConfig
 from .distributed import use_data_parallel
 from .heads import Reduction, check_head_inputs
@@ -163,7 +164,7 @@ def fused_step(slim: SlimTik, features: Any, target: Any) -> SlimTikInfo | None:
         entry = _build(slim, features, target, key)
         _LAYOUTS[slim] = entry
     if entry.plan is None or use_data_parallel(slim.distributed, slim.process_group) \
-            or resolve_backend(slim.backend, weight.device)[0] != "cpp":
+            or solver.resolve_backend(slim.backend, weight.device)[0] != "cpp":   # the solver's own choice
         return None
     state = slim._ensure_state()
     n_t, n_f = head.out_features, entry.plan.n_features
