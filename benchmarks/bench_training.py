@@ -220,10 +220,11 @@ def time_head_solve(case: Case, backend: str | None) -> float:
 
 def check_fused(case: Case) -> float | None:
     """Largest relative difference between the fused step and its float64 twin over the case's
-    batches (memory filling and wrapping); None when the case's head does not take the fused path."""
+    batches (memory filling and wrapping); None when the case's head does not take the fused path.
+    Head and features in float64, so that the comparison sees the kernel, not the cast to float32."""
     from slimfast import fused_head
 
-    body, head = case.make_body(), case.make_head()
+    body, head = case.make_body(), case.make_head().double()
     if not isinstance(head, nn.Linear) or fused_head._cpu_module() is None:
         return None
     slim = SlimTik(head, memory_depth=MEMORY_DEPTH, backend="cpp")
@@ -231,7 +232,7 @@ def check_fused(case: Case) -> float | None:
     for i in range(MEMORY_DEPTH + 3):
         x, y = case.batches[i % len(case.batches)]
         with torch.no_grad():
-            z = body(x)
+            z, y = body(x).double(), y.double()
         st = slim._ensure_state()
         W_twin, _, _ = fused_head._fused_linear_step(z, y, head.weight, head.bias, st.memory.clone(), st.n_stored,
                                                      st.Lambda.clone(), slim.config, slim.reduction)

@@ -107,10 +107,11 @@ def test_fused_equals_general_path_bit_for_bit_in_float64(monkeypatch, memory_de
 
 
 @pytest.mark.parametrize("memory_depth", [0, 3])
-def test_fused_float32_head_within_1e6_of_general_path(monkeypatch, memory_depth) -> None:
+@pytest.mark.parametrize("data_dtype", [torch.float32, torch.bfloat16])
+def test_fused_float32_head_within_1e6_of_general_path(monkeypatch, memory_depth, data_dtype) -> None:
     fused, general = _pair(16, 5, True, dtype=torch.float32, memory_depth=memory_depth)
     same_order = _pair(16, 5, True, dtype=torch.float32, memory_depth=memory_depth)[1]
-    for x, y in _batches(16, 5, 6, dtype=torch.float32):
+    for x, y in _batches(16, 5, 6, dtype=data_dtype):
         rec_f = fused.step(x, y)
         _general(monkeypatch, general, x, y, same_order=False)
         assert _general(monkeypatch, same_order, x, y) == rec_f
