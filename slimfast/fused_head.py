@@ -115,7 +115,7 @@ def _build(slim: SlimTik, features: torch.Tensor, target: torch.Tensor, key: tup
     n_in, n_t = head.in_features, head.out_features
     n_f = n_in + (bias is not None)
     rows = features.numel() // n_in
-    if not eligible or rows * n_f * (n_f / 2 + n_t) > FUSED_MAX_WORK:
+    if not eligible or min(n_in, n_t) < 1 or rows * n_f * (n_f / 2 + n_t) > FUSED_MAX_WORK:
         return entry
     x, entry.reshape_x = _as_rows(features, n_in)
     y, entry.reshape_y = _as_rows(target, n_t)
