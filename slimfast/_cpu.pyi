@@ -134,3 +134,26 @@ def round_robin_schedule(n_pad: int) -> list[list[tuple[int, int]]]:
 
 def jacobi_rotation(app: float, aqq: float, apq: float) -> tuple[float, float, float]:
     """(c, s, t) of the Jacobi rotation zeroing a_pq (slimfast_math.h jacobi_rotation)."""
+
+#: Element-type codes of ``FusedLinearStep`` ("float64", "float32", "bfloat16", "float16").
+FUSED_DTYPES: dict[str, int]
+#: Fault codes ``FusedLinearStep.step`` returns (0 "ok"; any other: nothing was written).
+FUSED_FAULTS: dict[str, int]
+
+class FusedLinearStep:
+    """The fused slimTik step of one nn.Linear head layout (csrc/cpu/fused_head_cpu.h; used by
+    slimfast/fused_head.py). Strides are in elements; weight/bias dtype code 0 or 1."""
+
+    n_features: int
+
+    def __init__(self, rows: int, n_in: int, n_t: int, bias: bool, mean: bool, memory_depth: int, x_dtype: int,
+                 x_row_stride: int, x_col_stride: int, y_dtype: int, y_row_stride: int, y_col_stride: int,
+                 w_dtype: int, w_row_stride: int, w_col_stride: int, b_stride: int, max_abs: float,
+                 indefinite_rtol: float, options: StepOptions) -> None: ...
+    def step(self, x_ptr: int, y_ptr: int, w_ptr: int, b_ptr: int, memory_ptr: int, n_stored: int, slot: int,
+             Lambda_ptr: int, w_out_ptr: int, b_out_ptr: int) -> tuple[int] | tuple[int, float, float, float, float,
+                                                                                   float, float]:
+        """(fault,) with nothing written, or (0, λ_k, Λ_k, sGCV, rel_residual, cond, eig_min) after
+        writing W_k to the output buffers and committing the memory slot and Λ_k."""
+    def statistics(self, x_ptr: int, y_ptr: int, G_ptr: int, H_ptr: int, c_ptr: int) -> int:
+        """G [n_f, n_f], H [n_t, n_f], c [1] of one batch; 0, or 1 for NaN/Inf in the data."""

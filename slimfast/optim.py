@@ -39,10 +39,9 @@ from .heads import (
     head_to_matrix, matrix_to_params,
 )
 from .distributed import all_reduce_statistics, use_data_parallel
+from .fused_head import fused_step
 from .solver import slimtik_step
-from .ownership import check_owner as _check_owner
-from .ownership import claim as _claim
-from .ownership import release_head
+from .ownership import check_owner as _check_owner, claim as _claim, release_head
 from .sample_side_head import SolveSide, check_solve_side, sample_side_head_step, side_of, steps_on_samples
 from .state import SlimTikState, as_size, check_Lambda0, state_class
 from .validation import MAX_ABS
@@ -291,6 +290,8 @@ class SlimTik(torch.optim.Optimizer):
             got = "a closure" if callable(features) else "no batch" if features is None else "no target"
             raise TypeError(f"{_STEP_SIGNATURE_HELP}; got {got}")
         _check_owner(self)
+        if (fused := fused_step(self, features, target)) is not None:   # Linear head, CPU, cpp: one call
+            return fused
         check_head_inputs(self.head, features, target, finite=False)
         if steps_on_samples(self, features):
             return sample_side_head_step(self, features, target)

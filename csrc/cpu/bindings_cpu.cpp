@@ -22,6 +22,7 @@ namespace py = pybind11;
 using namespace slimfast;
 
 void bind_block_emulation(py::module_& mod);  // bindings_emulate.cpp
+void bind_fused_head(py::module_& mod, const Lapack& lapack);  // bindings_fused.cpp
 
 namespace {
 
@@ -130,6 +131,7 @@ PYBIND11_MODULE(_cpu, mod) {
           "Cyclic Jacobi eigendecomposition of B symmetric n×n matrices; returns the largest sweep count.");
   bind_step_options(mod);
   bind_block_emulation(mod);
+  bind_fused_head(mod, g_lapack);
   mod.attr("MODE_SGCV") = SLIMFAST_MODE_SGCV;
   mod.attr("MODE_CONSTANT") = SLIMFAST_MODE_CONSTANT;
   mod.attr("MODE_REFERENCE") = SLIMFAST_MODE_REFERENCE;

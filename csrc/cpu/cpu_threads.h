@@ -3,6 +3,7 @@
 #pragma once
 
 #include <algorithm>
+#include <cstdio>
 #include <cstdlib>  // getloadavg
 #include <mutex>
 
@@ -21,14 +22,38 @@ inline int omp_thread() { return 0; }
 
 namespace slimfast {
 
-// Threads worth using, at most `wanted`: all of them on an idle machine, fewer when other
-// processes already keep the cores busy (1-minute load average, which includes this process).
-// Threads that get preempted stall the others at every barrier (OpenMP loop end, BLAS
-// synchronisation) for a scheduler time slice, so on a saturated machine one thread is faster.
+// Tasks runnable on the machine at this instant, the calling thread included: the 4th field
+// ("running/total") of /proc/loadavg; -1 where it cannot be read.
+inline int runnable_now() {
+  int running = -1;
+#if defined(__linux__)
+  if (std::FILE* f = std::fopen("/proc/loadavg", "r")) {
+    double l1, l5, l15;
+    int total;
+    if (std::fscanf(f, "%lf %lf %lf %d/%d", &l1, &l5, &l15, &running, &total) != 5) running = -1;
+    std::fclose(f);
+  }
+#endif
+  return running;
+}
+
+// Threads worth using, at most `wanted` and at most OpenMP's thread count — which is torch's,
+// since the extension resolves to the libgomp torch loaded: torch.set_num_threads(1) makes the
+// step serial and keeps SciPy's OpenBLAS at one thread too. Below that, all of them on an idle
+// machine and fewer when other tasks keep the cores busy. Threads that get preempted stall the
+// others at every barrier (OpenMP loop end, BLAS synchronisation) for a scheduler time slice, so
+// on a saturated machine one thread is faster. Busy = the larger of the tasks runnable right now
+// (besides this one) and the 1-minute load average less one: the average alone lags a change
+// of load by a minute, the instantaneous count alone misses tasks that just blocked.
 inline int usable_threads(int wanted) {
-  double load[1];
-  if (wanted > 1 && getloadavg(load, 1) == 1) wanted = std::max(1, std::min(wanted, (int)(omp_procs() + 1.5 - load[0])));
-  return wanted;
+  wanted = std::min(wanted, std::max(1, omp_max_threads()));
+  if (wanted <= 1) return 1;
+  double busy = -1.0, load[1];
+  const int running = runnable_now();
+  if (running >= 1) busy = running - 1;
+  if (getloadavg(load, 1) == 1) busy = std::max(busy, load[0] - 1.0);
+  if (busy < 0) return wanted;
+  return std::max(1, std::min(wanted, (int)(omp_procs() + 0.5 - busy)));
 }
 
 // Sets the BLAS thread count for the duration of a call and restores it afterwards. The count is
