@@ -53,6 +53,24 @@ SLIMFAST_HD inline double clamp_max(double x, double hi) { return x > hi ? hi : 
 SLIMFAST_HD inline double slim_inf() { return HUGE_VAL; }
 SLIMFAST_HD inline double slim_nan() { return NAN; }
 
+// The work items e = tid, tid + nthr, ... < rows·cols of one thread, as f(r, c, e) with
+// e = r·cols + c, stepped without a division per item (64-bit division is slow on a GPU and
+// shows in the CPU's small steps).
+template <class F>
+SLIMFAST_HD inline void for_items(int tid, int nthr, int rows, int cols, F&& f) {
+  int r = tid / cols, c = tid % cols;
+  const int dr = nthr / cols, dc = nthr % cols;
+  while (r < rows) {
+    f(r, c, (long)r * cols + c);
+    c += dc;
+    r += dr;
+    if (c >= cols) {
+      c -= cols;
+      ++r;
+    }
+  }
+}
+
 // Element i of torch.linspace(start, end, n): the first half counts up from start, the second
 // half down from end (ATen's linspace kernel), so both endpoints are exact.
 SLIMFAST_HD inline double linspace_at(double start, double end, int n, int i) {

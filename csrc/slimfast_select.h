@@ -134,12 +134,12 @@ SLIMFAST_HD inline GridBracket grid_bracket(const double* t_grid, const double* 
 
 // ---------------------------------------------------------------------------------------------
 // End of _slimtik_step for one problem, μ = Λ_k chosen:
-//   update_direction_at: element e of Y = (B̃ + λW̃)∘d [n_t, n_f],  d = 1/(s + μ)
+//   update_direction_at: element e = (t, j) of Y = (B̃ + λW̃)∘d [n_t, n_f], d_j = 1/(s_j + μ)
 //   W_new = W − Y Uᵀ (a product hook of the context)
 //   info_row: [λ, μ, sGCV(μ), sqrt(max(R, 0)/c) (0 if c <= 0), (s_max + μ)/(s_min + μ), eig_min]
 // ---------------------------------------------------------------------------------------------
-SLIMFAST_HD inline double update_direction_at(const Projections& p, double lam, const double* d, long e) {
-  return (p.Bt[e] + lam * p.Wt[e]) * d[e % p.n_f];
+SLIMFAST_HD inline double update_direction_at(const Projections& p, double lam, double d_j, long e) {
+  return (p.Bt[e] + lam * p.Wt[e]) * d_j;
 }
 
 SLIMFAST_HD inline void info_row(const Projections& p, double mu, double Lambda_prev, const SgcvPoint& pt, double c,

@@ -12,49 +12,34 @@
 
 namespace slimfast {
 
-// WG = W G: W [nt, n], G [n, n], WG [nt, n].
+// out = base + alpha·X M: X [rows, n], M [n, n], base (or null: 0) and out [rows, n]. The
+// products W G (times_gram) and W − Y Uᵀ (from_eigenbasis, M = Ut) are both this.
 template <class Ctx>
-SLIMFAST_BLOCK void loop_times_gram(Ctx& ctx, int nt, int n, const double* W, const double* G, double* WG) {
-  const long ntf = (long)nt * n;
+SLIMFAST_BLOCK void loop_times_matrix(Ctx& ctx, int rows, int n, const double* X, const double* M, double alpha,
+                                      const double* base, double* out) {
   ctx.par([&](int tid, int nthr) {
-    for (long e = tid; e < ntf; e += nthr) {
-      const int t = (int)(e / n), i = (int)(e % n);
-      const double* w = W + (long)t * n;
+    for_items(tid, nthr, rows, n, [&](int r, int i, long e) {
+      const double* x = X + (long)r * n;
       double acc = 0.0;
-      for (int l = 0; l < n; ++l) acc += w[l] * G[(long)l * n + i];
-      WG[e] = acc;
-    }
+      for (int l = 0; l < n; ++l) acc += x[l] * M[(long)l * n + i];
+      out[e] = base ? base[e] + alpha * acc : alpha * acc;
+    });
   });
 }
 
-// out = X U: X [rows, n], out [rows, n] (coordinates in the eigenbasis).
+// out = A Bᵀ: A [rows, n], B [cols, n], out [rows, cols]; both inner loops contiguous. With
+// B = Ut this is X U (coordinates in the eigenbasis: to_eigenbasis).
 template <class Ctx>
-SLIMFAST_BLOCK void loop_to_eigenbasis(Ctx& ctx, int rows, int n, const double* X, const double* Ut, double* out) {
-  const long total = (long)rows * n;
+SLIMFAST_BLOCK void loop_times_transposed(Ctx& ctx, int rows, int cols, int n, const double* A, const double* B,
+                                          double* out) {
   ctx.par([&](int tid, int nthr) {
-    for (long e = tid; e < total; e += nthr) {
-      const double* x = X + (e / n) * n;
-      const double* u = Ut + (e % n) * n;
+    for_items(tid, nthr, rows, cols, [&](int r, int c, long e) {
+      const double* x = A + (long)r * n;
+      const double* y = B + (long)c * n;
       double acc = 0.0;
-      for (int i = 0; i < n; ++i) acc += x[i] * u[i];
+      for (int l = 0; l < n; ++l) acc += x[l] * y[l];
       out[e] = acc;
-    }
-  });
-}
-
-// W_out = W − Y Uᵀ: Y [nt, n] in the eigenbasis, W, W_out [nt, n].
-template <class Ctx>
-SLIMFAST_BLOCK void loop_from_eigenbasis(Ctx& ctx, int nt, int n, const double* Y, const double* Ut, const double* W,
-                                         double* W_out) {
-  const long ntf = (long)nt * n;
-  ctx.par([&](int tid, int nthr) {
-    for (long e = tid; e < ntf; e += nthr) {
-      const int t = (int)(e / n), i = (int)(e % n);
-      const double* y = Y + (long)t * n;
-      double acc = 0.0;
-      for (int j = 0; j < n; ++j) acc += y[j] * Ut[(long)j * n + i];
-      W_out[e] = W[e] - acc;
-    }
+    });
   });
 }
 
@@ -63,28 +48,10 @@ SLIMFAST_BLOCK void loop_from_eigenbasis(Ctx& ctx, int nt, int n, const double* 
 template <class Ctx>
 SLIMFAST_BLOCK void loop_form_q(Ctx& ctx, Projections& p, const double* Ut, const double* G, double* K, double* T) {
   const int nf = p.n_f, nt = p.n_t;
-  const long nn = (long)nf * nf;
-  ctx.par([&](int tid, int nthr) {  // T[j, i] = (G U)_ij = Σ_l G_il U_lj
-    for (long e = tid; e < nn; e += nthr) {
-      const double* u = Ut + (e / nf) * nf;
-      const double* g = G + (e % nf) * nf;
-      double acc = 0.0;
-      for (int l = 0; l < nf; ++l) acc += g[l] * u[l];
-      T[e] = acc;
-    }
-  });
-  ctx.par([&](int tid, int nthr) {  // K_ij = Σ_l U_li (G U)_lj
-    for (long e = tid; e < nn; e += nthr) {
-      const double* u = Ut + (e / nf) * nf;
-      const double* tr = T + (e % nf) * nf;
-      double acc = 0.0;
-      for (int l = 0; l < nf; ++l) acc += u[l] * tr[l];
-      K[e] = acc;
-    }
-  });
+  loop_times_transposed(ctx, nf, nf, nf, Ut, G, T);  // T = Uᵀ Gᵀ = (G U)ᵀ
+  loop_times_transposed(ctx, nf, nf, nf, Ut, T, K);  // K = Uᵀ (G U)
   ctx.par([&](int tid, int nthr) {
-    for (long e = tid; e < nn; e += nthr) {
-      const int i = (int)(e / nf), j = (int)(e % nf);
+    for_items(tid, nthr, nf, nf, [&](int i, int j, long e) {
       double q0 = 0.0, q1 = 0.0, q2 = 0.0;
       for (int t = 0; t < nt; ++t) {
         const double* bt = p.Bt + (long)t * nf;
@@ -98,7 +65,7 @@ SLIMFAST_BLOCK void loop_form_q(Ctx& ctx, Projections& p, const double* Ut, cons
       p.Q1[e] = q1 * k;
       p.Q2[e] = q2 * k;
       if (i == j) p.k[i] = k;
-    }
+    });
   });
 }
 
@@ -106,13 +73,11 @@ SLIMFAST_BLOCK void loop_form_q(Ctx& ctx, Projections& p, const double* Ut, cons
 template <class Ctx>
 SLIMFAST_BLOCK void loop_q_times_d(Ctx& ctx, const Projections& p, int npts, const double* D, double* QD) {
   const int nf = p.n_f;
-  const long nd = (long)npts * nf;
   ctx.par([&](int tid, int nthr) {
-    for (long e = tid; e < nd; e += nthr) {
-      const long i = e / nf;
+    for_items(tid, nthr, npts, nf, [&](int i, int row, long) {
       double* qd = QD + 3L * i * nf;
-      q_row_times_d(p, (int)(e % nf), D + i * nf, qd, qd + nf, qd + 2 * nf);
-    }
+      q_row_times_d(p, row, D + (long)i * nf, qd, qd + nf, qd + 2 * nf);
+    });
   });
 }
 

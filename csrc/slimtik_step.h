@@ -151,9 +151,8 @@ SLIMFAST_BLOCK void sgcv_eval_points(Ctx& ctx, const Projections& p, double m, d
                                      const double* mu, bool admissible_only, double mu_lo, double mu_hi, double* D,
                                      double* QD, double* f, double* g) {
   const int nf = p.n_f;
-  const long nd = (long)npts * nf;
   ctx.par([&](int tid, int nthr) {
-    for (long e = tid; e < nd; e += nthr) D[e] = 1.0 / (p.s[e % nf] + mu[e / nf]);
+    for_items(tid, nthr, npts, nf, [&](int i, int j, long e) { D[e] = 1.0 / (p.s[j] + mu[i]); });
   });
   if (!p.diagonal) ctx.q_times_d(p, npts, D, QD);
   ctx.par([&](int tid, int nthr) {
@@ -248,11 +247,10 @@ template <class Ctx>
 SLIMFAST_BLOCK void finish_step(Ctx& ctx, const Projections& p, const double* Ut, double mu, double m,
                                 double Lambda_prev, double c, const double* W, double* W_out, double* info, double* ev,
                                 double* Y) {
-  const long ntf = (long)p.n_t * p.n_f;
   const SgcvPoint pt = sgcv_eval(ctx, p, m, Lambda_prev, mu, ev);
   const double lam = mu - Lambda_prev;
   ctx.par([&](int tid, int nthr) {
-    for (long e = tid; e < ntf; e += nthr) Y[e] = update_direction_at(p, lam, ev, e);
+    for_items(tid, nthr, p.n_t, p.n_f, [&](int, int j, long e) { Y[e] = update_direction_at(p, lam, ev[j], e); });
   });
   ctx.from_eigenbasis(p.n_t, p.n_f, Y, Ut, W, W_out);
   ctx.par([&](int tid, int) {
@@ -329,7 +327,7 @@ SLIMFAST_BLOCK int slimtik_problem(Ctx& ctx, const StepArgs& a, long b) {
     const double* U_in = a.U_in + b * nn;
     ctx.par([&](int tid, int nthr) {
       for (int j = tid; j < n; j += nthr) s[j] = s_in[j];
-      for (long e = tid; e < nn; e += nthr) Ut[e] = a.U_in_rows ? U_in[e] : U_in[(e % n) * n + e / n];
+      for_items(tid, nthr, n, n, [&](int i, int j, long e) { Ut[e] = a.U_in_rows ? U_in[e] : U_in[(long)j * n + i]; });
     });
   } else {
     const int failed = ctx.eigh(n, a.G_mem + b * nn, a.U0 ? a.U0 + b * nn : nullptr, s, Ut, ws + L.eig,
@@ -339,7 +337,7 @@ SLIMFAST_BLOCK int slimtik_problem(Ctx& ctx, const StepArgs& a, long b) {
   if (a.U_out) {
     double* U_out = a.U_out + b * nn;
     ctx.par([&](int tid, int nthr) {
-      for (long e = tid; e < nn; e += nthr) U_out[e] = Ut[(e % n) * n + e / n];
+      for_items(tid, nthr, n, n, [&](int i, int j, long e) { U_out[e] = Ut[(long)j * n + i]; });
     });
   }
   Projections p;

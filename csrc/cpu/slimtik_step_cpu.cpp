@@ -56,8 +56,9 @@ int slimtik_step_cpu(const Lapack& L, int B, int n_f, int n_t, const double* G_m
   const long factored_doubles = factored_ok ? 2L * n_f * n_t * step_points(opts.n_grid) : 0L;
   const long step_doubles = step_layout(n_f, n_t, opts.n_grid, memory_empty).total;
   const long work_doubles = std::max<long>((long)lwork, 2L * n_f);  // LAPACK work, dpstrf's 2 n_f
-  // Per problem: the step's workspace, M and F (n_f² each), V and Y, LAPACK work.
-  const long per_thread = step_doubles + (full_blas ? 2 * nn : 0L) + 2 * factored_doubles + work_doubles;
+  // Per problem: the step's workspace, M and F (n_f² each) or U for the loops, V and Y, LAPACK work.
+  const long per_thread =
+      step_doubles + (full_blas ? 2 * nn : 0L) + (blas ? 0L : nn) + 2 * factored_doubles + work_doubles;
   int failed = 0;  // 1 + first failing problem
   // Parallelism goes over problems; a pthreads OpenBLAS called inside the loop must stay
   // single-threaded (oversubscription, possible hang).
@@ -97,7 +98,8 @@ int slimtik_step_cpu(const Lapack& L, int B, int n_f, int n_t, const double* G_m
     ctx.F = ctx.M + (full_blas ? nn : 0L);
     ctx.V = ctx.F + (full_blas ? nn : 0L);
     ctx.Y = ctx.V + factored_doubles;
-    ctx.work = ctx.Y + factored_doubles;
+    ctx.Ucols = ctx.Y + factored_doubles;
+    ctx.work = ctx.Ucols + (blas ? 0L : nn);
     ctx.lwork = lwork;
     ctx.iwork = ibufs.get() + (size_t)thread * per_thread_ints;
     ctx.liwork = liwork;

@@ -56,10 +56,10 @@ struct BlockHooks {
     return 0;
   }
   SLIMFAST_BLOCK void times_gram(int nt, int n, const double* W, const double* G, double* WG) {
-    loop_times_gram(self(), nt, n, W, G, WG);
+    loop_times_matrix(self(), nt, n, W, G, 1.0, nullptr, WG);
   }
   SLIMFAST_BLOCK void to_eigenbasis(int rows, int n, const double* X, const double* Ut, double* out) {
-    loop_to_eigenbasis(self(), rows, n, X, Ut, out);
+    loop_times_transposed(self(), rows, n, n, X, Ut, out);
   }
   SLIMFAST_BLOCK void form_q(Projections& p, const double* Ut, const double* G, double* K, double* T) {
     loop_form_q(self(), p, Ut, G, K, T);
@@ -69,7 +69,7 @@ struct BlockHooks {
   }
   SLIMFAST_BLOCK void from_eigenbasis(int nt, int n, const double* Y, const double* Ut, const double* W,
                                       double* W_out) {
-    loop_from_eigenbasis(self(), nt, n, Y, Ut, W, W_out);
+    loop_times_matrix(self(), nt, n, Y, Ut, -1.0, W, W_out);
   }
 };
 

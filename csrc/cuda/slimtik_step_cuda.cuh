@@ -28,19 +28,7 @@ struct JacobiArgs {
 
 inline JacobiArgs jacobi_args(int n, const double* A, const double* U0, double* s, double* U, int* sweeps,
                               double* workspace, double tol, int max_sweeps, int shared_level) {
-  JacobiArgs a{};
-  a.n = n;
-  a.A = A;
-  a.U0 = U0;
-  a.s = s;
-  a.U = U;
-  a.sweeps = sweeps;
-  a.ws = workspace;
-  a.ws_stride = jacobi_layout(n).total;
-  a.tol = tol;
-  a.max_sweeps = max_sweeps;
-  a.shared_level = shared_level;
-  return a;
+  return JacobiArgs{n, A, U0, s, U, sweeps, workspace, jacobi_layout(n).total, tol, max_sweeps, shared_level};
 }
 
 // One matrix b of a batched Jacobi launch; the Jacobi matrices at ctx.shared_level.
