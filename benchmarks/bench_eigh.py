@@ -5,7 +5,8 @@ with n_b = 2n, as G_mem is), compare:
     torch      torch.linalg.eigh (MKL on CPU; batched)
     syevd      SciPy LAPACK dsyevd (divide and conquer), a Python loop over the batch
     syevr      SciPy LAPACK dsyevr (MRRR)
-    jac-cold   the shared header's cyclic Jacobi (slimfast._cpu.jacobi_eigh; OpenMP over the batch)
+    jac-cold   the Jacobi of csrc/slimfast_jacobi.h (the GPU's rotations in round-robin order) run by
+               one thread per matrix (slimfast._cpu.jacobi_eigh; OpenMP over the batch)
     jac-warm   the same Jacobi warm-started from the eigenvectors of a perturbed matrix
                (A + 1e-3·‖A‖·E): what a step can reuse from the previous step
 Every variant is first checked against torch (eigenvalues to 1e-10·‖A‖, reconstruction), then

@@ -56,8 +56,11 @@ SLIMFAST_HD inline double sym_lower(const double* A, int n, int i, int j) {
 
 SLIMFAST_HD inline int padded_order(int n) { return n + (n & 1); }
 
+// Doubles per pair of one round in the rotation buffer: c, s, t, p, q.
+inline constexpr int kRotDoubles = 5;
+
 // Workspace of one Jacobi problem (doubles): the working matrix M and the eigenvectors Vt
-// [np, np] each, the rotations of one round (3·np/2), the sort permutation (n).
+// [np, np] each, the rotations of one round (kRotDoubles·np/2), the sort permutation (n).
 struct JacobiLayout {
   long jac_M, jac_Vt, rot, perm, total;
 };
@@ -68,21 +71,105 @@ SLIMFAST_HD inline JacobiLayout jacobi_layout(int n) {
   L.jac_M = 0;
   L.jac_Vt = L.jac_M + np * np;
   L.rot = L.jac_Vt + np * np;
-  L.perm = L.rot + 3 * (np / 2);
+  L.perm = L.rot + kRotDoubles * (np / 2);
   L.total = L.perm + n;
   return L;
+}
+
+// Apply the rotations of one round (rot as jacobi_block writes it: c, s, t, p, q per pair) to M
+// and Vt. The pairs of a round are disjoint, so the rotations commute: a block applies them at
+// once (jacobi_round_block: every 2×2 block (pair k, pair l) of M replaced by R_kᵀ M_kl R_l by one
+// work item, blocks k < l also written transposed, so M stays exactly symmetric; the rows p, q of
+// Vt rotated), one thread one after another (jacobi_round_serial: rows p, q of M rotated as
+// contiguous rows and mirrored into the columns, as vectorisable loops). Same rotations, same
+// order of rounds; the two differ by rounding in the order of the products only.
+template <class Ctx>
+SLIMFAST_BLOCK void jacobi_round_block(Ctx& ctx, int np, int P, double* M, double* Vt, const double* rot) {
+  ctx.par([&](int tid, int nthr) {
+    for_items(tid, nthr, P, P, [&](int k, int l, long) {
+      if (k > l) return;
+      const double* rk = rot + kRotDoubles * k;
+      const int pk = (int)rk[3], qk = (int)rk[4];
+      double* rpk = M + (long)pk * np;
+      double* rqk = M + (long)qk * np;
+      if (k == l) {
+        const double app = rpk[pk], aqq = rqk[qk], apq = rpk[qk], t = rk[2];
+        rpk[pk] = app - t * apq;
+        rqk[qk] = aqq + t * apq;
+        rpk[qk] = 0.0;
+        rqk[pk] = 0.0;
+        return;
+      }
+      const double* rl = rot + kRotDoubles * l;
+      const int pl = (int)rl[3], ql = (int)rl[4];
+      const double ck = rk[0], sk = rk[1], cl = rl[0], sl = rl[1];
+      const double x_pp = rpk[pl], x_pq = rpk[ql], x_qp = rqk[pl], x_qq = rqk[ql];
+      // Rows (pair k): row_p ← c·row_p − s·row_q, row_q ← s·row_p + c·row_q.
+      const double y_pp = ck * x_pp - sk * x_qp, y_pq = ck * x_pq - sk * x_qq;
+      const double y_qp = sk * x_pp + ck * x_qp, y_qq = sk * x_pq + ck * x_qq;
+      // Columns (pair l), the same rule.
+      const double z_pp = cl * y_pp - sl * y_pq, z_pq = sl * y_pp + cl * y_pq;
+      const double z_qp = cl * y_qp - sl * y_qq, z_qq = sl * y_qp + cl * y_qq;
+      rpk[pl] = z_pp;
+      rpk[ql] = z_pq;
+      rqk[pl] = z_qp;
+      rqk[ql] = z_qq;
+      M[(long)pl * np + pk] = z_pp;
+      M[(long)ql * np + pk] = z_pq;
+      M[(long)pl * np + qk] = z_qp;
+      M[(long)ql * np + qk] = z_qq;
+    });
+    for_items(tid, nthr, P, np, [&](int k, int j, long) {  // rows p, q of Vt
+      const double* rk = rot + kRotDoubles * k;
+      double* vp = Vt + (long)rk[3] * np;
+      double* vq = Vt + (long)rk[4] * np;
+      const double x = vp[j], y = vq[j];
+      vp[j] = rk[0] * x - rk[1] * y;
+      vq[j] = rk[1] * x + rk[0] * y;
+    });
+  });
+}
+
+SLIMFAST_HD inline void jacobi_round_serial(int np, int P, double* M, double* Vt, const double* rot) {
+  for (int k = 0; k < P; ++k) {
+    const double* rk = rot + kRotDoubles * k;
+    const int p = (int)rk[3], q = (int)rk[4];
+    double* rp = M + (long)p * np;
+    double* rq = M + (long)q * np;
+    const double app = rp[p], aqq = rq[q], apq = rp[q];
+    if (apq == 0.0) continue;  // the identity rotation (jacobi_rotation)
+    const double c = rk[0], sn = rk[1], t = rk[2];
+    for (int j = 0; j < np; ++j) {  // rows p, q of Rᵀ M ...
+      const double x = rp[j], y = rq[j];
+      rp[j] = c * x - sn * y;
+      rq[j] = sn * x + c * y;
+    }
+    for (int j = 0; j < np; ++j) {  // ... mirrored into columns p, q (M stays symmetric)
+      M[(long)j * np + p] = rp[j];
+      M[(long)j * np + q] = rq[j];
+    }
+    rp[p] = app - t * apq;
+    rq[q] = aqq + t * apq;
+    rp[q] = rq[p] = 0.0;
+    double* vp = Vt + (long)p * np;
+    double* vq = Vt + (long)q * np;
+    for (int j = 0; j < np; ++j) {
+      const double x = vp[j], y = vq[j];
+      vp[j] = c * x - sn * y;
+      vq[j] = sn * x + c * y;
+    }
+  }
 }
 
 // ---------------------------------------------------------------------------------------------
 // Block-parallel cyclic Jacobi (round-robin ordering) for a symmetric A [n, n], lower triangle read.
 // M [np, np] and Vt [np, np] (eigenvectors as rows) are left diagonalised: A = Vtᵀ diag(M) Vt.
-// rot: 3·np/2 doubles. Warm start U0 [n, n] (orthogonal, eigenvectors as columns): M = U0ᵀ A U0,
+// rot: kRotDoubles·np/2 doubles. Warm start U0 [n, n] (orthogonal, eigenvectors as columns): M = U0ᵀ A U0,
 // Vt = U0ᵀ. Stops when off(M) <= tol·‖A‖_F (checked before each sweep) or after max_sweeps;
 // returns the sweeps run. One round = np/2 disjoint rotations: one thread per pair computes the
-// rotation (jacobi_rotation), then every 2×2 block (pair k, pair l) of M is replaced by
-// R_kᵀ M_kl R_l by one work item (blocks k < l also written transposed, so M stays exactly
-// symmetric; the diagonal block gets a_pp − t·a_pq, a_qq + t·a_pq, 0 as jacobi_rotation says), and the
-// rows p, q of Vt are rotated.
+// rotation (jacobi_rotation), then the context applies them all (ctx.jacobi_round: a block with
+// jacobi_round_block, one thread with jacobi_round_serial); the diagonal block of each pair gets
+// a_pp − t·a_pq, a_qq + t·a_pq, 0 as jacobi_rotation says.
 // ---------------------------------------------------------------------------------------------
 template <class Ctx>
 SLIMFAST_BLOCK int jacobi_block(Ctx& ctx, int n, const double* A, const double* U0, double* M, double* Vt,
@@ -93,19 +180,18 @@ SLIMFAST_BLOCK int jacobi_block(Ctx& ctx, int n, const double* A, const double* 
   double norm2;
   ctx.template sums<1>(
       [&](int tid, int nthr, double* acc) {
-        for (long e = tid; e < nn; e += nthr) {
-          const double x = sym_lower(A, n, (int)(e / n), (int)(e % n));
+        for_items(tid, nthr, n, n, [&](int i, int j, long) {
+          const double x = sym_lower(A, n, i, j);
           acc[0] += x * x;
-        }
+        });
       },
       &norm2);
   if (U0 == nullptr) {
     ctx.par([&](int tid, int nthr) {
-      for (long e = tid; e < npnp; e += nthr) {
-        const int i = (int)(e / np), j = (int)(e % np);
+      for_items(tid, nthr, np, np, [&](int i, int j, long e) {
         M[e] = (i < n && j < n) ? sym_lower(A, n, i, j) : 0.0;
         Vt[e] = i == j ? 1.0 : 0.0;
-      }
+      });
     });
   } else {
     double* T = Vt;  // T = A U0 [n, n] (leading dim n) in Vt's storage until Vt is set
@@ -145,70 +231,28 @@ SLIMFAST_BLOCK int jacobi_block(Ctx& ctx, int n, const double* A, const double* 
     double off2;
     ctx.template sums<1>(
         [&](int tid, int nthr, double* acc) {
-          for (long e = tid; e < npnp; e += nthr)
-            if (e / np != e % np) acc[0] += M[e] * M[e];
+            for_items(tid, nthr, np, np, [&](int i, int j, long e) {
+            if (i != j) acc[0] += M[e] * M[e];
+          });
         },
         &off2);
     if (sqrt(off2) <= thresh) break;
     for (int r = 0; r < np - 1; ++r) {
+      // rot[5k .. 5k+4] = c, s, t, p, q of pair k, so the update below needs no index arithmetic.
       ctx.par([&](int tid, int nthr) {
         for (int k = tid; k < P; k += nthr) {
           int p, q;
           round_robin_pair(np, r, k, &p, &q);
           const JacobiRotation rt = jacobi_rotation(M[(long)p * np + p], M[(long)q * np + q], M[(long)p * np + q]);
-          rot[3 * k] = rt.c;
-          rot[3 * k + 1] = rt.s;
-          rot[3 * k + 2] = rt.t;
+          double* rk = rot + kRotDoubles * k;
+          rk[0] = rt.c;
+          rk[1] = rt.s;
+          rk[2] = rt.t;
+          rk[3] = p;
+          rk[4] = q;
         }
       });
-      ctx.par([&](int tid, int nthr) {
-        const long nblk = (long)P * P, nvec = (long)P * np;
-        for (long e = tid; e < nblk + nvec; e += nthr) {
-          if (e < nblk) {
-            const int k = (int)(e / P), l = (int)(e % P);
-            if (k > l) continue;
-            int pk, qk;
-            round_robin_pair(np, r, k, &pk, &qk);
-            double* rpk = M + (long)pk * np;
-            double* rqk = M + (long)qk * np;
-            if (k == l) {
-              const double app = rpk[pk], aqq = rqk[qk], apq = rpk[qk], t = rot[3 * k + 2];
-              rpk[pk] = app - t * apq;
-              rqk[qk] = aqq + t * apq;
-              rpk[qk] = 0.0;
-              rqk[pk] = 0.0;
-              continue;
-            }
-            int pl, ql;
-            round_robin_pair(np, r, l, &pl, &ql);
-            const double ck = rot[3 * k], sk = rot[3 * k + 1], cl = rot[3 * l], sl = rot[3 * l + 1];
-            const double x_pp = rpk[pl], x_pq = rpk[ql], x_qp = rqk[pl], x_qq = rqk[ql];
-            // Rows (pair k): row_p ← c·row_p − s·row_q, row_q ← s·row_p + c·row_q.
-            const double y_pp = ck * x_pp - sk * x_qp, y_pq = ck * x_pq - sk * x_qq;
-            const double y_qp = sk * x_pp + ck * x_qp, y_qq = sk * x_pq + ck * x_qq;
-            // Columns (pair l), the same rule.
-            const double z_pp = cl * y_pp - sl * y_pq, z_pq = sl * y_pp + cl * y_pq;
-            const double z_qp = cl * y_qp - sl * y_qq, z_qq = sl * y_qp + cl * y_qq;
-            rpk[pl] = z_pp;
-            rpk[ql] = z_pq;
-            rqk[pl] = z_qp;
-            rqk[ql] = z_qq;
-            M[(long)pl * np + pk] = z_pp;
-            M[(long)ql * np + pk] = z_pq;
-            M[(long)pl * np + qk] = z_qp;
-            M[(long)ql * np + qk] = z_qq;
-          } else {
-            const long v = e - nblk;
-            const int k = (int)(v / np), j = (int)(v % np);
-            int p, q;
-            round_robin_pair(np, r, k, &p, &q);
-            const double c = rot[3 * k], s = rot[3 * k + 1];
-            const double x = Vt[(long)p * np + j], y = Vt[(long)q * np + j];
-            Vt[(long)p * np + j] = c * x - s * y;
-            Vt[(long)q * np + j] = s * x + c * y;
-          }
-        }
-      });
+      ctx.jacobi_round(np, P, M, Vt, rot);
     }
   }
   return sweep;
@@ -241,20 +285,18 @@ SLIMFAST_BLOCK void jacobi_extract(Ctx& ctx, int n, const double* M, const doubl
     }
   });
   ctx.par([&](int tid, int nthr) {
-    const long nn = (long)n * n;
-    for (long e = tid; e < nn; e += nthr) {
-      const int i = (int)(e / n), r = (int)(e % n);
+    for_items(tid, nthr, n, n, [&](int i, int r, long e) {
       if (as_rows)
         U_out[e] = Vt[(long)perm[i] * np + r];
       else
         U_out[e] = Vt[(long)perm[r] * np + i];
-    }
+    });
   });
 }
 
 // The whole eigensolver (twin: torch.linalg.eigh): A [n, n] → s [n] ascending and U (layout as
-// jacobi_extract, `as_rows`). M, Vt [np, np], rot [3·np/2] and perm [n] are scratch (jacobi_layout
-// regions, or shared memory for M, Vt, rot). Returns the sweeps run.
+// jacobi_extract, `as_rows`). M, Vt [np, np], rot [kRotDoubles·np/2] and perm [n] are scratch
+// (jacobi_layout regions, or shared memory for M, Vt, rot). Returns the sweeps run.
 template <class Ctx>
 SLIMFAST_BLOCK int jacobi_eigh(Ctx& ctx, int n, const double* A, const double* U0, double* M, double* Vt, double* rot,
                                double* perm, double tol, int max_sweeps, double* s, double* U, bool as_rows) {

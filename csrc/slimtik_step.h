@@ -12,7 +12,8 @@
 // and the hooks that hold the O(n³) and O(n²) work (where the CPU calls BLAS/LAPACK and a block
 // runs the ctx.par loops of csrc/slimtik_loops.h):
 //   ctx.eigh(n, A, U0, s, Ut, scratch, tol, max_sweeps)  G_mem = U diag(s) Uᵀ, s ascending; 0 or
-//                                                        the eigensolver's failure code
+//                                                        the eigensolver's failure code (the
+//                                                        Jacobi's own hook: ctx.jacobi_round)
 //   ctx.times_gram(nt, n, W, G, WG)                      WG = W G
 //   ctx.to_eigenbasis(rows, n, X, Ut, out)               out = X U
 //   ctx.form_q(p, Ut, G, K, T)                           full memory: p.k and what q_times_d needs
@@ -32,8 +33,8 @@
 
 namespace slimfast {
 
-// The context of a single thread: par and sums run their body once. The CPU launcher's context
-// adds BLAS/LAPACK hooks to it.
+// The context of a single thread: par and sums run their body once, and a Jacobi round applies
+// its rotations one after another. The CPU launcher's context adds BLAS/LAPACK hooks to it.
 struct SerialCtx {
   template <class F>
   void par(F&& f) const {
@@ -43,6 +44,9 @@ struct SerialCtx {
   void sums(F&& f, double* out) const {
     for (int k = 0; k < K; ++k) out[k] = 0.0;
     f(0, 1, out);
+  }
+  void jacobi_round(int np, int P, double* M, double* Vt, const double* rot) const {
+    jacobi_round_serial(np, P, M, Vt, rot);
   }
 };
 

@@ -17,10 +17,10 @@ inline constexpr int SLIMFAST_CUDA_JACOBI_MAX_SWEEPS = 60;
 // Where a block keeps its Jacobi matrices: level 0 all in the workspace (global memory); level 1
 // M and the rotations in shared memory, Vt in the workspace (Vt is only rotated row-wise, a
 // streaming access that global memory serves well); level 2 M, the rotations and Vt in shared
-// memory. Shared layout: M [np²], rot [3·np/2], Vt [np²].
+// memory. Shared layout: M [np²], rot [kRotDoubles·np/2], Vt [np²].
 SLIMFAST_HD inline long jacobi_shared_doubles(int n, int level) {
   const long np = padded_order(n);
-  return level <= 0 ? 0L : (level == 1 ? 1 : 2) * np * np + 3 * (np / 2);
+  return level <= 0 ? 0L : (level == 1 ? 1 : 2) * np * np + kRotDoubles * (np / 2);
 }
 
 struct JacobiStorage {
@@ -33,7 +33,7 @@ SLIMFAST_HD inline JacobiStorage jacobi_storage(int n, int level, double* smem, 
   JacobiStorage st;
   st.M = level >= 1 ? smem : ws_M;
   st.rot = level >= 1 ? smem + np * np : ws_rot;
-  st.Vt = level >= 2 ? smem + np * np + 3 * (np / 2) : ws_Vt;
+  st.Vt = level >= 2 ? smem + np * np + kRotDoubles * (np / 2) : ws_Vt;
   return st;
 }
 
@@ -54,6 +54,9 @@ struct BlockHooks {
     const JacobiStorage st = jacobi_storage(n, shared_level, smem, scratch + J.jac_M, scratch + J.jac_Vt, scratch + J.rot);
     jacobi_eigh(self(), n, A, U0, st.M, st.Vt, st.rot, scratch + J.perm, tol, max_sweeps, s, Ut, true);
     return 0;
+  }
+  SLIMFAST_BLOCK void jacobi_round(int np, int P, double* M, double* Vt, const double* rot) {
+    jacobi_round_block(self(), np, P, M, Vt, rot);
   }
   SLIMFAST_BLOCK void times_gram(int nt, int n, const double* W, const double* G, double* WG) {
     loop_times_matrix(self(), nt, n, W, G, 1.0, nullptr, WG);
