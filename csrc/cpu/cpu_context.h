@@ -291,7 +291,13 @@ struct CpuCtx : SerialCtx {
     const int nf = p.n_f, nt = p.n_t, nq = 3 * nf, inc = 1;
     const double one = 1.0, zero = 0.0;
     if (Fq == nullptr) {
-      if (!blas || (npts > 1 && !grid_gemm)) return loop_q_times_d(*this, p, npts, D, QD);
+      if (!blas || (npts > 1 && !grid_gemm)) {  // point by point, row by row (as loop_q_times_d)
+        for (int g = 0; g < npts; ++g) {
+          double* qd = QD + (long)g * nq;
+          for (int i = 0; i < nf; ++i) q_row_times_d(p, i, D + (long)g * nf, qd, qd + nf, qd + 2 * nf);
+        }
+        return;
+      }
       if (npts == 1)
         L->dgemv("T", &nf, &nq, &one, p.Q0, &nf, D, &inc, &zero, QD, &inc);
       else
