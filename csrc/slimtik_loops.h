@@ -1,8 +1,8 @@
 // The product hooks of the step (csrc/slimtik_step.h) written as ctx.par loops: what a CUDA
-// thread block runs (DeviceCtx, and HostCtx in its host emulation), and what the CPU launcher runs
-// below its BLAS threshold (SerialCtx: one thread, the same loops). One work item per output
+// thread block runs (DeviceCtx, and HostCtx in its host emulation). One work item per output
 // element, so a block spreads every product over its threads; every inner loop runs over a
-// contiguous row where the layout allows.
+// contiguous row where the layout allows. (The CPU's context has BLAS and row-axpy versions:
+// csrc/cpu/cpu_context.h.)
 //
 // Layouts: row-major; Ut [n, n] holds the eigenvectors of G_mem as ROWS (Ut[j*n + i] = component
 // i of eigenvector j), which is LAPACK's column-major output read row-major.

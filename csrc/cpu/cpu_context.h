@@ -1,7 +1,7 @@
 // The CPU launcher's execution context for the step composition of csrc/slimtik_step.h: one thread
 // per problem (SerialCtx) whose hooks call SciPy's BLAS/LAPACK: dsyevd/dsyevr or the Jacobi of
-// csrc/slimfast_jacobi.h for the eigenpairs, dgemm/dgemv for the products; below kGemmMinN the
-// ctx.par loops of csrc/slimtik_loops.h (the CUDA block's loops, run by one thread). Two measured
+// csrc/slimfast_jacobi.h for the eigenpairs, dgemm/dgemv for the products; below kGemmMinN serial
+// loops ordered for the CPU (row axpys; the CUDA block's dot-product loops were slower). Two measured
 // wins live here as hook implementations: K̃ = Uᵀ G U from a pivoted Cholesky factor of the batch
 // Gram (K̃ = F Fᵀ, and with few targets Q0..Q2 never formed), and the products of a whole set of
 // trial points in one dgemm. Included by slimtik_step_cpu.cpp only.

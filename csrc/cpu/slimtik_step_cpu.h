@@ -53,8 +53,8 @@ int slimtik_step_cpu(const Lapack& lapack, int B, int n_f, int n_t, const double
                      bool memory_empty, const StepOptions& opts, int eigensolver, const double* s_given,
                      const double* Ut_given, double* W_out, double* info, int* lapack_info);
 
-// Batched Jacobi eigensolver (jacobi_eigh of csrc/slimfast_jacobi.h, the CUDA kernel's block
-// Jacobi run by one thread) for B matrices A [B, n, n]; U0 may be
+// Batched Jacobi eigensolver (jacobi_eigh of csrc/slimfast_jacobi.h, the CUDA kernel's Jacobi with
+// each round's rotations applied one after another) for B matrices A [B, n, n]; U0 may be
 // null (cold start). Writes s [B, n] ascending and U [B, n, n]; returns the largest sweep count.
 int jacobi_eigh_cpu(int B, int n, const double* A, const double* U0, double* s, double* U, double tol,
                     int max_sweeps);
