@@ -5,7 +5,8 @@ with n_b = 2n, as G_mem is), compare:
     torch      torch.linalg.eigh (MKL on CPU; batched)
     syevd      SciPy LAPACK dsyevd (divide and conquer), a Python loop over the batch
     syevr      SciPy LAPACK dsyevr (MRRR)
-    jac-cold   the shared header's cyclic Jacobi (slimfast._cpu.jacobi_eigh; OpenMP over the batch)
+    jac-cold   the Jacobi of csrc/slimfast_jacobi.h (the GPU's rotations in round-robin order) run by
+               one thread per matrix (slimfast._cpu.jacobi_eigh; OpenMP over the batch)
     jac-warm   the same Jacobi warm-started from the eigenvectors of a perturbed matrix
                (A + 1e-3·‖A‖·E): what a step can reuse from the previous step
 Every variant is first checked against torch (eigenvalues to 1e-10·‖A‖, reconstruction), then
@@ -15,6 +16,11 @@ With --step, also times one compiled slimTik step (slimfast.backends.cpp, each e
 against the float64 torch twin and one torch.linalg.eigh, at B=1 and B=--batch.
 
     python benchmarks/bench_eigh.py [--sizes 9 17 64 128 257 512] [--batch 64] [--step | --step-only]
+    python benchmarks/bench_eigh.py --against OTHER/_cpu.cpython-*.so [--sizes 5 17 64] [--batch 64]
+
+``--against`` times this build's ``jacobi_eigh`` and another build's (e.g. the main branch's) in
+one process, calls alternating, after checking both reconstruct the matrix: old/new ratios under
+the same load.
 """
 
 from __future__ import annotations
@@ -149,6 +155,39 @@ def bench_step(batch: int, repeats: int, budget_s: float) -> None:
         )
 
 
+def compare_jacobi(other_path: str, sizes: list[int], batch: int, repeats: int) -> None:
+    """Old (other build) vs new (this build) ``_cpu.jacobi_eigh``, alternating calls in one process."""
+    from bench_solver import load_cpu_module
+
+    other, new = load_cpu_module(other_path), cpp._cpu
+    print(f"# old = {other_path}\n# new = {new.__file__}")
+    print(f"{'n':>4} {'B':>4} | {'old ms':>9} | {'new ms':>9} | old/new (median of pairs) | sweeps old, new | max err")
+    gen = torch.Generator().manual_seed(0)
+    for n in sizes:
+        for B in (1, batch):
+            X = torch.randn(B, n, 2 * n, dtype=torch.float64, generator=gen)
+            A = (X @ X.transpose(1, 2)).contiguous()
+            s, U = torch.empty(B, n, dtype=torch.float64), torch.empty(B, n, n, dtype=torch.float64)
+
+            def run(mod):
+                return mod.jacobi_eigh(B, n, A.data_ptr(), 0, s.data_ptr(), U.data_ptr(), 1e-14, 60)
+
+            sweeps, errs = [], []
+            for mod in (other, new):
+                sweeps.append(run(mod))
+                errs.append(float((U @ torch.diag_embed(s) @ U.transpose(1, 2) - A).abs().max() / A.abs().max()))
+                assert errs[-1] < 1e-12, f"{mod.__file__}: reconstruction error {errs[-1]:.1e} at n={n}"
+            t_old, t_new = [], []
+            for _ in range(repeats):
+                for mod, times in ((other, t_old), (new, t_new)):
+                    t0 = time.perf_counter()
+                    run(mod)
+                    times.append(time.perf_counter() - t0)
+            ratio = statistics.median(a / b for a, b in zip(t_old, t_new))
+            print(f"{n:>4} {B:>4} | {statistics.median(t_old) * 1e3:9.3f} | {statistics.median(t_new) * 1e3:9.3f} | "
+                  f"{ratio:25.2f} | {sweeps[0]:>6}, {sweeps[1]:<6} | {max(errs):.1e}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", type=int, nargs="+", default=[9, 17, 64, 128, 257, 512])
@@ -159,7 +198,11 @@ def main() -> None:
     parser.add_argument("--batch-max-n", type=int, default=257, help="largest n timed as a batch")
     parser.add_argument("--step", action="store_true", help="also time the compiled slimTik step")
     parser.add_argument("--step-only", action="store_true", help="only time the compiled slimTik step")
+    parser.add_argument("--against", metavar="PATH", help="another build's _cpu module: old/new Jacobi ratios")
     args = parser.parse_args()
+    if args.against:
+        compare_jacobi(args.against, args.sizes, args.batch, args.repeats)
+        return
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; slimfast._cpu openmp={cpp._cpu.openmp}")
     if not args.step_only:
         bench_eigh(args.sizes, args.batch, args.repeats, args.budget, args.jacobi_max_n, args.batch_max_n)

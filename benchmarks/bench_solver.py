@@ -6,13 +6,20 @@ one ``torch.linalg.eigh`` of the same matrices and against the plain torch path 
 ``torch.linalg.eigh`` + torch sGCV). The λ-search share is measured as the time the sGCV
 search adds over a constant-λ step of the same backend.
 
-    python benchmarks/bench_solver.py [--quick] [--sizes 9x1,257x1] [--batches 1,64]
+    python benchmarks/bench_solver.py [--quick] [--sizes 9x1,257x1] [--batches 1,64] [--backends cpp,torch]
     python benchmarks/bench_solver.py --wide [--quick]     # wide heads: dense vs sample side
+    python benchmarks/bench_solver.py --against OTHER/_cpu.cpython-*.so [--sizes ...] [--batches ...]
+
+``--against`` times this build's cpp step and another build's ``_cpu`` module (e.g. the main
+branch's) in one process, calls alternating, after checking that both agree with the twin: the
+old/new ratio is then measured under the same load, which on a shared machine moves single
+medians by 2×.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import platform
 import statistics
 import time
@@ -63,6 +70,58 @@ def make_inputs(B: int, n_f: int, n_t: int, seed: int = 0) -> dict[str, object]:
     )
 
 
+def load_cpu_module(path: str):
+    """Another build's compiled ``_cpu`` module, imported from ``path`` under a private name."""
+    spec = importlib.util.spec_from_file_location("slimfast_other._cpu", path)
+    if spec is None or spec.loader is None:
+        raise SystemExit(f"cannot load a compiled module from {path}")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def raw_step(mod, inp: dict[str, object], config: SolverConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """The step through a ``_cpu`` module's binding (what ``backends.cpp.slimtik_step`` calls)."""
+    W = inp["W"]
+    B, n_t, n_f = W.shape
+    W_new, info = torch.empty_like(W), torch.empty(B, 6, dtype=F64)
+    t = {k: inp[k] for k in ("G_mem", "G", "H", "c", "m", "W", "Lambda_prev")}
+    mod.slimtik_step(B, n_f, n_t, *(x.data_ptr() for x in t.values()), bool(inp["memory_empty"]),
+                     mod.StepOptions(**config.kernel_options()), W_new.data_ptr(), info.data_ptr())
+    return W_new, info
+
+
+def compare_builds(other_path: str, sizes, batches, repeats: int) -> None:
+    """Old (other build) vs new (this build) cpp step, alternating calls in one process."""
+    from slimfast import _cpu
+
+    other = load_cpu_module(other_path)
+    sgcv = SolverConfig()
+    twin = load_backend("torch")
+    print(f"# old = {other_path}\n# new = {_cpu.__file__}")
+    print(f"{'n_f':>4} {'n_t':>4} {'B':>3} | {'old ms':>9} | {'new ms':>9} | old/new (median of pairs) | max rel err")
+    for n_f, n_t in sizes:
+        for B in batches:
+            inp = make_inputs(B, n_f, n_t)
+            W_ref, info_ref = twin.slimtik_step(**inp, config=sgcv)
+            errs = []
+            for mod in (other, _cpu):
+                W_new, info = raw_step(mod, inp, sgcv)
+                errs.append(max(rel(W_new, W_ref), rel(info, info_ref)))
+                assert errs[-1] < 1e-8, f"{mod.__file__} disagrees with the twin at n_f={n_f}: {errs[-1]:.2e}"
+            for mod in (other, _cpu):  # warm-up
+                raw_step(mod, inp, sgcv)
+            t_old, t_new = [], []
+            for _ in range(repeats):
+                for mod, times in ((other, t_old), (_cpu, t_new)):
+                    t0 = time.perf_counter()
+                    raw_step(mod, inp, sgcv)
+                    times.append(time.perf_counter() - t0)
+            ratio = statistics.median(a / b for a, b in zip(t_old, t_new))
+            print(f"{n_f:>4} {n_t:>4} {B:>3} | {statistics.median(t_old) * 1e3:9.3f} | "
+                  f"{statistics.median(t_new) * 1e3:9.3f} | {ratio:25.2f} | {max(errs):.1e}")
+
+
 def rel(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a - b).norm() / b.norm().clamp_min(1e-300))
 
@@ -73,6 +132,9 @@ def main() -> None:
     parser.add_argument("--wide", action="store_true", help="only the wide-head case (bench_wide.py)")
     parser.add_argument("--sizes", default=",".join(f"{a}x{b}" for a, b in SIZES))
     parser.add_argument("--batches", default=",".join(map(str, BATCHES)))
+    parser.add_argument("--backends", default="cpp,numba,torch",
+                        help="backends to time (torch, the reference, is always checked and timed)")
+    parser.add_argument("--against", metavar="PATH", help="another build's _cpu module: old/new cpp step ratios")
     args = parser.parse_args()
     if args.wide:
         from bench_wide import main_wide
@@ -82,8 +144,12 @@ def main() -> None:
     sizes = [tuple(int(v) for v in s.split("x")) for s in args.sizes.split(",")]
     batches = [int(b) for b in args.batches.split(",")]
     repeats = 5 if args.quick else 15
+    if args.against:
+        compare_builds(args.against, sizes, batches, 20 * repeats)
+        return
 
-    backends = {n: load_backend(n) for n in ("cpp", "numba", "torch")}
+    names = [n for n in ("cpp", "numba", "torch") if n in args.backends.split(",") or n == "torch"]
+    backends = {n: load_backend(n) for n in names}
     backends = {n: m for n, m in backends.items() if m is not None}
     sgcv, const = SolverConfig(), SolverConfig(mode="constant", lambda_const=0.01)
     print(f"# bench_solver  {time.strftime('%Y-%m-%d')}  {platform.processor() or platform.machine()}  "

@@ -1,16 +1,11 @@
-// Per-problem mathematics of one slimTik step (method.md §2–4), shared by the CPU and CUDA
-// launchers. The top-level functions (admissible_interval, sgcv_precompute, sgcv_eval,
-// reference_candidate, illinois_root, select_mu, jacobi_eigh) are twins of the functions in
-// slimfast/_torch_impl.py with the same name plus a leading underscore, and follow them operation
-// by operation (same grid, same bracket rule, same Illinois iteration), so backends agree to
-// rounding. finish_step is the end of _slimtik_step.
-//
-// The serial functions are composed of smaller pieces (a Jacobi rotation, the sGCV sums, the grid
-// bracket, an Illinois step) that the block-parallel CUDA code (csrc/cuda/slimtik_step_cuda.cuh)
-// calls too, in its own composition (block reductions, a parallel Jacobi ordering). The CPU tests
-// run that composition through its host emulation, built into the CPU module. λ selection and
-// the end of the step are in slimfast_select.h, the serial Jacobi in slimfast_jacobi.h (both
-// included at the end of this file).
+// Leaf functions of one slimTik step (method.md §2–4), shared by every compiled backend: the
+// scalar rules (admissible interval, null-space threshold, the sGCV sums and their totals, the
+// grid bracket and Illinois steps in slimfast_select.h, the Jacobi rotation and ordering in
+// slimfast_jacobi.h). The step itself is composed from them once, in csrc/slimtik_step.h, as a
+// template over an execution context: the CPU launcher, the CUDA kernel and its host emulation
+// all run that one composition. Names follow the float64 torch twins in slimfast/_torch_impl.py
+// (same name plus a leading underscore there), operation by operation (same grid, same bracket
+// rule, same Illinois iteration), so backends agree to rounding.
 //
 // Rules that let nvcc compile this header for the device: functions are `inline SLIMFAST_HD`,
 // take raw pointers plus caller-provided scratch, and use no STL, exceptions or allocation.
@@ -22,8 +17,10 @@
 
 #if defined(__CUDACC__)
 #define SLIMFAST_HD __host__ __device__
+#define SLIMFAST_BLOCK __device__  // context templates exist only on the device under nvcc
 #else
 #define SLIMFAST_HD
+#define SLIMFAST_BLOCK
 #endif
 
 // Mode codes shared with slimfast/config.py MODE_CODES.
@@ -56,6 +53,24 @@ SLIMFAST_HD inline double clamp_max(double x, double hi) { return x > hi ? hi : 
 SLIMFAST_HD inline double slim_inf() { return HUGE_VAL; }
 SLIMFAST_HD inline double slim_nan() { return NAN; }
 
+// The work items e = tid, tid + nthr, ... < rows·cols of one thread, as f(r, c, e) with
+// e = r·cols + c, stepped without a division per item (64-bit division is slow on a GPU and
+// shows in the CPU's small steps).
+template <class F>
+SLIMFAST_HD inline void for_items(int tid, int nthr, int rows, int cols, F&& f) {
+  int r = tid / cols, c = tid % cols;
+  const int dr = nthr / cols, dc = nthr % cols;
+  while (r < rows) {
+    f(r, c, (long)r * cols + c);
+    c += dc;
+    r += dr;
+    if (c >= cols) {
+      c -= cols;
+      ++r;
+    }
+  }
+}
+
 // Element i of torch.linspace(start, end, n): the first half counts up from start, the second
 // half down from end (ATen's linspace kernel), so both endpoints are exact.
 SLIMFAST_HD inline double linspace_at(double start, double end, int n, int i) {
@@ -82,7 +97,6 @@ struct Projections {
   int n_f, n_t;
   bool diagonal;
   const double* s;  // [n_f] eigenvalues, clipped at 0, ascending
-  const double* U;  // [n_f, n_f] eigenvectors as columns: U[i*n_f + j] = component i of vector j
   double* Bt;       // [n_t, n_f] B̃ = (W G − H) U
   double* Wt;       // [n_t, n_f] W̃ = W U
   double* a;        // [n_f] (B̃ᵀB̃)_jj
@@ -110,29 +124,14 @@ SLIMFAST_HD inline double null_threshold(int n, double s_last) {
 // this, "s_j == 0" is the null-space mask that zeroes B̃'s column j and K̃'s row/column j.
 SLIMFAST_HD inline double clipped_eigenvalue(double s_j, double thr) { return s_j <= thr ? 0.0 : s_j; }
 
-// Clip s [n] (ascending) in place; returns eig_min_ratio of the raw values.
-SLIMFAST_HD inline double clip_spectrum(int n, double* s) {
-  const double ratio = eig_min_ratio(s[0], s[n - 1]);
-  const double thr = null_threshold(n, s[n - 1]);
-  for (int j = 0; j < n; ++j) s[j] = clipped_eigenvalue(s[j], thr);
-  return ratio;
-}
-
-// Zero the null-space columns of B̃ (s_j == 0 after clip_spectrum).
-SLIMFAST_HD inline void zero_null_columns(Projections& p) {
-  for (int j = 0; j < p.n_f; ++j)
-    if (p.s[j] == 0.0)
-      for (int t = 0; t < p.n_t; ++t) p.Bt[(long)t * p.n_f + j] = 0.0;
-}
-
-// Doubles needed by projections_bind (outputs of sgcv_precompute plus its n_t×n_f work array).
+// Doubles needed by projections_bind (outputs of sgcv_precompute plus its 2 n_t × n_f work array).
 SLIMFAST_HD inline long projections_doubles(int n_f, int n_t, bool diagonal) {
   const long q = diagonal ? (long)n_f : (long)n_f * n_f;
-  return 3L * n_t * n_f + 3L * n_f + 3L * q;
+  return 4L * n_t * n_f + 3L * n_f + 3L * q;
 }
 
 // Point p's output arrays into buf (projections_doubles long); returns the work array for
-// sgcv_precompute (n_t × n_f).
+// sgcv_precompute (2 n_t × n_f: [W G − H; W], then the update direction of finish_step).
 SLIMFAST_HD inline double* projections_bind(Projections& p, int n_f, int n_t, bool diagonal, double* buf) {
   const long q = diagonal ? (long)n_f : (long)n_f * n_f;
   p.n_f = n_f;
@@ -162,56 +161,9 @@ SLIMFAST_HD inline double constant_mu(double Lambda_prev, double mu_lo, double m
   return nan_min(nan_max(Lambda_prev + o.lambda_const, mu_lo), mu_hi);
 }
 
-// K = Uᵀ G U [n, n] by plain loops (the CPU launcher uses BLAS for n_f >= 24). work: n*n.
-SLIMFAST_HD inline void project_gram(int n, const double* U, const double* G, double* K, double* work) {
-  // work = G U, row by row as axpys so the inner loop is contiguous.
-  for (long i = 0; i < (long)n * n; ++i) work[i] = 0.0;
-  for (int i = 0; i < n; ++i)
-    for (int l = 0; l < n; ++l) {
-      const double g = G[(long)i * n + l];
-      const double* u = U + (long)l * n;
-      double* w = work + (long)i * n;
-      for (int j = 0; j < n; ++j) w[j] += g * u[j];
-    }
-  // K = Uᵀ work: K[i, :] = Σ_l U[l, i] work[l, :].
-  for (long i = 0; i < (long)n * n; ++i) K[i] = 0.0;
-  for (int l = 0; l < n; ++l)
-    for (int i = 0; i < n; ++i) {
-      const double u = U[(long)l * n + i];
-      const double* w = work + (long)l * n;
-      double* kr = K + (long)i * n;
-      for (int j = 0; j < n; ++j) kr[j] += u * w[j];
-    }
-}
-
-// ---------------------------------------------------------------------------------------------
-// _sgcv_precompute after the eigendecomposition (method.md §4), as pieces a launcher can combine
-// with its own matrix products (the CPU uses dgemm for W G, [B̃; W̃] and B̃ᵀB̃, B̃ᵀW̃, W̃ᵀW̃):
-//   res0            = Σ (W G)∘W − 2 Σ W∘H + c
-//   precompute_ab:    a_j = Σ_t B̃_tj², b_j = Σ_t B̃_tj W̃_tj
+// sgcv_precompute's per-column pieces (the composition is csrc/slimtik_step.h):
 //   q_diagonal_at:    K̃ = diag(s): k_j = s_j, Q0_j = s_j a_j, Q1_j = 2 s_j b_j, Q2_j = s_j (W̃ᵀW̃)_jj
 //   q_from_products:  Q0 = K̃∘B̃ᵀB̃, Q1 = K̃∘(B̃ᵀW̃ + W̃ᵀB̃), Q2 = K̃∘W̃ᵀW̃, k = diag(K̃), given the products
-// ---------------------------------------------------------------------------------------------
-SLIMFAST_HD inline double residual0(long ntf, const double* W, const double* WG, const double* H, double c) {
-  double s_wgw = 0.0, s_wh = 0.0;
-  for (long i = 0; i < ntf; ++i) {
-    s_wgw += WG[i] * W[i];
-    s_wh += W[i] * H[i];
-  }
-  return s_wgw - 2.0 * s_wh + c;
-}
-
-SLIMFAST_HD inline void precompute_ab(Projections& p) {
-  const int nf = p.n_f;
-  for (int j = 0; j < nf; ++j) p.a[j] = p.b[j] = 0.0;
-  for (int t = 0; t < p.n_t; ++t)
-    for (int j = 0; j < nf; ++j) {
-      const double bt = p.Bt[(long)t * nf + j];
-      p.a[j] += bt * bt;
-      p.b[j] += bt * p.Wt[(long)t * nf + j];
-    }
-}
-
 SLIMFAST_HD inline void q_diagonal_at(Projections& p, const double* s, int j) {
   double cw = 0.0;
   for (int t = 0; t < p.n_t; ++t) cw += p.Wt[(long)t * p.n_f + j] * p.Wt[(long)t * p.n_f + j];
@@ -238,68 +190,6 @@ SLIMFAST_HD inline void q_from_products(Projections& p, const double* K) {
       p.Q2[e] *= k;
     }
   for (int i = 0; i < nf; ++i) p.k[i] = masked_gram(p, K, i, i);
-}
-
-// The whole of _sgcv_precompute with plain loops. p must be bound (projections_bind) with
-// p.U = U and p.s = s. s [n_f] is clipped in place (clip_spectrum: G_mem is PSD, rounding is not).
-// K = Uᵀ G U [n_f, n_f] is read only when !p.diagonal. work: n_t × n_f.
-SLIMFAST_HD inline void sgcv_precompute(Projections& p, double* s, const double* G, const double* H, double c,
-                                        const double* W, const double* K, double* work) {
-  const int nf = p.n_f, nt = p.n_t;
-  const long ntf = (long)nt * nf;
-  const double* U = p.U;
-  p.eig_min = clip_spectrum(nf, s);
-  double* WG = work;  // W G, then W G − H
-  for (long i = 0; i < ntf; ++i) WG[i] = 0.0;
-  for (int t = 0; t < nt; ++t)
-    for (int l = 0; l < nf; ++l) {
-      const double w = W[(long)t * nf + l];
-      const double* g = G + (long)l * nf;
-      double* o = WG + (long)t * nf;
-      for (int i = 0; i < nf; ++i) o[i] += w * g[i];
-    }
-  p.res0 = residual0(ntf, W, WG, H, c);
-  // B̃ = (W G − H) U and W̃ = W U.
-  for (long i = 0; i < ntf; ++i) {
-    WG[i] -= H[i];
-    p.Bt[i] = 0.0;
-    p.Wt[i] = 0.0;
-  }
-  for (int t = 0; t < nt; ++t)
-    for (int i = 0; i < nf; ++i) {
-      const double x = WG[(long)t * nf + i], w = W[(long)t * nf + i];
-      const double* u = U + (long)i * nf;
-      double* bt = p.Bt + (long)t * nf;
-      double* wt = p.Wt + (long)t * nf;
-      for (int j = 0; j < nf; ++j) {
-        bt[j] += x * u[j];
-        wt[j] += w * u[j];
-      }
-    }
-  zero_null_columns(p);
-  precompute_ab(p);
-  if (p.diagonal) {
-    for (int j = 0; j < nf; ++j) q_diagonal_at(p, s, j);
-    return;
-  }
-  // Products row by row (B̃ᵀB̃, B̃ᵀW̃ + W̃ᵀB̃, W̃ᵀW̃), accumulated over t as axpys.
-  for (long e = 0; e < (long)nf * nf; ++e) p.Q0[e] = p.Q1[e] = p.Q2[e] = 0.0;
-  for (int t = 0; t < nt; ++t) {
-    const double* bt = p.Bt + (long)t * nf;
-    const double* wt = p.Wt + (long)t * nf;
-    for (int i = 0; i < nf; ++i) {
-      const double bi = bt[i], wi = wt[i];
-      double* q0 = p.Q0 + (long)i * nf;
-      double* q1 = p.Q1 + (long)i * nf;
-      double* q2 = p.Q2 + (long)i * nf;
-      for (int j = 0; j < nf; ++j) {
-        q0[j] += bi * bt[j];
-        q1[j] += bi * wt[j] + wi * bt[j];
-        q2[j] += wi * wt[j];
-      }
-    }
-  }
-  q_from_products(p, K);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -359,8 +249,8 @@ SLIMFAST_HD inline SgcvPoint sgcv_from_sums(const Projections& p, double m, cons
   return out;
 }
 
-// The evaluation given d [n_f] and, when !p.diagonal, the products Q0 d, Q1 d, Q2 d [n_f] (the
-// CPU launcher forms those for a whole grid with one dgemm).
+// The evaluation given d [n_f] and, when !p.diagonal, the products Q0 d, Q1 d, Q2 d [n_f] (formed
+// for a whole set of trial points at once by the context's q_times_d hook).
 SLIMFAST_HD inline SgcvPoint sgcv_eval_qd(double mu, const Projections& p, double m, double Lambda_prev,
                                           const double* d, const double* Q0d, const double* Q1d,
                                           const double* Q2d) {
@@ -375,12 +265,7 @@ SLIMFAST_HD inline SgcvPoint sgcv_eval_qd(double mu, const Projections& p, doubl
   return sgcv_from_sums(p, m, acc);
 }
 
-// d = 1/(s + μ) into d [n_f].
-SLIMFAST_HD inline void shifted_inverse(const Projections& p, double mu, double* d) {
-  for (int j = 0; j < p.n_f; ++j) d[j] = 1.0 / (p.s[j] + mu);
-}
-
-// Row i of (Q d) = Σ_j Q_ij d_j for Q0, Q1, Q2 in one pass; the CUDA kernel splits rows over threads.
+// Row i of (Q d) = Σ_j Q_ij d_j for Q0, Q1, Q2 in one pass (a work item of the loop q_times_d).
 SLIMFAST_HD inline void q_row_times_d(const Projections& p, int i, const double* d, double* Q0d, double* Q1d,
                                       double* Q2d) {
   const int nf = p.n_f;
@@ -398,25 +283,8 @@ SLIMFAST_HD inline void q_row_times_d(const Projections& p, int i, const double*
   Q2d[i] = x2;
 }
 
-// (Q d)_i = Σ_j Q_ij d_j for Q0, Q1, Q2, every row.
-SLIMFAST_HD inline void q_times_d(const Projections& p, const double* d, double* Q0d, double* Q1d, double* Q2d) {
-  for (int i = 0; i < p.n_f; ++i) q_row_times_d(p, i, d, Q0d, Q1d, Q2d);
-}
-
-// _sgcv_eval at one μ. scratch: sgcv_eval_doubles(n_f).
-SLIMFAST_HD inline long sgcv_eval_doubles(int n_f) { return 4L * n_f; }
-SLIMFAST_HD inline SgcvPoint sgcv_eval(double mu, const Projections& p, double m, double Lambda_prev, double* scratch) {
-  double* d = scratch;
-  double* Q0d = d + p.n_f;
-  double* Q1d = Q0d + p.n_f;
-  double* Q2d = Q1d + p.n_f;
-  shifted_inverse(p, mu, d);
-  if (!p.diagonal) q_times_d(p, d, Q0d, Q1d, Q2d);
-  return sgcv_eval_qd(mu, p, m, Lambda_prev, d, Q0d, Q1d, Q2d);
-}
-
 }  // namespace slimfast
 
-// λ selection and the end of the step, and the serial Jacobi eigensolver, in their own headers.
+// λ selection and the info row, and the Jacobi eigensolver, in their own headers.
 #include "slimfast_select.h"
 #include "slimfast_jacobi.h"

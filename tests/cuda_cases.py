@@ -1,4 +1,5 @@
-"""Step inputs and comparisons shared by the CUDA-kernel tests (emulated on the CPU and on a GPU).
+"""Step inputs and comparisons shared by the step tests of every backend (the CUDA kernels emulated
+on the CPU and on a GPU, the numba backend): one problem generator, one comparator, one check.
 
 Statistics as method.md §4: G = β² Z Zᵀ, H = β² C Zᵀ, c = β² ‖C‖², β² = 1/n_b, m = n_b·n_t; a
 non-empty memory is G_mem = G + the Grams of earlier batches. "wellposed" data C = W_true Z + noise
@@ -15,7 +16,7 @@ import numpy as np
 import pytest
 import torch
 
-from slimfast._torch_impl import INFO_FIELDS
+from slimfast._torch_impl import INFO_FIELDS, _slimtik_step
 from slimfast.config import SolverConfig
 
 F64 = torch.float64
@@ -98,6 +99,16 @@ def assert_matches(W_new, info, W_ref, info_ref, rtol: float = RTOL) -> None:
         torch.testing.assert_close(cols[name], refs[name], rtol=rtol, atol=0.0, msg=lambda s, n=name: f"{n}: {s}")
     # eig_min = s_min/max|s| is rounding noise (~n_f·ε) for a singular G_mem: absolute tolerance.
     torch.testing.assert_close(cols["eig_min"], refs["eig_min"], rtol=0.0, atol=1e-12)
+
+
+def check_against_twin(step, B: int, n_f: int, n_t: int, memory: bool, data: str, config_name: str,
+                       device: str | torch.device = "cpu", **kwargs) -> None:
+    """``step(*make_problem(...), config, **kwargs)`` vs the float64 twin on the same inputs, with
+    the config named in CONFIGS or BOUNDED_CONFIGS and a seed derived from the whole case."""
+    config = {**CONFIGS, **BOUNDED_CONFIGS}[config_name]
+    args = make_problem(B, n_f, n_t, memory, data, seed_of(B, n_f, n_t, memory, data, config_name), device=device)
+    W_new, info = step(*args, config, **kwargs)
+    assert_matches(W_new, info, *_slimtik_step(*args, config))
 
 
 def symmetric_cases(n: int, seed: int) -> dict[str, torch.Tensor]:

@@ -1,14 +1,16 @@
 """The CUDA kernels' arithmetic, tested on the CPU.
 
-``csrc/cuda/slimtik_step_cuda.cuh`` holds the block code of the kernels as templates over an
-execution context; ``slimfast._cpu`` also builds it (always) with a host context that runs the simulated
-threads of a block one after another (``emulate_*``). These tests run that exact code — the
-shared-header pieces it uses (``jacobi_rotation``, ``round_robin_pair``, the sGCV sums, the grid
-bracket, the Illinois state machine), the parallel Jacobi ordering, the work distribution over
-threads — against ``torch.linalg.eigh`` and the float64 torch twin. They need the module (built
-whenever nvcc is present) but no GPU. Running the simulated threads in reverse order must not
-change a single bit: work items of one parallel phase must not depend on each other, which is
-what makes the kernel free of data races between the threads of a block.
+``csrc/slimtik_step.h`` composes the step once as templates over an execution context; the CUDA
+kernels run it with a thread block per problem and ``slimfast._cpu`` also builds it (always) with
+a host context that runs the simulated threads of a block one after another (``emulate_*``). These
+tests run that exact code — the shared-header pieces (``jacobi_rotation``, ``round_robin_pair``,
+the sGCV sums, the grid bracket, the Illinois state machine), the block loops of
+``csrc/slimtik_loops.h``, the parallel Jacobi ordering, the work distribution over threads —
+against ``torch.linalg.eigh`` and the float64 torch twin. They need no GPU. Running the simulated
+threads in reverse order must not change a single bit: work items of one parallel phase must not
+depend on each other, which is what makes the kernel free of data races between the threads of a
+block. (The CPU launcher runs the same composition with one thread and BLAS hooks:
+test_cpp_kernel.py.)
 """
 
 from __future__ import annotations
@@ -21,17 +23,8 @@ import torch
 from slimfast import _cpu
 from slimfast._torch_impl import _slimtik_step
 
-from .cuda_cases import (
-    BOUNDED_CONFIGS,
-    CONFIGS,
-    F64,
-    assert_matches,
-    check_eigh,
-    cuda_module,
-    make_problem,
-    seed_of,
-    symmetric_cases,
-)
+from . import cuda_cases as cases
+from .cuda_cases import CONFIGS, F64, assert_matches, check_eigh, make_problem, seed_of, symmetric_cases
 
 
 @pytest.fixture
@@ -155,29 +148,21 @@ def test_emulated_jacobi_stays_inside_its_workspace(emu):
 # ------------------------------------------------------------------ the whole step
 
 
-@pytest.mark.parametrize("config_name", list(CONFIGS))
-@pytest.mark.parametrize("data", ["wellposed", "noise"])
-@pytest.mark.parametrize("memory", [False, True], ids=["empty", "memory"])
-@pytest.mark.parametrize("n_t", [1, 5])
-@pytest.mark.parametrize(("B", "n_f"), [(1, 1), (3, 1), (3, 2), (3, 3), (3, 17), (2, 33), (2, 64)])
-def test_emulated_step_matches_torch_twin(emu, B, n_f, n_t, memory, data, config_name):
-    config = CONFIGS[config_name]
-    args = make_problem(B, n_f, n_t, memory, data, seed_of(B, n_f, n_t, memory, data, config_name))
-    W_new, info = emu.emulate_slimtik_step(*args, config)
-    W_ref, info_ref = _slimtik_step(*args, config)
-    assert_matches(W_new, info, W_ref, info_ref)
+#: (config name, B, n_f, n_t): every unbounded config over the full size grid, the bounded ones
+#: (finite λ bounds, a narrower Λ interval, clipping) over a smaller one.
+STEP_CASES = [
+    (name, B, n_f, n_t)
+    for name in cases.CONFIGS
+    for B, n_f in [(1, 1), (3, 1), (3, 2), (3, 3), (3, 17), (2, 33), (2, 64)]
+    for n_t in (1, 5)
+] + [(name, B, n_f, n_t) for name in cases.BOUNDED_CONFIGS for B, n_f, n_t in [(1, 3, 5), (3, 17, 1), (4, 17, 5)]]
 
 
-@pytest.mark.parametrize("config_name", list(BOUNDED_CONFIGS))
 @pytest.mark.parametrize("data", ["wellposed", "noise"])
 @pytest.mark.parametrize("memory", [False, True], ids=["empty", "memory"])
-@pytest.mark.parametrize(("B", "n_f", "n_t"), [(1, 3, 5), (3, 17, 1), (4, 17, 5)])
-def test_emulated_step_bounded_configs_match_torch_twin(emu, B, n_f, n_t, memory, data, config_name):
-    config = BOUNDED_CONFIGS[config_name]
-    args = make_problem(B, n_f, n_t, memory, data, seed_of(B, n_f, n_t, memory, data, config_name))
-    W_new, info = emu.emulate_slimtik_step(*args, config)
-    W_ref, info_ref = _slimtik_step(*args, config)
-    assert_matches(W_new, info, W_ref, info_ref)
+@pytest.mark.parametrize(("config_name", "B", "n_f", "n_t"), STEP_CASES)
+def test_emulated_step_matches_torch_twin(emu, config_name, B, n_f, n_t, memory, data):
+    cases.check_against_twin(emu.emulate_slimtik_step, B, n_f, n_t, memory, data, config_name)
 
 
 @pytest.mark.parametrize("memory", [False, True], ids=["empty", "memory"])
@@ -247,25 +232,25 @@ def test_emulated_step_stays_inside_its_workspace(emu, memory, n_grid):
     assert bool((ws[size:] == 1234.5).all()), "the kernel wrote past its workspace"
 
 
-def test_emulated_step_rejects_bad_input(emu):
+@pytest.mark.parametrize(
+    ("name", "index", "spoil", "kwargs"),
+    [
+        ("G", 1, lambda G: G[:, :3], {}),
+        ("H", 2, lambda H: H.float(), {}),
+        ("workspace", None, None, dict(workspace=torch.empty(3, dtype=F64))),
+        ("U0", None, None, dict(U0=torch.eye(3, dtype=F64).expand(2, 3, 3))),
+    ],
+)
+def test_emulated_step_rejects_bad_input(emu, name, index, spoil, kwargs):
     args = list(make_problem(2, 4, 3, True, "wellposed", seed=1))
-    config = CONFIGS["sgcv"]
-    bad = list(args)
-    bad[1] = bad[1][:, :3]
-    with pytest.raises(ValueError, match="G"):
-        emu.emulate_slimtik_step(*bad, config)
-    bad = list(args)
-    bad[2] = bad[2].float()
-    with pytest.raises(ValueError, match="H"):
-        emu.emulate_slimtik_step(*bad, config)
-    with pytest.raises(ValueError, match="workspace"):
-        emu.emulate_slimtik_step(*args, config, workspace=torch.empty(3, dtype=F64))
-    with pytest.raises(ValueError, match="U0"):
-        emu.emulate_slimtik_step(*args, config, U0=torch.eye(3, dtype=F64).expand(2, 3, 3))
+    if index is not None:
+        args[index] = spoil(args[index])
+    with pytest.raises(ValueError, match=name):
+        emu.emulate_slimtik_step(*args, CONFIGS["sgcv"], **kwargs)
 
 
 def test_bindings_validate_arguments():
-    _cuda = cuda_module()
+    _cuda = cases.cuda_module()
     with pytest.raises(ValueError, match="n_f"):
         _cuda.workspace_doubles(1, 0, 1, 33, True)
     with pytest.raises(ValueError, match="n_grid"):

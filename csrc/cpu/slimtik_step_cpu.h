@@ -1,5 +1,5 @@
 // CPU launcher of the slimTik step: LAPACK/BLAS entry points and the batched step.
-// Twin of csrc/cuda/slimtik_step_cuda.cu; the per-problem math is csrc/slimfast_math.h.
+// Twin of csrc/cuda/slimtik_step_cuda.cu; the per-problem step is csrc/slimtik_step.h.
 #pragma once
 
 #include "slimfast_math.h"
@@ -39,7 +39,7 @@ struct Lapack {
   void (*set_threads)(int) = nullptr;
 };
 
-// Which eigensolver factors G_mem. AUTO picks by n_f (see slimtik_step_cpu.cpp).
+// Which eigensolver factors G_mem. AUTO picks by n_f (see csrc/cpu/cpu_context.h).
 enum Eigensolver { EIG_AUTO = 0, EIG_SYEVD = 1, EIG_SYEVR = 2, EIG_JACOBI = 3 };
 
 // One slimTik step for B independent problems (slimfast._torch_impl._slimtik_step).
@@ -53,7 +53,8 @@ int slimtik_step_cpu(const Lapack& lapack, int B, int n_f, int n_t, const double
                      bool memory_empty, const StepOptions& opts, int eigensolver, const double* s_given,
                      const double* Ut_given, double* W_out, double* info, int* lapack_info);
 
-// Batched Jacobi eigensolver (jacobi_eigh of the header) for B matrices A [B, n, n]; U0 may be
+// Batched Jacobi eigensolver (jacobi_eigh of csrc/slimfast_jacobi.h, the CUDA kernel's Jacobi with
+// each round's rotations applied one after another) for B matrices A [B, n, n]; U0 may be
 // null (cold start). Writes s [B, n] ascending and U [B, n, n]; returns the largest sweep count.
 int jacobi_eigh_cpu(int B, int n, const double* A, const double* U0, double* s, double* U, double tol,
                     int max_sweeps);

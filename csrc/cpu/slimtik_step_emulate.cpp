@@ -1,7 +1,7 @@
-// Host emulation of the CUDA kernels: the block code of slimtik_step_cuda.cuh compiled by the host
-// compiler and run with HostCtx (simulated threads one after another). Lets CPU-only CI test the
-// exact arithmetic and work distribution the GPU runs; see slimtik_step_cuda.cuh for the rules
-// that make the emulation faithful.
+// Host emulation of the CUDA kernels: the step composition of csrc/slimtik_step.h with the block
+// hooks, compiled by the host compiler and run with HostCtx (simulated threads one after
+// another). Lets CPU-only CI test the exact arithmetic and work distribution the GPU runs; see
+// csrc/slimtik_step.h for the rules that make the emulation faithful.
 #include <algorithm>
 #include <cmath>
 #include <vector>
@@ -25,23 +25,23 @@ void slimtik_step_emulate(long long B, int n_f, int n_t, const double* G_mem, co
                           double jacobi_tol, int max_sweeps, int n_threads, bool reverse, int shared_level) {
   const StepArgs a = step_args(n_f, n_t, G_mem, G, H, c, m, W, Lambda_prev, memory_empty, opts, U0, s_in, U_in,
                                W_out, info, U_out, workspace, jacobi_tol, max_sweeps, shared_level);
-  const HostCtx ctx{n_threads, reverse};
   // "Shared memory" starts as NaN, like an uninitialised buffer that must never be read.
   std::vector<double> smem(jacobi_shared_doubles(n_f, a.shared_level));
+  HostCtx ctx{{smem.data(), a.shared_level}, n_threads, reverse};
   for (long long b = 0; b < B; ++b) {
     std::fill(smem.begin(), smem.end(), NAN);
-    slimtik_problem(ctx, a, (long)b, smem.data());
+    slimtik_problem(ctx, a, (long)b);
   }
 }
 
 void jacobi_eigh_emulate(long long B, int n, const double* A, const double* U0, double* s, double* U, int* sweeps,
                          double* workspace, double tol, int max_sweeps, int n_threads, bool reverse, int shared_level) {
   const JacobiArgs a = jacobi_args(n, A, U0, s, U, sweeps, workspace, tol, max_sweeps, shared_level);
-  const HostCtx ctx{n_threads, reverse};
   std::vector<double> smem(jacobi_shared_doubles(n, shared_level));
+  HostCtx ctx{{smem.data(), shared_level}, n_threads, reverse};
   for (long long b = 0; b < B; ++b) {
     std::fill(smem.begin(), smem.end(), NAN);
-    jacobi_problem(ctx, a, (long)b, smem.data());
+    jacobi_problem(ctx, a, (long)b);
   }
 }
 

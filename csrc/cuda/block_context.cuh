@@ -1,14 +1,10 @@
-// Workspace layouts and the two execution contexts of the block code (HostCtx, DeviceCtx): part
-// of csrc/cuda/slimtik_step_cuda.cuh, whose opening comment states the rules they implement.
+// The two block contexts of the step composition (csrc/slimtik_step.h): DeviceCtx (one CUDA
+// thread block) and HostCtx (its serial host emulation, built into the CPU module), with the hooks
+// they share (BlockHooks: the ctx.par loops of csrc/slimtik_loops.h and the block Jacobi), and
+// where a block keeps its Jacobi matrices (shared memory or the workspace).
 #pragma once
 
-#include "slimfast_math.h"
-
-#if defined(__CUDACC__)
-#define SLIMFAST_BLOCK __device__  // block functions exist only on the device under nvcc
-#else
-#define SLIMFAST_BLOCK
-#endif
+#include "slimtik_step.h"
 
 namespace slimfast {
 
@@ -17,40 +13,14 @@ inline constexpr int SLIMFAST_MAX_SUMS = SLIMFAST_SGCV_NSUMS;
 // Default Jacobi stopping rule of the step: off(A') <= tol·‖A‖_F, as the CPU launcher's Jacobi.
 inline constexpr double SLIMFAST_CUDA_JACOBI_TOL = 1e-15;
 inline constexpr int SLIMFAST_CUDA_JACOBI_MAX_SWEEPS = 60;
-// Trial points a workspace must hold: the sGCV grid or the 60 reference candidates.
-SLIMFAST_HD inline int step_points(int n_grid) {
-  return n_grid > 2 * SLIMFAST_N_REFERENCE_POINTS ? n_grid : 2 * SLIMFAST_N_REFERENCE_POINTS;
-}
-
-SLIMFAST_HD inline int padded_order(int n) { return n + (n & 1); }
-
-// ---------------------------------------------------------------------------------------------
-// Workspace layouts (doubles per problem). The Jacobi matrices M, Vt and the rotations live in
-// shared memory as far as they fit (jacobi_storage), else in the jac_* regions; those regions are
-// always allocated because the step reuses them afterwards (T = G U in jac_M, K = Uᵀ G U in jac_Vt).
-// ---------------------------------------------------------------------------------------------
-struct JacobiLayout {
-  long jac_M, jac_Vt, rot, perm, total;
-};
-
-SLIMFAST_HD inline JacobiLayout jacobi_layout(int n) {
-  const long np = padded_order(n);
-  JacobiLayout L;
-  L.jac_M = 0;
-  L.jac_Vt = L.jac_M + np * np;
-  L.rot = L.jac_Vt + np * np;
-  L.perm = L.rot + 3 * (np / 2);
-  L.total = L.perm + n;
-  return L;
-}
 
 // Where a block keeps its Jacobi matrices: level 0 all in the workspace (global memory); level 1
 // M and the rotations in shared memory, Vt in the workspace (Vt is only rotated row-wise, a
 // streaming access that global memory serves well); level 2 M, the rotations and Vt in shared
-// memory. Shared layout: M [np²], rot [3·np/2], Vt [np²].
+// memory. Shared layout: M [np²], rot [kRotDoubles·np/2], Vt [np²].
 SLIMFAST_HD inline long jacobi_shared_doubles(int n, int level) {
   const long np = padded_order(n);
-  return level <= 0 ? 0L : (level == 1 ? 1 : 2) * np * np + 3 * (np / 2);
+  return level <= 0 ? 0L : (level == 1 ? 1 : 2) * np * np + kRotDoubles * (np / 2);
 }
 
 struct JacobiStorage {
@@ -63,45 +33,53 @@ SLIMFAST_HD inline JacobiStorage jacobi_storage(int n, int level, double* smem, 
   JacobiStorage st;
   st.M = level >= 1 ? smem : ws_M;
   st.rot = level >= 1 ? smem + np * np : ws_rot;
-  st.Vt = level >= 2 ? smem + np * np + 3 * (np / 2) : ws_Vt;
+  st.Vt = level >= 2 ? smem + np * np + kRotDoubles * (np / 2) : ws_Vt;
   return st;
 }
 
-struct StepLayout {
-  long jac_M, jac_Vt, rot, perm;  // as JacobiLayout
-  long U, s, proj;                // eigenvectors [n, n], eigenvalues [n], Projections buffer
-  long pt_t, pt_mu, pt_f, pt_g;   // trial points [npts] each
-  long D, QD;                     // [npts, n], [npts, 3, n] (QD only with a full memory)
-  long ev;                        // one-point evaluation: d, Q0d, Q1d, Q2d [4, n]
-  long total;
-};
+// ---------------------------------------------------------------------------------------------
+// The hooks of a block context (csrc/slimtik_step.h): products as ctx.par loops, eigenpairs by the
+// block Jacobi with its matrices at `shared_level` (jacobi_storage; `smem` holds
+// jacobi_shared_doubles(n, shared_level)).
+// ---------------------------------------------------------------------------------------------
+template <class Ctx>
+struct BlockHooks {
+  double* smem;
+  int shared_level;
 
-SLIMFAST_HD inline StepLayout step_layout(int n, int nt, int n_grid, bool memory_empty) {
-  const JacobiLayout J = jacobi_layout(n);
-  const long npts = step_points(n_grid);
-  StepLayout L;
-  L.jac_M = J.jac_M;
-  L.jac_Vt = J.jac_Vt;
-  L.rot = J.rot;
-  L.perm = J.perm;
-  L.U = J.total;
-  L.s = L.U + (long)n * n;
-  L.proj = L.s + n;
-  L.pt_t = L.proj + projections_doubles(n, nt, memory_empty);
-  L.pt_mu = L.pt_t + npts;
-  L.pt_f = L.pt_mu + npts;
-  L.pt_g = L.pt_f + npts;
-  L.D = L.pt_g + npts;
-  L.QD = L.D + npts * n;
-  L.ev = L.QD + (memory_empty ? 0L : 3L * npts * n);
-  L.total = L.ev + 4L * n;
-  return L;
-}
+  SLIMFAST_BLOCK Ctx& self() { return static_cast<Ctx&>(*this); }
+  SLIMFAST_BLOCK int eigh(int n, const double* A, const double* U0, double* s, double* Ut, double* scratch, double tol,
+                          int max_sweeps) {
+    const JacobiLayout J = jacobi_layout(n);
+    const JacobiStorage st = jacobi_storage(n, shared_level, smem, scratch + J.jac_M, scratch + J.jac_Vt, scratch + J.rot);
+    jacobi_eigh(self(), n, A, U0, st.M, st.Vt, st.rot, scratch + J.perm, tol, max_sweeps, s, Ut, true);
+    return 0;
+  }
+  SLIMFAST_BLOCK void jacobi_round(int np, int P, double* M, double* Vt, const double* rot) {
+    jacobi_round_block(self(), np, P, M, Vt, rot);
+  }
+  SLIMFAST_BLOCK void times_gram(int nt, int n, const double* W, const double* G, double* WG) {
+    loop_times_matrix(self(), nt, n, W, G, 1.0, nullptr, WG);
+  }
+  SLIMFAST_BLOCK void to_eigenbasis(int rows, int n, const double* X, const double* Ut, double* out) {
+    loop_times_transposed(self(), rows, n, n, X, Ut, out);
+  }
+  SLIMFAST_BLOCK void form_q(Projections& p, const double* Ut, const double* G, double* K, double* T) {
+    loop_form_q(self(), p, Ut, G, K, T);
+  }
+  SLIMFAST_BLOCK void q_times_d(const Projections& p, int npts, const double* D, double* QD) {
+    loop_q_times_d(self(), p, npts, D, QD);
+  }
+  SLIMFAST_BLOCK void from_eigenbasis(int nt, int n, const double* Y, const double* Ut, const double* W,
+                                      double* W_out) {
+    loop_times_matrix(self(), nt, n, Y, Ut, -1.0, W, W_out);
+  }
+};
 
 // ---------------------------------------------------------------------------------------------
 // Execution contexts.
 // ---------------------------------------------------------------------------------------------
-struct HostCtx {
+struct HostCtx : BlockHooks<HostCtx> {
   int nthr;      // simulated threads per block
   bool reverse;  // run the simulated threads in reverse order (data-race probe)
 
@@ -130,7 +108,7 @@ struct HostCtx {
 // One block: blockDim.x threads, a multiple of 32 and at most 1024. `red` is shared memory of
 // kReductionDoubles doubles: partials of up to 32 warps, then the totals at a fixed offset (so a
 // fast thread's next partials never overwrite totals a slow thread has still to read).
-struct DeviceCtx {
+struct DeviceCtx : BlockHooks<DeviceCtx> {
   int tid, nthr;
   double* red;
 

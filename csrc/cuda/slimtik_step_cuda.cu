@@ -1,6 +1,7 @@
 // CUDA launcher of the slimTik step: one thread block per problem, B problems per launch, on the
-// caller's stream. The block code is slimtik_step_cuda.cuh (run here with DeviceCtx); the scalar
-// mathematics is csrc/slimfast_math.h. Twin of csrc/cpu/slimtik_step_cpu.cpp.
+// caller's stream. Each block runs the step composition of csrc/slimtik_step.h with DeviceCtx
+// (slimtik_step_cuda.cuh); the CPU launcher runs the same composition with one thread. Twin of
+// csrc/cpu/slimtik_step_cpu.cpp.
 //
 // Nothing here synchronises with the host or allocates: scratch is the caller's workspace and the
 // only runtime calls are attribute queries/sets and the launch, so a step can be graph-captured.
@@ -23,15 +24,15 @@ constexpr long kSharedReserveBytes = 4096;
 __global__ void __launch_bounds__(kMaxThreads) slimtik_step_kernel(StepArgs a) {
   extern __shared__ double smem[];
   __shared__ double red[DeviceCtx::kReductionDoubles];
-  const DeviceCtx ctx{(int)threadIdx.x, (int)blockDim.x, red};
-  slimtik_problem(ctx, a, (long)blockIdx.x, smem);
+  DeviceCtx ctx{{smem, a.shared_level}, (int)threadIdx.x, (int)blockDim.x, red};
+  slimtik_problem(ctx, a, (long)blockIdx.x);
 }
 
 __global__ void __launch_bounds__(kMaxThreads) jacobi_kernel(JacobiArgs a) {
   extern __shared__ double smem[];
   __shared__ double red[DeviceCtx::kReductionDoubles];
-  const DeviceCtx ctx{(int)threadIdx.x, (int)blockDim.x, red};
-  jacobi_problem(ctx, a, (long)blockIdx.x, smem);
+  DeviceCtx ctx{{smem, a.shared_level}, (int)threadIdx.x, (int)blockDim.x, red};
+  jacobi_problem(ctx, a, (long)blockIdx.x);
 }
 
 void check(cudaError_t err, const char* what) {

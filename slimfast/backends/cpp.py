@@ -97,7 +97,7 @@ def jacobi_eigh(
     *,
     return_sweeps: bool = False,
 ):
-    """Eigendecomposition by the shared cyclic Jacobi solver (the arithmetic the CUDA kernel runs).
+    """Eigendecomposition by the CUDA kernel's Jacobi (csrc/slimfast_jacobi.h), one thread per matrix.
 
     Args:
         A: [..., n, n] symmetric CPU float64 (lower triangle read, as ``torch.linalg.eigh``).
