@@ -35,7 +35,7 @@ from torch import nn
 
 from .config import LambdaMode, SolverConfig
 from .heads import (
-    HeadLayer, Reduction, check_head, check_head_inputs, check_statistics_finite, head_shape, head_statistics,
+    HeadLayer, Reduction, check_head, check_head_inputs, head_shape, head_statistics,
     head_to_matrix, matrix_to_params,
 )
 from .distributed import all_reduce_statistics, use_data_parallel
@@ -60,9 +60,11 @@ class ScalarWriter(Protocol):
     def add_scalar(self, tag: str, scalar_value: float, global_step: int | None = None) -> Any: ...
 
 
-@dataclass(frozen=True)
+_VALUES = ("lambda_", "Lambda", "alpha", "sgcv", "rel_residual", "cond", "skipped", "reason")
+
+
 class SlimTikInfo:
-    """Record of one ``SlimTik.step`` (plain Python numbers).
+    """Record of one ``SlimTik.step`` (plain Python numbers when read).
 
     Attributes:
         step: number of completed steps after this one (k + 1 for the zero-based step k).
@@ -80,19 +82,82 @@ class SlimTikInfo:
             changed, ``step``, ``Lambda`` and ``alpha`` are the current values and ``lambda_``,
             ``sgcv``, ``rel_residual`` and ``cond`` are NaN (not computed).
         reason: why the batch was skipped ("" otherwise).
+
+    A record returned before its step was checked (``SlimTik(check_every=...)``) holds its
+    numbers on the device; reading any of ``_VALUES`` reads them (one host synchronisation for
+    every step not yet checked) and raises the step's deferred error, if it had one.
     """
 
-    step: int
-    lambda_: float
-    Lambda: float
-    alpha: float
-    sgcv: float
-    rel_residual: float
-    cond: float
-    m: int
-    backend: str
-    skipped: bool = False
-    reason: str = ""
+    __slots__ = ("step", "m", "_backend", "_values", "_owner")
+
+    def __init__(self, step: int, lambda_: float = math.nan, Lambda: float = math.nan, alpha: float = math.nan,
+                 sgcv: float = math.nan, rel_residual: float = math.nan, cond: float = math.nan, m: int = 0,
+                 backend: str = "", skipped: bool = False, reason: str = "", *, _owner: SlimTik | None = None
+                 ) -> None:
+        set_ = object.__setattr__
+        set_(self, "step", step)
+        set_(self, "m", m)
+        set_(self, "_backend", backend)
+        set_(self, "_owner", _owner)
+        set_(self, "_values", None if _owner is not None else
+             dict(lambda_=lambda_, Lambda=Lambda, alpha=alpha, sgcv=sgcv, rel_residual=rel_residual, cond=cond,
+                  skipped=skipped, reason=reason))
+
+    def _resolve(self, values: dict[str, Any], backend: str | None = None) -> None:
+        object.__setattr__(self, "_values", values)
+        object.__setattr__(self, "_owner", None)
+        if backend is not None:
+            object.__setattr__(self, "_backend", backend)
+
+    def __getattr__(self, name: str) -> Any:  # only for names not found normally: the values
+        if name not in _VALUES:
+            raise AttributeError(name)
+        if self._values is None:
+            self._owner.check()
+        return self._values[name]
+
+    @property
+    def backend(self) -> str:
+        if self._values is None:
+            self._owner.check()
+        return self._backend
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise AttributeError("SlimTikInfo is read-only")
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, SlimTikInfo):
+            return NotImplemented
+        return all(getattr(self, f) == getattr(other, f) for f in ("step", "m", "backend") + _VALUES)
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        if self._values is None:
+            return f"SlimTikInfo(step={self.step}, m={self.m}, <not read yet>)"
+        body = ", ".join(f"{f}={self._values[f]!r}" for f in _VALUES[:6])
+        return (f"SlimTikInfo(step={self.step}, {body}, m={self.m}, backend={self._backend!r}, "
+                f"skipped={self._values['skipped']!r}, reason={self._values['reason']!r})")
+
+    def __reduce__(self) -> tuple:
+        return (_record_from, (self.step, self.m, self.backend, dict(self._values or {})))
+
+
+def _record_from(step: int, m: int, backend: str, values: dict[str, Any]) -> SlimTikInfo:
+    return SlimTikInfo(step, m=m, backend=backend, **values)
+
+
+@dataclass
+class _PendingStep:
+    """A step taken but not yet read on the host: its record, the solver's StepInfo (fault codes),
+    one float64 row [lambda_, Lambda, sgcv, rel_residual, cond, fault, 6 data flags, cast ok,
+    max|W_new|] on the device, and what undoing its counters needs."""
+
+    record: SlimTikInfo
+    info: Any
+    row: torch.Tensor
+    counters: tuple[int, int, int]
+    after: tuple[int, int, int]
 
 
 #: Per-step lists kept by SlimTik (``alpha_history_`` is derived from ``Lambda_history_``).
@@ -134,6 +199,15 @@ class SlimTik(torch.optim.Optimizer):
             by one all-reduce of 8·(n_f² + n_t·n_f + 2) bytes, scaled by the whole batch's β²,
             and every rank takes the identical step (the memory holds the reduced statistics).
             All ranks must call ``step`` together; ``m`` in the record is the global count.
+        check_every: read the steps' numbers and deferred errors on the host every this many
+            steps (0: only when a record, a history or ``check()`` is read). The step itself
+            never synchronises (``slimtik_step(validate="lazy")``; on CUDA with the cuda backend it
+            is asynchronous, warm-started from the last step's eigenvectors, with a workspace
+            kept in the solver state). The default 1 reads each step at once (one transfer) and
+            raises its error from ``step``, with the state untouched. With a longer interval an
+            error surfaces at the next check; the rejected step changed neither weights nor memory
+            nor Λ, but, unless it was the last step taken, it still counts as a step (step count
+            and ring position advanced).
 
     The params form one group with an unused ``lr`` (1.0) so LR schedulers attach without error.
     ``step(features, target)`` replaces the usual ``step(closure)``; it needs no gradients.
@@ -164,6 +238,7 @@ class SlimTik(torch.optim.Optimizer):
         on_nonfinite: NonfiniteAction = "raise",
         process_group: Any = None,
         distributed: bool | None = None,
+        check_every: int = 1,
     ) -> None:
         check_head(head)
         if on_nonfinite not in ("raise", "skip"):
@@ -191,8 +266,9 @@ class SlimTik(torch.optim.Optimizer):
         self.solver_state: SlimTikState | None = None
         self.n_skipped_ = 0
         self.last_info_: SlimTikInfo | None = None
-        for name in _HISTORIES:
-            setattr(self, name, [])
+        self.check_every = as_size("check_every", check_every, 0)
+        self._pending: list[_PendingStep] = []
+        self._histories: dict[str, list[float]] = {name: [] for name in _HISTORIES}
 
     # ------------------------------------------------------------------ copies
 
@@ -200,6 +276,7 @@ class SlimTik(torch.optim.Optimizer):
         """Everything (the base class would keep only its param groups): a pickled SlimTik, with
         its head, continues exactly like the original. A ``writer`` or ``process_group`` is a live
         resource that cannot travel: pickling then raises TypeError (``copy.deepcopy`` shares them)."""
+        self.check()   # records and histories hold plain numbers before they travel
         live = [name for name in ("writer", "process_group") if self.__dict__.get(name) is not None]
         if live:
             raise TypeError(f"cannot pickle a SlimTik with {' and '.join(live)} set (a live resource); set "
@@ -215,6 +292,7 @@ class SlimTik(torch.optim.Optimizer):
         """A copy that continues exactly like the original. The head is copied through ``memo``, so
         ``copy.deepcopy((model, slim))`` gives a SlimTik that writes the copied model's head;
         ``writer`` and ``process_group`` are shared, not copied."""
+        self.check()
         new = type(self).__new__(type(self))
         memo[id(self)] = new
         for key, value in self.__dict__.items():
@@ -250,6 +328,23 @@ class SlimTik(torch.optim.Optimizer):
         """
         return self.Lambda_ / max(self.n_steps_, 1)
 
+    def _history(name: str) -> property:  # noqa: N805  (a property factory used in the class body)
+        def get(self: SlimTik) -> list[float]:
+            self.check()
+            return self._histories[name]
+
+        def set_(self: SlimTik, values: list[float]) -> None:
+            self._histories[name] = values
+
+        return property(get, set_, doc="Per completed step (plain floats; reading it checks pending steps).")
+
+    lambda_history_ = _history("lambda_history_")
+    Lambda_history_ = _history("Lambda_history_")
+    sgcv_history_ = _history("sgcv_history_")
+    rel_residual_history_ = _history("rel_residual_history_")
+    cond_history_ = _history("cond_history_")
+    del _history
+
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         if hasattr(self, "head"):
             raise TypeError("SlimTik owns exactly its head's weight and bias; it takes no further param groups")
@@ -279,86 +374,156 @@ class SlimTik(torch.optim.Optimizer):
         ``on_nonfinite="skip"``) or for finite features/targets whose float64 statistics overflow
         or exceed ±1e150 (either mode: a scale error, not a transient fault); FloatingPointError
         (or a skip) when the new weights are not finite in the head's dtype (e.g. beyond ±65504
-        for a float16 head). The head and the solver state are then untouched.
+        for a float16 head). The head and the solver state are then untouched. Value errors are
+        found on the device and raised when the step is checked: at once with ``check_every=1``
+        (the default), else at the next check (``check``, a read of a record or a history).
         """
         if features is None or target is None or callable(features):
             got = "a closure" if callable(features) else "no batch" if features is None else "no target"
             raise TypeError(f"{_STEP_SIGNATURE_HELP}; got {got}")
         _check_owner(self)
         check_head_inputs(self.head, features, target, finite=False)
+        G, H, c, m = self._statistics(features, target)
+        self._pending.append(self._take_step(G, H, c, m, _data_flags(features, target, G, c)))
+        record = self._pending[-1].record
+        if self.check_every and len(self._pending) >= self.check_every:
+            self.check()
+        return record
+
+    def _statistics(self, features: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """The batch's float64 sufficient statistics (G [n_f, n_f], H [n_t, n_f], c, m), all-reduced
+        over the ranks when data parallel."""
         data_parallel = use_data_parallel(self.distributed, self.process_group)
         G, H, c, m = head_statistics(self.head, features, target, "sum" if data_parallel else self.reduction,
                                      check=False)
         if data_parallel:   # the whole batch's statistics: one all-reduce of the unscaled sums
             G, H, c, m = all_reduce_statistics(G, H, c, m, self.reduction, self.process_group)
+        return G, H, c, m
+
+    def _take_step(self, G: torch.Tensor, H: torch.Tensor, c: torch.Tensor, m: Any, flags: torch.Tensor
+                   ) -> _PendingStep:
+        """One lazily validated solver step (no host synchronisation) and the write-back."""
         state = self._ensure_state()
-        W = head_to_matrix(self.head)
         dev = state.device
+        counters = (state.n_stored, state.head, state.step_count)
         # The solver commits its state once its float64 weights are finite; a head of lower
         # precision can still overflow in the cast, so keep what the commit overwrites.
         snap = state.snapshot() if self.head.weight.dtype != torch.float64 else None
-        try:
-            W_new, info = slimtik_step(state, G[None].to(dev), H[None].to(dev), c.reshape(1).to(dev), m, W[None],
-                                       config=self.config, backend=self.backend)
-        except ValueError:
-            # The solver checks G, H, c (finite, |x| <= 1e150) before touching its state; say which
-            # input caused it (checked only on failure, to keep the sync off the normal path).
-            try:
-                check_statistics_finite(G, c)
-            except ValueError as fault:
-                _check_data_finite(features, target, G, c, fault)
-                if self.on_nonfinite == "skip":
-                    return self._skip(int(m), str(fault))
-                raise fault from None
-            _check_statistics_scale(G, c)
-            raise
-        except FloatingPointError as fault:
-            if self.on_nonfinite == "skip":
-                return self._skip(int(m), str(fault))
-            raise
-        weight, bias = matrix_to_params(self.head, W_new[0].to(self.head.weight.dtype))
-        fields = [info.lambda_[0], info.Lambda[0], info.sgcv[0], info.rel_residual[0], info.cond[0]]
-        if snap is not None:   # the cast weights' finiteness rides on the same transfer
-            finite = torch.isfinite(weight).all() & (torch.isfinite(bias).all() if bias is not None else True)
-            fields.append(finite.to(fields[0].device, torch.float64))
-        # One transfer for all the numbers (one sync on CUDA).
-        values = torch.stack(fields).tolist()
-        if snap is not None and not values.pop():
-            state.restore(snap)
-            fault = FloatingPointError(f"the new head weights overflow the head's dtype {self.head.weight.dtype} "
-                                       f"(|W| up to {float(W_new.abs().max()):.3g}); head and solver state unchanged")
-            if self.on_nonfinite == "skip":
-                return self._skip(int(m), str(fault))
-            raise fault
-        lam, Lam, sgcv, rel, cond = values
-        self.head.weight.copy_(weight)
-        if bias is not None:
-            self.head.bias.copy_(bias)
-        rec = SlimTikInfo(step=self.n_steps_, lambda_=lam, Lambda=Lam, alpha=Lam / self.n_steps_, sgcv=sgcv,
-                          rel_residual=rel, cond=cond, m=int(m), backend=info.backend)
-        self._record(rec)
-        return rec
+        W_new, info = slimtik_step(state, G[None].to(dev), H[None].to(dev), c.reshape(1).to(dev), m,
+                                   head_to_matrix(self.head)[None], config=self.config, backend=self.backend,
+                                   validate="lazy")
+        cast = self._write_back(W_new, snap)
+        numbers = torch.stack([info.lambda_[0], info.Lambda[0], info.sgcv[0], info.rel_residual[0], info.cond[0],
+                               info.faults[0].to(torch.float64)])
+        row = torch.cat([numbers, flags.to(dev), cast])
+        record = SlimTikInfo(state.step_count, m=m if isinstance(m, int) else int(m), backend=info.backend,
+                             _owner=self)
+        return _PendingStep(record, info, row, counters, (state.n_stored, state.head, state.step_count))
 
-    def _skip(self, m: int, reason: str) -> SlimTikInfo:
+    def _write_back(self, W_new: torch.Tensor, snap: tuple[Any, ...] | None) -> torch.Tensor:
+        """Write W_new [1, n_t, n_f] into the head. Returns [ok, max|W_new|] (float64, on the device):
+        for a head of lower precision, ok is whether the cast weights are finite; where they are
+        not, the head keeps its weights and the state its memory and Λ (device-side, no sync)."""
+        weight, bias = matrix_to_params(self.head, W_new[0].to(self.head.weight.dtype))
+        if snap is None:
+            self.head.weight.copy_(weight)
+            if bias is not None:
+                self.head.bias.copy_(bias)
+            return torch.cat([W_new.new_ones(1), W_new.new_zeros(1)])
+        finite = torch.isfinite(weight).all() & (torch.isfinite(bias).all() if bias is not None else True)
+        self.head.weight.copy_(torch.where(finite, weight, self.head.weight))
+        if bias is not None:
+            self.head.bias.copy_(torch.where(finite, bias, self.head.bias))
+        self.solver_state.undo_where(snap, ~finite.reshape(1))
+        return torch.stack([finite.to(torch.float64), W_new.abs().max()])
+
+    def check(self) -> None:
+        """Read every step not read yet (one host synchronisation): fill their records and the
+        histories, and raise the first deferred error (or skip its batch with
+        ``on_nonfinite="skip"``). A rejected step changed neither the head's weights nor the
+        memory or Λ; if it is the last step taken, its step count and ring position are undone
+        too, so the state is exactly as before it (always so with ``check_every=1``)."""
+        pending, self._pending = self._pending, []
+        if not pending:
+            return
+        rows = torch.stack([p.row for p in pending]).tolist()
+        error: BaseException | None = None
+        for p, row in zip(pending, rows):
+            fault, skippable = self._diagnose(p, row)
+            if fault is None:
+                lam, Lam, sgcv, rel, cond = row[:5]
+                p.record._resolve(dict(lambda_=lam, Lambda=Lam, alpha=Lam / p.record.step, sgcv=sgcv,
+                                       rel_residual=rel, cond=cond, skipped=False, reason=""))
+                self._record(p.record)
+                continue
+            self._undo_counters(p)
+            if self.on_nonfinite == "skip" and skippable:
+                self._skip(p.record, str(fault))
+            else:
+                nan = math.nan
+                p.record._resolve(dict(lambda_=nan, Lambda=nan, alpha=nan, sgcv=nan, rel_residual=nan, cond=nan,
+                                       skipped=False, reason=str(fault)), backend="")
+                error = error or fault
+        if error is not None:
+            raise error
+
+    def _undo_counters(self, p: _PendingStep) -> None:
+        state = self.solver_state
+        if (state.n_stored, state.head, state.step_count) == p.after:   # no step since: undo it fully
+            state.n_stored, state.head, state.step_count = p.counters
+
+    def _diagnose(self, p: _PendingStep, row: list[float]) -> tuple[BaseException | None, bool]:
+        """The error of a pending step (None if it is fine) and whether ``on_nonfinite="skip"`` may
+        skip it: the solver's fault, said in terms of ``features``/``target`` where they caused it."""
+        G_finite, c_finite, G_within, c_within, features_finite, target_finite, cast_ok, W_max = row[6:14]
+        if row[5] == 0:
+            if cast_ok:
+                return None, False
+            return FloatingPointError(f"the new head weights overflow the head's dtype {self.head.weight.dtype} "
+                                      f"(|W| up to {W_max:.3g}); head and solver state unchanged"), True
+        try:
+            p.info.check()
+        except FloatingPointError as exc:
+            return exc, True
+        except ValueError as exc:
+            names = ("features", "target")
+            stats_ok, data_ok = (bool(G_finite), bool(c_finite)), (bool(features_finite), bool(target_finite))
+            bad = [n for n, ok in zip(names, stats_ok) if not ok]
+            if bad:
+                if all(d for d, ok in zip(data_ok, stats_ok) if not ok):
+                    # One rule for every scale: statistics that are not finite although their data
+                    # are (float64 overflow, e.g. features ×1e200) are a scale error, like finite
+                    # ones beyond ±MAX_ABS (features ×1e80), not a transient fault to skip.
+                    too_large = ValueError(f"{' and '.join(bad)} too large: the float64 statistics overflow (they "
+                                           f"exceed ±{MAX_ABS:g}; the solver squares them); rescale the data")
+                    too_large.__cause__ = ValueError(_nonfinite_message(bad))
+                    return too_large, False
+                return ValueError(_nonfinite_message(bad)), True
+            big = [n for n, ok in zip(names, (G_within, c_within)) if not ok]
+            if big:
+                return ValueError(f"{' and '.join(big)} too large: the float64 statistics exceed ±{MAX_ABS:g} "
+                                  "(the solver squares them); rescale the data"), False
+            return exc, False
+        return None, False   # info.check found nothing (cannot happen with a non-zero code)
+
+    def _skip(self, rec: SlimTikInfo, reason: str) -> None:
         """Record a skipped batch: nothing but ``n_skipped_`` and ``last_info_`` changes."""
         self.n_skipped_ += 1
         nan = math.nan
-        rec = SlimTikInfo(step=self.n_steps_, lambda_=nan, Lambda=self.Lambda_, alpha=self.alpha_, sgcv=nan,
-                          rel_residual=nan, cond=nan, m=m, backend="", skipped=True, reason=reason)
+        rec._resolve(dict(lambda_=nan, Lambda=self.Lambda_, alpha=self.alpha_, sgcv=nan, rel_residual=nan, cond=nan,
+                          skipped=True, reason=reason), backend="")
+        object.__setattr__(rec, "step", self.n_steps_)
         self.last_info_ = rec
         logger.warning("slimtik: batch skipped after step %d (on_nonfinite='skip', %d skipped so far): %s",
                        self.n_steps_, self.n_skipped_, reason)
         if self.writer is not None:
             self.writer.add_scalar("slimtik/skipped", float(self.n_skipped_), self.n_steps_)
-        return rec
 
     def _record(self, rec: SlimTikInfo) -> None:
         self.last_info_ = rec
-        self.lambda_history_.append(rec.lambda_)
-        self.Lambda_history_.append(rec.Lambda)
-        self.sgcv_history_.append(rec.sgcv)
-        self.rel_residual_history_.append(rec.rel_residual)
-        self.cond_history_.append(rec.cond)
+        values = (rec.lambda_, rec.Lambda, rec.sgcv, rec.rel_residual, rec.cond)
+        for name, value in zip(_HISTORIES, values):
+            self._histories[name].append(value)
         logger.debug("slimtik step %d: lambda=%.4g Lambda=%.4g alpha=%.4g sgcv=%.4g rel_res=%.4g cond=%.3g [%s]",
                      rec.step, rec.lambda_, rec.Lambda, rec.alpha, rec.sgcv, rec.rel_residual, rec.cond, rec.backend)
         if self.writer is not None:
@@ -466,6 +631,7 @@ class SlimTik(torch.optim.Optimizer):
         self.reduction = parsed["reduction"]
         self.solver_state = solver
         self.n_skipped_ = parsed["n_skipped"]
+        self._pending = []
         for name, values in parsed["histories"].items():
             setattr(self, name, values)
         self.last_info_ = None
@@ -476,24 +642,18 @@ class SlimTik(torch.optim.Optimizer):
                 f"lambda_mode={self.config.mode!r}, reduction={self.reduction!r}, n_steps_={self.n_steps_})")
 
 
-def _check_data_finite(features: torch.Tensor, target: torch.Tensor, G: torch.Tensor, c: torch.Tensor,
-                       fault: ValueError) -> None:
-    """One rule for every scale: statistics that are not finite although the data they came from
-    are (float64 overflow, e.g. features ×1e200) raise "too large" in either ``on_nonfinite``
-    mode, exactly like finite statistics beyond ±MAX_ABS (features ×1e80): a scale error, not a
-    transient fault to skip. Only NaN/Inf in the features or target themselves may be skipped."""
-    stats_ok = torch.isfinite(torch.stack([G.diagonal().sum(), c])).tolist()
-    data_ok = [bool(torch.isfinite(x).all()) if x.is_floating_point() else True for x in (features, target)]
-    bad = [name for name, s in zip(("features", "target"), stats_ok) if not s]
-    if bad and all(d for name, d, s in zip(("features", "target"), data_ok, stats_ok) if not s):
-        raise ValueError(f"{' and '.join(bad)} too large: the float64 statistics overflow (they exceed "
-                         f"±{MAX_ABS:g}; the solver squares them); rescale the data") from fault
+def _nonfinite_message(bad: list[str]) -> str:
+    """``heads.check_statistics_finite``'s message for the inputs ``bad`` ("features", "target")."""
+    return f"{' and '.join(bad)} contain{'s' if len(bad) == 1 else ''} NaN or Inf (or values too large for float64 statistics)"
 
 
-def _check_statistics_scale(G: torch.Tensor, c: torch.Tensor) -> None:
-    """ValueError naming ``features`` / ``target`` if their (finite) statistics exceed ±MAX_ABS."""
-    big = [G.abs().max() > MAX_ABS, c.abs() > MAX_ABS]
-    bad = [name for name, b in zip(("features", "target"), torch.stack(big).tolist()) if b]
-    if bad:
-        raise ValueError(f"{' and '.join(bad)} too large: the float64 statistics exceed ±{MAX_ABS:g} "
-                         "(the solver squares them); rescale the data")
+def _data_flags(features: torch.Tensor, target: torch.Tensor, G: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+    """[6] float64 on G's device, computed without a host sync, that say afterwards which input
+    a solver fault came from: tr(G) finite, c finite, max|G| <= MAX_ABS, |c| <= MAX_ABS, the
+    features finite, the target finite (tr(G) and c see every feature and target entry)."""
+    def finite(x: torch.Tensor) -> torch.Tensor:
+        ok = torch.isfinite(x).all() if x.is_floating_point() else torch.ones((), dtype=torch.bool, device=x.device)
+        return ok.to(G.device)
+
+    return torch.stack([torch.isfinite(G.diagonal().sum()), torch.isfinite(c).reshape(()), G.abs().max() <= MAX_ABS,
+                        (c.abs() <= MAX_ABS).reshape(()), finite(features), finite(target)]).to(torch.float64)
