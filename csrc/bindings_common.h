@@ -166,10 +166,20 @@ inline void require_workspace(const StepBuffers& p) {
   require(p.workspace != nullptr, "workspace_ptr must be a non-null data pointer");
 }
 
-// Workspace size queries of the block code (device and emulation alike).
-inline void check_workspace_query(long long B, long long n_f, long long n_t, int n_grid) {
+// Workspace size queries of the block code (device and emulation alike): the arguments checked
+// once, then `size(...)` (the launcher's own count).
+template <class Size>
+long long step_workspace_query(Size size, long long B, long long n_f, long long n_t, int n_grid, bool memory_empty) {
   check_step_sizes(B, n_f, n_t);
   check_n_grid(n_grid);
+  return size(B, (int)n_f, (int)n_t, n_grid, memory_empty);
+}
+
+template <class Size>
+long long jacobi_workspace_query(Size size, long long B, long long n) {
+  require_size(B, "B", 1LL << 30);
+  require_size(n, "n");
+  return size(B, (int)n);
 }
 
 // Arrays of one Jacobi call of the block code (device and emulation alike), checked once.

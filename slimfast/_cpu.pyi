@@ -93,22 +93,10 @@ def emulate_slimtik_step(buffers: StepBuffers, options: StepOptions, jacobi_tol:
     """``slimfast._cuda.slimtik_step``'s block code run serially on the host (host pointers;
     ``buffers`` must hold a workspace of emulate_workspace_doubles elements)."""
 
-def emulate_jacobi_eigh(
-    B: int,
-    n: int,
-    A_ptr: int,
-    U0_ptr: int,
-    s_ptr: int,
-    U_ptr: int,
-    tol: float,
-    max_sweeps: int,
-    workspace_ptr: int,
-    sweeps_ptr: int = 0,
-    n_threads: int = 128,
-    reverse: bool = False,
-    shared: int = 0,
-) -> None:
-    """``jacobi_eigh``'s block code run serially on the host (host pointers)."""
+def emulate_jacobi_eigh(B: int, n: int, A_ptr: int, U0_ptr: int, s_ptr: int, U_ptr: int, tol: float, max_sweeps: int,
+                        workspace_ptr: int, sweeps_ptr: int = 0, n_threads: int = 128, reverse: bool = False,
+                        shared: int = 0) -> None:
+    """``slimfast._cuda.jacobi_eigh``'s block code run serially on the host (host pointers)."""
 
 def round_robin_schedule(n_pad: int) -> list[list[tuple[int, int]]]:
     """Rounds of disjoint (p, q) pairs of the parallel Jacobi ordering for an even n_pad."""

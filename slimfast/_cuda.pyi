@@ -42,21 +42,8 @@ def slimtik_step(buffers: StepBuffers, options: StepOptions, stream: int = 0, de
     U0 warm-starts the Jacobi sweeps, U_out receives G_mem's eigenvectors, s_in/U_in (columns)
     replace the sweeps."""
 
-def jacobi_eigh(
-    B: int,
-    n: int,
-    A_ptr: int,
-    U0_ptr: int,
-    s_ptr: int,
-    U_ptr: int,
-    tol: float,
-    max_sweeps: int,
-    workspace_ptr: int,
-    stream: int = 0,
-    device: int = 0,
-    sweeps_ptr: int = 0,
-    n_threads: int = 0,
-    shared: int = -1,
-) -> None:
+def jacobi_eigh(B: int, n: int, A_ptr: int, U0_ptr: int, s_ptr: int, U_ptr: int, tol: float, max_sweeps: int,
+                workspace_ptr: int, stream: int = 0, device: int = 0, sweeps_ptr: int = 0, n_threads: int = 0,
+                shared: int = -1) -> None:
     """Enqueue the block-parallel Jacobi eigendecomposition of B symmetric n×n matrices (lower
     triangle read): s [B, n] ascending, U [B, n, n] eigenvectors as columns, sweeps [B] int32."""

@@ -14,9 +14,9 @@ import pytest
 import torch
 from torch.overrides import TorchFunctionMode
 
-from slimfast import SlimTikState, slimtik_step
+from slimfast import SlimTik, SlimTikState, slimtik_step
 
-from .conftest import require_backend
+from .conftest import EMULATE, require_backend
 from .solver_cases import RandomProblems
 
 F64 = torch.float64
@@ -83,3 +83,62 @@ def test_lazy_faults_keep_the_rejected_problem_and_advance_the_others(backend: s
         assert torch.equal(W2[b], W_ref[b])
         assert torch.equal(state.Lambda[b], ref.Lambda[b])
         assert torch.equal(state.memory[b], ref.memory[b])
+
+
+# ----------------------------------------------------------------------------- SlimTik.step
+
+
+def _slim_batches(n: int, n_in: int = 5, n_out: int = 2, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    return [(torch.randn(16, n_in, generator=g), torch.randn(16, n_out, generator=g)) for _ in range(n)]
+
+
+@pytest.mark.parametrize("memory_depth", [0, 2])
+@pytest.mark.parametrize("backend", NO_SYNC_BACKENDS + (EMULATE,))
+def test_slimtik_step_does_not_sync_until_the_record_is_read(backend: str, memory_depth: int) -> None:
+    """SlimTik.step with ``check_every=0`` forms the statistics, takes the lazily validated step and
+    writes the head without one host synchronisation; reading a record reads every pending step
+    at once, and the numbers are those of the default (checked every step) optimizer."""
+    require_backend(backend)
+    batches = _slim_batches(4)
+    heads = [torch.nn.Linear(5, 2).double() for _ in range(2)]
+    heads[1].load_state_dict(heads[0].state_dict())
+    lazy = SlimTik(heads[0], memory_depth=memory_depth, backend=backend, check_every=0)
+    eager = SlimTik(heads[1], memory_depth=memory_depth, backend=backend)
+    lazy.step(*batches[0])   # first calls load and compile outside the counted region
+    with CountHostSyncs() as counted:
+        records = [lazy.step(*b) for b in batches[1:]]
+    assert counted.calls == [], counted.calls
+    reference = [eager.step(*b) for b in batches]
+    with CountHostSyncs() as reading:
+        values = [(r.lambda_, r.Lambda, r.sgcv, r.rel_residual, r.cond) for r in records]
+    assert reading.calls == ["tolist"]   # one transfer for all pending steps
+    assert values == [(r.lambda_, r.Lambda, r.sgcv, r.rel_residual, r.cond) for r in reference[1:]]
+    assert lazy.lambda_history_ == eager.lambda_history_ and lazy.n_steps_ == eager.n_steps_ == 4
+    assert torch.equal(heads[0].weight, heads[1].weight) and torch.equal(heads[0].bias, heads[1].bias)
+
+
+def test_slimtik_deferred_error_names_the_input_and_the_default_checks_every_step() -> None:
+    """A NaN batch with ``check_every=0`` is found at the next read: the same ValueError naming
+    ``target`` as with the default, weights, memory and Λ unchanged; as the last step taken it is
+    undone completely. With ``check_every=1`` (default) ``step`` raises at once."""
+    batches = _slim_batches(3)
+    x, y = batches[1]
+    y_bad = y.clone()
+    y_bad[0, 0] = float("nan")
+    for check_every in (0, 1):
+        head = torch.nn.Linear(5, 2).double()
+        slim = SlimTik(head, memory_depth=2, check_every=check_every)
+        slim.step(*batches[0])
+        slim.check()
+        before = (head.weight.clone(), slim.solver_state.Lambda.clone(), slim.solver_state.memory.clone(),
+                  slim.n_steps_, slim.solver_state.head, slim.solver_state.n_stored)
+        with pytest.raises(ValueError, match=r"^target contains NaN or Inf"):
+            rec = slim.step(x, y_bad)
+            assert check_every == 0, "the default raises from step itself"
+            rec.lambda_
+        state = slim.solver_state
+        after = (head.weight, state.Lambda, state.memory, slim.n_steps_, state.head, state.n_stored)
+        assert all(torch.equal(a, b) if isinstance(a, torch.Tensor) else a == b for a, b in zip(before, after))
+        slim.step(*batches[2])   # still usable
+        assert slim.n_steps_ == 2 and len(slim.lambda_history_) == 2

@@ -19,14 +19,11 @@ namespace {
 constexpr int SHARED_OFF = 0, SHARED_ON = 2;
 
 long long py_emulate_workspace_doubles(long long B, long long n_f, long long n_t, int n_grid, bool memory_empty) {
-  check_workspace_query(B, n_f, n_t, n_grid);
-  return emulate_step_workspace_doubles(B, (int)n_f, (int)n_t, n_grid, memory_empty);
+  return step_workspace_query(emulate_step_workspace_doubles, B, n_f, n_t, n_grid, memory_empty);
 }
 
 long long py_emulate_jacobi_workspace_doubles(long long B, long long n) {
-  require_size(B, "B", 1LL << 30);
-  require_size(n, "n");
-  return emulate_jacobi_workspace_doubles(B, (int)n);
+  return jacobi_workspace_query(emulate_jacobi_workspace_doubles, B, n);
 }
 
 // The emulation runs n_threads simulated threads one after another (reversed with `reverse`);

@@ -33,14 +33,11 @@ CudaLaunch launch_options(int device, std::uintptr_t stream, int n_threads, int 
 }
 
 long long py_workspace_doubles(long long B, long long n_f, long long n_t, int n_grid, bool memory_empty) {
-  check_workspace_query(B, n_f, n_t, n_grid);
-  return step_workspace_doubles(B, (int)n_f, (int)n_t, n_grid, memory_empty);
+  return step_workspace_query(step_workspace_doubles, B, n_f, n_t, n_grid, memory_empty);
 }
 
 long long py_jacobi_workspace_doubles(long long B, long long n) {
-  require_size(B, "B", 1LL << 30);
-  require_size(n, "n");
-  return jacobi_workspace_doubles(B, (int)n);
+  return jacobi_workspace_query(jacobi_workspace_doubles, B, n);
 }
 
 void py_slimtik_step(const StepBuffers& p, const StepOptions& opts, std::uintptr_t stream, int device,

@@ -54,14 +54,10 @@ def slimtik_step(inputs: StepInputs, *, eigensolver: str = "auto") -> tuple[torc
 
 
 def jacobi_eigh(
-    A: torch.Tensor,
-    U0: torch.Tensor | None = None,
-    tol: float = 1e-14,
-    max_sweeps: int = 60,
-    *,
+    A: torch.Tensor, U0: torch.Tensor | None = None, tol: float = 1e-14, max_sweeps: int = 60, *,
     return_sweeps: bool = False,
 ):
-    """Eigendecomposition by the shared cyclic Jacobi solver (the arithmetic the CUDA kernel runs).
+    """Eigendecomposition by the shared header's serial cyclic Jacobi solver (csrc/slimfast_jacobi.h).
 
     Args:
         A: [..., n, n] symmetric CPU float64 (lower triangle read, as ``torch.linalg.eigh``).

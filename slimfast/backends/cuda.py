@@ -141,11 +141,7 @@ def slimtik_step(
 
 
 def jacobi_eigh(
-    A: torch.Tensor,
-    U0: torch.Tensor | None = None,
-    tol: float = 1e-14,
-    max_sweeps: int = 60,
-    *,
+    A: torch.Tensor, U0: torch.Tensor | None = None, tol: float = 1e-14, max_sweeps: int = 60, *,
     return_sweeps: bool = False,
     n_threads: int = 0,
     shared: str = "auto",
