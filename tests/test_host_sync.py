@@ -142,3 +142,30 @@ def test_slimtik_deferred_error_names_the_input_and_the_default_checks_every_ste
         assert all(torch.equal(a, b) if isinstance(a, torch.Tensor) else a == b for a, b in zip(before, after))
         slim.step(*batches[2])   # still usable
         assert slim.n_steps_ == 2 and len(slim.lambda_history_) == 2
+
+
+def test_block_code_state_keeps_warm_start_and_workspace() -> None:
+    """With a backend that runs the CUDA block code (here its host emulation) the state keeps G_mem's
+    eigenvectors for the next step's Jacobi warm start and reuses one workspace; the warm-started
+    steps agree with cold ones (only the speed may differ); select/cat drop both caches."""
+    require_backend(EMULATE)
+    probs = RandomProblems(3, 6, 2, n_b=10, seed=4)
+    batches = [probs.next_batch() for _ in range(4)]
+    warm, cold = SlimTikState(3, 6, 2, memory_depth=2), SlimTikState(3, 6, 2, memory_depth=2)
+    W_warm = W_cold = torch.zeros(3, 2, 6, dtype=F64)
+    pointers = []
+    for k, (G, H, c, m) in enumerate(batches):
+        G_mem = warm.memory_gram(G)
+        W_warm, info = slimtik_step(warm, G, H, c, m, W_warm, backend=EMULATE, validate="lazy")
+        cold.eigenvectors = None   # every step of `cold` starts its Jacobi sweeps from I
+        W_cold, info_cold = slimtik_step(cold, G, H, c, m, W_cold, backend=EMULATE)
+        U = warm.eigenvectors
+        s = torch.linalg.eigvalsh(G_mem)
+        assert torch.allclose(U.mT @ G_mem @ U, torch.diag_embed(s), atol=1e-12 * float(s.abs().max()))
+        pointers.append(warm.workspace.data_ptr())
+        torch.testing.assert_close(W_warm, W_cold, rtol=1e-11, atol=1e-13)
+        torch.testing.assert_close(info.Lambda, info_cold.Lambda, rtol=1e-11, atol=0.0)
+    # One workspace once the memory holds a batch (the empty-memory step needs less).
+    assert len(set(pointers[1:])) == 1 and len(pointers) == 4
+    for derived in (warm.select([0, 2]), SlimTikState.cat([warm, warm])):
+        assert derived.eigenvectors is None and derived.workspace is None
