@@ -27,7 +27,6 @@ from __future__ import annotations
 import copy
 import logging
 import math
-from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
 import torch
@@ -44,7 +43,7 @@ from .ownership import check_owner as _check_owner
 from .ownership import claim as _claim
 from .ownership import release_head
 from .state import SlimTikState, as_size, check_Lambda0
-from .validation import MAX_ABS
+from .step_record import SlimTikInfo, _PendingStep, data_flags, diagnose, history_property
 
 logger = logging.getLogger("slimfast")
 
@@ -58,106 +57,6 @@ class ScalarWriter(Protocol):
     """Anything with TensorBoard's ``add_scalar`` (SummaryWriter, a test double, …)."""
 
     def add_scalar(self, tag: str, scalar_value: float, global_step: int | None = None) -> Any: ...
-
-
-_VALUES = ("lambda_", "Lambda", "alpha", "sgcv", "rel_residual", "cond", "skipped", "reason")
-
-
-class SlimTikInfo:
-    """Record of one ``SlimTik.step`` (plain Python numbers when read).
-
-    Attributes:
-        step: number of completed steps after this one (k + 1 for the zero-based step k).
-        lambda_: λ_k chosen this step (may be negative).
-        Lambda: Λ_k = Λ_{k−1} + λ_k.
-        alpha: Λ_k/(k + 1), the effective ridge parameter per batch objective.
-        sgcv: sampled GCV value at λ_k.
-        rel_residual: ‖β(W_k Z_k − C_k)‖/‖β C_k‖ on this batch.
-        cond: condition number (s_max + Λ_k)/(s_min + Λ_k) of G_mem + Λ_k I, with s the
-            eigenvalues of the memory Gram matrix: how strongly this step's solve amplifies
-            rounding. Large values (≳ 1e12) mean near-singular memory held up only by Λ_k.
-        m: scalar residuals in this batch.
-        backend: solver backend that ran the step ("" when skipped).
-        skipped: True when the batch was skipped (``on_nonfinite="skip"``); then nothing
-            changed, ``step``, ``Lambda`` and ``alpha`` are the current values and ``lambda_``,
-            ``sgcv``, ``rel_residual`` and ``cond`` are NaN (not computed).
-        reason: why the batch was skipped ("" otherwise).
-
-    A record returned before its step was checked (``SlimTik(check_every=...)``) holds its
-    numbers on the device; reading any of ``_VALUES`` reads them (one host synchronisation for
-    every step not yet checked) and raises the step's deferred error, if it had one.
-    """
-
-    __slots__ = ("step", "m", "_backend", "_values", "_owner")
-
-    def __init__(self, step: int, lambda_: float = math.nan, Lambda: float = math.nan, alpha: float = math.nan,
-                 sgcv: float = math.nan, rel_residual: float = math.nan, cond: float = math.nan, m: int = 0,
-                 backend: str = "", skipped: bool = False, reason: str = "", *, _owner: SlimTik | None = None
-                 ) -> None:
-        set_ = object.__setattr__
-        set_(self, "step", step)
-        set_(self, "m", m)
-        set_(self, "_backend", backend)
-        set_(self, "_owner", _owner)
-        set_(self, "_values", None if _owner is not None else
-             dict(lambda_=lambda_, Lambda=Lambda, alpha=alpha, sgcv=sgcv, rel_residual=rel_residual, cond=cond,
-                  skipped=skipped, reason=reason))
-
-    def _resolve(self, values: dict[str, Any], backend: str | None = None) -> None:
-        object.__setattr__(self, "_values", values)
-        object.__setattr__(self, "_owner", None)
-        if backend is not None:
-            object.__setattr__(self, "_backend", backend)
-
-    def __getattr__(self, name: str) -> Any:  # only for names not found normally: the values
-        if name not in _VALUES:
-            raise AttributeError(name)
-        if self._values is None:
-            self._owner.check()
-        return self._values[name]
-
-    @property
-    def backend(self) -> str:
-        if self._values is None:
-            self._owner.check()
-        return self._backend
-
-    def __setattr__(self, name: str, value: Any) -> None:
-        raise AttributeError("SlimTikInfo is read-only")
-
-    def __eq__(self, other: object) -> bool:
-        if not isinstance(other, SlimTikInfo):
-            return NotImplemented
-        return all(getattr(self, f) == getattr(other, f) for f in ("step", "m", "backend") + _VALUES)
-
-    __hash__ = None  # type: ignore[assignment]
-
-    def __repr__(self) -> str:
-        if self._values is None:
-            return f"SlimTikInfo(step={self.step}, m={self.m}, <not read yet>)"
-        body = ", ".join(f"{f}={self._values[f]!r}" for f in _VALUES[:6])
-        return (f"SlimTikInfo(step={self.step}, {body}, m={self.m}, backend={self._backend!r}, "
-                f"skipped={self._values['skipped']!r}, reason={self._values['reason']!r})")
-
-    def __reduce__(self) -> tuple:
-        return (_record_from, (self.step, self.m, self.backend, dict(self._values or {})))
-
-
-def _record_from(step: int, m: int, backend: str, values: dict[str, Any]) -> SlimTikInfo:
-    return SlimTikInfo(step, m=m, backend=backend, **values)
-
-
-@dataclass
-class _PendingStep:
-    """A step taken but not yet read on the host: its record, the solver's StepInfo (fault codes),
-    one float64 row [lambda_, Lambda, sgcv, rel_residual, cond, fault, 6 data flags, cast ok,
-    max|W_new|] on the device, and what undoing its counters needs."""
-
-    record: SlimTikInfo
-    info: Any
-    row: torch.Tensor
-    counters: tuple[int, int, int]
-    after: tuple[int, int, int]
 
 
 #: Per-step lists kept by SlimTik (``alpha_history_`` is derived from ``Lambda_history_``).
@@ -328,22 +227,11 @@ class SlimTik(torch.optim.Optimizer):
         """
         return self.Lambda_ / max(self.n_steps_, 1)
 
-    def _history(name: str) -> property:  # noqa: N805  (a property factory used in the class body)
-        def get(self: SlimTik) -> list[float]:
-            self.check()
-            return self._histories[name]
-
-        def set_(self: SlimTik, values: list[float]) -> None:
-            self._histories[name] = values
-
-        return property(get, set_, doc="Per completed step (plain floats; reading it checks pending steps).")
-
-    lambda_history_ = _history("lambda_history_")
-    Lambda_history_ = _history("Lambda_history_")
-    sgcv_history_ = _history("sgcv_history_")
-    rel_residual_history_ = _history("rel_residual_history_")
-    cond_history_ = _history("cond_history_")
-    del _history
+    lambda_history_ = history_property("lambda_history_")
+    Lambda_history_ = history_property("Lambda_history_")
+    sgcv_history_ = history_property("sgcv_history_")
+    rel_residual_history_ = history_property("rel_residual_history_")
+    cond_history_ = history_property("cond_history_")
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         if hasattr(self, "head"):
@@ -384,7 +272,7 @@ class SlimTik(torch.optim.Optimizer):
         _check_owner(self)
         check_head_inputs(self.head, features, target, finite=False)
         G, H, c, m = self._statistics(features, target)
-        self._pending.append(self._take_step(G, H, c, m, _data_flags(features, target, G, c)))
+        self._pending.append(self._take_step(G, H, c, m, data_flags(features, target, G, c)))
         record = self._pending[-1].record
         if self.check_every and len(self._pending) >= self.check_every:
             self.check()
@@ -449,7 +337,7 @@ class SlimTik(torch.optim.Optimizer):
         rows = torch.stack([p.row for p in pending]).tolist()
         error: BaseException | None = None
         for p, row in zip(pending, rows):
-            fault, skippable = self._diagnose(p, row)
+            fault, skippable = diagnose(p, row, self.head.weight.dtype)
             if fault is None:
                 lam, Lam, sgcv, rel, cond = row[:5]
                 p.record._resolve(dict(lambda_=lam, Lambda=Lam, alpha=Lam / p.record.step, sgcv=sgcv,
@@ -471,40 +359,6 @@ class SlimTik(torch.optim.Optimizer):
         state = self.solver_state
         if (state.n_stored, state.head, state.step_count) == p.after:   # no step since: undo it fully
             state.n_stored, state.head, state.step_count = p.counters
-
-    def _diagnose(self, p: _PendingStep, row: list[float]) -> tuple[BaseException | None, bool]:
-        """The error of a pending step (None if it is fine) and whether ``on_nonfinite="skip"`` may
-        skip it: the solver's fault, said in terms of ``features``/``target`` where they caused it."""
-        G_finite, c_finite, G_within, c_within, features_finite, target_finite, cast_ok, W_max = row[6:14]
-        if row[5] == 0:
-            if cast_ok:
-                return None, False
-            return FloatingPointError(f"the new head weights overflow the head's dtype {self.head.weight.dtype} "
-                                      f"(|W| up to {W_max:.3g}); head and solver state unchanged"), True
-        try:
-            p.info.check()
-        except FloatingPointError as exc:
-            return exc, True
-        except ValueError as exc:
-            names = ("features", "target")
-            stats_ok, data_ok = (bool(G_finite), bool(c_finite)), (bool(features_finite), bool(target_finite))
-            bad = [n for n, ok in zip(names, stats_ok) if not ok]
-            if bad:
-                if all(d for d, ok in zip(data_ok, stats_ok) if not ok):
-                    # One rule for every scale: statistics that are not finite although their data
-                    # are (float64 overflow, e.g. features ×1e200) are a scale error, like finite
-                    # ones beyond ±MAX_ABS (features ×1e80), not a transient fault to skip.
-                    too_large = ValueError(f"{' and '.join(bad)} too large: the float64 statistics overflow (they "
-                                           f"exceed ±{MAX_ABS:g}; the solver squares them); rescale the data")
-                    too_large.__cause__ = ValueError(_nonfinite_message(bad))
-                    return too_large, False
-                return ValueError(_nonfinite_message(bad)), True
-            big = [n for n, ok in zip(names, (G_within, c_within)) if not ok]
-            if big:
-                return ValueError(f"{' and '.join(big)} too large: the float64 statistics exceed ±{MAX_ABS:g} "
-                                  "(the solver squares them); rescale the data"), False
-            return exc, False
-        return None, False   # info.check found nothing (cannot happen with a non-zero code)
 
     def _skip(self, rec: SlimTikInfo, reason: str) -> None:
         """Record a skipped batch: nothing but ``n_skipped_`` and ``last_info_`` changes."""
@@ -640,20 +494,3 @@ class SlimTik(torch.optim.Optimizer):
         n_t, n_f = head_shape(self.head)
         return (f"SlimTik(head={type(self.head).__name__}, n_f={n_f}, n_t={n_t}, memory_depth={self.memory_depth}, "
                 f"lambda_mode={self.config.mode!r}, reduction={self.reduction!r}, n_steps_={self.n_steps_})")
-
-
-def _nonfinite_message(bad: list[str]) -> str:
-    """``heads.check_statistics_finite``'s message for the inputs ``bad`` ("features", "target")."""
-    return f"{' and '.join(bad)} contain{'s' if len(bad) == 1 else ''} NaN or Inf (or values too large for float64 statistics)"
-
-
-def _data_flags(features: torch.Tensor, target: torch.Tensor, G: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
-    """[6] float64 on G's device, computed without a host sync, that say afterwards which input
-    a solver fault came from: tr(G) finite, c finite, max|G| <= MAX_ABS, |c| <= MAX_ABS, the
-    features finite, the target finite (tr(G) and c see every feature and target entry)."""
-    def finite(x: torch.Tensor) -> torch.Tensor:
-        ok = torch.isfinite(x).all() if x.is_floating_point() else torch.ones((), dtype=torch.bool, device=x.device)
-        return ok.to(G.device)
-
-    return torch.stack([torch.isfinite(G.diagonal().sum()), torch.isfinite(c).reshape(()), G.abs().max() <= MAX_ABS,
-                        (c.abs() <= MAX_ABS).reshape(()), finite(features), finite(target)]).to(torch.float64)
