@@ -116,8 +116,8 @@ class SlimTik(torch.optim.Optimizer):
     ``Lambda_history_``, ``alpha_history_``, ``sgcv_history_``, ``rel_residual_history_``,
     ``cond_history_`` (one entry per completed step; skipped batches add none).
 
-    ``on_nonfinite``, ``backend`` and ``writer`` are run-time choices: ``load_state_dict`` keeps
-    them as constructed. A head has one SlimTik (a second raises ValueError; ``release_head``
+    ``on_nonfinite``, ``backend``, ``writer`` and ``check_every`` are run-time choices:
+    ``load_state_dict`` keeps them as constructed. A head has one SlimTik (a second raises ValueError; ``release_head``
     hands it over). ``copy.deepcopy`` and ``pickle`` give copies that continue exactly like the
     original.
     """
@@ -272,7 +272,10 @@ class SlimTik(torch.optim.Optimizer):
         _check_owner(self)
         check_head_inputs(self.head, features, target, finite=False)
         G, H, c, m = self._statistics(features, target)
-        self._pending.append(self._take_step(G, H, c, m, data_flags(features, target, G, c)))
+        # Checked before returning: diagnose a fault from the live tensors; else flag them now.
+        now = self.check_every == 1
+        self._pending.append(self._take_step(G, H, c, m, (features, target, G, c) if now else
+                                             data_flags(features, target, G, c)))
         record = self._pending[-1].record
         if self.check_every and len(self._pending) >= self.check_every:
             self.check()
@@ -288,8 +291,8 @@ class SlimTik(torch.optim.Optimizer):
             G, H, c, m = all_reduce_statistics(G, H, c, m, self.reduction, self.process_group)
         return G, H, c, m
 
-    def _take_step(self, G: torch.Tensor, H: torch.Tensor, c: torch.Tensor, m: Any, flags: torch.Tensor
-                   ) -> _PendingStep:
+    def _take_step(self, G: torch.Tensor, H: torch.Tensor, c: torch.Tensor, m: Any,
+                   evidence: tuple[torch.Tensor, ...] | torch.Tensor) -> _PendingStep:
         """One lazily validated solver step (no host synchronisation) and the write-back."""
         state = self._ensure_state()
         dev = state.device
@@ -301,12 +304,13 @@ class SlimTik(torch.optim.Optimizer):
                                    head_to_matrix(self.head)[None], config=self.config, backend=self.backend,
                                    validate="lazy")
         cast = self._write_back(W_new, snap)
-        numbers = torch.stack([info.lambda_[0], info.Lambda[0], info.sgcv[0], info.rel_residual[0], info.cond[0],
-                               info.faults[0].to(torch.float64)])
-        row = torch.cat([numbers, flags.to(dev), cast])
+        numbers = torch.stack([info.lambda_, info.Lambda, info.sgcv, info.rel_residual, info.cond,
+                               info.faults.to(torch.float64)])[:, 0]
+        row = torch.cat([numbers, cast])
         record = SlimTikInfo(state.step_count, m=m if isinstance(m, int) else int(m), backend=info.backend,
                              _owner=self)
-        return _PendingStep(record, info, row, counters, (state.n_stored, state.head, state.step_count))
+        after = (state.n_stored, state.head, state.step_count)
+        return _PendingStep(record, info, row, counters, after, evidence)
 
     def _write_back(self, W_new: torch.Tensor, snap: tuple[Any, ...] | None) -> torch.Tensor:
         """Write W_new [1, n_t, n_f] into the head. Returns [ok, max|W_new|] (float64, on the device):

@@ -111,26 +111,31 @@ def _record_from(step: int, m: int, backend: str, values: dict[str, Any]) -> Sli
 @dataclass
 class _PendingStep:
     """A step taken but not yet read on the host: its record, the solver's StepInfo (fault codes),
-    one float64 row [lambda_, Lambda, sgcv, rel_residual, cond, fault, 6 data flags, cast ok,
-    max|W_new|] on the device, and what undoing its counters needs."""
+    one float64 row [lambda_, Lambda, sgcv, rel_residual, cond, fault, cast ok, max|W_new|] on the
+    device, what undoing its counters needs, and ``evidence`` for ``diagnose``: the step's
+    (features, target, G, c) while they are alive anyway (the step is checked before it returns),
+    else their ``data_flags`` computed at once (a deferred check must not keep a batch alive)."""
 
     record: SlimTikInfo
     info: Any
     row: torch.Tensor
     counters: tuple[int, int, int]
     after: tuple[int, int, int]
-
+    evidence: tuple[torch.Tensor, ...] | torch.Tensor
 
 
 def diagnose(p: _PendingStep, row: list[float], head_dtype: torch.dtype) -> tuple[BaseException | None, bool]:
-    """The error of a pending step ``p`` (its ``row`` read on the host) (None if it is fine) and whether ``on_nonfinite="skip"`` may
-    skip it: the solver's fault, said in terms of ``features``/``target`` where they caused it."""
-    G_finite, c_finite, G_within, c_within, features_finite, target_finite, cast_ok, W_max = row[6:14]
-    if row[5] == 0:
+    """The error of a pending step ``p`` whose ``row`` was read on the host (None if it is fine),
+    and whether ``on_nonfinite="skip"`` may skip it: the solver's fault, said in terms of
+    ``features``/``target`` where they caused it (one more host read, on a fault only)."""
+    fault, cast_ok, W_max = row[5:8]
+    if fault == 0:
         if cast_ok:
             return None, False
         return FloatingPointError(f"the new head weights overflow the head's dtype {head_dtype} "
                                   f"(|W| up to {W_max:.3g}); head and solver state unchanged"), True
+    flags = p.evidence if isinstance(p.evidence, torch.Tensor) else data_flags(*p.evidence)
+    G_finite, c_finite, G_within, c_within, features_finite, target_finite = flags.tolist()
     try:
         p.info.check()
     except FloatingPointError as exc:
