@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import functools
 import math
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass
 from types import ModuleType
 from typing import Any, Callable, TypeVar
 
@@ -60,9 +60,6 @@ class StepInputs:
         return B, n_t, n_f
 
 
-_ARRAYS = tuple(f.name for f in fields(StepInputs) if f.name not in ("memory_empty", "config"))
-
-
 def step_entry(kernel: Callable[..., R]) -> Callable[..., R]:
     """``kernel(inputs: StepInputs, **options)`` as a backend's ``slimtik_step``.
 
@@ -89,11 +86,12 @@ def as_buffer(name: str, x: Any, shape: tuple[int, ...], device: torch.device) -
     ``name`` otherwise (what makes its data pointer safe to hand to a compiled kernel)."""
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
-    if x.dtype != F64 or x.device.type != device.type:
-        raise ValueError(f"{name} must be a {_where(device)} float64 tensor, got {x.dtype} on {x.device}")
-    if x.device != device:
-        raise ValueError(f"{name} is on {x.device}, expected {device} (all tensors on one device)")
-    if tuple(x.shape) != shape:
+    where = x.device
+    if x.dtype != F64 or where.type != device.type:
+        raise ValueError(f"{name} must be a {_where(device)} float64 tensor, got {x.dtype} on {where}")
+    if where.index != device.index:
+        raise ValueError(f"{name} is on {where}, expected {device} (all tensors on one device)")
+    if x.shape != shape:
         raise ValueError(f"{name} must have shape {list(shape)}, got {list(x.shape)}")
     return x.contiguous()
 
@@ -111,11 +109,15 @@ def _device_of(W: Any, device_type: str) -> torch.device:
 
 def as_buffers(inputs: StepInputs, device_type: str) -> StepInputs:
     """``inputs`` with every array checked by ``as_buffer`` on W's device (of ``device_type``)."""
-    B, n_t, n_f = inputs.shape if isinstance(inputs.W, torch.Tensor) and inputs.W.dim() == 3 else (0, 0, 0)
     device = _device_of(inputs.W, device_type)
-    shapes = {"G_mem": (B, n_f, n_f), "G": (B, n_f, n_f), "H": (B, n_t, n_f), "c": (B,), "m": (B,),
-              "W": (B, n_t, n_f), "Lambda_prev": (B,)}
-    return replace(inputs, **{k: as_buffer(k, getattr(inputs, k), shapes[k], device) for k in _ARRAYS})
+    B, n_t, n_f = inputs.shape
+    mat, rows, vec = (B, n_f, n_f), (B, n_t, n_f), (B,)
+    p = inputs
+    return StepInputs(
+        as_buffer("G_mem", p.G_mem, mat, device), as_buffer("G", p.G, mat, device), as_buffer("H", p.H, rows, device),
+        as_buffer("c", p.c, vec, device), as_buffer("m", p.m, vec, device), as_buffer("W", p.W, rows, device),
+        as_buffer("Lambda_prev", p.Lambda_prev, vec, device), p.memory_empty, p.config,
+    )  # fmt: skip
 
 
 def _ptr(x: torch.Tensor | None) -> int:
