@@ -43,7 +43,7 @@ from .ownership import check_owner as _check_owner
 from .ownership import claim as _claim
 from .ownership import release_head
 from .state import SlimTikState, as_size, check_Lambda0
-from .step_record import SlimTikInfo, _PendingStep, data_flags, diagnose, history_property
+from .step_record import SlimTikInfo, _PendingStep, data_flags, diagnose, explain, history_property, log_record
 
 logger = logging.getLogger("slimfast")
 
@@ -98,15 +98,12 @@ class SlimTik(torch.optim.Optimizer):
             by one all-reduce of 8·(n_f² + n_t·n_f + 2) bytes, scaled by the whole batch's β²,
             and every rank takes the identical step (the memory holds the reduced statistics).
             All ranks must call ``step`` together; ``m`` in the record is the global count.
-        check_every: read the steps' numbers and deferred errors on the host every this many
-            steps (0: only when a record, a history or ``check()`` is read). The step itself
-            never synchronises (``slimtik_step(validate="lazy")``; on CUDA with the cuda backend it
-            is asynchronous, warm-started from the last step's eigenvectors, with a workspace
-            kept in the solver state). The default 1 reads each step at once (one transfer) and
-            raises its error from ``step``, with the state untouched. With a longer interval an
-            error surfaces at the next check; the rejected step changed neither weights nor memory
-            nor Λ, but, unless it was the last step taken, it still counts as a step (step count
-            and ring position advanced).
+        check_every: read the steps on the host every this many steps (0: only when a record,
+            a history or ``check()`` is read). The default 1 checks each step as it is taken and
+            raises from ``step`` with the state untouched. Otherwise the step never synchronises
+            (``slimtik_step(validate="lazy")``; cuda backend: asynchronous, warm-started, workspace
+            in the state) and an error surfaces at the next check: the rejected step changed
+            neither weights, memory nor Λ, but unless it was the last one it counts as a step.
 
     The params form one group with an unused ``lr`` (1.0) so LR schedulers attach without error.
     ``step(features, target)`` replaces the usual ``step(closure)``; it needs no gradients.
@@ -262,9 +259,8 @@ class SlimTik(torch.optim.Optimizer):
         ``on_nonfinite="skip"``) or for finite features/targets whose float64 statistics overflow
         or exceed ±1e150 (either mode: a scale error, not a transient fault); FloatingPointError
         (or a skip) when the new weights are not finite in the head's dtype (e.g. beyond ±65504
-        for a float16 head). The head and the solver state are then untouched. Value errors are
-        found on the device and raised when the step is checked: at once with ``check_every=1``
-        (the default), else at the next check (``check``, a read of a record or a history).
+        for a float16 head). The head and the solver state are then untouched. With
+        ``check_every`` other than 1 value errors are raised at the next check instead.
         """
         if features is None or target is None or callable(features):
             got = "a closure" if callable(features) else "no batch" if features is None else "no target"
@@ -272,18 +268,29 @@ class SlimTik(torch.optim.Optimizer):
         _check_owner(self)
         check_head_inputs(self.head, features, target, finite=False)
         G, H, c, m = self._statistics(features, target)
-        # Checked before returning: diagnose a fault from the live tensors; else flag them now.
-        now = self.check_every == 1
-        self._pending.append(self._take_step(G, H, c, m, (features, target, G, c) if now else
-                                             data_flags(features, target, G, c)))
-        record = self._pending[-1].record
+        if self.check_every == 1:
+            # Read at once anyway: the solver's eager checks (one sync before, one after the
+            # kernel) cost less than the lazy path's device-side bookkeeping, and a fault is then
+            # explained from the live batch; nothing has changed when they raise.
+            try:
+                pending = self._take_step(G, H, c, m, (features, target, G, c), validate="eager")
+            except (ValueError, FloatingPointError) as exc:
+                fault, skippable = explain(exc, (features, target, G, c))
+                if self.on_nonfinite == "skip" and skippable:
+                    record = SlimTikInfo(self.n_steps_, m=m if isinstance(m, int) else int(m), _owner=self)
+                    self._skip(record, str(fault))
+                    return record
+                raise fault from (exc.__cause__ if fault is exc else fault.__cause__)
+        else:   # a deferred check must not keep the batch alive: flag it now, on the device
+            pending = self._take_step(G, H, c, m, data_flags(features, target, G, c), validate="lazy")
+        self._pending.append(pending)
+        record = pending.record
         if self.check_every and len(self._pending) >= self.check_every:
             self.check()
         return record
 
     def _statistics(self, features: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """The batch's float64 sufficient statistics (G [n_f, n_f], H [n_t, n_f], c, m), all-reduced
-        over the ranks when data parallel."""
+        """The batch's float64 statistics (G [n_f, n_f], H [n_t, n_f], c, m), all-reduced if data parallel."""
         data_parallel = use_data_parallel(self.distributed, self.process_group)
         G, H, c, m = head_statistics(self.head, features, target, "sum" if data_parallel else self.reduction,
                                      check=False)
@@ -292,25 +299,25 @@ class SlimTik(torch.optim.Optimizer):
         return G, H, c, m
 
     def _take_step(self, G: torch.Tensor, H: torch.Tensor, c: torch.Tensor, m: Any,
-                   evidence: tuple[torch.Tensor, ...] | torch.Tensor) -> _PendingStep:
-        """One lazily validated solver step (no host synchronisation) and the write-back."""
+                   evidence: tuple[torch.Tensor, ...] | torch.Tensor, validate: str) -> _PendingStep:
+        """One solver step and the write-back; with ``validate="lazy"`` no host synchronisation
+        (faults stay device-side codes in the record), with "eager" the solver raises instead."""
         state = self._ensure_state()
         dev = state.device
-        counters = (state.n_stored, state.head, state.step_count)
+        counters = (state.n_stored, state.head, state.step_count)   # what a rejected step undoes
         # The solver commits its state once its float64 weights are finite; a head of lower
         # precision can still overflow in the cast, so keep what the commit overwrites.
         snap = state.snapshot() if self.head.weight.dtype != torch.float64 else None
         W_new, info = slimtik_step(state, G[None].to(dev), H[None].to(dev), c.reshape(1).to(dev), m,
                                    head_to_matrix(self.head)[None], config=self.config, backend=self.backend,
-                                   validate="lazy")
+                                   validate=validate)
         cast = self._write_back(W_new, snap)
         numbers = torch.stack([info.lambda_, info.Lambda, info.sgcv, info.rel_residual, info.cond,
                                info.faults.to(torch.float64)])[:, 0]
         row = torch.cat([numbers, cast])
         record = SlimTikInfo(state.step_count, m=m if isinstance(m, int) else int(m), backend=info.backend,
                              _owner=self)
-        after = (state.n_stored, state.head, state.step_count)
-        return _PendingStep(record, info, row, counters, after, evidence)
+        return _PendingStep(record, info, row, counters, (state.n_stored, state.head, state.step_count), evidence)
 
     def _write_back(self, W_new: torch.Tensor, snap: tuple[Any, ...] | None) -> torch.Tensor:
         """Write W_new [1, n_t, n_f] into the head. Returns [ok, max|W_new|] (float64, on the device):
@@ -348,7 +355,9 @@ class SlimTik(torch.optim.Optimizer):
                                        rel_residual=rel, cond=cond, skipped=False, reason=""))
                 self._record(p.record)
                 continue
-            self._undo_counters(p)
+            state = self.solver_state
+            if (state.n_stored, state.head, state.step_count) == p.after:   # no step since: undo it fully
+                state.n_stored, state.head, state.step_count = p.counters
             if self.on_nonfinite == "skip" and skippable:
                 self._skip(p.record, str(fault))
             else:
@@ -358,11 +367,6 @@ class SlimTik(torch.optim.Optimizer):
                 error = error or fault
         if error is not None:
             raise error
-
-    def _undo_counters(self, p: _PendingStep) -> None:
-        state = self.solver_state
-        if (state.n_stored, state.head, state.step_count) == p.after:   # no step since: undo it fully
-            state.n_stored, state.head, state.step_count = p.counters
 
     def _skip(self, rec: SlimTikInfo, reason: str) -> None:
         """Record a skipped batch: nothing but ``n_skipped_`` and ``last_info_`` changes."""
@@ -382,12 +386,7 @@ class SlimTik(torch.optim.Optimizer):
         values = (rec.lambda_, rec.Lambda, rec.sgcv, rec.rel_residual, rec.cond)
         for name, value in zip(_HISTORIES, values):
             self._histories[name].append(value)
-        logger.debug("slimtik step %d: lambda=%.4g Lambda=%.4g alpha=%.4g sgcv=%.4g rel_res=%.4g cond=%.3g [%s]",
-                     rec.step, rec.lambda_, rec.Lambda, rec.alpha, rec.sgcv, rec.rel_residual, rec.cond, rec.backend)
-        if self.writer is not None:
-            for tag, value in (("lambda", rec.lambda_), ("Lambda", rec.Lambda), ("alpha", rec.alpha),
-                               ("sgcv", rec.sgcv), ("rel_residual", rec.rel_residual), ("cond", rec.cond)):
-                self.writer.add_scalar(f"slimtik/{tag}", value, rec.step)
+        log_record(rec, self.writer)
 
     # ------------------------------------------------------------------ checkpoints
 

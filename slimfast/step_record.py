@@ -8,6 +8,7 @@ solver's fault codes and a few data flags then say which input caused a rejected
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -19,7 +20,9 @@ from .validation import MAX_ABS
 if TYPE_CHECKING:
     from .optim import SlimTik
 
-__all__ = ["SlimTikInfo", "data_flags", "diagnose", "history_property"]
+logger = logging.getLogger("slimfast")
+
+__all__ = ["SlimTikInfo", "data_flags", "diagnose", "explain", "history_property", "log_record"]
 
 _VALUES = ("lambda_", "Lambda", "alpha", "sgcv", "rel_residual", "cond", "skipped", "reason")
 
@@ -134,37 +137,45 @@ def diagnose(p: _PendingStep, row: list[float], head_dtype: torch.dtype) -> tupl
             return None, False
         return FloatingPointError(f"the new head weights overflow the head's dtype {head_dtype} "
                                   f"(|W| up to {W_max:.3g}); head and solver state unchanged"), True
-    flags = p.evidence if isinstance(p.evidence, torch.Tensor) else data_flags(*p.evidence)
-    G_finite, c_finite, G_within, c_within, features_finite, target_finite = flags.tolist()
     try:
         p.info.check()
-    except FloatingPointError as exc:
-        return exc, True
-    except ValueError as exc:
-        names = ("features", "target")
-        stats_ok, data_ok = (bool(G_finite), bool(c_finite)), (bool(features_finite), bool(target_finite))
-        bad = [n for n, ok in zip(names, stats_ok) if not ok]
-        if bad:
-            if all(d for d, ok in zip(data_ok, stats_ok) if not ok):
-                # One rule for every scale: statistics that are not finite although their data
-                # are (float64 overflow, e.g. features ×1e200) are a scale error, like finite
-                # ones beyond ±MAX_ABS (features ×1e80), not a transient fault to skip.
-                too_large = ValueError(f"{' and '.join(bad)} too large: the float64 statistics overflow (they "
-                                       f"exceed ±{MAX_ABS:g}; the solver squares them); rescale the data")
-                too_large.__cause__ = ValueError(_nonfinite_message(bad))
-                return too_large, False
-            return ValueError(_nonfinite_message(bad)), True
-        big = [n for n, ok in zip(names, (G_within, c_within)) if not ok]
-        if big:
-            return ValueError(f"{' and '.join(big)} too large: the float64 statistics exceed ±{MAX_ABS:g} "
-                              "(the solver squares them); rescale the data"), False
-        return exc, False
+    except (ValueError, FloatingPointError) as exc:
+        return explain(exc, p.evidence)
     return None, False   # info.check found nothing (cannot happen with a non-zero code)
+
+
+def explain(exc: BaseException, evidence: tuple[torch.Tensor, ...] | torch.Tensor) -> tuple[BaseException, bool]:
+    """The solver's error ``exc`` said in terms of ``features``/``target`` where they caused it
+    (``evidence``: the step's (features, target, G, c), or their ``data_flags``; one host read),
+    and whether ``on_nonfinite="skip"`` may skip the batch."""
+    if isinstance(exc, FloatingPointError):
+        return exc, True
+    flags = evidence if isinstance(evidence, torch.Tensor) else data_flags(*evidence)
+    G_finite, c_finite, G_within, c_within, features_finite, target_finite = flags.tolist()
+    names = ("features", "target")
+    stats_ok, data_ok = (bool(G_finite), bool(c_finite)), (bool(features_finite), bool(target_finite))
+    bad = [n for n, ok in zip(names, stats_ok) if not ok]
+    if bad:
+        if all(d for d, ok in zip(data_ok, stats_ok) if not ok):
+            # One rule for every scale: statistics that are not finite although their data are
+            # (float64 overflow, e.g. features ×1e200) are a scale error, like finite ones beyond
+            # ±MAX_ABS (features ×1e80), not a transient fault to skip.
+            too_large = ValueError(f"{' and '.join(bad)} too large: the float64 statistics overflow (they "
+                                   f"exceed ±{MAX_ABS:g}; the solver squares them); rescale the data")
+            too_large.__cause__ = ValueError(_nonfinite_message(bad))
+            return too_large, False
+        return ValueError(_nonfinite_message(bad)), True
+    big = [n for n, ok in zip(names, (G_within, c_within)) if not ok]
+    if big:
+        return ValueError(f"{' and '.join(big)} too large: the float64 statistics exceed ±{MAX_ABS:g} "
+                          "(the solver squares them); rescale the data"), False
+    return exc, False
 
 
 def _nonfinite_message(bad: list[str]) -> str:
     """``heads.check_statistics_finite``'s message for the inputs ``bad`` ("features", "target")."""
-    return f"{' and '.join(bad)} contain{'s' if len(bad) == 1 else ''} NaN or Inf (or values too large for float64 statistics)"
+    verb = "contains" if len(bad) == 1 else "contain"
+    return f"{' and '.join(bad)} {verb} NaN or Inf (or values too large for float64 statistics)"
 
 
 def data_flags(features: torch.Tensor, target: torch.Tensor, G: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
@@ -189,3 +200,13 @@ def history_property(name: str) -> property:
         self._histories[name] = values
 
     return property(get, set_, doc="One entry per completed step (reading it checks the pending steps).")
+
+
+def log_record(rec: SlimTikInfo, writer: Any) -> None:
+    """A checked step's numbers to the ``"slimfast"`` logger (DEBUG) and to ``writer`` if set."""
+    logger.debug("slimtik step %d: lambda=%.4g Lambda=%.4g alpha=%.4g sgcv=%.4g rel_res=%.4g cond=%.3g [%s]",
+                 rec.step, rec.lambda_, rec.Lambda, rec.alpha, rec.sgcv, rec.rel_residual, rec.cond, rec.backend)
+    if writer is not None:
+        for tag, value in (("lambda", rec.lambda_), ("Lambda", rec.Lambda), ("alpha", rec.alpha),
+                           ("sgcv", rec.sgcv), ("rel_residual", rec.rel_residual), ("cond", rec.cond)):
+            writer.add_scalar(f"slimtik/{tag}", value, rec.step)

@@ -2,7 +2,8 @@
 way to run the GPU's arithmetic and work distribution on every CPU install.
 
 Same arguments and results as ``slimfast.backends.cuda.slimtik_step`` / ``jacobi_eigh``, on CPU
-float64 tensors (the step's signature is ``slimfast.backends.boundary.step_entry``'s). ``n_threads`` simulated threads per block run one after another (in reverse order
+float64 tensors (the step's signature is ``slimfast.backends.boundary.step_entry``'s).
+``n_threads`` simulated threads per block run one after another (in reverse order
 with ``reverse``: a result that depends on the order would reveal a data race between threads);
 ``shared`` ("off" | "matrix" | "on") puts the Jacobi matrices in a separate buffer, as the kernel
 does in shared memory. The workspace starts as NaN unless given, so a read of an unwritten

@@ -26,7 +26,8 @@ from ..config import SolverConfig
 from .boundary import StepInputs, as_buffers, eigenvector_buffer, scratch, square_batch, step_buffers, step_entry
 
 __all__ = [
-    "BLOCK_CODE", "EIGENSOLVERS", "JACOBI_MAX_SWEEPS", "JACOBI_TOL", "choose_eigensolver", "jacobi_eigh", "slimtik_step",
+    "BLOCK_CODE", "EIGENSOLVERS", "JACOBI_MAX_SWEEPS", "JACOBI_TOL", "choose_eigensolver", "jacobi_eigh",
+    "slimtik_step",
     "workspace_size",
 ]
 
