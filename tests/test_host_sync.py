@@ -169,3 +169,22 @@ def test_block_code_state_keeps_warm_start_and_workspace() -> None:
     assert len(set(pointers[1:])) == 1 and len(pointers) == 4
     for derived in (warm.select([0, 2]), SlimTikState.cat([warm, warm])):
         assert derived.eigenvectors is None and derived.workspace is None
+
+
+def test_slimtik_deferred_skip_changes_no_weights() -> None:
+    """``check_every=0`` with ``on_nonfinite="skip"``: a NaN batch between good ones is skipped at
+    the read (record ``skipped``, ``n_skipped_`` 1, no history entry); with memory depth 0 the head
+    then holds exactly the weights of a run on the good batches alone."""
+    good = _slim_batches(2, seed=3)
+    x, y = _slim_batches(1, seed=4)[0]
+    y[3, 1] = float("inf")
+    heads = [torch.nn.Linear(5, 2).double() for _ in range(2)]
+    heads[1].load_state_dict(heads[0].state_dict())
+    slim = SlimTik(heads[0], on_nonfinite="skip", check_every=0)
+    records = [slim.step(*good[0]), slim.step(x, y), slim.step(*good[1])]
+    ref = SlimTik(heads[1])
+    for b in good:
+        ref.step(*b)
+    assert [r.skipped for r in records] == [False, True, False] and "target" in records[1].reason
+    assert slim.n_skipped_ == 1 and slim.lambda_history_ == ref.lambda_history_
+    assert torch.equal(heads[0].weight, heads[1].weight) and torch.equal(heads[0].bias, heads[1].bias)
