@@ -217,6 +217,20 @@ def cuda_eigh(cuda, smoke: bool, A: torch.Tensor, U0: torch.Tensor | None = None
     return (_emulation().emulate_jacobi_eigh if smoke else cuda.jacobi_eigh)(A, U0, tol=1e-14, return_sweeps=sweeps)
 
 
+def _cases(sizes, batches, clock: Clock):
+    """(n, B, row tag) of every case that fits the memory estimate and the time budget (the others
+    are printed as skipped)."""
+    for n in sizes:
+        for B in batches:
+            tag = f"{B:>5} {n:>4} |"
+            if bytes_estimate(B, n) > MAX_BYTES:
+                print(f"{tag} skipped (memory estimate {bytes_estimate(B, n) / 1e9:.0f} GB)")
+            elif clock.out_of_time():
+                print(f"{tag} skipped (time budget)")
+            else:
+                yield n, B, tag
+
+
 def eigh_section(cuda, cp, device, clock: Clock, sizes, batches, smoke: bool, rows: list, failures: list) -> None:
     print("\n## 2. eigendecomposition (ms; accuracy: max|Δs|/‖A‖₂, residual/‖A‖_F; sweeps in brackets)")
     hdr = (f"{'B':>5} {'n':>4} | {'torch eigh':>10} {'acc':>15} | {'ours cold':>10} {'acc':>15} {'(sw)':>4} | "
@@ -224,54 +238,46 @@ def eigh_section(cuda, cp, device, clock: Clock, sizes, batches, smoke: bool, ro
            "torch/cold torch/warm cupy/cold")
     print(hdr)
     print("-" * len(hdr))
-    for n in sizes:
-        for B in batches:
-            tag = f"{B:>5} {n:>4} |"
-            if bytes_estimate(B, n) > MAX_BYTES:
-                print(f"{tag} skipped (memory estimate {bytes_estimate(B, n) / 1e9:.0f} GB)")
-                continue
-            if clock.out_of_time():
-                print(f"{tag} skipped (time budget)")
-                continue
-            inp = make_inputs(B, n, 1, device, seed=B * 1000 + n)
-            A, G_prev = inp["G_mem"], inp["G_prev"]
-            del inp
-            once = clock.once_s(lambda: torch.linalg.eigh(A))
-            if once > MAX_BASELINE_S:
-                print(f"{tag} skipped (torch.linalg.eigh took {once:.1f} s)")
-                continue
-            s_ref, U_ref = torch.linalg.eigh(A)
-            U0 = torch.linalg.eigh(G_prev)[1].contiguous()
-            del G_prev
-            t_torch = clock.median_ms(lambda: torch.linalg.eigh(A))
-            acc_torch = eig_accuracy(A, s_ref, U_ref, s_ref)
-            s, U, sw_cold = cuda_eigh(cuda, smoke, A, sweeps=True)
-            acc_cold = eig_accuracy(A, s, U, s_ref)
-            t_cold = clock.median_ms(lambda: cuda_eigh(cuda, smoke, A))
-            s, U, sw_warm = cuda_eigh(cuda, smoke, A, U0, sweeps=True)
-            acc_warm = eig_accuracy(A, s, U, s_ref)
-            t_warm = clock.median_ms(lambda: cuda_eigh(cuda, smoke, A, U0))
-            for label, acc in (("cold", acc_cold), ("warm", acc_warm)):
-                if not (acc[0] < 1e-11 and acc[1] < 1e-11):
-                    failures.append(f"jacobi_eigh {label} B={B} n={n}: accuracy {acc[0]:.1e}, {acc[1]:.1e}")
-            t_cupy = acc_cupy = None
-            if cp is not None:
-                Ac = cp.from_dlpack(A)
-                with cp.cuda.ExternalStream(torch.cuda.current_stream().cuda_stream):
-                    w, V = cp.linalg.eigh(Ac)
-                    acc_cupy = eig_accuracy(A, torch.from_dlpack(w), torch.from_dlpack(V), s_ref)
-                    t_cupy = clock.median_ms(lambda: cp.linalg.eigh(Ac))
-                del Ac, w, V
-            ratio = lambda t: f"{t_torch / t:9.2f}" if t else "      n/a"  # noqa: E731
-            cupy_ratio = f"{t_cupy / t_cold:9.2f}" if t_cupy else "      n/a"
-            acc_str = lambda a: "      n/a      " if a is None else f"{a[0]:.0e},{a[1]:.0e}".rjust(15)  # noqa: E731
-            print(f"{tag} {fmt_ms(t_torch):>10} {acc_str(acc_torch)} | {fmt_ms(t_cold):>10} {acc_str(acc_cold)} "
-                  f"{sw_cold:>4} | {fmt_ms(t_warm):>10} {acc_str(acc_warm)} {sw_warm:>4} | "
-                  f"{fmt_ms(t_cupy):>10} {acc_str(acc_cupy)} | {ratio(t_cold)} {ratio(t_warm)} {cupy_ratio}")
-            rows.append(dict(B=B, n=n, torch=t_torch, cold=t_cold, warm=t_warm, cupy=t_cupy))
-            del A, U0, s_ref, U_ref, s, U
-            if device.type == "cuda":
-                torch.cuda.empty_cache()
+    for n, B, tag in _cases(sizes, batches, clock):
+        inp = make_inputs(B, n, 1, device, seed=B * 1000 + n)
+        A, G_prev = inp["G_mem"], inp["G_prev"]
+        del inp
+        once = clock.once_s(lambda: torch.linalg.eigh(A))
+        if once > MAX_BASELINE_S:
+            print(f"{tag} skipped (torch.linalg.eigh took {once:.1f} s)")
+            continue
+        s_ref, U_ref = torch.linalg.eigh(A)
+        U0 = torch.linalg.eigh(G_prev)[1].contiguous()
+        del G_prev
+        t_torch = clock.median_ms(lambda: torch.linalg.eigh(A))
+        acc_torch = eig_accuracy(A, s_ref, U_ref, s_ref)
+        s, U, sw_cold = cuda_eigh(cuda, smoke, A, sweeps=True)
+        acc_cold = eig_accuracy(A, s, U, s_ref)
+        t_cold = clock.median_ms(lambda: cuda_eigh(cuda, smoke, A))
+        s, U, sw_warm = cuda_eigh(cuda, smoke, A, U0, sweeps=True)
+        acc_warm = eig_accuracy(A, s, U, s_ref)
+        t_warm = clock.median_ms(lambda: cuda_eigh(cuda, smoke, A, U0))
+        for label, acc in (("cold", acc_cold), ("warm", acc_warm)):
+            if not (acc[0] < 1e-11 and acc[1] < 1e-11):
+                failures.append(f"jacobi_eigh {label} B={B} n={n}: accuracy {acc[0]:.1e}, {acc[1]:.1e}")
+        t_cupy = acc_cupy = None
+        if cp is not None:
+            Ac = cp.from_dlpack(A)
+            with cp.cuda.ExternalStream(torch.cuda.current_stream().cuda_stream):
+                w, V = cp.linalg.eigh(Ac)
+                acc_cupy = eig_accuracy(A, torch.from_dlpack(w), torch.from_dlpack(V), s_ref)
+                t_cupy = clock.median_ms(lambda: cp.linalg.eigh(Ac))
+            del Ac, w, V
+        ratio = lambda t: f"{t_torch / t:9.2f}" if t else "      n/a"  # noqa: E731
+        cupy_ratio = f"{t_cupy / t_cold:9.2f}" if t_cupy else "      n/a"
+        acc_str = lambda a: "      n/a      " if a is None else f"{a[0]:.0e},{a[1]:.0e}".rjust(15)  # noqa: E731
+        print(f"{tag} {fmt_ms(t_torch):>10} {acc_str(acc_torch)} | {fmt_ms(t_cold):>10} {acc_str(acc_cold)} "
+              f"{sw_cold:>4} | {fmt_ms(t_warm):>10} {acc_str(acc_warm)} {sw_warm:>4} | "
+              f"{fmt_ms(t_cupy):>10} {acc_str(acc_cupy)} | {ratio(t_cold)} {ratio(t_warm)} {cupy_ratio}")
+        rows.append(dict(B=B, n=n, torch=t_torch, cold=t_cold, warm=t_warm, cupy=t_cupy))
+        del A, U0, s_ref, U_ref, s, U
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
 
 
 def step_section(cuda, device, clock: Clock, sizes, batches, smoke: bool, rows: list, failures: list) -> None:
@@ -281,45 +287,37 @@ def step_section(cuda, device, clock: Clock, sizes, batches, smoke: bool, rows: 
     print(hdr)
     print("-" * len(hdr))
     config = SolverConfig()
-    for n in sizes:
-        for B in batches:
-            tag = f"{B:>5} {n:>4} |"
-            if bytes_estimate(B, n) > MAX_BYTES:
-                print(f"{tag} skipped (memory estimate {bytes_estimate(B, n) / 1e9:.0f} GB)")
-                continue
-            if clock.out_of_time():
-                print(f"{tag} skipped (time budget)")
-                continue
-            full = make_inputs(B, n, N_T, device, seed=B * 1000 + n + 1)
-            U0 = torch.linalg.eigh(full.pop("G_prev"))[1].contiguous()
-            inp = full
-            once = clock.once_s(lambda: _slimtik_step(**inp, config=config))
-            if once > MAX_BASELINE_S:
-                print(f"{tag} skipped (torch twin step took {once:.1f} s)")
-                continue
-            W_ref, info_ref = _slimtik_step(**inp, config=config)
-            t_twin = clock.median_ms(lambda: _slimtik_step(**inp, config=config))
-            variants = {"auto": {}, "jacobi": dict(eigensolver="jacobi"),
-                        "warm": dict(eigensolver="jacobi", U0=U0), "cusolver": dict(eigensolver="cusolver")}
-            t, err = {}, {}
-            for name, kw in variants.items():
-                kw = dict(kw)
-                if name == "auto":
-                    kw["eigensolver"] = "auto"
-                W, info = cuda_step(cuda, smoke, inp, config, **kw)
-                err[name] = step_error(W, info, W_ref, info_ref)
-                if not err[name] < 1e-8:
-                    failures.append(f"step {name} B={B} n={n}: error {err[name]:.2e}")
-                t[name] = clock.median_ms(lambda kw=kw: cuda_step(cuda, smoke, inp, config, **kw))
-            pick = "jacobi" if smoke else cuda.choose_eigensolver(B, n)
-            print(f"{tag} {fmt_ms(t_twin):>9} | {fmt_ms(t['auto']):>9} {err['auto']:7.0e} {pick:>8} | "
-                  f"{fmt_ms(t['jacobi']):>9} {err['jacobi']:7.0e} | {fmt_ms(t['warm']):>9} {err['warm']:7.0e} | "
-                  f"{fmt_ms(t['cusolver']):>9} {err['cusolver']:7.0e} | {t_twin / t['auto']:9.2f} "
-                  f"{t_twin / t['warm']:9.2f}")
-            rows.append(dict(B=B, n=n, twin=t_twin, **t))
-            del inp, full, U0, W_ref, info_ref
-            if device.type == "cuda":
-                torch.cuda.empty_cache()
+    for n, B, tag in _cases(sizes, batches, clock):
+        full = make_inputs(B, n, N_T, device, seed=B * 1000 + n + 1)
+        U0 = torch.linalg.eigh(full.pop("G_prev"))[1].contiguous()
+        inp = full
+        once = clock.once_s(lambda: _slimtik_step(**inp, config=config))
+        if once > MAX_BASELINE_S:
+            print(f"{tag} skipped (torch twin step took {once:.1f} s)")
+            continue
+        W_ref, info_ref = _slimtik_step(**inp, config=config)
+        t_twin = clock.median_ms(lambda: _slimtik_step(**inp, config=config))
+        variants = {"auto": {}, "jacobi": dict(eigensolver="jacobi"),
+                    "warm": dict(eigensolver="jacobi", U0=U0), "cusolver": dict(eigensolver="cusolver")}
+        t, err = {}, {}
+        for name, kw in variants.items():
+            kw = dict(kw)
+            if name == "auto":
+                kw["eigensolver"] = "auto"
+            W, info = cuda_step(cuda, smoke, inp, config, **kw)
+            err[name] = step_error(W, info, W_ref, info_ref)
+            if not err[name] < 1e-8:
+                failures.append(f"step {name} B={B} n={n}: error {err[name]:.2e}")
+            t[name] = clock.median_ms(lambda kw=kw: cuda_step(cuda, smoke, inp, config, **kw))
+        pick = "jacobi" if smoke else cuda.choose_eigensolver(B, n)
+        print(f"{tag} {fmt_ms(t_twin):>9} | {fmt_ms(t['auto']):>9} {err['auto']:7.0e} {pick:>8} | "
+              f"{fmt_ms(t['jacobi']):>9} {err['jacobi']:7.0e} | {fmt_ms(t['warm']):>9} {err['warm']:7.0e} | "
+              f"{fmt_ms(t['cusolver']):>9} {err['cusolver']:7.0e} | {t_twin / t['auto']:9.2f} "
+              f"{t_twin / t['warm']:9.2f}")
+        rows.append(dict(B=B, n=n, twin=t_twin, **t))
+        del inp, full, U0, W_ref, info_ref
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
 
 
 def training_section(device, smoke: bool, quick: bool, rows: list) -> None:

@@ -4,8 +4,9 @@
 #   1. build and install slimfast with the CUDA module required (SLIMFAST_CUDA=ON), for this GPU's
 #      architecture only, and put the compiled modules next to the sources so that both
 #      `import slimfast` from the repository root and the installed package find them;
-#   2. the test suite: first the tests that use the GPU (-k cuda), then
-#      benchmarks/bench_gpu.py, then the rest of the suite in the time that is left.
+#   2. the test suite: first the tests that use the GPU (-k cuda), then SlimTik.step on CUDA
+#      tensors under torch.cuda.set_sync_debug_mode("error"), then benchmarks/bench_gpu.py, then
+#      the rest of the suite in the time that is left.
 # Everything is tee'd into ${OUT:-.}/gpu_results.txt. Target: < 8 minutes in total.
 #
 #   bash benchmarks/gpu_check.sh            # from anywhere; runs in the repository root
@@ -53,6 +54,40 @@ START=$(date +%s)
   timeout 150 "$PY" -m pytest tests -q -k cuda --maxfail=25 --durations=10 -p no:cacheprovider \
     || status=1
   echo "GPU tests: $(( $(date +%s) - t1 )) s, status $status"
+
+  echo
+  echo "## sync-free SlimTik step (torch.cuda.set_sync_debug_mode('error'))"
+  # SlimTik.step with check_every=0 on CUDA tensors: lazy validation, the kernel's own Jacobi
+  # warm-started from the state, the state's workspace; any host synchronisation inside the
+  # counted steps raises. The records are read (one transfer) after the debug mode is reset.
+  t1=$(date +%s)
+  timeout 120 "$PY" - <<'PYEOF' || status=1
+import math, torch
+from slimfast import SlimTik
+
+dev, F64 = torch.device("cuda"), torch.float64
+g = torch.Generator(device=dev).manual_seed(0)
+for n_in, depth in ((47, 0), (47, 2), (6, 1)):   # n_f = 48 > 32: "auto" would pick cuSOLVER (it syncs)
+    head = torch.nn.Linear(n_in, 3).to(device=dev, dtype=F64)
+    slim = SlimTik(head, memory_depth=depth, check_every=0)
+    batches = [(torch.randn(64, n_in, device=dev, dtype=F64, generator=g),
+                torch.randn(64, 3, device=dev, dtype=F64, generator=g)) for _ in range(6)]
+    slim.step(*batches[0]); slim.check()   # loads the backend, allocates the state and workspace
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        records = [slim.step(*b) for b in batches[1:]]
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    lams = [r.lambda_ for r in records]
+    ok = all(math.isfinite(x) for x in lams) and records[-1].backend == "cuda" and slim.n_steps_ == 6 \
+        and slim.solver_state.eigenvectors is not None and bool(torch.isfinite(head.weight).all())
+    print(f"n_f={n_in + 1} r={depth}: 5 steps without a host sync; lambda {lams[0]:.3g} .. {lams[-1]:.3g}; "
+          f"{'ok' if ok else 'FAILED'}")
+    if not ok:
+        raise SystemExit(1)
+PYEOF
+  echo "sync-free step: $(( $(date +%s) - t1 )) s, status $status"
 
   echo
   echo "## benchmark"

@@ -96,35 +96,108 @@ T* as_optional_ptr(std::uintptr_t value, const char* name) {
   return value == 0 ? nullptr : as_ptr<T>(value, name);
 }
 
-// Pointers of one step call: required ones non-null and aligned, optional ones 0 or aligned.
-struct StepPointers {
-  const double *G_mem, *G, *H, *c, *m, *W, *Lambda_prev, *U0, *s_in, *U_in;
-  double *W_out, *info, *U_out, *workspace;
+// The arrays of one step call (slimfast._cpu.StepBuffers / slimfast._cuda.StepBuffers), checked
+// once, here, for every launcher: sizes against the kernels' integer limits, required pointers
+// non-null and aligned, optional ones 0 or aligned. Constructed only through step_buffers, so a
+// step binding never sees an unchecked pointer.
+struct StepBuffers {
+  long long B;
+  int n_f, n_t;
+  bool memory_empty;
+  const double *G_mem, *G, *H, *c, *m, *W, *Lambda_prev;
+  double *W_out, *info;
+  // Optional (nullptr when not given): scratch of the block code, its Jacobi warm start and
+  // eigenvector output, and an eigendecomposition of G_mem computed elsewhere.
+  double* workspace;
+  const double* U0;
+  double* U_out;
+  const double *s_in, *U_in;
 };
 
-inline StepPointers step_pointers(std::uintptr_t G_mem_ptr, std::uintptr_t G_ptr, std::uintptr_t H_ptr, std::uintptr_t c_ptr,
-                           std::uintptr_t m_ptr, std::uintptr_t W_ptr, std::uintptr_t Lambda_prev_ptr,
-                           std::uintptr_t W_out_ptr, std::uintptr_t info_ptr, std::uintptr_t workspace_ptr,
-                           std::uintptr_t U0_ptr, std::uintptr_t U_out_ptr, std::uintptr_t s_in_ptr,
-                           std::uintptr_t U_in_ptr) {
-  StepPointers p;
-  p.G_mem = as_ptr<const double>(G_mem_ptr, "G_mem_ptr");
-  p.G = as_ptr<const double>(G_ptr, "G_ptr");
-  p.H = as_ptr<const double>(H_ptr, "H_ptr");
-  p.c = as_ptr<const double>(c_ptr, "c_ptr");
-  p.m = as_ptr<const double>(m_ptr, "m_ptr");
-  p.W = as_ptr<const double>(W_ptr, "W_ptr");
-  p.Lambda_prev = as_ptr<const double>(Lambda_prev_ptr, "Lambda_prev_ptr");
-  p.W_out = as_ptr<double>(W_out_ptr, "W_out_ptr");
-  p.info = as_ptr<double>(info_ptr, "info_ptr");
-  p.workspace = as_ptr<double>(workspace_ptr, "workspace_ptr");
-  p.U0 = as_optional_ptr<const double>(U0_ptr, "U0_ptr");
-  p.U_out = as_optional_ptr<double>(U_out_ptr, "U_out_ptr");
-  p.s_in = as_optional_ptr<const double>(s_in_ptr, "s_in_ptr");
-  p.U_in = as_optional_ptr<const double>(U_in_ptr, "U_in_ptr");
+inline StepBuffers step_buffers(long long B, long long n_f, long long n_t, bool memory_empty, std::uintptr_t G_mem,
+                                std::uintptr_t G, std::uintptr_t H, std::uintptr_t c, std::uintptr_t m,
+                                std::uintptr_t W, std::uintptr_t Lambda_prev, std::uintptr_t W_out,
+                                std::uintptr_t info, std::uintptr_t workspace, std::uintptr_t U0,
+                                std::uintptr_t U_out, std::uintptr_t s_in, std::uintptr_t U_in) {
+  check_step_sizes(B, n_f, n_t);
+  StepBuffers p;
+  p.B = B;
+  p.n_f = (int)n_f;
+  p.n_t = (int)n_t;
+  p.memory_empty = memory_empty;
+  p.G_mem = as_ptr<const double>(G_mem, "G_mem_ptr");
+  p.G = as_ptr<const double>(G, "G_ptr");
+  p.H = as_ptr<const double>(H, "H_ptr");
+  p.c = as_ptr<const double>(c, "c_ptr");
+  p.m = as_ptr<const double>(m, "m_ptr");
+  p.W = as_ptr<const double>(W, "W_ptr");
+  p.Lambda_prev = as_ptr<const double>(Lambda_prev, "Lambda_prev_ptr");
+  p.W_out = as_ptr<double>(W_out, "W_out_ptr");
+  p.info = as_ptr<double>(info, "info_ptr");
+  p.workspace = as_optional_ptr<double>(workspace, "workspace_ptr");
+  p.U0 = as_optional_ptr<const double>(U0, "U0_ptr");
+  p.U_out = as_optional_ptr<double>(U_out, "U_out_ptr");
+  p.s_in = as_optional_ptr<const double>(s_in, "s_in_ptr");
+  p.U_in = as_optional_ptr<const double>(U_in, "U_in_ptr");
   require((p.s_in == nullptr) == (p.U_in == nullptr), "s_in_ptr and U_in_ptr must be given together");
   require(p.W_out != p.W, "W_out_ptr must not alias W_ptr");
   return p;
+}
+
+// slimfast._cpu.StepBuffers / slimfast._cuda.StepBuffers (module-local, like StepOptions).
+inline void bind_step_buffers(pybind11::module_& mod) {
+  namespace py = pybind11;
+  const std::uintptr_t null = 0;
+  py::class_<StepBuffers>(mod, "StepBuffers", py::module_local(),
+                          "Checked data pointers and sizes of one step (slimfast.backends.boundary.step_buffers).")
+      .def(py::init(&step_buffers), py::arg("B"), py::arg("n_f"), py::arg("n_t"), py::arg("memory_empty"),
+           py::arg("G_mem_ptr"), py::arg("G_ptr"), py::arg("H_ptr"), py::arg("c_ptr"), py::arg("m_ptr"),
+           py::arg("W_ptr"), py::arg("Lambda_prev_ptr"), py::arg("W_out_ptr"), py::arg("info_ptr"),
+           py::arg("workspace_ptr") = null, py::arg("U0_ptr") = null, py::arg("U_out_ptr") = null,
+           py::arg("s_in_ptr") = null, py::arg("U_in_ptr") = null)
+      .def_readonly("B", &StepBuffers::B)
+      .def_readonly("n_f", &StepBuffers::n_f)
+      .def_readonly("n_t", &StepBuffers::n_t)
+      .def_readonly("memory_empty", &StepBuffers::memory_empty);
+}
+
+// The block code's scratch is the caller's (it never allocates): required by its launchers.
+inline void require_workspace(const StepBuffers& p) {
+  require(p.workspace != nullptr, "workspace_ptr must be a non-null data pointer");
+}
+
+// Workspace size queries of the block code (device and emulation alike): the arguments checked
+// once, then `size(...)` (the launcher's own count).
+template <class Size>
+long long step_workspace_query(Size size, long long B, long long n_f, long long n_t, int n_grid, bool memory_empty) {
+  check_step_sizes(B, n_f, n_t);
+  check_n_grid(n_grid);
+  return size(B, (int)n_f, (int)n_t, n_grid, memory_empty);
+}
+
+template <class Size>
+long long jacobi_workspace_query(Size size, long long B, long long n) {
+  require_size(B, "B", 1LL << 30);
+  require_size(n, "n");
+  return size(B, (int)n);
+}
+
+// Arrays of one Jacobi call of the block code (device and emulation alike), checked once.
+struct JacobiBuffers {
+  const double *A, *U0;
+  double *s, *U, *workspace;
+  int* sweeps;
+};
+
+inline JacobiBuffers jacobi_buffers(long long B, long long n, std::uintptr_t A, std::uintptr_t U0, std::uintptr_t s,
+                                    std::uintptr_t U, double tol, int max_sweeps, std::uintptr_t workspace,
+                                    std::uintptr_t sweeps) {
+  require_size(B, "B", 1LL << 30);
+  require_size(n, "n");
+  check_jacobi_options(tol, max_sweeps);
+  return JacobiBuffers{as_ptr<const double>(A, "A_ptr"), as_optional_ptr<const double>(U0, "U0_ptr"),
+                       as_ptr<double>(s, "s_ptr"), as_ptr<double>(U, "U_ptr"), as_ptr<double>(workspace, "workspace_ptr"),
+                       as_optional_ptr<int>(sweeps, "sweeps_ptr")};
 }
 
 }  // namespace slimfast

@@ -18,8 +18,8 @@ openmp: bool
 blas_thread_control: bool
 
 class StepOptions:
-    """Validated step options (ValueError at construction otherwise): the one struct both modules'
-    step functions take. Build it from ``SolverConfig.kernel_options()``."""
+    """Validated step options (ValueError at construction otherwise): the one struct every step
+    function of both modules takes. Build it from ``SolverConfig.kernel_options()``."""
 
     mode: int
     lambda_const: float
@@ -34,33 +34,37 @@ class StepOptions:
     def __init__(self, mode: int, lambda_const: float, Lambda_min: float, Lambda_max: float, lambda_min: float,
                  lambda_max: float, n_grid: int, root_tol: float, max_root_iter: int) -> None: ...
 
-def slimtik_step(
-    B: int,
-    n_f: int,
-    n_t: int,
-    G_mem_ptr: int,
-    G_ptr: int,
-    H_ptr: int,
-    c_ptr: int,
-    m_ptr: int,
-    W_ptr: int,
-    Lambda_prev_ptr: int,
-    memory_empty: bool,
-    options: StepOptions,
-    W_out_ptr: int,
-    info_ptr: int,
-    eigensolver: int = 0,
-    s_ptr: int = 0,
-    Ut_ptr: int = 0,
-) -> None:
+class StepBuffers:
+    """The data pointers of one step, checked once at construction (ValueError naming the
+    argument): sizes against the kernels' 32-bit limits, required pointers non-null and aligned,
+    optional ones (0: absent) aligned, s_in/U_in together, W_out not aliasing W. Build it with
+    ``slimfast.backends.boundary.step_buffers``.
+
+    G_mem, G: [B, n_f, n_f]; H, W, W_out: [B, n_t, n_f]; c, m, Lambda_prev: [B];
+    info: [B, N_INFO] (slimfast._torch_impl.INFO_FIELDS). Optional: workspace (the block code's
+    scratch), U0 [B, n_f, n_f] (Jacobi warm start), U_out [B, n_f, n_f] (receives G_mem's
+    eigenvectors), s_in [B, n_f] and U_in [B, n_f, n_f]: G_mem's eigenpairs computed elsewhere
+    (s ascending; U_in's eigenvectors are rows, Uᵀ, for ``slimtik_step`` and columns for the
+    block code).
+    """
+
+    B: int
+    n_f: int
+    n_t: int
+    memory_empty: bool
+
+    def __init__(self, B: int, n_f: int, n_t: int, memory_empty: bool, G_mem_ptr: int, G_ptr: int, H_ptr: int,
+                 c_ptr: int, m_ptr: int, W_ptr: int, Lambda_prev_ptr: int, W_out_ptr: int, info_ptr: int,
+                 workspace_ptr: int = 0, U0_ptr: int = 0, U_out_ptr: int = 0, s_in_ptr: int = 0,
+                 U_in_ptr: int = 0) -> None: ...
+
+def slimtik_step(buffers: StepBuffers, options: StepOptions, eigensolver: int = 0) -> None:
     """One slimTik step for B problems (twin: slimfast._torch_impl._slimtik_step).
 
-    G_mem, G: [B, n_f, n_f]; H, W, W_out: [B, n_t, n_f]; c, m, Lambda_prev: [B]; info: [B, N_INFO] (slimfast._torch_impl.INFO_FIELDS).
     Writes W_out = W − (W G − H + λW)(G_mem + Λ_k I)^{-1} and info rows (λ, Λ_k, sGCV,
-    relative residual, cond, eig_min). eigensolver: a value of EIGENSOLVERS (0: auto). s_ptr [B, n_f],
-    Ut_ptr [B, n_f, n_f]: the eigendecomposition of G_mem if the caller has it (s ascending,
-    eigenvectors as ROWS, i.e. Uᵀ, LAPACK's column-major output), else both 0. The GIL is
-    released while computing.
+    relative residual, cond, eig_min). eigensolver: a value of EIGENSOLVERS (0: auto); s_in/U_in
+    of ``buffers``, if given, replace it. Takes no workspace, U0 or U_out (ValueError). The GIL
+    is released while computing.
     """
 
 def jacobi_eigh(
@@ -84,50 +88,15 @@ def emulate_workspace_doubles(B: int, n_f: int, n_t: int, n_grid: int, memory_em
 def emulate_jacobi_workspace_doubles(B: int, n: int) -> int:
     """float64 workspace elements emulate_jacobi_eigh needs for B matrices."""
 
-def emulate_slimtik_step(
-    B: int,
-    n_f: int,
-    n_t: int,
-    G_mem_ptr: int,
-    G_ptr: int,
-    H_ptr: int,
-    c_ptr: int,
-    m_ptr: int,
-    W_ptr: int,
-    Lambda_prev_ptr: int,
-    memory_empty: bool,
-    options: StepOptions,
-    W_out_ptr: int,
-    info_ptr: int,
-    workspace_ptr: int,
-    U0_ptr: int = 0,
-    U_out_ptr: int = 0,
-    jacobi_tol: float = ...,
-    max_sweeps: int = ...,
-    n_threads: int = 128,
-    reverse: bool = False,
-    shared: int = 0,
-    s_in_ptr: int = 0,
-    U_in_ptr: int = 0,
-) -> None:
-    """``slimtik_step``'s block code run serially on the host (host pointers)."""
+def emulate_slimtik_step(buffers: StepBuffers, options: StepOptions, jacobi_tol: float = ..., max_sweeps: int = ...,
+                         n_threads: int = 128, reverse: bool = False, shared: int = 0) -> None:
+    """``slimfast._cuda.slimtik_step``'s block code run serially on the host (host pointers;
+    ``buffers`` must hold a workspace of emulate_workspace_doubles elements)."""
 
-def emulate_jacobi_eigh(
-    B: int,
-    n: int,
-    A_ptr: int,
-    U0_ptr: int,
-    s_ptr: int,
-    U_ptr: int,
-    tol: float,
-    max_sweeps: int,
-    workspace_ptr: int,
-    sweeps_ptr: int = 0,
-    n_threads: int = 128,
-    reverse: bool = False,
-    shared: int = 0,
-) -> None:
-    """``jacobi_eigh``'s block code run serially on the host (host pointers)."""
+def emulate_jacobi_eigh(B: int, n: int, A_ptr: int, U0_ptr: int, s_ptr: int, U_ptr: int, tol: float, max_sweeps: int,
+                        workspace_ptr: int, sweeps_ptr: int = 0, n_threads: int = 128, reverse: bool = False,
+                        shared: int = 0) -> None:
+    """``slimfast._cuda.jacobi_eigh``'s block code run serially on the host (host pointers)."""
 
 def round_robin_schedule(n_pad: int) -> list[list[tuple[int, int]]]:
     """Rounds of disjoint (p, q) pairs of the parallel Jacobi ordering for an even n_pad."""

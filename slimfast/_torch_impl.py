@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 import torch
 
+from .backends.boundary import StepInputs, step_entry
 from .config import FLOAT64_EPS, SGCV_DENOMINATOR_EPS, SGCV_NULL_RTOL_PER_FEATURE, SolverConfig
 
 #: Columns of the per-problem info array returned by every backend. ``eig_min`` is the smallest
@@ -251,34 +252,23 @@ def _select_mu(
     return torch.minimum(torch.maximum(torch.exp(t_star), mu_lo), mu_hi)
 
 
-def _slimtik_step(
-    G_mem: torch.Tensor,
-    G: torch.Tensor,
-    H: torch.Tensor,
-    c: torch.Tensor,
-    m: torch.Tensor,
-    W: torch.Tensor,
-    Lambda_prev: torch.Tensor,
-    memory_empty: bool,
-    config: SolverConfig,
-) -> tuple[torch.Tensor, torch.Tensor]:
+@step_entry
+def _slimtik_step(inputs: StepInputs) -> tuple[torch.Tensor, torch.Tensor]:
     """One slimTik step for B problems (method.md §2.3 with λ from §3).
 
-    Args:
-        G_mem: [B, n_f, n_f] memory Gram matrix β²Σ_{j=k−r..k} Z_j Z_jᵀ (current batch included).
-        G: [B, n_f, n_f] current batch Gram β² Z_k Z_kᵀ.
-        H: [B, n_t, n_f] β² C_k Z_kᵀ.
-        c: [B] β²‖C_k‖².
-        m: [B] number of scalar residuals m_k.
-        W: [B, n_t, n_f] current weights W_{k−1}.
-        Lambda_prev: [B] Λ_{k−1}.
-        memory_empty: True when G_mem is G alone (then Uᵀ G U = diag(s)).
+    Args: those of ``StepInputs`` (G_mem: [B, n_f, n_f] memory Gram matrix
+    β²Σ_{j=k−r..k} Z_j Z_jᵀ, current batch included; G: [B, n_f, n_f] β² Z_k Z_kᵀ;
+    H: [B, n_t, n_f] β² C_k Z_kᵀ; c: [B] β²‖C_k‖²; m: [B] scalar residuals m_k; W: [B, n_t, n_f]
+    W_{k−1}; Lambda_prev: [B] Λ_{k−1}; memory_empty: G_mem is G alone, so Uᵀ G U = diag(s); config).
 
     Returns:
         W_new [B, n_t, n_f] = W − (B + λW)(G_mem + Λ_k I)^{−1}, and info [B, 6] with columns
         ``INFO_FIELDS``: λ_k, Λ_k, sGCV(λ_k), ‖res(λ_k)‖/‖βC_k‖, (s_max + Λ_k)/(s_min + Λ_k),
         s_min/max|s| of G_mem before clipping.
     """
+    G_mem, G, H, c, m, W, Lambda_prev = (inputs.G_mem, inputs.G, inputs.H, inputs.c, inputs.m, inputs.W,
+                                         inputs.Lambda_prev)
+    memory_empty, config = inputs.memory_empty, inputs.config
     p = _sgcv_precompute(G_mem, G, H, c, W, memory_empty)
     mu = _select_mu(p, m, Lambda_prev, config)
     f, R, _ = _sgcv_eval(mu[:, None], p, m, Lambda_prev)

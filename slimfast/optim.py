@@ -27,7 +27,6 @@ from __future__ import annotations
 import copy
 import logging
 import math
-from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
 import torch
@@ -35,7 +34,7 @@ from torch import nn
 
 from .config import LambdaMode, SolverConfig
 from .heads import (
-    HeadLayer, Reduction, check_head, check_head_inputs, check_statistics_finite, head_shape, head_statistics,
+    HeadLayer, Reduction, check_head, check_head_inputs, head_shape, head_statistics,
     head_to_matrix, matrix_to_params,
 )
 from .distributed import all_reduce_statistics, use_data_parallel
@@ -44,7 +43,7 @@ from .solver import slimtik_step
 from .ownership import check_owner as _check_owner, claim as _claim, release_head
 from .sample_side_head import SolveSide, check_solve_side, sample_side_head_step, side_of, steps_on_samples
 from .state import SlimTikState, as_size, check_Lambda0, state_class
-from .validation import MAX_ABS
+from .step_record import SlimTikInfo, _PendingStep, data_flags, diagnose, explain, history_property, log_record
 
 logger = logging.getLogger("slimfast")
 
@@ -58,43 +57,6 @@ class ScalarWriter(Protocol):
     """Anything with TensorBoard's ``add_scalar`` (SummaryWriter, a test double, …)."""
 
     def add_scalar(self, tag: str, scalar_value: float, global_step: int | None = None) -> Any: ...
-
-
-@dataclass(frozen=True)
-class SlimTikInfo:
-    """Record of one ``SlimTik.step`` (plain Python numbers).
-
-    Attributes:
-        step: number of completed steps after this one (k + 1 for the zero-based step k).
-        lambda_: λ_k chosen this step (may be negative).
-        Lambda: Λ_k = Λ_{k−1} + λ_k.
-        alpha: Λ_k/(k + 1), the effective ridge parameter per batch objective.
-        sgcv: sampled GCV value at λ_k.
-        rel_residual: ‖β(W_k Z_k − C_k)‖/‖β C_k‖ on this batch.
-        cond: condition number (s_max + Λ_k)/(s_min + Λ_k) of G_mem + Λ_k I, with s the
-            eigenvalues of the memory Gram matrix: how strongly this step's solve amplifies
-            rounding. Large values (≳ 1e12) mean near-singular memory held up only by Λ_k.
-        m: scalar residuals in this batch.
-        backend: solver backend that ran the step ("" when skipped).
-        skipped: True when the batch was skipped (``on_nonfinite="skip"``); then nothing
-            changed, ``step``, ``Lambda`` and ``alpha`` are the current values and ``lambda_``,
-            ``sgcv``, ``rel_residual`` and ``cond`` are NaN (not computed).
-        reason: why the batch was skipped ("" otherwise).
-        side: "features" (Gram matrix) or "samples" (kernel matrix, ``slimfast.sample_side``).
-    """
-
-    step: int
-    lambda_: float
-    Lambda: float
-    alpha: float
-    sgcv: float
-    rel_residual: float
-    cond: float
-    m: int
-    backend: str
-    skipped: bool = False
-    reason: str = ""
-    side: str = "features"
 
 
 #: Per-step lists kept by SlimTik (``alpha_history_`` is derived from ``Lambda_history_``).
@@ -136,6 +98,12 @@ class SlimTik(torch.optim.Optimizer):
             by one all-reduce of 8·(n_f² + n_t·n_f + 2) bytes, scaled by the whole batch's β²,
             and every rank takes the identical step (the memory holds the reduced statistics).
             All ranks must call ``step`` together; ``m`` in the record is the global count.
+        check_every: read the steps on the host every this many steps (0: only when a record,
+            a history or ``check()`` is read). The default 1 checks each step as it is taken and
+            raises from ``step`` with the state untouched. Otherwise the step never synchronises
+            (``slimtik_step(validate="lazy")``; cuda backend: asynchronous, warm-started, workspace
+            in the state) and an error surfaces at the next check: the rejected step changed
+            neither weights, memory nor Λ, but unless it was the last one it counts as a step.
         solve_side: "auto" (the sample side for a wide Linear head; ``sample_side_head``), "features", "samples".
 
     The params form one group with an unused ``lr`` (1.0) so LR schedulers attach without error.
@@ -146,8 +114,8 @@ class SlimTik(torch.optim.Optimizer):
     ``Lambda_history_``, ``alpha_history_``, ``sgcv_history_``, ``rel_residual_history_``,
     ``cond_history_`` (one entry per completed step; skipped batches add none).
 
-    ``on_nonfinite``, ``backend`` and ``writer`` are run-time choices: ``load_state_dict`` keeps
-    them as constructed. A head has one SlimTik (a second raises ValueError; ``release_head``
+    ``on_nonfinite``, ``backend``, ``writer`` and ``check_every`` are run-time choices:
+    ``load_state_dict`` keeps them as constructed. A head has one SlimTik (a second raises ValueError; ``release_head``
     hands it over). ``copy.deepcopy`` and ``pickle`` give copies that continue exactly like the
     original.
     """
@@ -167,6 +135,7 @@ class SlimTik(torch.optim.Optimizer):
         on_nonfinite: NonfiniteAction = "raise",
         process_group: Any = None,
         distributed: bool | None = None,
+        check_every: int = 1,
         solve_side: SolveSide = "auto",
     ) -> None:
         check_head(head)
@@ -196,8 +165,9 @@ class SlimTik(torch.optim.Optimizer):
         self.solver_state: SlimTikState | None = None
         self.n_skipped_ = 0
         self.last_info_: SlimTikInfo | None = None
-        for name in _HISTORIES:
-            setattr(self, name, [])
+        self.check_every = as_size("check_every", check_every, 0)
+        self._pending: list[_PendingStep] = []
+        self._histories: dict[str, list[float]] = {name: [] for name in _HISTORIES}
 
     # ------------------------------------------------------------------ copies
 
@@ -205,6 +175,7 @@ class SlimTik(torch.optim.Optimizer):
         """Everything (the base class would keep only its param groups): a pickled SlimTik, with
         its head, continues exactly like the original. A ``writer`` or ``process_group`` is a live
         resource that cannot travel: pickling then raises TypeError (``copy.deepcopy`` shares them)."""
+        self.check()   # records and histories hold plain numbers before they travel
         live = [name for name in ("writer", "process_group") if self.__dict__.get(name) is not None]
         if live:
             raise TypeError(f"cannot pickle a SlimTik with {' and '.join(live)} set (a live resource); set "
@@ -220,6 +191,7 @@ class SlimTik(torch.optim.Optimizer):
         """A copy that continues exactly like the original. The head is copied through ``memo``, so
         ``copy.deepcopy((model, slim))`` gives a SlimTik that writes the copied model's head;
         ``writer`` and ``process_group`` are shared, not copied."""
+        self.check()
         new = type(self).__new__(type(self))
         memo[id(self)] = new
         for key, value in self.__dict__.items():
@@ -255,6 +227,12 @@ class SlimTik(torch.optim.Optimizer):
         """
         return self.Lambda_ / max(self.n_steps_, 1)
 
+    lambda_history_ = history_property("lambda_history_")
+    Lambda_history_ = history_property("Lambda_history_")
+    sgcv_history_ = history_property("sgcv_history_")
+    rel_residual_history_ = history_property("rel_residual_history_")
+    cond_history_ = history_property("cond_history_")
+
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         if hasattr(self, "head"):
             raise TypeError("SlimTik owns exactly its head's weight and bias; it takes no further param groups")
@@ -284,7 +262,8 @@ class SlimTik(torch.optim.Optimizer):
         ``on_nonfinite="skip"``) or for finite features/targets whose float64 statistics overflow
         or exceed ±1e150 (either mode: a scale error, not a transient fault); FloatingPointError
         (or a skip) when the new weights are not finite in the head's dtype (e.g. beyond ±65504
-        for a float16 head). The head and the solver state are then untouched.
+        for a float16 head). The head and the solver state are then untouched. With
+        ``check_every`` other than 1 value errors are raised at the next check instead.
         """
         if features is None or target is None or callable(features):
             got = "a closure" if callable(features) else "no batch" if features is None else "no target"
@@ -295,85 +274,126 @@ class SlimTik(torch.optim.Optimizer):
         check_head_inputs(self.head, features, target, finite=False)
         if steps_on_samples(self, features):
             return sample_side_head_step(self, features, target)
+        G, H, c, m = self._statistics(features, target)
+        if self.check_every == 1:
+            # Read at once anyway: the solver's eager checks (one sync before, one after the
+            # kernel) cost less than the lazy path's device-side bookkeeping, and a fault is then
+            # explained from the live batch; nothing has changed when they raise.
+            try:
+                pending = self._take_step(G, H, c, m, (features, target, G, c), validate="eager")
+            except (ValueError, FloatingPointError) as exc:
+                fault, skippable = explain(exc, (features, target, G, c))
+                if self.on_nonfinite == "skip" and skippable:
+                    record = SlimTikInfo(self.n_steps_, m=m if isinstance(m, int) else int(m), _owner=self)
+                    self._skip(record, str(fault))
+                    return record
+                raise fault from (exc.__cause__ if fault is exc else fault.__cause__)
+        else:   # a deferred check must not keep the batch alive: flag it now, on the device
+            pending = self._take_step(G, H, c, m, data_flags(features, target, G, c), validate="lazy")
+        self._pending.append(pending)
+        record = pending.record
+        if self.check_every and len(self._pending) >= self.check_every:
+            self.check()
+        return record
+
+    def _statistics(self, features: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """The batch's float64 statistics (G [n_f, n_f], H [n_t, n_f], c, m), all-reduced if data parallel."""
         data_parallel = use_data_parallel(self.distributed, self.process_group)
         G, H, c, m = head_statistics(self.head, features, target, "sum" if data_parallel else self.reduction,
                                      check=False)
         if data_parallel:   # the whole batch's statistics: one all-reduce of the unscaled sums
             G, H, c, m = all_reduce_statistics(G, H, c, m, self.reduction, self.process_group)
+        return G, H, c, m
+
+    def _take_step(self, G: torch.Tensor, H: torch.Tensor, c: torch.Tensor, m: Any,
+                   evidence: tuple[torch.Tensor, ...] | torch.Tensor, validate: str) -> _PendingStep:
+        """One solver step and the write-back; with ``validate="lazy"`` no host synchronisation
+        (faults stay device-side codes in the record), with "eager" the solver raises instead."""
         state = self._ensure_state()
-        W = head_to_matrix(self.head)
         dev = state.device
+        counters = (state.n_stored, state.head, state.step_count)   # what a rejected step undoes
         # The solver commits its state once its float64 weights are finite; a head of lower
         # precision can still overflow in the cast, so keep what the commit overwrites.
         snap = state.snapshot() if self.head.weight.dtype != torch.float64 else None
-        try:
-            W_new, info = slimtik_step(state, G[None].to(dev), H[None].to(dev), c.reshape(1).to(dev), m, W[None],
-                                       config=self.config, backend=self.backend)
-        except ValueError:
-            # The solver checks G, H, c (finite, |x| <= 1e150) before touching its state; say which
-            # input caused it (checked only on failure, to keep the sync off the normal path).
-            try:
-                check_statistics_finite(G, c)
-            except ValueError as fault:
-                _check_data_finite(features, target, G, c, fault)
-                if self.on_nonfinite == "skip":
-                    return self._skip(int(m), str(fault))
-                raise fault from None
-            _check_statistics_scale(G, c)
-            raise
-        except FloatingPointError as fault:
-            if self.on_nonfinite == "skip":
-                return self._skip(int(m), str(fault))
-            raise
-        weight, bias = matrix_to_params(self.head, W_new[0].to(self.head.weight.dtype))
-        fields = [info.lambda_[0], info.Lambda[0], info.sgcv[0], info.rel_residual[0], info.cond[0]]
-        if snap is not None:   # the cast weights' finiteness rides on the same transfer
-            finite = torch.isfinite(weight).all() & (torch.isfinite(bias).all() if bias is not None else True)
-            fields.append(finite.to(fields[0].device, torch.float64))
-        # One transfer for all the numbers (one sync on CUDA).
-        values = torch.stack(fields).tolist()
-        if snap is not None and not values.pop():
-            state.restore(snap)
-            fault = FloatingPointError(f"the new head weights overflow the head's dtype {self.head.weight.dtype} "
-                                       f"(|W| up to {float(W_new.abs().max()):.3g}); head and solver state unchanged")
-            if self.on_nonfinite == "skip":
-                return self._skip(int(m), str(fault))
-            raise fault
-        lam, Lam, sgcv, rel, cond = values
-        self.head.weight.copy_(weight)
-        if bias is not None:
-            self.head.bias.copy_(bias)
-        rec = SlimTikInfo(step=self.n_steps_, lambda_=lam, Lambda=Lam, alpha=Lam / self.n_steps_, sgcv=sgcv,
-                          rel_residual=rel, cond=cond, m=int(m), backend=info.backend)
-        self._record(rec)
-        return rec
+        W_new, info = slimtik_step(state, G[None].to(dev), H[None].to(dev), c.reshape(1).to(dev), m,
+                                   head_to_matrix(self.head)[None], config=self.config, backend=self.backend,
+                                   validate=validate)
+        cast = self._write_back(W_new, snap)
+        numbers = torch.stack([info.lambda_, info.Lambda, info.sgcv, info.rel_residual, info.cond,
+                               info.faults.to(torch.float64)])[:, 0]
+        row = torch.cat([numbers, cast])
+        record = SlimTikInfo(state.step_count, m=m if isinstance(m, int) else int(m), backend=info.backend,
+                             _owner=self)
+        return _PendingStep(record, info, row, counters, (state.n_stored, state.head, state.step_count), evidence)
 
-    def _skip(self, m: int, reason: str) -> SlimTikInfo:
+    def _write_back(self, W_new: torch.Tensor, snap: tuple[Any, ...] | None) -> torch.Tensor:
+        """Write W_new [1, n_t, n_f] into the head. Returns [ok, max|W_new|] (float64, on the device):
+        for a head of lower precision, ok is whether the cast weights are finite; where they are
+        not, the head keeps its weights and the state its memory and Λ (device-side, no sync)."""
+        weight, bias = matrix_to_params(self.head, W_new[0].to(self.head.weight.dtype))
+        if snap is None:
+            self.head.weight.copy_(weight)
+            if bias is not None:
+                self.head.bias.copy_(bias)
+            return torch.cat([W_new.new_ones(1), W_new.new_zeros(1)])
+        finite = torch.isfinite(weight).all() & (torch.isfinite(bias).all() if bias is not None else True)
+        self.head.weight.copy_(torch.where(finite, weight, self.head.weight))
+        if bias is not None:
+            self.head.bias.copy_(torch.where(finite, bias, self.head.bias))
+        self.solver_state.undo_where(snap, ~finite.reshape(1))
+        return torch.stack([finite.to(torch.float64), W_new.abs().max()])
+
+    def check(self) -> None:
+        """Read every step not read yet (one host synchronisation): fill their records and the
+        histories, and raise the first deferred error (or skip its batch with
+        ``on_nonfinite="skip"``). A rejected step changed neither the head's weights nor the
+        memory or Λ; if it is the last step taken, its step count and ring position are undone
+        too, so the state is exactly as before it (always so with ``check_every=1``)."""
+        pending, self._pending = self._pending, []
+        if not pending:
+            return
+        rows = torch.stack([p.row for p in pending]).tolist()
+        error: BaseException | None = None
+        for p, row in zip(pending, rows):
+            fault, skippable = diagnose(p, row, self.head.weight.dtype)
+            if fault is None:
+                lam, Lam, sgcv, rel, cond = row[:5]
+                p.record._resolve(dict(lambda_=lam, Lambda=Lam, alpha=Lam / p.record.step, sgcv=sgcv,
+                                       rel_residual=rel, cond=cond, skipped=False, reason=""))
+                self._record(p.record)
+                continue
+            state = self.solver_state
+            if (state.n_stored, state.head, state.step_count) == p.after:   # no step since: undo it fully
+                state.n_stored, state.head, state.step_count = p.counters
+            if self.on_nonfinite == "skip" and skippable:
+                self._skip(p.record, str(fault))
+            else:
+                nan = math.nan
+                p.record._resolve(dict(lambda_=nan, Lambda=nan, alpha=nan, sgcv=nan, rel_residual=nan, cond=nan,
+                                       skipped=False, reason=str(fault)), backend="")
+                error = error or fault
+        if error is not None:
+            raise error
+
+    def _skip(self, rec: SlimTikInfo, reason: str) -> None:
         """Record a skipped batch: nothing but ``n_skipped_`` and ``last_info_`` changes."""
         self.n_skipped_ += 1
         nan = math.nan
-        rec = SlimTikInfo(step=self.n_steps_, lambda_=nan, Lambda=self.Lambda_, alpha=self.alpha_, sgcv=nan,
-                          rel_residual=nan, cond=nan, m=m, backend="", skipped=True, reason=reason)
+        rec._resolve(dict(lambda_=nan, Lambda=self.Lambda_, alpha=self.alpha_, sgcv=nan, rel_residual=nan, cond=nan,
+                          skipped=True, reason=reason), backend="")
+        object.__setattr__(rec, "step", self.n_steps_)
         self.last_info_ = rec
         logger.warning("slimtik: batch skipped after step %d (on_nonfinite='skip', %d skipped so far): %s",
                        self.n_steps_, self.n_skipped_, reason)
         if self.writer is not None:
             self.writer.add_scalar("slimtik/skipped", float(self.n_skipped_), self.n_steps_)
-        return rec
 
     def _record(self, rec: SlimTikInfo) -> None:
         self.last_info_ = rec
-        self.lambda_history_.append(rec.lambda_)
-        self.Lambda_history_.append(rec.Lambda)
-        self.sgcv_history_.append(rec.sgcv)
-        self.rel_residual_history_.append(rec.rel_residual)
-        self.cond_history_.append(rec.cond)
-        logger.debug("slimtik step %d: lambda=%.4g Lambda=%.4g alpha=%.4g sgcv=%.4g rel_res=%.4g cond=%.3g [%s]",
-                     rec.step, rec.lambda_, rec.Lambda, rec.alpha, rec.sgcv, rec.rel_residual, rec.cond, rec.backend)
-        if self.writer is not None:
-            for tag, value in (("lambda", rec.lambda_), ("Lambda", rec.Lambda), ("alpha", rec.alpha),
-                               ("sgcv", rec.sgcv), ("rel_residual", rec.rel_residual), ("cond", rec.cond)):
-                self.writer.add_scalar(f"slimtik/{tag}", value, rec.step)
+        values = (rec.lambda_, rec.Lambda, rec.sgcv, rec.rel_residual, rec.cond)
+        for name, value in zip(_HISTORIES, values):
+            self._histories[name].append(value)
+        log_record(rec, self.writer)
 
     # ------------------------------------------------------------------ checkpoints
 
@@ -476,6 +496,7 @@ class SlimTik(torch.optim.Optimizer):
         self.reduction, self.solve_side = parsed["reduction"], parsed["solve_side"]
         self.solver_state = solver
         self.n_skipped_ = parsed["n_skipped"]
+        self._pending = []
         for name, values in parsed["histories"].items():
             setattr(self, name, values)
         self.last_info_ = None
@@ -485,26 +506,3 @@ class SlimTik(torch.optim.Optimizer):
         return (f"SlimTik(head={type(self.head).__name__}, n_f={n_f}, n_t={n_t}, memory_depth={self.memory_depth}, "
                 f"lambda_mode={self.config.mode!r}, reduction={self.reduction!r}, solve_side={side_of(self)}, "
                 f"n_steps_={self.n_steps_})")
-
-
-def _check_data_finite(features: torch.Tensor, target: torch.Tensor, G: torch.Tensor, c: torch.Tensor,
-                       fault: ValueError) -> None:
-    """One rule for every scale: statistics that are not finite although the data they came from
-    are (float64 overflow, e.g. features ×1e200) raise "too large" in either ``on_nonfinite``
-    mode, exactly like finite statistics beyond ±MAX_ABS (features ×1e80): a scale error, not a
-    transient fault to skip. Only NaN/Inf in the features or target themselves may be skipped."""
-    stats_ok = torch.isfinite(torch.stack([G.diagonal().sum(), c])).tolist()
-    data_ok = [bool(torch.isfinite(x).all()) if x.is_floating_point() else True for x in (features, target)]
-    bad = [name for name, s in zip(("features", "target"), stats_ok) if not s]
-    if bad and all(d for name, d, s in zip(("features", "target"), data_ok, stats_ok) if not s):
-        raise ValueError(f"{' and '.join(bad)} too large: the float64 statistics overflow (they exceed "
-                         f"±{MAX_ABS:g}; the solver squares them); rescale the data") from fault
-
-
-def _check_statistics_scale(G: torch.Tensor, c: torch.Tensor) -> None:
-    """ValueError naming ``features`` / ``target`` if their (finite) statistics exceed ±MAX_ABS."""
-    big = [G.abs().max() > MAX_ABS, c.abs() > MAX_ABS]
-    bad = [name for name, b in zip(("features", "target"), torch.stack(big).tolist()) if b]
-    if bad:
-        raise ValueError(f"{' and '.join(bad)} too large: the float64 statistics exceed ±{MAX_ABS:g} "
-                         "(the solver squares them); rescale the data")

@@ -109,7 +109,7 @@ def sample_side_head_step(slim: SlimTik, features: torch.Tensor, target: torch.T
     reason, skippable = _data_fault(Z, C, beta)
     if reason:
         if skippable and slim.on_nonfinite == "skip":
-            return slim._skip(m, reason)
+            return _skipped(slim, m, reason)
         raise ValueError(reason)
     if slim.solver_state is None:
         n_t, n_f = head_shape(head)
@@ -122,7 +122,7 @@ def sample_side_head_step(slim: SlimTik, features: torch.Tensor, target: torch.T
                                        backend=slim.backend)
     except FloatingPointError as fault:
         if slim.on_nonfinite == "skip":
-            return slim._skip(m, str(fault))
+            return _skipped(slim, m, str(fault))
         raise
     weight, bias = matrix_to_params(head, W_new[0].to(head.weight.dtype))
     fields = [info.lambda_[0], info.Lambda[0], info.sgcv[0], info.rel_residual[0], info.cond[0]]
@@ -134,7 +134,7 @@ def sample_side_head_step(slim: SlimTik, features: torch.Tensor, target: torch.T
         fault = FloatingPointError(f"the new head weights overflow the head's dtype {head.weight.dtype} "
                                    f"(|W| up to {float(W_new.abs().max()):.3g}); head and solver state unchanged")
         if slim.on_nonfinite == "skip":
-            return slim._skip(m, str(fault))
+            return _skipped(slim, m, str(fault))
         raise fault
     head.weight.copy_(weight)
     if bias is not None:
@@ -142,4 +142,13 @@ def sample_side_head_step(slim: SlimTik, features: torch.Tensor, target: torch.T
     rec = SlimTikInfo(step=slim.n_steps_, lambda_=lam, Lambda=Lam, alpha=Lam / slim.n_steps_, sgcv=sgcv,
                       rel_residual=rel, cond=cond, m=m, backend=info.backend, side="samples")
     slim._record(rec)
+    return rec
+
+
+def _skipped(slim: SlimTik, m: int, reason: str) -> SlimTikInfo:
+    """The record of a batch skipped with ``on_nonfinite="skip"`` (nothing else changes)."""
+    from .optim import SlimTikInfo
+
+    rec = SlimTikInfo(slim.n_steps_, m=m, side="samples", _owner=slim)
+    slim._skip(rec, reason)
     return rec

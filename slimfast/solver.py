@@ -128,9 +128,8 @@ def slimtik_step(
             raise_first_if_any(faults, config, state.Lambda, name)
         inputs = (G_t, H_t, c_t, m_t, W_t) if validate == "eager" else _neutralised(faults, G_t, H_t, c_t, m_t, W_t)
         G_mem = state.memory_gram(inputs[0])
-        # cuSOLVER (the cuda backend's "auto" choice for a few large problems) synchronises.
-        extra = {"eigensolver": "jacobi"} if validate == "lazy" and name == "cuda" else {}
-        W_new, info = module.slimtik_step(G_mem, *inputs, state.Lambda, state.memory_empty, config, **extra)
+        block = _block_options(module, state, G_mem, config, validate)
+        W_new, info = module.slimtik_step(G_mem, *inputs, state.Lambda, state.memory_empty, config, **block)
     except RuntimeError as exc:
         if _is_allocation_failure(exc):
             raise MemoryError(f"slimtik_step could not allocate its workspace (state unchanged): {exc}") from exc
@@ -140,15 +139,37 @@ def slimtik_step(
     Lambda_prev = state.Lambda.clone()
     if validate == "eager":
         raise_first_if_any(faults, config, Lambda_prev, name)
-        state.commit(G_t, info[:, 1])
+        ok = None
     else:
         ok = faults == 0
         W_new = torch.where(ok[:, None, None], W_new, W_t)
-        state.commit(G_t, info[:, 1], applied=ok)
+    state.commit(G_t, info[:, 1], applied=ok)
+    if block:
+        state.keep_eigenvectors(block["U_out"], applied=ok)
     fields = {f: _like(info[:, i], numpy_out) for i, f in enumerate(INFO_FIELDS)}
     record = StepInfo(backend=name, faults=_like(faults, numpy_out), config=config,
                       Lambda_prev=_like(Lambda_prev, numpy_out), **fields)
     return _like(W_new, numpy_out), record
+
+
+def _block_options(module: Any, state: SlimTikState, G_mem: torch.Tensor, config: SolverConfig,
+                   validate: str) -> dict[str, Any]:
+    """What a backend running the CUDA block code (``module.BLOCK_CODE``) keeps in the state: the
+    previous step's eigenvectors of G_mem as the Jacobi warm start (only the speed depends on
+    them), a buffer for this step's, and a workspace reused across steps (no allocation by the
+    kernel, none by torch once it is large enough). With ``validate="lazy"`` the eigensolver is
+    the kernel's own Jacobi: cuSOLVER (the "auto" choice for a few large problems) synchronises."""
+    if not getattr(module, "BLOCK_CODE", False):
+        return {}
+    size = max(1, module.workspace_size(state.batch, state.n_features, state.n_targets, config, state.memory_empty))
+    ws = state.workspace
+    if ws is None or ws.numel() < size or ws.device != G_mem.device:
+        # NaN, so that a kernel reading scratch it has not written shows up in its results.
+        ws = state.workspace = torch.full((size,), float("nan"), dtype=torch.float64, device=G_mem.device)
+    options = {"U0": state.eigenvectors, "U_out": torch.empty_like(G_mem), "workspace": ws}
+    if validate == "lazy":
+        options["eigensolver"] = "jacobi"
+    return options
 
 
 def _neutralised(faults: torch.Tensor, G: torch.Tensor, H: torch.Tensor, c: torch.Tensor, m: torch.Tensor,

@@ -108,6 +108,24 @@ class SlimTikState:
         self.head = 0
         self.Lambda = torch.full((batch,), Lambda0, **opts)
         self.step_count = 0
+        self._reset_block_caches()
+
+    def _reset_block_caches(self) -> None:
+        """Caches of the CUDA block code (``solver._block_options``), never saved: G_mem's
+        eigenvectors [B, n_f, n_f] of the last step (the next Jacobi's warm start; only the speed
+        depends on them) and the kernel's float64 workspace. Dropped whenever the problems change."""
+        self.eigenvectors: torch.Tensor | None = None
+        self.workspace: torch.Tensor | None = None
+
+    def keep_eigenvectors(self, U: torch.Tensor, applied: torch.Tensor | None = None) -> None:
+        """Keep the committed step's eigenvectors U [B, n_f, n_f] of G_mem for the next warm start;
+        problems where ``applied`` [B] is False keep their previous ones (I if none). No sync."""
+        if applied is not None:
+            old = self.eigenvectors
+            if old is None:
+                old = torch.eye(U.shape[-1], dtype=U.dtype, device=U.device).expand_as(U)
+            U = torch.where(applied[:, None, None], U, old)
+        self.eigenvectors = U
 
     @property
     def device(self) -> torch.device:
@@ -152,6 +170,14 @@ class SlimTikState:
             self.memory[:, self.head].copy_(slot)
         self.Lambda.copy_(Lambda)
 
+    def undo_where(self, snap: tuple[Any, ...], undo: torch.Tensor) -> None:
+        """Undo the values of the commit since ``snap = snapshot()`` (the slot it wrote, Λ) for the
+        problems where ``undo`` [B] bool is True, without a host synchronisation; the counters stay."""
+        slot, Lambda, _, head, _ = snap
+        if slot is not None:
+            self.memory[:, head].copy_(torch.where(undo[:, None, None], slot, self.memory[:, head]))
+        self.Lambda.copy_(torch.where(undo, Lambda, self.Lambda))
+
     def select(self, rows: Any) -> "SlimTikState":
         """A new state holding copies of the problems ``rows`` (indices or a [B] bool mask, as
         tensor indexing takes them; possibly none): memory [len(rows), r, n_f, n_f], Λ, and the
@@ -162,6 +188,7 @@ class SlimTikState:
         new.__dict__.update(self.__dict__)
         new.memory, new.Lambda = self.memory[index].clone(), self.Lambda[index].clone()
         new.batch = int(index.numel())
+        new._reset_block_caches()
         return new
 
     __getitem__ = select
@@ -183,6 +210,7 @@ class SlimTikState:
         new.memory = torch.cat([st.memory for st in states])
         new.Lambda = torch.cat([st.Lambda for st in states])
         new.batch = sum(st.batch for st in states)
+        new._reset_block_caches()
         return new
 
     def state_dict(self) -> dict[str, Any]:
@@ -239,6 +267,7 @@ class SlimTikState:
         self.memory = state["memory"].to(device=self.device, dtype=torch.float64).clone()
         self.Lambda = state["Lambda"].to(device=self.device, dtype=torch.float64).clone()
         self.n_stored, self.head, self.step_count = int(state["n_stored"]), int(state["head"]), int(state["step_count"])
+        self._reset_block_caches()
 
     @classmethod
     def from_state_dict(cls, state: dict[str, Any], device: torch.device | str = "cpu") -> "SlimTikState":

@@ -1,14 +1,34 @@
-"""Backend parametrisation: one test body, every backend; unavailable ones skip per case."""
+"""Backend parametrisation: one test body, every backend; unavailable ones skip per case.
+
+Besides the library's backends the tests step through ``emulate``: the CUDA kernels' block code
+run serially on the host (``tests/block_emulation.py``, through ``slimfast._cpu``'s emulation
+bindings), registered with the loader for this test session only. So every backend-parametrised
+test runs the GPU's arithmetic on every CPU install, wherever it runs the CPU backends.
+"""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from slimfast.backends import load_backend
+from slimfast.backends import load_backend, loader
 
+#: The library's CPU backends (what a child process or a user can name).
 CPU_BACKENDS = ("cpp", "numba", "torch")
+#: The CUDA block code on the host: needs the compiled CPU module, runs on CPU tensors.
+EMULATE = "emulate"
 ALL_BACKENDS = ("cuda",) + CPU_BACKENDS
+#: Every composition a step can take here: the ``backend`` fixture's parameters.
+STEP_BACKENDS = ALL_BACKENDS + (EMULATE,)
+
+
+def _register_emulation() -> None:
+    """Make ``backend="emulate"`` resolve to tests/block_emulation.py on CPU tensors (test session only)."""
+    loader._MODULES[EMULATE] = "tests.block_emulation"
+    loader._DEVICE_BACKENDS["cpu"].add(EMULATE)
+
+
+_register_emulation()
 
 
 def require_backend(name: str) -> torch.device:
@@ -20,11 +40,12 @@ def require_backend(name: str) -> torch.device:
             pytest.skip("cuda backend not built")
         return torch.device("cuda")
     if load_backend(name) is None:
-        pytest.skip(f"{name} backend not available")
+        reason = " (the compiled CPU module is not built)" if name == EMULATE else ""
+        pytest.skip(f"{name} backend not available{reason}")
     return torch.device("cpu")
 
 
-@pytest.fixture(params=ALL_BACKENDS)
+@pytest.fixture(params=STEP_BACKENDS)
 def backend(request: pytest.FixtureRequest) -> str:
     require_backend(request.param)
     return request.param

@@ -95,3 +95,28 @@ def assert_backends_follow_the_twin(trajectory, rtol: float) -> None:
     if compared == 0:
         pytest.skip("only the torch backend is available")
 
+
+
+def state_snapshot(state) -> dict:
+    """A deep copy of ``state.state_dict()`` (tensors cloned), to compare with after a call."""
+    return {k: (v.clone() if hasattr(v, "clone") else v) for k, v in state.state_dict().items()}
+
+
+def assert_state_equal(a: dict, b: dict) -> None:
+    """Two ``state_snapshot`` dicts are identical: same keys, tensors equal with the same dtype."""
+    assert a.keys() == b.keys()
+    for k in a:
+        if hasattr(a[k], "dtype"):
+            assert a[k].dtype == b[k].dtype and bool((a[k] == b[k]).all()), k
+        else:
+            assert a[k] == b[k], k
+
+
+def make_head(spec, seed: int):
+    """(float64 head, input shape) from a ``(factory, input shape)`` entry of a HEADS table, the
+    factory run under ``torch.manual_seed(seed)``."""
+    import torch
+
+    make, in_shape = spec
+    torch.manual_seed(seed)
+    return make().double(), in_shape

@@ -11,7 +11,7 @@ import torch
 
 from slimfast import SlimTikState, SolverConfig, slimtik_step
 
-from .solver_cases import RandomProblems
+from .solver_cases import RandomProblems, assert_state_equal, state_snapshot
 
 F64 = torch.float64
 B, NF, NT = 2, 4, 3
@@ -21,19 +21,6 @@ def _inputs(device: torch.device) -> dict[str, Any]:
     probs = RandomProblems(B, NF, NT, n_b=10, seed=1)
     G, H, c, m = probs.next_batch()
     return dict(G=G.to(device), H=H.to(device), c=c.to(device), m=m, W=torch.zeros(B, NT, NF, dtype=F64, device=device))
-
-
-def _snapshot(state: SlimTikState) -> dict[str, Any]:
-    return {k: (v.clone() if isinstance(v, torch.Tensor) else v) for k, v in state.state_dict().items()}
-
-
-def _assert_same(a: dict[str, Any], b: dict[str, Any]) -> None:
-    assert a.keys() == b.keys()
-    for k in a:
-        if isinstance(a[k], torch.Tensor):
-            assert torch.equal(a[k], b[k]), k
-        else:
-            assert a[k] == b[k], k
 
 
 def _nan_at(x: torch.Tensor, value: float) -> torch.Tensor:
@@ -70,12 +57,12 @@ def test_bad_input_names_the_argument_and_keeps_state(backend: str, device: torc
     state = SlimTikState(B, NF, NT, memory_depth=2, device=device)
     good = _inputs(device)
     slimtik_step(state, **good, backend=backend)  # non-trivial state: one Gram matrix stored
-    before = _snapshot(state)
+    before = state_snapshot(state)
     args = _inputs(device)
     mutate(args)
     with pytest.raises(exc, match=rf"\b{argname}\b"):
         slimtik_step(state, **args, backend=backend)
-    _assert_same(before, _snapshot(state))
+    assert_state_equal(before, state_snapshot(state))
     slimtik_step(state, **_inputs(device), backend=backend)  # still usable
     assert state.step_count == 2
 
@@ -110,21 +97,21 @@ def test_bad_config(kwargs: dict, argname: str) -> None:
 def test_bounds_that_exclude_every_lambda(backend: str, device: torch.device) -> None:
     """Λ_{k−1} = 4, λ ≥ 2 required, but Λ_k ≤ 5: no admissible λ."""
     state = SlimTikState(B, NF, NT, Lambda0=4.0, device=device)
-    before = _snapshot(state)
+    before = state_snapshot(state)
     config = SolverConfig(Lambda_bounds=(1e-7, 5.0), lambda_bounds=(2.0, 1e3))
     with pytest.raises(ValueError, match="bounds exclude every"):
         slimtik_step(state, **_inputs(device), config=config, backend=backend)
-    _assert_same(before, _snapshot(state))
+    assert_state_equal(before, state_snapshot(state))
 
 
 def test_Lambda_above_its_bound_is_rejected_not_stepped(backend: str, device: torch.device) -> None:
     """A state whose Λ exceeds Λ_max (fresh or loaded; a step never leaves one) would need
     λ ≈ −Λ_{k−1}, which scales the weights by ~Λ_{k−1}/Λ_max: rejected, state unchanged."""
     state = SlimTikState(B, NF, NT, Lambda0=1e6, device=device)
-    before = _snapshot(state)
+    before = state_snapshot(state)
     with pytest.raises(ValueError, match="exceeds Lambda_max"):
         slimtik_step(state, **_inputs(device), backend=backend)
-    _assert_same(before, _snapshot(state))
+    assert_state_equal(before, state_snapshot(state))
 
 
 @pytest.mark.parametrize(

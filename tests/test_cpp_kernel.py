@@ -321,9 +321,15 @@ VALID_OPTIONS = dict(mode=0, lambda_const=0.0, Lambda_min=1e-7, Lambda_max=1e3, 
                      n_grid=33, root_tol=1e-13, max_root_iter=100)
 
 
+def _call_binding(kwargs):
+    """The step binding with ``kwargs`` split as it takes them: the checked StepBuffers, then the rest."""
+    step = {k: kwargs.pop(k) for k in ("options", "eigensolver") if k in kwargs}
+    _cpu.slimtik_step(_cpu.StepBuffers(**kwargs), **step)
+
+
 def test_binding_accepts_valid_arguments():
     kwargs, keep = _valid_call_args()
-    _cpu.slimtik_step(**kwargs)
+    _call_binding(kwargs)
     assert bool(torch.isfinite(keep[-1]).all())
 
 
@@ -334,7 +340,7 @@ def test_binding_accepts_valid_arguments():
         ("c_ptr", 0), ("m_ptr", 0), ("W_ptr", 0), ("Lambda_prev_ptr", 0), ("W_out_ptr", 0), ("info_ptr", 0),
         ("mode", 3), ("n_grid", 1), ("Lambda_min", 0.0), ("Lambda_max", math.inf), ("Lambda_min", 1e4),
         ("lambda_min", math.nan), ("lambda_max", -1.0), ("lambda_const", math.nan), ("root_tol", 0.0),
-        ("max_root_iter", 0), ("eigensolver", 9), ("s_ptr", 1),
+        ("max_root_iter", 0), ("eigensolver", 9), ("s_in_ptr", 8),
         ("n_grid", 100001),  # the same limit as the CUDA module (one validation, csrc/bindings_common.h)
         ("W_ptr", 4),  # misaligned
     ],
@@ -343,11 +349,11 @@ def test_binding_rejects_bad_arguments(name, value):
     """Sizes and pointers by the step binding; options when the StepOptions struct is built (the one
     validation both modules share)."""
     kwargs, _keep = _valid_call_args()
-    with pytest.raises(ValueError, match=name.split("_ptr")[0] if name != "s_ptr" else "together"):
+    with pytest.raises(ValueError, match=name.split("_ptr")[0] if name != "s_in_ptr" else "together"):
         if name in VALID_OPTIONS:
             _cpu.StepOptions(**{**VALID_OPTIONS, name: value})
         else:
-            _cpu.slimtik_step(**{**kwargs, name: value})
+            _call_binding({**kwargs, name: value})
 
 
 @pytest.mark.parametrize(

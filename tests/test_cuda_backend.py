@@ -11,17 +11,8 @@ import torch
 
 from slimfast._torch_impl import _slimtik_step
 
-from .cuda_cases import (
-    BOUNDED_CONFIGS,
-    CONFIGS,
-    F64,
-    assert_matches,
-    check_eigh,
-    cuda_module,
-    make_problem,
-    seed_of,
-    symmetric_cases,
-)
+from .cuda_cases import BOUNDED_CONFIGS, CONFIGS, F64, assert_matches, check_eigh, cuda_module, make_problem
+from .cuda_cases import seed_of, symmetric_cases
 
 pytestmark = pytest.mark.gpu
 

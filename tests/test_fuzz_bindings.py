@@ -48,9 +48,11 @@ OPTION_NAMES = ("mode", "lambda_const", "Lambda_min", "Lambda_max", "lambda_min"
 
 
 def _call_step_binding(cpu: Any, args: dict[str, Any]) -> None:
-    """cpu.slimtik_step with the option arguments packed into cpu.StepOptions (validated there)."""
+    """cpu.slimtik_step with the option arguments packed into cpu.StepOptions and the sizes and
+    pointers into cpu.StepBuffers (each validated at construction)."""
     options = cpu.StepOptions(**{k: args[k] for k in OPTION_NAMES})
-    cpu.slimtik_step(**{k: v for k, v in args.items() if k not in OPTION_NAMES}, options=options)
+    buffers = cpu.StepBuffers(**{k: v for k, v in args.items() if k not in OPTION_NAMES + ("eigensolver",)})
+    cpu.slimtik_step(buffers, options, args["eigensolver"])
 
 
 BINDING_BAD = (

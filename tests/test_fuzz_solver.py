@@ -25,8 +25,8 @@ from torch import nn
 from slimfast import SlimTikState, SolverConfig, slimtik_step
 from slimfast.optim import SlimTik
 
-from .conftest import CPU_BACKENDS, require_backend
-from .solver_cases import RandomProblems, stats
+from .conftest import CPU_BACKENDS, EMULATE, require_backend
+from .solver_cases import RandomProblems, assert_state_equal, state_snapshot, stats
 
 F64 = torch.float64
 B, NF, NT = 2, 4, 3
@@ -58,27 +58,14 @@ def _prepared_state(backend: str) -> SlimTikState:
     return SlimTikState.from_state_dict(_PREPARED[backend])
 
 
-def _snapshot(state: SlimTikState) -> dict[str, Any]:
-    return {k: (v.clone() if isinstance(v, torch.Tensor) else v) for k, v in state.state_dict().items()}
-
-
-def assert_state_equal(a: dict[str, Any], b: dict[str, Any]) -> None:
-    assert a.keys() == b.keys()
-    for k in a:
-        if isinstance(a[k], torch.Tensor):
-            assert a[k].dtype == b[k].dtype and torch.equal(a[k], b[k]), k
-        else:
-            assert a[k] == b[k], k
-
-
 def _rejects(backend: str, args: dict[str, Any], exc: type[Exception], argname: str, **kw: Any) -> None:
     """The call raises ``exc`` with a message that starts with ``argname``; state untouched."""
     state = _prepared_state(backend)
-    before = _snapshot(state)
+    before = state_snapshot(state)
     with pytest.raises(exc) as info:
         slimtik_step(state, **args, backend=backend, **kw)
     assert str(info.value).startswith(f"{argname} "), str(info.value)
-    assert_state_equal(before, _snapshot(state))
+    assert_state_equal(before, state_snapshot(state))
     slimtik_step(state, **_inputs(), backend=backend)       # still usable
     assert state.step_count == 2
 
@@ -90,9 +77,10 @@ def _as_numpy(args: dict[str, Any]) -> dict[str, Any]:
 arrays = st.sampled_from(ARRAYS)
 
 
-@pytest.fixture(params=CPU_BACKENDS)
+@pytest.fixture(params=CPU_BACKENDS + (EMULATE,))
 def cpu_backend(request: pytest.FixtureRequest) -> str:
-    """The conftest backend pattern restricted to CPU backends (inputs here are CPU tensors)."""
+    """The conftest backend pattern restricted to what runs on CPU tensors (inputs here are CPU
+    tensors), the host emulation of the CUDA block code included."""
     require_backend(request.param)
     return request.param
 
@@ -330,15 +318,15 @@ def test_arbitrary_finite_statistics_never_return_nan(cpu_backend: str, seed: in
         G = sG * torch.randn(B, NF, NF, dtype=F64, generator=gen)
         H = sH * torch.randn(B, NT, NF, dtype=F64, generator=gen)
         c = sc * torch.rand(B, dtype=F64, generator=gen)
-        before = _snapshot(state)
+        before = state_snapshot(state)
         try:
             W_new, info = slimtik_step(state, G, H, c, 10.0, W, backend=cpu_backend)
         except FloatingPointError:
-            assert_state_equal(before, _snapshot(state))
+            assert_state_equal(before, state_snapshot(state))
             return
         except ValueError as exc:
             assert re.search(r"\bG\b", str(exc)), exc
-            assert_state_equal(before, _snapshot(state))
+            assert_state_equal(before, state_snapshot(state))
             return
         assert torch.isfinite(W_new).all()
         assert (info.Lambda >= 1e-7).all() and (info.Lambda <= 1e3).all()
@@ -366,15 +354,15 @@ def test_bounds_exclude_every_lambda_or_are_respected(cpu_backend: str, Lmin_exp
     lo = max(Lmin, Lambda0 + lmin) if math.isfinite(lmin) else Lmin
     hi = min(Lmax, Lambda0 + lmax)
     state = SlimTikState(B, NF, NT, memory_depth=1, Lambda0=Lambda0)
-    before = _snapshot(state)
+    before = state_snapshot(state)
     if Lambda0 > Lmax:   # only a fresh or loaded state can hold Λ above Λ_max: rejected, not stepped
         with pytest.raises(ValueError, match="exceeds Lambda_max"):
             slimtik_step(state, **_inputs(), config=config, backend=cpu_backend)
-        assert_state_equal(before, _snapshot(state))
+        assert_state_equal(before, state_snapshot(state))
     elif lo > hi:
         with pytest.raises(ValueError, match="bounds exclude every"):
             slimtik_step(state, **_inputs(), config=config, backend=cpu_backend)
-        assert_state_equal(before, _snapshot(state))
+        assert_state_equal(before, state_snapshot(state))
     else:
         args = _inputs()
         G_mem = state.memory_gram(args["G"])

@@ -12,6 +12,7 @@ from slimfast.heads import (
 )
 
 from .dense_reference import dense_design, dense_statistics
+from .solver_cases import make_head
 
 F64 = torch.float64
 
@@ -49,9 +50,7 @@ HEADS = {
 @pytest.mark.parametrize("name", sorted(HEADS))
 @pytest.mark.parametrize("reduction", ["mean", "sum"])
 def test_statistics_equaldense_design(name: str, reduction: str) -> None:
-    make, in_shape = HEADS[name]
-    torch.manual_seed(1)
-    head = make().double()
+    head, in_shape = make_head(HEADS[name], seed=1)
     x, y = _case(head, in_shape)
     G, H, c, m = head_statistics(head, x, y, reduction)
     Gd, Hd, cd, md = dense_statistics(head, x, y, reduction)
@@ -66,9 +65,7 @@ def test_statistics_equaldense_design(name: str, reduction: str) -> None:
 @pytest.mark.parametrize("name", sorted(HEADS))
 def testdense_design_reproduces_layer_and_W_maps_round_trip(name: str) -> None:
     """The test reference itself is right: W @ Z equals the layer's forward."""
-    make, in_shape = HEADS[name]
-    torch.manual_seed(2)
-    head = make().double()
+    head, in_shape = make_head(HEADS[name], seed=2)
     x, _ = _case(head, in_shape)
     out = head(x).detach()
     W = head_to_matrix(head)

@@ -86,8 +86,8 @@ def test_lapack_workspace_overflow_is_value_error() -> None:
 
     fake = 8
     with pytest.raises(ValueError, match="lwork"):
-        _cpu.slimtik_step(1, 40000, 1, fake, fake, fake, fake, fake, fake, fake, True,
-                          _cpu.StepOptions(**SolverConfig().kernel_options()), fake, fake)
+        _cpu.slimtik_step(_cpu.StepBuffers(1, 40000, 1, True, fake, fake, fake, fake, fake, fake, fake, 2 * fake, fake),
+                          _cpu.StepOptions(**SolverConfig().kernel_options()))
 
 
 def test_import_memory_error_is_not_cached(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -15,6 +15,7 @@ from slimfast.heads import head_output_shape, head_shape, head_statistics, head_
 from slimfast.optim import SlimTik
 
 from .dense_reference import dense_design
+from .solver_cases import make_head
 
 F64 = torch.float64
 
@@ -42,9 +43,7 @@ HEADS = {
 def test_step_equals_functional_solver(name: str, reduction: str, monkeypatch: pytest.MonkeyPatch) -> None:
     # The general path; the fused Linear path is held to it bit for bit in test_fused_head.py.
     monkeypatch.setattr("slimfast.fused_head.ENABLED", False)
-    make, in_shape = HEADS[name]
-    torch.manual_seed(0)
-    head = make().double()
+    head, in_shape = make_head(HEADS[name], seed=0)
     slim = SlimTik(head, memory_depth=2, reduction=reduction)
     n_t, n_f = head_shape(head)
     state = SlimTikState(1, n_f, n_t, memory_depth=2, Lambda0=0.05)
@@ -64,9 +63,7 @@ def test_step_equals_functional_solver(name: str, reduction: str, monkeypatch: p
 @pytest.mark.parametrize("name", sorted(HEADS))
 def test_weights_equal_stacked_least_squares(name: str) -> None:
     """W_k minimises ½β²‖WZ_k−C_k‖² + ½Σ_j β_j²‖(W−W_{k−1})Z_j‖² + Λ_{k−1}/2‖W−W_{k−1}‖² + λ/2‖W‖²."""
-    make, in_shape = HEADS[name]
-    torch.manual_seed(1)
-    head = make().double()
+    head, in_shape = make_head(HEADS[name], seed=1)
     r, lam = 2, 0.01
     slim = SlimTik(head, memory_depth=r, Lambda0=0.05, lambda_mode="constant", lambda_const=lam)
     seen: list[tuple[torch.Tensor, float]] = []     # (Z_j, β_j) of earlier batches

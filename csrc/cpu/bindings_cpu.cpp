@@ -63,31 +63,18 @@ int find_openblas(struct dl_phdr_info* info, size_t, void* out) {
 }
 #endif
 
-void py_slimtik_step(long long B, long long n_f, long long n_t, std::uintptr_t G_mem_ptr, std::uintptr_t G_ptr,
-                  std::uintptr_t H_ptr, std::uintptr_t c_ptr, std::uintptr_t m_ptr, std::uintptr_t W_ptr,
-                  std::uintptr_t Lambda_prev_ptr, bool memory_empty, const StepOptions& opts,
-                     std::uintptr_t W_out_ptr, std::uintptr_t info_ptr, int eigensolver,
-                  std::uintptr_t s_ptr, std::uintptr_t Ut_ptr) {
-  check_step_sizes(B, n_f, n_t);
+// The CPU launcher allocates its own scratch and has no warm start; s_in/U_in, when given, are
+// G_mem's eigenpairs with the eigenvectors as ROWS (Uᵀ, LAPACK's column-major output).
+void py_slimtik_step(const StepBuffers& p, const StepOptions& opts, int eigensolver) {
   require(eigensolver >= EIG_AUTO && eigensolver <= EIG_JACOBI,
           "eigensolver must be 0 (auto), 1 (syevd), 2 (syevr) or 3 (jacobi)");
-  const double* G_mem = as_ptr<const double>(G_mem_ptr, "G_mem_ptr");
-  const double* G = as_ptr<const double>(G_ptr, "G_ptr");
-  const double* H = as_ptr<const double>(H_ptr, "H_ptr");
-  const double* c = as_ptr<const double>(c_ptr, "c_ptr");
-  const double* m = as_ptr<const double>(m_ptr, "m_ptr");
-  const double* W = as_ptr<const double>(W_ptr, "W_ptr");
-  const double* Lambda_prev = as_ptr<const double>(Lambda_prev_ptr, "Lambda_prev_ptr");
-  require((s_ptr == 0) == (Ut_ptr == 0), "s_ptr and Ut_ptr must be given together (or both 0)");
-  const double* s_given = reinterpret_cast<const double*>(s_ptr);
-  const double* Ut_given = reinterpret_cast<const double*>(Ut_ptr);
-  double* W_out = as_ptr<double>(W_out_ptr, "W_out_ptr");
-  double* info = as_ptr<double>(info_ptr, "info_ptr");
+  require(p.workspace == nullptr && p.U0 == nullptr && p.U_out == nullptr,
+          "the CPU step takes no workspace_ptr, U0_ptr or U_out_ptr (those are the block code's)");
   int lapack_info = 0, failed = 0;
   {
     py::gil_scoped_release release;
-    failed = slimtik_step_cpu(g_lapack, (int)B, (int)n_f, (int)n_t, G_mem, G, H, c, m, W, Lambda_prev, memory_empty,
-                              opts, eigensolver, s_given, Ut_given, W_out, info, &lapack_info);
+    failed = slimtik_step_cpu(g_lapack, (int)p.B, p.n_f, p.n_t, p.G_mem, p.G, p.H, p.c, p.m, p.W, p.Lambda_prev,
+                              p.memory_empty, opts, eigensolver, p.s_in, p.U_in, p.W_out, p.info, &lapack_info);
   }
   if (failed != 0)
     throw std::runtime_error("LAPACK eigensolver failed for problem " + std::to_string(failed - 1) +
@@ -121,15 +108,13 @@ PYBIND11_MODULE(_cpu, mod) {
   dl_iterate_phdr(find_openblas, &g_lapack);
 #endif
 
-  mod.def("slimtik_step", &py_slimtik_step, py::arg("B"), py::arg("n_f"), py::arg("n_t"), py::arg("G_mem_ptr"),
-          py::arg("G_ptr"), py::arg("H_ptr"), py::arg("c_ptr"), py::arg("m_ptr"), py::arg("W_ptr"),
-          py::arg("Lambda_prev_ptr"), py::arg("memory_empty"), py::arg("options"), py::arg("W_out_ptr"),
-          py::arg("info_ptr"), py::arg("eigensolver") = 0, py::arg("s_ptr") = 0, py::arg("Ut_ptr") = 0,
-          "One slimTik step for B problems on contiguous float64 buffers (see slimfast/_cpu.pyi).");
+  bind_step_options(mod);
+  bind_step_buffers(mod);
+  mod.def("slimtik_step", &py_slimtik_step, py::arg("buffers"), py::arg("options"), py::arg("eigensolver") = 0,
+          "One slimTik step for B problems on checked float64 buffers (see slimfast/_cpu.pyi).");
   mod.def("jacobi_eigh", &py_jacobi_eigh, py::arg("B"), py::arg("n"), py::arg("A_ptr"), py::arg("U0_ptr"),
           py::arg("s_out_ptr"), py::arg("U_out_ptr"), py::arg("tol"), py::arg("max_sweeps"),
           "Cyclic Jacobi eigendecomposition of B symmetric n×n matrices; returns the largest sweep count.");
-  bind_step_options(mod);
   bind_block_emulation(mod);
   bind_fused_head(mod, g_lapack);
   mod.attr("MODE_SGCV") = SLIMFAST_MODE_SGCV;

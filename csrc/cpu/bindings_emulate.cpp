@@ -19,32 +19,27 @@ namespace {
 constexpr int SHARED_OFF = 0, SHARED_ON = 2;
 
 long long py_emulate_workspace_doubles(long long B, long long n_f, long long n_t, int n_grid, bool memory_empty) {
-  check_step_sizes(B, n_f, n_t);
-  check_n_grid(n_grid);
-  return emulate_step_workspace_doubles(B, (int)n_f, (int)n_t, n_grid, memory_empty);
+  return step_workspace_query(emulate_step_workspace_doubles, B, n_f, n_t, n_grid, memory_empty);
 }
 
 long long py_emulate_jacobi_workspace_doubles(long long B, long long n) {
-  require_size(B, "B", 1LL << 30);
-  require_size(n, "n");
-  return emulate_jacobi_workspace_doubles(B, (int)n);
+  return jacobi_workspace_query(emulate_jacobi_workspace_doubles, B, n);
 }
 
-void py_emulate_slimtik_step(long long B, long long n_f, long long n_t, std::uintptr_t G_mem_ptr, std::uintptr_t G_ptr,
-                             std::uintptr_t H_ptr, std::uintptr_t c_ptr, std::uintptr_t m_ptr, std::uintptr_t W_ptr,
-                             std::uintptr_t Lambda_prev_ptr, bool memory_empty, const StepOptions& opts,
-                     std::uintptr_t W_out_ptr, std::uintptr_t info_ptr,
-                             std::uintptr_t workspace_ptr, std::uintptr_t U0_ptr, std::uintptr_t U_out_ptr,
-                             double jacobi_tol, int max_sweeps, int n_threads, bool reverse, int shared,
-                             std::uintptr_t s_in_ptr, std::uintptr_t U_in_ptr) {
-  check_step_sizes(B, n_f, n_t);
-  check_jacobi_options(jacobi_tol, max_sweeps);
+// The emulation runs n_threads simulated threads one after another (reversed with `reverse`);
+// `shared` is the storage level of its Jacobi matrices (no AUTO: the emulation has no limit).
+void check_emulation(int n_threads, int shared) {
   require(n_threads >= 1, "n_threads must be positive, got " + std::to_string(n_threads));
   require(shared >= SHARED_OFF && shared <= SHARED_ON, "shared must be 0 (off), 1 (matrix) or 2 (on)");
-  const StepPointers p = step_pointers(G_mem_ptr, G_ptr, H_ptr, c_ptr, m_ptr, W_ptr, Lambda_prev_ptr, W_out_ptr,
-                                       info_ptr, workspace_ptr, U0_ptr, U_out_ptr, s_in_ptr, U_in_ptr);
+}
+
+void py_emulate_slimtik_step(const StepBuffers& p, const StepOptions& opts, double jacobi_tol, int max_sweeps,
+                             int n_threads, bool reverse, int shared) {
+  require_workspace(p);
+  check_jacobi_options(jacobi_tol, max_sweeps);
+  check_emulation(n_threads, shared);
   py::gil_scoped_release release;
-  slimtik_step_emulate(B, (int)n_f, (int)n_t, p.G_mem, p.G, p.H, p.c, p.m, p.W, p.Lambda_prev, memory_empty, opts,
+  slimtik_step_emulate(p.B, p.n_f, p.n_t, p.G_mem, p.G, p.H, p.c, p.m, p.W, p.Lambda_prev, p.memory_empty, opts,
                        p.U0, p.s_in, p.U_in, p.W_out, p.info, p.U_out, p.workspace, jacobi_tol, max_sweeps,
                        n_threads, reverse, shared);
 }
@@ -52,19 +47,11 @@ void py_emulate_slimtik_step(long long B, long long n_f, long long n_t, std::uin
 void py_emulate_jacobi_eigh(long long B, long long n, std::uintptr_t A_ptr, std::uintptr_t U0_ptr, std::uintptr_t s_ptr,
                             std::uintptr_t U_ptr, double tol, int max_sweeps, std::uintptr_t workspace_ptr,
                             std::uintptr_t sweeps_ptr, int n_threads, bool reverse, int shared) {
-  require_size(B, "B", 1LL << 30);
-  require_size(n, "n");
-  check_jacobi_options(tol, max_sweeps);
-  require(n_threads >= 1, "n_threads must be positive, got " + std::to_string(n_threads));
-  require(shared >= SHARED_OFF && shared <= SHARED_ON, "shared must be 0 (off), 1 (matrix) or 2 (on)");
-  const double* A = as_ptr<const double>(A_ptr, "A_ptr");
-  const double* U0 = as_optional_ptr<const double>(U0_ptr, "U0_ptr");
-  double* s = as_ptr<double>(s_ptr, "s_ptr");
-  double* U = as_ptr<double>(U_ptr, "U_ptr");
-  double* ws = as_ptr<double>(workspace_ptr, "workspace_ptr");
-  int* sweeps = as_optional_ptr<int>(sweeps_ptr, "sweeps_ptr");
+  const JacobiBuffers j = jacobi_buffers(B, n, A_ptr, U0_ptr, s_ptr, U_ptr, tol, max_sweeps, workspace_ptr, sweeps_ptr);
+  check_emulation(n_threads, shared);
   py::gil_scoped_release release;
-  jacobi_eigh_emulate(B, (int)n, A, U0, s, U, sweeps, ws, tol, max_sweeps, n_threads, reverse, shared);
+  jacobi_eigh_emulate(B, (int)n, j.A, j.U0, j.s, j.U, j.sweeps, j.workspace, tol, max_sweeps, n_threads, reverse,
+                      shared);
 }
 
 // Pairs (p, q) of every round of the round-robin ordering for an even n_pad (header helper).
@@ -96,14 +83,9 @@ void bind_block_emulation(py::module_& mod) {
           py::arg("n_grid"), py::arg("memory_empty"), "float64 workspace elements emulate_slimtik_step needs.");
   mod.def("emulate_jacobi_workspace_doubles", &py_emulate_jacobi_workspace_doubles, py::arg("B"), py::arg("n"),
           "float64 workspace elements emulate_jacobi_eigh needs.");
-  mod.def("emulate_slimtik_step", &py_emulate_slimtik_step, py::arg("B"), py::arg("n_f"), py::arg("n_t"),
-          py::arg("G_mem_ptr"), py::arg("G_ptr"), py::arg("H_ptr"), py::arg("c_ptr"), py::arg("m_ptr"),
-          py::arg("W_ptr"), py::arg("Lambda_prev_ptr"), py::arg("memory_empty"), py::arg("options"),
-          py::arg("W_out_ptr"), py::arg("info_ptr"), py::arg("workspace_ptr"), py::arg("U0_ptr") = null,
-          py::arg("U_out_ptr") = null, py::arg("jacobi_tol") = SLIMFAST_CUDA_JACOBI_TOL,
-          py::arg("max_sweeps") = SLIMFAST_CUDA_JACOBI_MAX_SWEEPS, py::arg("n_threads") = 128,
-          py::arg("reverse") = false, py::arg("shared") = SHARED_OFF, py::arg("s_in_ptr") = null,
-          py::arg("U_in_ptr") = null,
+  mod.def("emulate_slimtik_step", &py_emulate_slimtik_step, py::arg("buffers"), py::arg("options"),
+          py::arg("jacobi_tol") = SLIMFAST_CUDA_JACOBI_TOL, py::arg("max_sweeps") = SLIMFAST_CUDA_JACOBI_MAX_SWEEPS,
+          py::arg("n_threads") = 128, py::arg("reverse") = false, py::arg("shared") = SHARED_OFF,
           "The slimtik_step kernel's block code run serially on the host (host pointers), for tests.");
   mod.def("emulate_jacobi_eigh", &py_emulate_jacobi_eigh, py::arg("B"), py::arg("n"), py::arg("A_ptr"),
           py::arg("U0_ptr"), py::arg("s_ptr"), py::arg("U_ptr"), py::arg("tol"), py::arg("max_sweeps"),

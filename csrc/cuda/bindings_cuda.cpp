@@ -33,49 +33,30 @@ CudaLaunch launch_options(int device, std::uintptr_t stream, int n_threads, int 
 }
 
 long long py_workspace_doubles(long long B, long long n_f, long long n_t, int n_grid, bool memory_empty) {
-  check_step_sizes(B, n_f, n_t);
-  check_n_grid(n_grid);
-  return step_workspace_doubles(B, (int)n_f, (int)n_t, n_grid, memory_empty);
+  return step_workspace_query(step_workspace_doubles, B, n_f, n_t, n_grid, memory_empty);
 }
 
 long long py_jacobi_workspace_doubles(long long B, long long n) {
-  require_size(B, "B", 1LL << 30);
-  require_size(n, "n");
-  return jacobi_workspace_doubles(B, (int)n);
+  return jacobi_workspace_query(jacobi_workspace_doubles, B, n);
 }
 
-void py_slimtik_step(long long B, long long n_f, long long n_t, std::uintptr_t G_mem_ptr, std::uintptr_t G_ptr,
-                     std::uintptr_t H_ptr, std::uintptr_t c_ptr, std::uintptr_t m_ptr, std::uintptr_t W_ptr,
-                     std::uintptr_t Lambda_prev_ptr, bool memory_empty, const StepOptions& opts,
-                     std::uintptr_t W_out_ptr, std::uintptr_t info_ptr,
-                     std::uintptr_t workspace_ptr, std::uintptr_t U0_ptr, std::uintptr_t U_out_ptr,
-                     std::uintptr_t stream, int device, double jacobi_tol, int max_sweeps, int n_threads,
-                     int shared, std::uintptr_t s_in_ptr, std::uintptr_t U_in_ptr) {
-  check_step_sizes(B, n_f, n_t);
+void py_slimtik_step(const StepBuffers& p, const StepOptions& opts, std::uintptr_t stream, int device,
+                     double jacobi_tol, int max_sweeps, int n_threads, int shared) {
+  require_workspace(p);
   check_jacobi_options(jacobi_tol, max_sweeps);
   const CudaLaunch launch = launch_options(device, stream, n_threads, shared);
-  const StepPointers p = step_pointers(G_mem_ptr, G_ptr, H_ptr, c_ptr, m_ptr, W_ptr, Lambda_prev_ptr, W_out_ptr,
-                                       info_ptr, workspace_ptr, U0_ptr, U_out_ptr, s_in_ptr, U_in_ptr);
   py::gil_scoped_release release;
-  slimtik_step_cuda(B, (int)n_f, (int)n_t, p.G_mem, p.G, p.H, p.c, p.m, p.W, p.Lambda_prev, memory_empty, opts, p.U0,
+  slimtik_step_cuda(p.B, p.n_f, p.n_t, p.G_mem, p.G, p.H, p.c, p.m, p.W, p.Lambda_prev, p.memory_empty, opts, p.U0,
                     p.s_in, p.U_in, p.W_out, p.info, p.U_out, p.workspace, jacobi_tol, max_sweeps, launch);
 }
 
 void py_jacobi_eigh(long long B, long long n, std::uintptr_t A_ptr, std::uintptr_t U0_ptr, std::uintptr_t s_ptr,
                     std::uintptr_t U_ptr, double tol, int max_sweeps, std::uintptr_t workspace_ptr,
                     std::uintptr_t stream, int device, std::uintptr_t sweeps_ptr, int n_threads, int shared) {
-  require_size(B, "B", 1LL << 30);
-  require_size(n, "n");
-  check_jacobi_options(tol, max_sweeps);
+  const JacobiBuffers j = jacobi_buffers(B, n, A_ptr, U0_ptr, s_ptr, U_ptr, tol, max_sweeps, workspace_ptr, sweeps_ptr);
   const CudaLaunch launch = launch_options(device, stream, n_threads, shared);
-  const double* A = as_ptr<const double>(A_ptr, "A_ptr");
-  const double* U0 = as_optional_ptr<const double>(U0_ptr, "U0_ptr");
-  double* s = as_ptr<double>(s_ptr, "s_ptr");
-  double* U = as_ptr<double>(U_ptr, "U_ptr");
-  double* ws = as_ptr<double>(workspace_ptr, "workspace_ptr");
-  int* sweeps = as_optional_ptr<int>(sweeps_ptr, "sweeps_ptr");
   py::gil_scoped_release release;
-  jacobi_eigh_cuda(B, (int)n, A, U0, s, U, sweeps, ws, tol, max_sweeps, launch);
+  jacobi_eigh_cuda(B, (int)n, j.A, j.U0, j.s, j.U, j.sweeps, j.workspace, tol, max_sweeps, launch);
 }
 
 }  // namespace
@@ -86,17 +67,15 @@ PYBIND11_MODULE(_cuda, mod) {
       "float64 device pointers (their host emulation is in slimfast._cpu).";
   const std::uintptr_t null = 0;
   bind_step_options(mod);
+  bind_step_buffers(mod);
   mod.def("workspace_doubles", &py_workspace_doubles, py::arg("B"), py::arg("n_f"), py::arg("n_t"), py::arg("n_grid"),
           py::arg("memory_empty"), "float64 workspace elements slimtik_step needs for B problems.");
   mod.def("jacobi_workspace_doubles", &py_jacobi_workspace_doubles, py::arg("B"), py::arg("n"),
           "float64 workspace elements jacobi_eigh needs for B matrices.");
-  mod.def("slimtik_step", &py_slimtik_step, py::arg("B"), py::arg("n_f"), py::arg("n_t"), py::arg("G_mem_ptr"),
-          py::arg("G_ptr"), py::arg("H_ptr"), py::arg("c_ptr"), py::arg("m_ptr"), py::arg("W_ptr"),
-          py::arg("Lambda_prev_ptr"), py::arg("memory_empty"), py::arg("options"), py::arg("W_out_ptr"),
-          py::arg("info_ptr"), py::arg("workspace_ptr"), py::arg("U0_ptr") = null, py::arg("U_out_ptr") = null,
-          py::arg("stream") = null, py::arg("device") = 0, py::arg("jacobi_tol") = SLIMFAST_CUDA_JACOBI_TOL,
+  mod.def("slimtik_step", &py_slimtik_step, py::arg("buffers"), py::arg("options"), py::arg("stream") = null,
+          py::arg("device") = 0, py::arg("jacobi_tol") = SLIMFAST_CUDA_JACOBI_TOL,
           py::arg("max_sweeps") = SLIMFAST_CUDA_JACOBI_MAX_SWEEPS, py::arg("n_threads") = 0,
-          py::arg("shared") = (int)SHARED_AUTO, py::arg("s_in_ptr") = null, py::arg("U_in_ptr") = null,
+          py::arg("shared") = (int)SHARED_AUTO,
           "Enqueue one slimTik step for B problems on `stream` (device pointers; no synchronisation).");
   mod.def("jacobi_eigh", &py_jacobi_eigh, py::arg("B"), py::arg("n"), py::arg("A_ptr"), py::arg("U0_ptr"),
           py::arg("s_ptr"), py::arg("U_ptr"), py::arg("tol"), py::arg("max_sweeps"), py::arg("workspace_ptr"),

@@ -1,6 +1,6 @@
 """numba CPU backend of the slimTik step: the float64 torch twin, one problem per thread.
 
-``slimtik_step`` has the signature and semantics of ``slimfast._torch_impl._slimtik_step``
+``slimtik_step`` has the arguments (``boundary.step_entry``) and semantics of ``slimfast._torch_impl._slimtik_step``
 and follows it step by step (same log grid over μ, first-occurrence argmin, bracket rule,
 Illinois iteration with the same termination and clamps, reference candidates and fallback,
 info columns), so it agrees with the twin to rounding. The helpers below mirror
@@ -25,6 +25,7 @@ import torch
 
 from .._torch_impl import N_INFO, N_REFERENCE_POINTS
 from ..config import FLOAT64_EPS, SGCV_DENOMINATOR_EPS, SGCV_NULL_RTOL_PER_FEATURE, SolverConfig
+from .boundary import StepInputs, step_entry
 
 __all__ = ["slimtik_step"]
 
@@ -350,12 +351,9 @@ def _select_mu(
 
 
 @_jit()
-def _slimtik_step_one(
-    s, UT, G, H, c, m, W, Lambda_prev, memory_empty,
-    mode, lambda_const, Lmin, Lmax, lmin, lmax, n_grid, root_tol, max_root_iter, den_eps, null_rtol,
-    W_out, info_out,
-):  # fmt: skip
+def _slimtik_step_one(s, UT, G, H, c, m, W, Lambda_prev, memory_empty, opts, W_out, info_out):
     """One problem of ``_slimtik_step``: writes W_new into W_out [n_t,n_f] and info_out [N_INFO]."""
+    mode, lambda_const, Lmin, Lmax, lmin, lmax, n_grid, root_tol, max_root_iter, den_eps, null_rtol = opts
     n_t = W.shape[0]
     s, UT, Bt, Wt, a, b, k, Q, res0, eig_min = _sgcv_precompute(s, UT, G, H, c, W, memory_empty, null_rtol)
     mu = _select_mu(
@@ -387,32 +385,20 @@ def _slimtik_step_one(
     info_out[5] = eig_min
 
 
+# The batch loops: one problem per prange worker, or a plain loop for B == 1. ``arrays`` is
+# (s, Uᵀ, G, H, c, m, W, Λ_{k−1}) with a leading [B]; ``opts`` the scalars of ``_scalars``.
 @_jit(parallel=True)
-def _slimtik_step_parallel(
-    s, UT, G, H, c, m, W, Lambda_prev, memory_empty,
-    mode, lambda_const, Lmin, Lmax, lmin, lmax, n_grid, root_tol, max_root_iter, den_eps, null_rtol,
-    W_out, info_out,
-):  # fmt: skip
+def _slimtik_step_parallel(arrays, memory_empty, opts, W_out, info_out):
+    s, UT, G, H, c, m, W, Lp = arrays
     for p in numba.prange(G.shape[0]):
-        _slimtik_step_one(
-            s[p], UT[p], G[p], H[p], c[p], m[p], W[p], Lambda_prev[p], memory_empty,
-            mode, lambda_const, Lmin, Lmax, lmin, lmax, n_grid, root_tol, max_root_iter, den_eps, null_rtol,
-            W_out[p], info_out[p],
-        )  # fmt: skip
+        _slimtik_step_one(s[p], UT[p], G[p], H[p], c[p], m[p], W[p], Lp[p], memory_empty, opts, W_out[p], info_out[p])
 
 
 @_jit()
-def _slimtik_step_serial(
-    s, UT, G, H, c, m, W, Lambda_prev, memory_empty,
-    mode, lambda_const, Lmin, Lmax, lmin, lmax, n_grid, root_tol, max_root_iter, den_eps, null_rtol,
-    W_out, info_out,
-):  # fmt: skip
+def _slimtik_step_serial(arrays, memory_empty, opts, W_out, info_out):
+    s, UT, G, H, c, m, W, Lp = arrays
     for p in range(G.shape[0]):
-        _slimtik_step_one(
-            s[p], UT[p], G[p], H[p], c[p], m[p], W[p], Lambda_prev[p], memory_empty,
-            mode, lambda_const, Lmin, Lmax, lmin, lmax, n_grid, root_tol, max_root_iter, den_eps, null_rtol,
-            W_out[p], info_out[p],
-        )  # fmt: skip
+        _slimtik_step_one(s[p], UT[p], G[p], H[p], c[p], m[p], W[p], Lp[p], memory_empty, opts, W_out[p], info_out[p])
 
 
 _blas_controller: Any = None  # threadpoolctl selection of the OpenBLAS libraries; False: unavailable
@@ -445,42 +431,37 @@ def _as_array(x: torch.Tensor) -> np.ndarray:
     return x.detach().to(dtype=torch.float64).contiguous().numpy()
 
 
-def slimtik_step(
-    G_mem: torch.Tensor,
-    G: torch.Tensor,
-    H: torch.Tensor,
-    c: torch.Tensor,
-    m: torch.Tensor,
-    W: torch.Tensor,
-    Lambda_prev: torch.Tensor,
-    memory_empty: bool,
-    config: SolverConfig,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """One slimTik step for B problems on CPU float64 tensors; see ``_torch_impl._slimtik_step``.
+def _scalars(config: SolverConfig) -> tuple:
+    """The step options as the jitted code takes them (runtime arguments, not globals: numba's
+    cache would keep a global's old value)."""
+    Lmin, Lmax = (float(v) for v in config.Lambda_bounds)
+    lmin, lmax = (float(v) for v in config.lambda_bounds)
+    return (int(config.mode_code), float(config.lambda_const), Lmin, Lmax, lmin, lmax, int(config.n_grid),
+            float(config.root_tol), int(config.max_root_iter), SGCV_DENOMINATOR_EPS, SGCV_NULL_RTOL_PER_FEATURE)
+
+
+@step_entry
+def slimtik_step(inputs: StepInputs) -> tuple[torch.Tensor, torch.Tensor]:
+    """One slimTik step for B problems on CPU float64 tensors (arguments: ``boundary.StepInputs``);
+    see ``_torch_impl._slimtik_step``.
 
     Returns W_new [B, n_t, n_f] and info [B, N_INFO] (columns ``INFO_FIELDS``) as torch tensors.
     """
-    B, n_t, n_f = W.shape
+    B, n_t, n_f = inputs.shape
     W_out = np.empty((B, n_t, n_f))
     info_out = np.empty((B, N_INFO))
     if B > 0:
         # Everything sized n_f² is allocated here, where a failure raises MemoryError.
-        s, U = torch.linalg.eigh(G_mem.detach().to(torch.float64))
-        arrays = [_as_array(x) for x in (s, U.mT, G, H, c, m, W, Lambda_prev)]
-        Lmin, Lmax = (float(v) for v in config.Lambda_bounds)
-        lmin, lmax = (float(v) for v in config.lambda_bounds)
-        scalars = (
-            bool(memory_empty), int(config.mode_code), float(config.lambda_const), Lmin, Lmax, lmin, lmax,
-            int(config.n_grid), float(config.root_tol), int(config.max_root_iter),
-            # runtime arguments, not globals: numba's cache would keep a global's old value
-            SGCV_DENOMINATOR_EPS, SGCV_NULL_RTOL_PER_FEATURE,
-        )  # fmt: skip
+        s, U = torch.linalg.eigh(inputs.G_mem.detach().to(torch.float64))
+        p = inputs
+        arrays = tuple(_as_array(x) for x in (s, U.mT, p.G, p.H, p.c, p.m, p.W, p.Lambda_prev))
+        args = (arrays, bool(p.memory_empty), _scalars(p.config), W_out, info_out)
         if B == 1:  # no thread pool; BLAS keeps its own threads for a large n_f
-            _slimtik_step_serial(*arrays, *scalars, W_out, info_out)
+            _slimtik_step_serial(*args)
         else:
             try:
                 with _single_threaded_blas():
-                    _slimtik_step_parallel(*arrays, *scalars, W_out, info_out)
+                    _slimtik_step_parallel(*args)
             except SystemError as exc:  # how a MemoryError leaves a prange loop
                 if isinstance(exc.__cause__, MemoryError):
                     raise MemoryError(str(exc.__cause__)) from exc
