@@ -10,6 +10,8 @@ block on the stream (benchmarks/gpu_check.sh runs the step under
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from torch.overrides import TorchFunctionMode
@@ -95,11 +97,14 @@ def _slim_batches(n: int, n_in: int = 5, n_out: int = 2, seed: int = 0):
 
 @pytest.mark.parametrize("memory_depth", [0, 2])
 @pytest.mark.parametrize("backend", NO_SYNC_BACKENDS + (EMULATE,))
-def test_slimtik_step_does_not_sync_until_the_record_is_read(backend: str, memory_depth: int) -> None:
+def test_slimtik_step_does_not_sync_until_the_record_is_read(backend: str, memory_depth: int,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
     """SlimTik.step with ``check_every=0`` forms the statistics, takes the lazily validated step and
     writes the head without one host synchronisation; reading a record reads every pending step
-    at once, and the numbers are those of the default (checked every step) optimizer."""
+    at once, and the numbers are those of the default (checked every step) optimizer. (The
+    general path: the fused small-head path is counted in the next test.)"""
     require_backend(backend)
+    monkeypatch.setattr("slimfast.fused_head.ENABLED", False)
     batches = _slim_batches(4)
     heads = [torch.nn.Linear(5, 2).double() for _ in range(2)]
     heads[1].load_state_dict(heads[0].state_dict())
@@ -188,3 +193,18 @@ def test_slimtik_deferred_skip_changes_no_weights() -> None:
     assert [r.skipped for r in records] == [False, True, False] and "target" in records[1].reason
     assert slim.n_skipped_ == 1 and slim.lambda_history_ == ref.lambda_history_
     assert torch.equal(heads[0].weight, heads[1].weight) and torch.equal(heads[0].bias, heads[1].bias)
+
+
+@pytest.mark.parametrize("check_every", [0, 1])
+def test_fused_small_head_step_makes_no_host_sync(check_every: int) -> None:
+    """The fused Linear path (CPU, cpp) returns its numbers from the compiled call: neither the
+    step nor reading its record calls .item()/.tolist()/bool() on a tensor."""
+    require_backend("cpp")
+    batches = _slim_batches(4)
+    slim = SlimTik(torch.nn.Linear(5, 2).double(), memory_depth=2, backend="cpp", check_every=check_every)
+    slim.step(*batches[0])
+    with CountHostSyncs() as counted:
+        records = [slim.step(*b) for b in batches[1:]]
+        values = [(r.lambda_, r.Lambda, r.sgcv, r.rel_residual, r.cond) for r in records]
+    assert counted.calls == [], counted.calls
+    assert all(math.isfinite(v) for row in values for v in row) and slim.n_steps_ == 4
