@@ -57,11 +57,15 @@ class SolverConfig:
         if self.mode not in MODE_CODES:
             raise ValueError(f"mode must be one of {sorted(MODE_CODES)}, got {self.mode!r}")
         lo, hi = (float(v) for v in self.Lambda_bounds)
+        lam_lo, lam_hi = (float(v) for v in self.lambda_bounds)
+        # Stored as float tuples so that a config is hashable (the backends cache its kernel
+        # options per config) whatever sequence was passed.
+        object.__setattr__(self, "Lambda_bounds", (lo, hi))
+        object.__setattr__(self, "lambda_bounds", (lam_lo, lam_hi))
         if not (math.isfinite(lo) and math.isfinite(hi)) or lo <= 0.0 or hi < lo:
             raise ValueError(
                 f"Lambda_bounds must satisfy 0 < Lambda_min <= Lambda_max < inf, got {self.Lambda_bounds}"
             )
-        lam_lo, lam_hi = (float(v) for v in self.lambda_bounds)
         if math.isnan(lam_lo) or math.isnan(lam_hi) or lam_hi <= lam_lo or lam_hi <= 0.0:
             raise ValueError(
                 f"lambda_bounds must satisfy lambda_min < lambda_max and lambda_max > 0, got {self.lambda_bounds}"

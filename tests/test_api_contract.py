@@ -217,3 +217,14 @@ def test_numpy_integers_count_as_integers() -> None:
     for bad in (True, np.bool_(True), 2.0, "2", np.array([2])):
         with pytest.raises(ValueError, match="batch"):
             SlimTikState(batch=bad, n_features=3, n_targets=1)
+
+
+def test_solver_config_bounds_are_stored_as_float_tuples() -> None:
+    """Any sequence is accepted for the bounds and kept as a float tuple, so every config is
+    hashable (the cpp backend caches its kernel options per config)."""
+    from slimfast import SolverConfig
+
+    listed = SolverConfig(Lambda_bounds=[1e-3, 10], lambda_bounds=[-1, 5])
+    assert listed.Lambda_bounds == (1e-3, 10.0) and listed.lambda_bounds == (-1.0, 5.0)
+    assert listed == SolverConfig(Lambda_bounds=(1e-3, 10.0), lambda_bounds=(-1.0, 5.0))
+    assert hash(listed) == hash(SolverConfig(Lambda_bounds=(1e-3, 10.0), lambda_bounds=(-1.0, 5.0)))
