@@ -24,7 +24,7 @@ from slimfast import SlimTikState, SolverConfig, slimtik_step
 from slimfast.optim import SlimTik
 from slimfast.train import SlimTrain
 
-from .conftest import CPU_BACKENDS, require_backend
+from .conftest import CPU_BACKENDS, EMULATE, require_backend
 from .solver_cases import RandomProblems, assert_backends_follow_the_twin, rel_err
 from .test_faults_training import _tree_equal
 
@@ -56,7 +56,7 @@ def _snapshot(t: SlimTrain) -> dict[str, Any]:
             "slim": t.slim.state_dict()}
 
 
-@pytest.fixture(params=CPU_BACKENDS)
+@pytest.fixture(params=CPU_BACKENDS + (EMULATE,))
 def cpu_backend(request: pytest.FixtureRequest) -> str:
     require_backend(request.param)
     return request.param
