@@ -102,7 +102,7 @@ def round_robin_schedule(n_pad: int) -> list[list[tuple[int, int]]]:
     """Rounds of disjoint (p, q) pairs of the parallel Jacobi ordering for an even n_pad."""
 
 def jacobi_rotation(app: float, aqq: float, apq: float) -> tuple[float, float, float]:
-    """(c, s, t) of the Jacobi rotation zeroing a_pq (slimfast_math.h jacobi_rotation)."""
+    """(c, s, t) of the Jacobi rotation zeroing a_pq (slimfast_jacobi.h jacobi_rotation)."""
 
 #: Element-type codes of ``FusedLinearStep`` ("float64", "float32", "bfloat16", "float16").
 FUSED_DTYPES: dict[str, int]

@@ -1,8 +1,9 @@
 """Float64 torch twins of the compiled kernels (method.md §2–4).
 
 Every function here has a compiled counterpart of the same name without the leading
-underscore (``csrc/slimfast_math.h``, ``csrc/cpu/slimtik_step_cpu.cpp``,
-``csrc/cuda/slimtik_step_cuda.cu``). The twins are the reference the tests compare every
+underscore: the step's composition in ``csrc/slimtik_step.h`` (run by the CPU launcher,
+``csrc/cpu/slimtik_step_cpu.cpp``, and the CUDA kernel, ``csrc/cuda/slimtik_step_cuda.cu``) and
+its leaf functions in ``csrc/slimfast_math.h``. The twins are the reference the tests compare every
 backend against, and on CUDA tensors they are the "torch.linalg.eigh (cuSOLVER) + torch
 sGCV" baseline of the benchmarks. They follow the kernels step by step: same grid, same
 bracket rule, same Illinois root iteration, so backends agree to rounding, not merely to the

@@ -93,9 +93,9 @@ void bind_block_emulation(py::module_& mod) {
           py::arg("reverse") = false, py::arg("shared") = SHARED_OFF,
           "The jacobi_eigh kernel's block code run serially on the host (host pointers), for tests.");
   mod.def("round_robin_schedule", &py_round_robin_schedule, py::arg("n_pad"),
-          "Rounds of (p, q) pairs of the parallel Jacobi ordering (slimfast_math.h round_robin_pair).");
+          "Rounds of (p, q) pairs of the parallel Jacobi ordering (slimfast_jacobi.h round_robin_pair).");
   mod.def("jacobi_rotation", &py_jacobi_rotation, py::arg("app"), py::arg("aqq"), py::arg("apq"),
-          "(c, s, t) of slimfast_math.h jacobi_rotation.");
+          "(c, s, t) of slimfast_jacobi.h jacobi_rotation.");
   mod.attr("JACOBI_TOL") = SLIMFAST_CUDA_JACOBI_TOL;
   mod.attr("JACOBI_MAX_SWEEPS") = SLIMFAST_CUDA_JACOBI_MAX_SWEEPS;
 }
