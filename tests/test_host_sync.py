@@ -45,7 +45,7 @@ def _problem(B: int = 3, n_f: int = 6, n_t: int = 2, seed: int = 0):
     return probs, SlimTikState(B, n_f, n_t, memory_depth=2), torch.zeros(B, n_t, n_f, dtype=F64)
 
 
-@pytest.mark.parametrize("backend", NO_SYNC_BACKENDS)
+@pytest.mark.parametrize("backend", NO_SYNC_BACKENDS + (EMULATE,))
 def test_lazy_step_does_not_sync(backend: str) -> None:
     require_backend(backend)
     probs, state, W = _problem()
