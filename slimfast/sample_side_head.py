@@ -86,7 +86,7 @@ def linear_design(head: nn.Linear, features: torch.Tensor, target: torch.Tensor,
 
 def _data_fault(Z: torch.Tensor, C: torch.Tensor, beta: float) -> tuple[str, bool]:
     """("", _) if the batch is usable; else the message and whether it may be skipped (NaN/Inf in
-    the data, not a scale error: one rule with the feature side, ``optim._check_data_finite``)."""
+    the data, not a scale error: one rule with the feature side, ``step_record.explain``)."""
     finite = torch.stack([torch.isfinite(Z).all(), torch.isfinite(C).all()]).tolist()
     bad = [name for name, ok in zip(("features", "target"), finite) if not ok]
     if bad:

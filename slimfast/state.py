@@ -56,7 +56,54 @@ def check_Lambda0(Lambda0: Any, config: SolverConfig | None = None, name: str = 
     return value
 
 
-class SlimTikState:
+class _RingState:
+    """What both solver states share: the sizes, Λ [B] and the ring counters (n_stored, head,
+    step_count), their checks at construction, and loading from a saved dict."""
+
+    def _init_ring(self, batch: Any, n_features: Any, n_targets: Any, memory_depth: Any, Lambda0: Any,
+                   device: torch.device | str, config: SolverConfig | None) -> None:
+        """Check the sizes and Λ_0 (against ``config``'s bounds when given; see ``SlimTikState``)
+        and set them, Λ and empty counters."""
+        batch, n_features, n_targets = (as_size(n, v, 1) for n, v in (("batch", batch), ("n_features", n_features),
+                                                                      ("n_targets", n_targets)))
+        memory_depth = as_size("memory_depth", memory_depth, 0)
+        if config is not None:
+            Lambda0 = check_Lambda0(Lambda0, config)
+        else:
+            try:
+                Lambda0 = float(Lambda0)
+            except (TypeError, ValueError):
+                raise ValueError(f"Lambda0 must be a number, got {Lambda0!r}") from None
+            if not (0.0 <= Lambda0 < float("inf")):
+                raise ValueError(f"Lambda0 must be finite and >= 0, got {Lambda0}")
+        self.batch, self.n_features, self.n_targets, self.memory_depth = batch, n_features, n_targets, memory_depth
+        self.Lambda = torch.full((batch,), Lambda0, dtype=torch.float64, device=torch.device(device))
+        self.n_stored = self.head = self.step_count = 0
+
+    @property
+    def device(self) -> torch.device:
+        return self.Lambda.device
+
+    @property
+    def memory_empty(self) -> bool:
+        return self.n_stored == 0
+
+    def _check_sizes_match(self, state: dict[str, Any]) -> None:
+        """ValueError unless the saved ``state`` has this state's sizes."""
+        for key in ("batch", "n_features", "n_targets", "memory_depth"):
+            if int(state[key]) != getattr(self, key):
+                raise ValueError(f"state_dict has {key}={state[key]}, this state has {getattr(self, key)}")
+
+    @classmethod
+    def from_state_dict(cls, state: dict[str, Any], device: torch.device | str = "cpu") -> Any:
+        """A new state on ``device`` holding exactly the saved ``state`` (checked first)."""
+        cls.check_state_dict(state)  # type: ignore[attr-defined]
+        new = cls(state["batch"], state["n_features"], state["n_targets"], state["memory_depth"], 0.0, device)
+        new.load_state_dict(state)  # type: ignore[attr-defined]
+        return new
+
+
+class SlimTikState(_RingState):
     """What one set of B problems carries from step to step (method.md §2).
 
     Attributes:
@@ -89,25 +136,8 @@ class SlimTikState:
         *,
         config: SolverConfig | None = None,
     ) -> None:
-        batch, n_features, n_targets = (as_size(n, v, 1) for n, v in (("batch", batch), ("n_features", n_features),
-                                                                      ("n_targets", n_targets)))
-        memory_depth = as_size("memory_depth", memory_depth, 0)
-        if config is not None:
-            Lambda0 = check_Lambda0(Lambda0, config)
-        else:
-            try:
-                Lambda0 = float(Lambda0)
-            except (TypeError, ValueError):
-                raise ValueError(f"Lambda0 must be a number, got {Lambda0!r}") from None
-            if not (0.0 <= Lambda0 < float("inf")):
-                raise ValueError(f"Lambda0 must be finite and >= 0, got {Lambda0}")
-        opts: dict[str, Any] = dict(dtype=torch.float64, device=torch.device(device))
-        self.batch, self.n_features, self.n_targets, self.memory_depth = batch, n_features, n_targets, memory_depth
-        self.memory = torch.zeros(batch, memory_depth, n_features, n_features, **opts)
-        self.n_stored = 0
-        self.head = 0
-        self.Lambda = torch.full((batch,), Lambda0, **opts)
-        self.step_count = 0
+        self._init_ring(batch, n_features, n_targets, memory_depth, Lambda0, device, config)
+        self.memory = self.Lambda.new_zeros(self.batch, self.memory_depth, self.n_features, self.n_features)
         self._reset_block_caches()
 
     def _reset_block_caches(self) -> None:
@@ -126,14 +156,6 @@ class SlimTikState:
                 old = torch.eye(U.shape[-1], dtype=U.dtype, device=U.device).expand_as(U)
             U = torch.where(applied[:, None, None], U, old)
         self.eigenvectors = U
-
-    @property
-    def device(self) -> torch.device:
-        return self.Lambda.device
-
-    @property
-    def memory_empty(self) -> bool:
-        return self.n_stored == 0
 
     def memory_gram(self, G: torch.Tensor) -> torch.Tensor:
         """G_mem [B, n_f, n_f] = G_k + Σ of the stored Gram matrices of earlier batches."""
@@ -261,27 +283,18 @@ class SlimTikState:
         """Restore exactly (float64 stays float64), onto this state's device; the whole dict is
         checked (``check_state_dict``) before anything is changed."""
         self.check_state_dict(state)
-        for key in ("batch", "n_features", "n_targets", "memory_depth"):
-            if int(state[key]) != getattr(self, key):
-                raise ValueError(f"state_dict has {key}={state[key]}, this state has {getattr(self, key)}")
+        self._check_sizes_match(state)
         self.memory = state["memory"].to(device=self.device, dtype=torch.float64).clone()
         self.Lambda = state["Lambda"].to(device=self.device, dtype=torch.float64).clone()
         self.n_stored, self.head, self.step_count = int(state["n_stored"]), int(state["head"]), int(state["step_count"])
         self._reset_block_caches()
-
-    @classmethod
-    def from_state_dict(cls, state: dict[str, Any], device: torch.device | str = "cpu") -> "SlimTikState":
-        cls.check_state_dict(state)
-        new = cls(state["batch"], state["n_features"], state["n_targets"], state["memory_depth"], 0.0, device)
-        new.load_state_dict(state)
-        return new
 
     def __repr__(self) -> str:
         return (f"SlimTikState(batch={self.batch}, n_features={self.n_features}, n_targets={self.n_targets}, "
                 f"memory_depth={self.memory_depth}, n_stored={self.n_stored}, step_count={self.step_count})")
 
 
-class SampleSideState:
+class SampleSideState(_RingState):
     """What B sample-side problems carry from step to step (method.md §4, last paragraph; §6).
 
     Instead of r Gram matrices [n_f, n_f] the memory keeps the last r *scaled feature blocks*
@@ -315,26 +328,12 @@ class SampleSideState:
         *,
         config: SolverConfig | None = None,
     ) -> None:
-        # The same size and Λ0 checks as the feature-side state (then its tensors are dropped).
-        ref = SlimTikState(batch, n_features, n_targets, 0, Lambda0, device, config=config)
-        memory_depth = as_size("memory_depth", memory_depth, 0)
-        self.batch, self.n_features, self.n_targets, self.memory_depth = ref.batch, ref.n_features, ref.n_targets, \
-            memory_depth
-        self.Lambda = ref.Lambda
+        self._init_ring(batch, n_features, n_targets, memory_depth, Lambda0, device, config)
         self.cap = 0
-        self.blocks = self.Lambda.new_zeros(ref.batch, 0, ref.n_features)
-        self.beta = self.Lambda.new_zeros(ref.batch, memory_depth)
-        self.kernel = self.Lambda.new_zeros(ref.batch, 0, 0)
-        self.sizes = [0] * memory_depth
-        self.n_stored = self.head = self.step_count = 0
-
-    @property
-    def device(self) -> torch.device:
-        return self.Lambda.device
-
-    @property
-    def memory_empty(self) -> bool:
-        return self.n_stored == 0
+        self.blocks = self.Lambda.new_zeros(self.batch, 0, self.n_features)
+        self.beta = self.Lambda.new_zeros(self.batch, self.memory_depth)
+        self.kernel = self.Lambda.new_zeros(self.batch, 0, 0)
+        self.sizes = [0] * self.memory_depth
 
     def columns(self) -> list[int]:
         """Indices into the padded r·cap columns of the stored samples, slot by slot."""
@@ -466,21 +465,12 @@ class SampleSideState:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore exactly (float64 stays float64) onto this state's device; checked first."""
         self.check_state_dict(state)
-        for key in ("batch", "n_features", "n_targets", "memory_depth"):
-            if int(state[key]) != getattr(self, key):
-                raise ValueError(f"state_dict has {key}={state[key]}, this state has {getattr(self, key)}")
+        self._check_sizes_match(state)
         opts: dict[str, Any] = dict(device=self.device, dtype=torch.float64)
         self.blocks, self.beta = state["blocks"].to(**opts).clone(), state["beta"].to(**opts).clone()
         self.kernel, self.Lambda = state["kernel"].to(**opts).clone(), state["Lambda"].to(**opts).clone()
         self.cap, self.sizes = int(state["cap"]), [int(n) for n in state["sizes"]]
         self.n_stored, self.head, self.step_count = int(state["n_stored"]), int(state["head"]), int(state["step_count"])
-
-    @classmethod
-    def from_state_dict(cls, state: dict[str, Any], device: torch.device | str = "cpu") -> "SampleSideState":
-        cls.check_state_dict(state)
-        new = cls(state["batch"], state["n_features"], state["n_targets"], state["memory_depth"], 0.0, device)
-        new.load_state_dict(state)
-        return new
 
     def __repr__(self) -> str:
         return (f"SampleSideState(batch={self.batch}, n_features={self.n_features}, n_targets={self.n_targets}, "
