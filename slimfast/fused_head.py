@@ -158,6 +158,8 @@ def fused_step(slim: SlimTik, features: Any, target: Any) -> SlimTikInfo | None:
         return None
     if steps_on_samples(slim, features):   # a wide head's state holds feature blocks, not Gram matrices
         return None
+    if slim._pending:   # unread deferred steps (check_every != 1) keep their order: general path until read
+        return None
     weight, bias = head.weight, head.bias
     key = (features.shape, features.stride(), features.dtype, features.device, features.is_neg(), target.shape,
            target.stride(), target.dtype, target.device, target.is_neg(), weight.shape, weight.stride(), weight.dtype, weight.device,
