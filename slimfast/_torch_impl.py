@@ -208,9 +208,12 @@ def _illinois_root(
 
 
 def _select_mu(
-    p: _Projections, m: torch.Tensor, Lambda_prev: torch.Tensor, config: SolverConfig
+    p: _Projections, m: torch.Tensor, Lambda_prev: torch.Tensor, config: SolverConfig, evaluate=None
 ) -> torch.Tensor:
-    """New cumulative regularisation μ = Λ_k [B] according to ``config.mode``."""
+    """New cumulative regularisation μ = Λ_k [B] according to ``config.mode``; ``evaluate(μ, p, m,
+    Lambda_prev) -> (f, R, g)`` is the sGCV function (default ``_sgcv_eval``; the block step's
+    ``_block_sgcv_eval`` for its projections)."""
+    _sgcv_eval = globals()["_sgcv_eval"] if evaluate is None else evaluate
     mu_lo, mu_hi = _admissible_interval(Lambda_prev, config)
     if config.mode == "constant":
         return torch.minimum(torch.maximum(Lambda_prev + config.lambda_const, mu_lo), mu_hi)
@@ -267,6 +270,10 @@ def _slimtik_step(inputs: StepInputs) -> tuple[torch.Tensor, torch.Tensor]:
         ``INFO_FIELDS``: λ_k, Λ_k, sGCV(λ_k), ‖res(λ_k)‖/‖βC_k‖, (s_max + Λ_k)/(s_min + Λ_k),
         s_min/max|s| of G_mem before clipping.
     """
+    if inputs.blocks is not None:
+        from ._torch_block import _slimtik_block_step   # it builds on this module
+
+        return _slimtik_block_step(inputs)
     G_mem, G, H, c, m, W, Lambda_prev = (inputs.G_mem, inputs.G, inputs.H, inputs.c, inputs.m, inputs.W,
                                          inputs.Lambda_prev)
     memory_empty, config = inputs.memory_empty, inputs.config

@@ -18,9 +18,10 @@ import torch
 
 from ._torch_impl import INFO_FIELDS
 from .backends import resolve_backend
+from .backends.boundary import BlockLayout
 from .config import SolverConfig
 from .state import SlimTikState
-from .validation import check_step_inputs, raise_first, result_faults
+from .validation import check_block_layout, check_step_inputs, raise_first, result_faults
 
 ArrayT = TypeVar("ArrayT", np.ndarray, torch.Tensor)
 
@@ -86,6 +87,7 @@ def slimtik_step(
     config: SolverConfig | None = None,
     backend: str | None = None,
     validate: Literal["eager", "lazy"] = "eager",
+    blocks: BlockLayout | None = None,
 ) -> tuple[ArrayT, StepInfo[ArrayT]]:
     """Advance ``state`` by one slimTik step and return the new weights (method.md §2.3).
 
@@ -106,6 +108,12 @@ def slimtik_step(
             asynchronous): value errors are recorded per problem in ``info.faults`` and raised by
             ``info.check()``; a rejected problem keeps its weights (W_new = W), its memory sum
             and Λ, while the state's step counter and ring position advance for all problems.
+        blocks: the Gram matrices' structure (``BlockLayout``: contiguous diagonal blocks, then
+            optionally one border feature such as a bias), or None. With it the step solves per
+            block (method.md §6 "Phase blocks": the same W_new, λ and sGCV to rounding, at
+            O(Σ n_p³) instead of O(n_f³)); entries of G between blocks must be exactly zero
+            (checked with ``validate="eager"``). ``cond`` and ``eig_min`` then describe the
+            diagonal blocks (and the border's corner).
 
     All arrays are float64, C-contiguous, numpy or torch (CPU or CUDA, on the state's
     device); the results have the type of ``W``. Bad input raises TypeError/ValueError naming
@@ -123,13 +131,15 @@ def slimtik_step(
     numpy_out = isinstance(W, np.ndarray)
     try:
         (G_t, H_t, c_t, m_t, W_t), faults = check_step_inputs(state, config, G, H, c, m, W)
+        if blocks is not None:
+            check_block_layout(blocks, G_t, check_zeros=validate == "eager")
         name, module = resolve_backend(backend, state.device)
         if validate == "eager":
             raise_first_if_any(faults, config, state.Lambda, name)
         inputs = (G_t, H_t, c_t, m_t, W_t) if validate == "eager" else _neutralised(faults, G_t, H_t, c_t, m_t, W_t)
         G_mem = state.memory_gram(inputs[0])
-        block = _block_options(module, state, G_mem, config, validate)
-        W_new, info = module.slimtik_step(G_mem, *inputs, state.Lambda, state.memory_empty, config, **block)
+        block = _block_options(module, state, G_mem, config, validate, blocks)
+        W_new, info = module.slimtik_step(G_mem, *inputs, state.Lambda, state.memory_empty, config, blocks, **block)
     except RuntimeError as exc:
         if _is_allocation_failure(exc):
             raise MemoryError(f"slimtik_step could not allocate its workspace (state unchanged): {exc}") from exc
@@ -144,7 +154,7 @@ def slimtik_step(
         ok = faults == 0
         W_new = torch.where(ok[:, None, None], W_new, W_t)
     state.commit(G_t, info[:, 1], applied=ok)
-    if block:
+    if "U_out" in block:
         state.keep_eigenvectors(block["U_out"], applied=ok)
     fields = {f: _like(info[:, i], numpy_out) for i, f in enumerate(INFO_FIELDS)}
     record = StepInfo(backend=name, faults=_like(faults, numpy_out), config=config,
@@ -153,13 +163,15 @@ def slimtik_step(
 
 
 def _block_options(module: Any, state: SlimTikState, G_mem: torch.Tensor, config: SolverConfig,
-                   validate: str) -> dict[str, Any]:
+                   validate: str, blocks: BlockLayout | None) -> dict[str, Any]:
     """What a backend running the CUDA block code (``module.BLOCK_CODE``) keeps in the state: the
     previous step's eigenvectors of G_mem as the Jacobi warm start (only the speed depends on
     them), a buffer for this step's, and a workspace reused across steps (no allocation by the
     kernel, none by torch once it is large enough). With ``validate="lazy"`` the eigensolver is
     the kernel's own Jacobi: cuSOLVER (the "auto" choice for a few large problems) synchronises."""
     if not getattr(module, "BLOCK_CODE", False):
+        return {}
+    if blocks is not None:   # the block-structured step keeps no eigenvectors of its own
         return {}
     size = max(1, module.workspace_size(state.batch, state.n_features, state.n_targets, config, state.memory_empty))
     ws = state.workspace

@@ -232,3 +232,26 @@ def result_faults(info: torch.Tensor, W_new: torch.Tensor) -> torch.Tensor:
     B = W_new.shape[0]
     return first_fault([(Fault.G_MEM_INDEFINITE, info[:, 5] < -INDEFINITE_RTOL),
                         (Fault.RESULT_NONFINITE, ~torch.isfinite(W_new.reshape(B, -1)).all(1))], B, W_new.device)
+
+
+def check_block_layout(blocks: Any, G: torch.Tensor, check_zeros: bool) -> None:
+    """Raise unless ``blocks`` is a ``BlockLayout`` of G's n_f features (TypeError/ValueError
+    naming ``blocks``) and, with ``check_zeros``, unless G [B, n_f, n_f] is exactly zero between
+    different blocks (ValueError naming G; one host synchronisation)."""
+    from .backends.boundary import BlockLayout
+
+    if not isinstance(blocks, BlockLayout):
+        raise TypeError(f"blocks must be a BlockLayout or None, got {type(blocks).__name__}")
+    n_f = G.shape[-1]
+    if blocks.n_features != n_f:
+        raise ValueError(f"blocks describe {blocks.n_features} features ({list(blocks.sizes)}"
+                         f"{' + border' if blocks.border else ''}), but G has n_f = {n_f}")
+    if not check_zeros:
+        return
+    n_c = blocks.n_core
+    off = G[:, :n_c, :n_c].clone()
+    for lo, hi in blocks.ranges():
+        off[:, lo:hi, lo:hi] = 0.0
+    if bool((off != 0).any()):
+        raise ValueError("G has nonzero entries between different blocks of `blocks`: the block-structured "
+                         "step needs them exactly zero (pass blocks=None for a dense G)")

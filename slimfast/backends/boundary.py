@@ -21,12 +21,53 @@ import torch
 from ..config import SolverConfig
 
 __all__ = [
-    "StepInputs", "as_buffer", "as_buffers", "eigenvector_buffer", "scratch", "square_batch", "step_buffers",
+    "BlockLayout", "StepInputs", "as_buffer", "as_buffers", "eigenvector_buffer", "scratch", "square_batch", "step_buffers",
     "step_entry",
 ]
 
 F64 = torch.float64
 R = TypeVar("R")
+
+
+@dataclass(frozen=True)
+class BlockLayout:
+    """Features in contiguous diagonal blocks, then optionally one border feature (method.md §6
+    "Phase blocks"): G_mem and G are zero between different blocks, and only the border (a
+    head's bias, the last feature) couples to all of them.
+
+    Attributes:
+        sizes: n_p of each block, in feature order (each ≥ 1).
+        border: whether one border feature follows the blocks.
+    """
+
+    sizes: tuple[int, ...]
+    border: bool
+
+    def __post_init__(self) -> None:
+        if not self.sizes or any(int(n) < 1 for n in self.sizes):
+            raise ValueError(f"blocks must have sizes >= 1, got {self.sizes}")
+
+    @property
+    def n_core(self) -> int:
+        """Σ_p n_p, the features in blocks."""
+        return sum(self.sizes)
+
+    @property
+    def n_features(self) -> int:
+        """n_f = Σ_p n_p (+1 with a border)."""
+        return self.n_core + int(self.border)
+
+    def ranges(self) -> list[tuple[int, int]]:
+        """[(first, end)] feature range of each block."""
+        out, lo = [], 0
+        for n in self.sizes:
+            out.append((lo, lo + n))
+            lo += n
+        return out
+
+    def offsets(self) -> tuple[int, ...]:
+        """(0, n_1, n_1 + n_2, …, n_core): P + 1 block boundaries."""
+        return (0,) + tuple(hi for _, hi in self.ranges())
 
 
 @dataclass(frozen=True)
@@ -41,6 +82,8 @@ class StepInputs:
         W: [B, n_t, n_f] current weights W_{k−1}.
         memory_empty: True when G_mem is G alone (then Uᵀ G U = diag(s)).
         config: λ mode and bounds.
+        blocks: the Gram matrices' block structure, or None (dense): with it, backends run the
+            block-structured step (twin ``_torch_block._slimtik_block_step``).
     """
 
     G_mem: torch.Tensor
@@ -52,6 +95,7 @@ class StepInputs:
     Lambda_prev: torch.Tensor
     memory_empty: bool
     config: SolverConfig
+    blocks: BlockLayout | None = None
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -70,8 +114,8 @@ def step_entry(kernel: Callable[..., R]) -> Callable[..., R]:
 
     def slimtik_step(G_mem: torch.Tensor, G: torch.Tensor, H: torch.Tensor, c: torch.Tensor, m: torch.Tensor,
                      W: torch.Tensor, Lambda_prev: torch.Tensor, memory_empty: bool, config: SolverConfig,
-                     **options: Any) -> R:
-        return kernel(StepInputs(G_mem, G, H, c, m, W, Lambda_prev, bool(memory_empty), config), **options)
+                     blocks: BlockLayout | None = None, **options: Any) -> R:
+        return kernel(StepInputs(G_mem, G, H, c, m, W, Lambda_prev, bool(memory_empty), config, blocks), **options)
 
     functools.update_wrapper(slimtik_step, kernel, assigned=("__module__", "__doc__"), updated=())
     return slimtik_step
@@ -120,7 +164,7 @@ def as_buffers(inputs: StepInputs, device_type: str) -> StepInputs:
     return StepInputs(
         as_buffer("G_mem", p.G_mem, mat, device), as_buffer("G", p.G, mat, device), as_buffer("H", p.H, rows, device),
         as_buffer("c", p.c, vec, device), as_buffer("m", p.m, vec, device), as_buffer("W", p.W, rows, device),
-        as_buffer("Lambda_prev", p.Lambda_prev, vec, device), p.memory_empty, p.config,
+        as_buffer("Lambda_prev", p.Lambda_prev, vec, device), p.memory_empty, p.config, p.blocks,
     )  # fmt: skip
 
 
