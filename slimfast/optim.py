@@ -39,6 +39,7 @@ from .heads import (
 )
 from .distributed import all_reduce_statistics, use_data_parallel
 from .fused_head import fused_step
+from .phase_blocks import phase_blocks
 from .solver import slimtik_step
 from .ownership import check_owner as _check_owner, claim as _claim, release_head
 from .sample_side_head import SolveSide, check_solve_side, sample_side_head_step, side_of, steps_on_samples
@@ -104,6 +105,9 @@ class SlimTik(torch.optim.Optimizer):
             in the state) and an error surfaces at the next check: the rejected step changed
             neither weights, memory nor Λ, but unless it was the last one it counts as a step.
         solve_side: "auto" (the sample side for a wide Linear head; ``sample_side_head``), "features", "samples".
+        block_solve: "auto" (default): a strided ``ConvTranspose2d`` head is solved per stride-phase
+            block (``phase_blocks``; method.md §6: the same step to rounding, s² small
+            eigendecompositions instead of one of size n_f); "off": always the dense step.
 
     The params form one group with an unused ``lr`` (1.0) so LR schedulers attach without error.
     ``step(features, target)`` replaces the usual ``step(closure)``; it needs no gradients.
@@ -113,7 +117,7 @@ class SlimTik(torch.optim.Optimizer):
     ``Lambda_history_``, ``alpha_history_``, ``sgcv_history_``, ``rel_residual_history_``,
     ``cond_history_`` (one entry per completed step; skipped batches add none).
 
-    ``on_nonfinite``, ``backend``, ``writer`` and ``check_every`` are run-time choices:
+    ``on_nonfinite``, ``backend``, ``block_solve``, ``writer`` and ``check_every`` are run-time choices:
     ``load_state_dict`` keeps them as constructed. A head has one SlimTik (a second raises ValueError; ``release_head``
     hands it over). ``copy.deepcopy`` and ``pickle`` give copies that continue exactly like the
     original.
@@ -136,8 +140,11 @@ class SlimTik(torch.optim.Optimizer):
         distributed: bool | None = None,
         check_every: int = 1,
         solve_side: SolveSide = "auto",
+        block_solve: Literal["auto", "off"] = "auto",
     ) -> None:
         check_head(head)
+        if block_solve not in ("auto", "off"):
+            raise ValueError(f"block_solve must be 'auto' or 'off', got {block_solve!r}")
         self.solve_side = check_solve_side(solve_side, head, distributed)
         if on_nonfinite not in ("raise", "skip"):
             raise ValueError(f"on_nonfinite must be 'raise' or 'skip', got {on_nonfinite!r}")
@@ -156,6 +163,7 @@ class SlimTik(torch.optim.Optimizer):
         self.Lambda0 = Lambda0
         self.reduction: Reduction = reduction
         self.backend = backend
+        self.block_solve = block_solve
         self.writer = writer
         self.on_nonfinite: NonfiniteAction = on_nonfinite
         self.process_group = process_group
@@ -316,7 +324,8 @@ class SlimTik(torch.optim.Optimizer):
         snap = state.snapshot() if self.head.weight.dtype != torch.float64 else None
         W_new, info = slimtik_step(state, G[None].to(dev), H[None].to(dev), c.reshape(1).to(dev), m,
                                    head_to_matrix(self.head)[None], config=self.config, backend=self.backend,
-                                   validate=validate)
+                                   validate=validate,
+                                   blocks=phase_blocks(self.head) if self.block_solve == "auto" else None)
         cast = self._write_back(W_new, snap)
         numbers = torch.stack([info.lambda_, info.Lambda, info.sgcv, info.rel_residual, info.cond,
                                info.faults.to(torch.float64)])[:, 0]

@@ -21,7 +21,9 @@ from .backends import resolve_backend
 from .backends.boundary import BlockLayout
 from .config import SolverConfig
 from .state import SlimTikState
-from .validation import check_block_layout, check_step_inputs, raise_first, result_faults
+from .validation import (
+    block_order, check_between_blocks_zero, check_block_layout, check_step_inputs, raise_first, result_faults,
+)
 
 ArrayT = TypeVar("ArrayT", np.ndarray, torch.Tensor)
 
@@ -131,15 +133,20 @@ def slimtik_step(
     numpy_out = isinstance(W, np.ndarray)
     try:
         (G_t, H_t, c_t, m_t, W_t), faults = check_step_inputs(state, config, G, H, c, m, W)
+        perm = None
         if blocks is not None:
-            check_block_layout(blocks, G_t, check_zeros=validate == "eager")
+            check_block_layout(blocks, G_t)
+            perm = block_order(blocks, G_t.device)
         name, module = resolve_backend(backend, state.device)
         if validate == "eager":
             raise_first_if_any(faults, config, state.Lambda, name)
         inputs = (G_t, H_t, c_t, m_t, W_t) if validate == "eager" else _neutralised(faults, G_t, H_t, c_t, m_t, W_t)
         G_mem = state.memory_gram(inputs[0])
         block = _block_options(module, state, G_mem, config, validate, blocks)
-        W_new, info = module.slimtik_step(G_mem, *inputs, state.Lambda, state.memory_empty, config, blocks, **block)
+        if blocks is None:
+            W_new, info = module.slimtik_step(G_mem, *inputs, state.Lambda, state.memory_empty, config, **block)
+        else:
+            W_new, info = _blocked_step(module, blocks, perm, G_mem, inputs, state, config, validate == "eager")
     except RuntimeError as exc:
         if _is_allocation_failure(exc):
             raise MemoryError(f"slimtik_step could not allocate its workspace (state unchanged): {exc}") from exc
@@ -160,6 +167,26 @@ def slimtik_step(
     record = StepInfo(backend=name, faults=_like(faults, numpy_out), config=config,
                       Lambda_prev=_like(Lambda_prev, numpy_out), **fields)
     return _like(W_new, numpy_out), record
+
+
+def _blocked_step(module: Any, blocks: BlockLayout, perm: torch.Tensor | None, G_mem: torch.Tensor,
+                  inputs: tuple[torch.Tensor, ...], state: SlimTikState, config: SolverConfig,
+                  check_zeros: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """The backend's block-structured step on the features permuted into block order (``perm``,
+    None when they are in order already) and its weights permuted back."""
+    G, H, c, m, W = inputs
+    if perm is not None:
+        G_mem, G = G_mem[:, perm][:, :, perm], G[:, perm][:, :, perm]
+        H, W = H[:, :, perm], W[:, :, perm]
+    if check_zeros:
+        check_between_blocks_zero(blocks, G)
+    W_blk, info = module.slimtik_step(G_mem, G, H, c, m, W, state.Lambda, state.memory_empty, config,
+                                      blocks.contiguous())
+    if perm is None:
+        return W_blk, info
+    W_new = torch.empty_like(W_blk)
+    W_new[:, :, perm] = W_blk
+    return W_new, info
 
 
 def _block_options(module: Any, state: SlimTikState, G_mem: torch.Tensor, config: SolverConfig,

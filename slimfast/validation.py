@@ -12,6 +12,7 @@ Two kinds of check, each written once:
 
 from __future__ import annotations
 
+import functools
 import math
 import numbers
 from enum import IntEnum
@@ -234,10 +235,10 @@ def result_faults(info: torch.Tensor, W_new: torch.Tensor) -> torch.Tensor:
                         (Fault.RESULT_NONFINITE, ~torch.isfinite(W_new.reshape(B, -1)).all(1))], B, W_new.device)
 
 
-def check_block_layout(blocks: Any, G: torch.Tensor, check_zeros: bool) -> None:
+
+def check_block_layout(blocks: Any, G: torch.Tensor) -> None:
     """Raise unless ``blocks`` is a ``BlockLayout`` of G's n_f features (TypeError/ValueError
-    naming ``blocks``) and, with ``check_zeros``, unless G [B, n_f, n_f] is exactly zero between
-    different blocks (ValueError naming G; one host synchronisation)."""
+    naming ``blocks``)."""
     from .backends.boundary import BlockLayout
 
     if not isinstance(blocks, BlockLayout):
@@ -246,8 +247,21 @@ def check_block_layout(blocks: Any, G: torch.Tensor, check_zeros: bool) -> None:
     if blocks.n_features != n_f:
         raise ValueError(f"blocks describe {blocks.n_features} features ({list(blocks.sizes)}"
                          f"{' + border' if blocks.border else ''}), but G has n_f = {n_f}")
-    if not check_zeros:
-        return
+
+
+@functools.lru_cache(maxsize=32)
+def _order_tensor(order: tuple[int, ...], device: torch.device) -> torch.Tensor:
+    return torch.tensor(order, dtype=torch.long, device=device)
+
+
+def block_order(blocks: Any, device: torch.device) -> torch.Tensor | None:
+    """``blocks.order`` as an index tensor on ``device`` (built once per layout), or None."""
+    return None if blocks.order is None else _order_tensor(blocks.order, device)
+
+
+def check_between_blocks_zero(blocks: Any, G: torch.Tensor) -> None:
+    """ValueError naming G unless G [B, n_f, n_f] (in block order) is exactly zero between
+    different blocks of ``blocks`` (one host synchronisation)."""
     n_c = blocks.n_core
     off = G[:, :n_c, :n_c].clone()
     for lo, hi in blocks.ranges():

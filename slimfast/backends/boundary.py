@@ -38,14 +38,24 @@ class BlockLayout:
     Attributes:
         sizes: n_p of each block, in feature order (each ≥ 1).
         border: whether one border feature follows the blocks.
+        order: for the solver (``slimtik_step(blocks=…)``): the features' indices in block order
+            (a permutation of range(n_f); position i of the blocked problem is feature order[i]),
+            or None when they are already in order. Backends only see contiguous layouts.
     """
 
     sizes: tuple[int, ...]
     border: bool
+    order: tuple[int, ...] | None = None
 
     def __post_init__(self) -> None:
         if not self.sizes or any(int(n) < 1 for n in self.sizes):
             raise ValueError(f"blocks must have sizes >= 1, got {self.sizes}")
+        if self.order is not None and sorted(self.order) != list(range(self.n_features)):
+            raise ValueError(f"blocks.order must be a permutation of range({self.n_features})")
+
+    def contiguous(self) -> "BlockLayout":
+        """The same blocks with the features already in order (what a backend receives)."""
+        return self if self.order is None else BlockLayout(self.sizes, self.border)
 
     @property
     def n_core(self) -> int:
