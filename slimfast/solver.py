@@ -133,10 +133,10 @@ def slimtik_step(
     numpy_out = isinstance(W, np.ndarray)
     try:
         (G_t, H_t, c_t, m_t, W_t), faults = check_step_inputs(state, config, G, H, c, m, W)
-        perm = None
+        order = None
         if blocks is not None:
             check_block_layout(blocks, G_t)
-            perm = block_order(blocks, G_t.device)
+            order = block_order(blocks, G_t.device)
         name, module = resolve_backend(backend, state.device)
         if validate == "eager":
             raise_first_if_any(faults, config, state.Lambda, name)
@@ -146,7 +146,7 @@ def slimtik_step(
         if blocks is None:
             W_new, info = module.slimtik_step(G_mem, *inputs, state.Lambda, state.memory_empty, config, **block)
         else:
-            W_new, info = _blocked_step(module, blocks, perm, G_mem, inputs, state, config, validate == "eager")
+            W_new, info = _blocked_step(module, blocks, order, G_mem, inputs, state, config, validate == "eager")
     except RuntimeError as exc:
         if _is_allocation_failure(exc):
             raise MemoryError(f"slimtik_step could not allocate its workspace (state unchanged): {exc}") from exc
@@ -169,15 +169,19 @@ def slimtik_step(
     return _like(W_new, numpy_out), record
 
 
-def _blocked_step(module: Any, blocks: BlockLayout, perm: torch.Tensor | None, G_mem: torch.Tensor,
-                  inputs: tuple[torch.Tensor, ...], state: SlimTikState, config: SolverConfig,
+def _blocked_step(module: Any, blocks: BlockLayout, order: tuple[torch.Tensor, torch.Tensor] | None,
+                  G_mem: torch.Tensor, inputs: tuple[torch.Tensor, ...], state: SlimTikState, config: SolverConfig,
                   check_zeros: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """The backend's block-structured step on the features permuted into block order (``perm``,
-    None when they are in order already) and its weights permuted back."""
+    """The backend's block-structured step on the features permuted into block order (``order``:
+    ``validation.block_order``, None when they are in order already), weights permuted back."""
     G, H, c, m, W = inputs
-    if perm is not None:
-        G_mem, G = G_mem[:, perm][:, :, perm], G[:, perm][:, :, perm]
-        H, W = H[:, :, perm], W[:, :, perm]
+    perm = None
+    if order is not None:
+        perm, flat = order
+        shape = G.shape
+        G_mem = G_mem.reshape(shape[0], -1).index_select(1, flat).reshape(shape)
+        G = G.reshape(shape[0], -1).index_select(1, flat).reshape(shape)
+        H, W = H.index_select(2, perm), W.index_select(2, perm)
     if check_zeros:
         check_between_blocks_zero(blocks, G)
     W_blk, info = module.slimtik_step(G_mem, G, H, c, m, W, state.Lambda, state.memory_empty, config,
