@@ -33,6 +33,7 @@ import math
 import numbers
 from typing import Any
 
+import scipy.linalg
 import torch
 
 from ._torch_impl import INFO_FIELDS, _admissible_interval, _slimtik_step
@@ -58,6 +59,19 @@ def prefer_samples(n_features: int, memory_depth: int, n_b: int) -> bool:
     return n_features > SAMPLE_SIDE_CROSSOVER * (memory_depth + 1) * n_b
 
 
+def _eigh(K: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Eigenpairs of K [B, N, N] as ``torch.linalg.eigh``. On CPU by SciPy's LAPACK (divide and
+    conquer), which the compiled CPU step uses too: 14 ms instead of torch's 16–21 ms at N = 384
+    on one thread (benchmarks/RESULTS.md, "Wide heads"); on CUDA by torch (cuSOLVER)."""
+    if K.device.type != "cpu":
+        return torch.linalg.eigh(K)
+    s, V = K.new_empty(K.shape[:-1]), torch.empty_like(K)
+    for b in range(K.shape[0]):
+        w, v = scipy.linalg.eigh(K[b].numpy(), driver="evd", check_finite=False)
+        s[b], V[b] = torch.from_numpy(w), torch.from_numpy(v)
+    return s, V
+
+
 def _kernel_basis(K: torch.Tensor, n_f: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Range basis of M from its kernel matrix K = MᵀM [B, N, N].
 
@@ -66,7 +80,7 @@ def _kernel_basis(K: torch.Tensor, n_f: int) -> tuple[torch.Tensor, torch.Tensor
     kernel treats as null directions and the lift ignores. Kept: at most n_f eigenvalues (G_mem
     has n_f), and only those above the dense path's threshold n_f·ε·σ²_max (method.md §6).
     """
-    s, V = torch.linalg.eigh(K)
+    s, V = _eigh(K)
     N = K.shape[-1]
     keep = s > SGCV_NULL_RTOL_PER_FEATURE * n_f * s[:, -1:]
     keep[:, : max(N - n_f, 0)] = False
