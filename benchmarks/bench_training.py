@@ -35,6 +35,11 @@ the fused step agrees with its float64 torch twin (``_fused_linear_step``, relat
 times ``SlimTik.step`` on the fused and on the general path for Linear heads of those sizes
 (interleaved, batch 32, r = 5), which is how ``fused_head.FUSED_MAX_WORK`` was chosen.
 
+Phase blocks (``slimfast.phase_blocks``): for strided ConvTranspose2d heads (digits, MNIST) the
+script first checks that the block-structured step of the default backend agrees with the dense
+step's float64 twin (``block_solve="off"``, torch backend; relative difference of the head weights
+≤ 1e-9 over the case's batches) and prints the largest difference.
+
 ``--busy N`` runs N busy-looping background processes for the whole run (started before the
 first case, killed at the end): the loaded measurement of the thread policy (issue 10, scope 5).
 
@@ -46,6 +51,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
 import os
 import platform
 import statistics
@@ -273,6 +279,34 @@ def check_fused(case: Case) -> float | None:
     return worst
 
 
+def check_blocks(case: Case) -> float | None:
+    """Largest relative difference of the head weights between the phase-block step (default
+    backend) and the dense step's float64 twin (``block_solve="off"``, torch backend) over the
+    case's batches (memory filling and wrapping); None when the head has no phase blocks. Head and
+    features in float64, so that the comparison sees the solve, not the cast to float32."""
+    from slimfast.phase_blocks import phase_blocks
+
+    body, head = case.make_body(), case.make_head().double()
+    if phase_blocks(head) is None:
+        return None
+    twin_head = copy.deepcopy(head)
+    slim = SlimTik(head, memory_depth=MEMORY_DEPTH)
+    twin = SlimTik(twin_head, memory_depth=MEMORY_DEPTH, backend="torch", block_solve="off")
+    worst = 0.0
+    for i in range(MEMORY_DEPTH + 3):
+        x, y = case.batches[i % len(case.batches)]
+        with torch.no_grad():
+            z, y = body(x).double(), y.double()
+        slim.step(z, y)
+        twin.step(z, y)
+        a = torch.cat([p.detach().reshape(-1) for p in head.parameters()])
+        b = torch.cat([p.detach().reshape(-1) for p in twin_head.parameters()])
+        worst = max(worst, float((a - b).norm() / b.norm()))
+    if not worst <= 1e-9:
+        raise AssertionError(f"{case.name}: phase-block step differs from the dense twin by {worst:.2e} (> 1e-9)")
+    return worst
+
+
 @contextlib.contextmanager
 def background_load(n: int) -> Iterator[None]:
     """n busy-looping Python processes for the duration of the block (each killed by its pid)."""
@@ -361,6 +395,9 @@ def _run(args: argparse.Namespace) -> int:
         fused_err = check_fused(case)
         if fused_err is not None:
             print(f"  {name}: fused step = float64 twin to {fused_err:.1e} (≤ 1e-9)", flush=True)
+        block_err = check_blocks(case)
+        if block_err is not None:
+            print(f"  {name}: phase-block step = dense float64 twin to {block_err:.1e} (≤ 1e-9)", flush=True)
         trainers: dict[str, object] = {"adam": AdamStep(case.make_body(), case.make_head())}
         for be in names:
             trainers[f"slim:{be or 'auto'}"] = make_slimtrain(case, be)
