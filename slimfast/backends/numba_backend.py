@@ -6,7 +6,14 @@ Illinois iteration with the same termination and clamps, reference candidates an
 info columns), so it agrees with the twin to rounding. The helpers below mirror
 ``_sgcv_precompute``, ``_sgcv_eval``, ``_select_mu`` and ``_illinois_root`` for a single
 problem; two entry points loop over the B problems (``prange`` when B > 1, a plain loop when
-B == 1 so a single problem pays no thread-pool overhead and LAPACK keeps all cores).
+B == 1 so a single problem pays no thread-pool overhead and LAPACK keeps all cores). With
+``blocks`` the step is ``numba_block``'s (twin ``_torch_block._slimtik_block_step``).
+
+The λ search (``_select_mu``, ``_illinois_root``) is shared with the block step: it evaluates
+sGCV through ``sgcv_at(μ, Λ_{k−1}, proj, …)``, an overload chosen at compile time by the type
+of the projections ``proj`` (``_DenseProjections`` here, numba_block's for the block step). An
+overload, not a jitted evaluator passed as an argument: numba cannot cache a function that
+receives or references a dispatcher as a value, so every process would recompile the step.
 
 Nothing is compiled at import: numba compiles each function on its first call and caches
 the machine code under ``__pycache__`` (or numba's user-wide cache directory); when no cache
@@ -17,11 +24,14 @@ from __future__ import annotations
 
 import contextlib
 import math
-from typing import Any
+from collections import namedtuple
+from typing import Any, Callable
 
 import numba
 import numpy as np
 import torch
+from numba.core import types
+from numba.extending import overload
 
 from .._torch_impl import N_INFO, N_REFERENCE_POINTS
 from ..config import FLOAT64_EPS, SGCV_DENOMINATOR_EPS, SGCV_NULL_RTOL_PER_FEATURE, SolverConfig
@@ -41,12 +51,13 @@ def _jit(**options):
     ZeroDivisionError), so the kernels keep the twin's semantics in degenerate cases.
     """
     options.setdefault("error_model", "numpy")
+    options.setdefault("cache", True)
 
     def wrap(func):
         try:
-            return numba.njit(cache=True, **options)(func)
+            return numba.njit(**options)(func)
         except RuntimeError:  # "cannot cache function ...: no locator available"
-            return numba.njit(cache=False, **options)(func)
+            return numba.njit(**{**options, "cache": False})(func)
 
     return wrap
 
@@ -77,6 +88,23 @@ def _linspace01(i, n):
     if i < n // 2:
         return step * i
     return 1.0 - step * (n - i - 1)
+
+
+@_jit()
+def _sgcv_value(m, R, D, den_eps):
+    """f = m·max(R, 0)/D² as the twins: NaN → inf, ±inf → ±DBL_MAX (torch.nan_to_num(f, nan=inf)),
+    then f = +inf where μ is inadmissible, D ≤ SGCV_DENOMINATOR_EPS·m (``den_eps``)."""
+    Rc = 0.0 if R < 0.0 else R  # clamp_min(0) keeps NaN
+    f = m * Rc / (D * D)
+    if math.isnan(f):
+        f = math.inf
+    elif f == math.inf:
+        f = _DBL_MAX
+    elif f == -math.inf:
+        f = -_DBL_MAX
+    if not D > den_eps * m:
+        f = math.inf
+    return f
 
 
 # --- mirrors of the torch twin ----------------------------------------------------------
@@ -190,8 +218,7 @@ def _sgcv_eval(mu, Lambda_prev, s, a, b, k, Q, diagonal, res0, m, n_t, den_eps):
 
     R(μ) = res0 − 2 Σ_j d_j (a_j + λ b_j) + dᵀ(Q0 + λQ1 + λ²Q2)d,  d = 1/(s + μ), λ = μ − Λ_{k−1}
     f(μ) = m R / (m − n_t T)²,  T = Σ_j K̃_jj d_j; g = R' D − 2 R D' with D = m − n_t T.
-    NaN → inf, ±inf → ±DBL_MAX (torch.nan_to_num(f, nan=inf)); then f = +inf where μ is
-    inadmissible, D ≤ SGCV_DENOMINATOR_EPS·m.
+    f as ``_sgcv_value`` (+inf where μ is inadmissible).
     """
     n_f = s.shape[0]
     lam = mu - Lambda_prev
@@ -227,22 +254,41 @@ def _sgcv_eval(mu, Lambda_prev, s, a, b, k, Q, diagonal, res0, m, n_t, den_eps):
     D = m - n_t * S[6]
     D_der = n_t * S[7]
     g = R_der * D - 2.0 * R * D_der
-    Rc = 0.0 if R < 0.0 else R  # clamp_min(0) keeps NaN
-    f = m * Rc / (D * D)
-    if math.isnan(f):
-        f = math.inf
-    elif f == math.inf:
-        f = _DBL_MAX
-    elif f == -math.inf:
-        f = -_DBL_MAX
-    if not D > den_eps * m:
-        f = math.inf
-    return f, R, g
+    return _sgcv_value(m, R, D, den_eps), R, g
 
 
-@_jit()
-def _illinois_root(ta, tb, ga, gb, Lambda_prev, s, a, b, k, Q, diagonal, res0, m, n_t, root_tol, max_root_iter,
-                   den_eps):
+#: What the dense ``_sgcv_eval`` reads after ``_sgcv_precompute`` (``_select_mu``'s ``proj``).
+_DenseProjections = namedtuple("_DenseProjections", ("s", "a", "b", "k", "Q", "diagonal", "res0"))
+
+
+def _sgcv_at(mu, Lambda_prev, proj, m, n_t, den_eps):
+    """(f, R, g) at one μ from the projections ``proj``: jitted code only, where the ``overload``
+    matching the type of ``proj`` supplies the evaluator (module docstring)."""
+    raise NotImplementedError("_sgcv_at is only callable from jitted code")
+
+
+def _is_projections(proj, cls) -> bool:
+    """Whether the numba type ``proj`` is the namedtuple ``cls`` (an ``_sgcv_at`` overload's match)."""
+    return isinstance(proj, types.NamedTuple) and proj.instance_class is cls
+
+
+@overload(_sgcv_at, jit_options={"error_model": "numpy"})
+def _sgcv_at_dense(mu, Lambda_prev, proj, m, n_t, den_eps):
+    if not _is_projections(proj, _DenseProjections):
+        return None
+
+    def impl(mu, Lambda_prev, proj, m, n_t, den_eps):
+        return _sgcv_eval(mu, Lambda_prev, proj.s, proj.a, proj.b, proj.k, proj.Q, proj.diagonal, proj.res0, m,
+                          n_t, den_eps)
+
+    return impl
+
+
+# The search is not cached on its own: numba keys a cache on the file of the cached function only
+# and would reuse a stale search after a change to another file's evaluator; each step's entry
+# point caches it with the evaluator it calls.
+@_jit(cache=False)
+def _illinois_root(ta, tb, ga, gb, Lambda_prev, proj, m, n_t, root_tol, max_root_iter, den_eps):
     """Root of g(t) = sGCV'(e^t) sign on [ta, tb] by Illinois regula falsi, as ``_illinois_root``."""
     side = 0
     c_prev = math.nan
@@ -250,7 +296,7 @@ def _illinois_root(ta, tb, ga, gb, Lambda_prev, s, a, b, k, Q, diagonal, res0, m
     for _ in range(max_root_iter):
         c_new = (ta * gb - tb * ga) / (gb - ga)
         c = _fmin(_fmax(c_new, _fmin(ta, tb)), _fmax(ta, tb))
-        gc = _sgcv_eval(math.exp(c), Lambda_prev, s, a, b, k, Q, diagonal, res0, m, n_t, den_eps)[2]
+        gc = _sgcv_at(math.exp(c), Lambda_prev, proj, m, n_t, den_eps)[2]
         if gc == 0 or abs(c - c_prev) <= root_tol * _fmax(abs(c), 1.0):
             break
         if (gc > 0) == (gb > 0):
@@ -270,12 +316,11 @@ def _illinois_root(ta, tb, ga, gb, Lambda_prev, s, a, b, k, Q, diagonal, res0, m
     return c
 
 
-@_jit()
-def _select_mu(
-    Lambda_prev, s, a, b, k, Q, diagonal, res0, m, n_t,
-    mode, lambda_const, Lmin, Lmax, lmin, lmax, n_grid, root_tol, max_root_iter, den_eps, null_rtol,
-):  # fmt: skip
-    """New cumulative regularisation μ = Λ_k for one problem according to ``mode``."""
+@_jit(cache=False)
+def _select_mu(Lambda_prev, proj, m, n_t, opts):
+    """New cumulative regularisation μ = Λ_k for one problem according to the mode in ``opts``
+    (``_scalars``), sGCV evaluated by ``_sgcv_at`` on the projections ``proj``."""
+    mode, lambda_const, Lmin, Lmax, lmin, lmax, n_grid, root_tol, max_root_iter, den_eps, _ = opts
     mu_lo, mu_hi = _admissible_interval(Lambda_prev, Lmin, Lmax, lmin, lmax)
     if mode == _MODE_CONSTANT:
         return _fmin(_fmax(Lambda_prev + lambda_const, mu_lo), mu_hi)
@@ -303,7 +348,7 @@ def _select_mu(
                     lam = 10.0 ** (math.log10(lmax_ref) - step * (n - j - 1))
             mu = Lambda_prev + lam
             if mu >= mu_lo and mu <= mu_hi:
-                f = _sgcv_eval(mu, Lambda_prev, s, a, b, k, Q, diagonal, res0, m, n_t, den_eps)[0]
+                f = _sgcv_at(mu, Lambda_prev, proj, m, n_t, den_eps)[0]
             else:
                 f = math.inf
             if math.isfinite(f):
@@ -325,7 +370,7 @@ def _select_mu(
     f_best = math.inf
     for i in range(n_grid):
         t = t_lo + (t_hi - t_lo) * _linspace01(i, n_grid)
-        f, _, g = _sgcv_eval(math.exp(t), Lambda_prev, s, a, b, k, Q, diagonal, res0, m, n_t, den_eps)
+        f, _, g = _sgcv_at(math.exp(t), Lambda_prev, proj, m, n_t, den_eps)
         t_grid[i] = t
         f_grid[i] = f
         g_grid[i] = g
@@ -343,23 +388,18 @@ def _select_mu(
     bracketed = bracketed and f_best < math.inf and f_grid[i_other] < math.inf  # admissible ends
     t_star = t_best
     if bracketed:
-        t_star = _illinois_root(
-            t_other, t_best, g_other, g_best, Lambda_prev, s, a, b, k, Q, diagonal, res0, m, n_t,
-            root_tol, max_root_iter, den_eps,
-        )  # fmt: skip
+        t_star = _illinois_root(t_other, t_best, g_other, g_best, Lambda_prev, proj, m, n_t, root_tol,
+                                max_root_iter, den_eps)
     return _fmin(_fmax(math.exp(t_star), mu_lo), mu_hi)
 
 
 @_jit()
 def _slimtik_step_one(s, UT, G, H, c, m, W, Lambda_prev, memory_empty, opts, W_out, info_out):
     """One problem of ``_slimtik_step``: writes W_new into W_out [n_t,n_f] and info_out [N_INFO]."""
-    mode, lambda_const, Lmin, Lmax, lmin, lmax, n_grid, root_tol, max_root_iter, den_eps, null_rtol = opts
+    den_eps, null_rtol = opts[9], opts[10]
     n_t = W.shape[0]
     s, UT, Bt, Wt, a, b, k, Q, res0, eig_min = _sgcv_precompute(s, UT, G, H, c, W, memory_empty, null_rtol)
-    mu = _select_mu(
-        Lambda_prev, s, a, b, k, Q, memory_empty, res0, m, n_t,
-        mode, lambda_const, Lmin, Lmax, lmin, lmax, n_grid, root_tol, max_root_iter, den_eps, null_rtol,
-    )  # fmt: skip
+    mu = _select_mu(Lambda_prev, _DenseProjections(s, a, b, k, Q, memory_empty, res0), m, n_t, opts)
     f, R, _ = _sgcv_eval(mu, Lambda_prev, s, a, b, k, Q, memory_empty, res0, m, n_t, den_eps)
     lam = mu - Lambda_prev
     n_f = s.shape[0]
@@ -426,6 +466,21 @@ def _single_threaded_blas() -> contextlib.AbstractContextManager:
     return _blas_controller.limit(limits=1)
 
 
+def _run_batch(serial: Callable, parallel: Callable, args: tuple, B: int) -> None:
+    """``serial(*args)`` for B == 1 (no thread pool; BLAS keeps its own threads for a large n_f),
+    else ``parallel(*args)`` with single-threaded BLAS; a MemoryError in a worker raises as one."""
+    if B == 1:
+        serial(*args)
+        return
+    try:
+        with _single_threaded_blas():
+            parallel(*args)
+    except SystemError as exc:  # how a MemoryError leaves a prange loop
+        if isinstance(exc.__cause__, MemoryError):
+            raise MemoryError(str(exc.__cause__)) from exc
+        raise
+
+
 def _as_array(x: torch.Tensor) -> np.ndarray:
     """Zero-copy float64 C-contiguous view (copies only if the tensor is not already one)."""
     return x.detach().to(dtype=torch.float64).contiguous().numpy()
@@ -447,6 +502,10 @@ def slimtik_step(inputs: StepInputs) -> tuple[torch.Tensor, torch.Tensor]:
 
     Returns W_new [B, n_t, n_f] and info [B, N_INFO] (columns ``INFO_FIELDS``) as torch tensors.
     """
+    if inputs.blocks is not None:
+        from .numba_block import slimtik_block_step  # it builds on this module
+
+        return slimtik_block_step(inputs)
     B, n_t, n_f = inputs.shape
     W_out = np.empty((B, n_t, n_f))
     info_out = np.empty((B, N_INFO))
@@ -456,14 +515,5 @@ def slimtik_step(inputs: StepInputs) -> tuple[torch.Tensor, torch.Tensor]:
         p = inputs
         arrays = tuple(_as_array(x) for x in (s, U.mT, p.G, p.H, p.c, p.m, p.W, p.Lambda_prev))
         args = (arrays, bool(p.memory_empty), _scalars(p.config), W_out, info_out)
-        if B == 1:  # no thread pool; BLAS keeps its own threads for a large n_f
-            _slimtik_step_serial(*args)
-        else:
-            try:
-                with _single_threaded_blas():
-                    _slimtik_step_parallel(*args)
-            except SystemError as exc:  # how a MemoryError leaves a prange loop
-                if isinstance(exc.__cause__, MemoryError):
-                    raise MemoryError(str(exc.__cause__)) from exc
-                raise
+        _run_batch(_slimtik_step_serial, _slimtik_step_parallel, args, B)
     return torch.from_numpy(W_out), torch.from_numpy(info_out)
