@@ -146,17 +146,19 @@ def _block_precompute(G_mem, G, H, c, W, offsets, border, null_rtol):
 
 
 @_jit()
+def _kblock(p, q):
+    """(lo, hi, K_q) of block q: its feature range and its n_q × n_q matrix as a view of p.K."""
+    lo, hi = p.offsets[q], p.offsets[q + 1]
+    n = hi - lo
+    return lo, hi, p.K[p.packed[q]:p.packed[q] + n * n].reshape((n, n))
+
+
+@_jit()
 def _times_k(p, x, out):
-    """out = K x for x [n_c] (K block diagonal, packed, symmetric)."""
+    """out = K x for x [n_c] (K block diagonal, packed, symmetric), by BLAS per block."""
     for q in range(p.offsets.shape[0] - 1):
-        lo, hi, base = p.offsets[q], p.offsets[q + 1], p.packed[q]
-        n = hi - lo
-        for i in range(n):
-            acc = 0.0
-            row = base + i * n
-            for j in range(n):
-                acc += p.K[row + j] * x[lo + j]
-            out[lo + i] = acc
+        lo, hi, Kq = _kblock(p, q)
+        out[lo:hi] = Kq @ x[lo:hi]
 
 
 @_jit()
@@ -164,24 +166,18 @@ def _times_gram(p, Y, out):
     """out = Y G' for rows Y [n_t, n_f] (G' in the block basis: K, border k_b, corner γ)."""
     n_t = Y.shape[0]
     n_c = p.s.shape[0]
+    for q in range(p.offsets.shape[0] - 1):
+        lo, hi, Kq = _kblock(p, q)
+        out[:, lo:hi] = np.ascontiguousarray(Y[:, lo:hi]) @ Kq
+    if not p.border:
+        return
     for t in range(n_t):
+        yb = Y[t, n_c]
+        bias = yb * p.gamma
         for j in range(n_c):
-            out[t, j] = 0.0
-        for q in range(p.offsets.shape[0] - 1):
-            lo, hi, base = p.offsets[q], p.offsets[q + 1], p.packed[q]
-            n = hi - lo
-            for i in range(n):  # row i of K_q scaled by Y[t, lo + i] (K symmetric: Y K = (K Yᵀ)ᵀ)
-                y = Y[t, lo + i]
-                row = base + i * n
-                for j in range(n):
-                    out[t, lo + j] += y * p.K[row + j]
-        if p.border:
-            yb = Y[t, n_c]
-            bias = yb * p.gamma
-            for j in range(n_c):
-                out[t, j] += yb * p.kb[j]
-                bias += Y[t, j] * p.kb[j]
-            out[t, n_c] = bias
+            out[t, j] += yb * p.kb[j]
+            bias += Y[t, j] * p.kb[j]
+        out[t, n_c] = bias
 
 
 @_jit()
