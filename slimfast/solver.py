@@ -115,7 +115,9 @@ def slimtik_step(
             block (method.md §6 "Phase blocks": the same W_new, λ and sGCV to rounding, at
             O(Σ n_p³) instead of O(n_f³)); entries of G between blocks must be exactly zero
             (checked with ``validate="eager"``). ``cond`` and ``eig_min`` then describe the
-            diagonal blocks (and the border's corner).
+            diagonal blocks (and the border's corner). Backends with a block step (module
+            attribute ``BLOCK_STEP``): torch and numba; the others (cpp, cuda, for now) take
+            their dense step, which gives the same W_new, λ and sGCV to rounding.
 
     All arrays are float64, C-contiguous, numpy or torch (CPU or CUDA, on the state's
     device); the results have the type of ``W``. Bad input raises TypeError/ValueError naming
@@ -143,6 +145,14 @@ def slimtik_step(
         inputs = (G_t, H_t, c_t, m_t, W_t) if validate == "eager" else _neutralised(faults, G_t, H_t, c_t, m_t, W_t)
         G_mem = state.memory_gram(inputs[0])
         block = _block_options(module, state, G_mem, config, validate, blocks)
+        if blocks is not None and not getattr(module, "BLOCK_STEP", False):
+            # No block step compiled for this backend yet: its dense step gives the same W_new, λ
+            # and sGCV to rounding (cond and eig_min then of the whole G_mem).
+            if validate == "eager":
+                G_blk = G_t if order is None else G_t.reshape(G_t.shape[0], -1).index_select(1, order[1]).reshape(
+                    G_t.shape)
+                check_between_blocks_zero(blocks, G_blk)
+            blocks = None
         if blocks is None:
             W_new, info = module.slimtik_step(G_mem, *inputs, state.Lambda, state.memory_empty, config, **block)
         else:

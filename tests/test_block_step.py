@@ -18,6 +18,7 @@ import torch
 from slimfast import SlimTikState, SolverConfig, slimtik_step
 from slimfast._torch_block import _slimtik_block_step
 from slimfast._torch_impl import INFO_FIELDS, _slimtik_step
+from slimfast.backends import load_backend
 from slimfast.backends.boundary import BlockLayout, StepInputs
 
 from .solver_cases import dense_slimtik_solution, rel_err
@@ -123,7 +124,12 @@ def test_every_backend_follows_the_block_twin(backend, device, sizes, border, n_
         (W_ref, info_ref), (W_be, info_be) = out["torch"], out[backend]
         assert info_be.backend == backend
         assert rel_err(W_be.cpu(), W_ref) <= 1e-9
-        for field in ("lambda_", "Lambda", "sgcv", "rel_residual", "cond", "eig_min"):
+        # A backend without its own block step takes its dense one: cond and eig_min are then
+        # those of the whole G_mem (solver.slimtik_step), the rest the same to rounding.
+        fields = ["lambda_", "Lambda", "sgcv", "rel_residual"]
+        if getattr(load_backend(backend), "BLOCK_STEP", False):
+            fields += ["cond", "eig_min"]
+        for field in fields:
             a, b = getattr(info_be, field).cpu(), getattr(info_ref, field)
             assert float((a - b).abs().max()) <= 1e-9 * max(1.0, float(b.abs().max())), field
         Ws = {name: out[name][0] for name in out}

@@ -39,6 +39,9 @@ from .boundary import StepInputs, step_entry
 
 __all__ = ["slimtik_step"]
 
+#: ``slimtik_step`` runs the block-structured step when ``inputs.blocks`` is set (``solver``).
+BLOCK_STEP = True
+
 _DBL_MAX = float(np.finfo(np.float64).max)
 _LOG10_EPS = math.log10(FLOAT64_EPS)
 _MODE_SGCV, _MODE_CONSTANT, _MODE_REFERENCE = 0, 1, 2
