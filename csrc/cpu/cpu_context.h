@@ -195,19 +195,25 @@ struct CpuCtx : SerialCtx {
     loop_project_gram(*this, n, Ut, G, K, T);
   }
 
-  // Block step: out[r, :] = X[r, :] blockdiag(M_p) (csrc/slimtik_block_step.h BlockDims), as
-  // row axpys over each block's rows (contiguous, vectorised; the block contexts' loop has one
-  // dot product per output element).
+  // Block step: out[r, :] = X[r, :] blockdiag(M_p) (csrc/slimtik_block_step.h BlockDims): per
+  // block one dgemv/dgemm from n_p >= kGemmMinN (row-major X_p M_p is column-major M_pᵀ X_pᵀ, with
+  // the strided leading dimensions), below it row axpys over the block's rows (contiguous and
+  // vectorised; the block contexts' loop has one dot product per output element).
   void blockdiag_times(const BlockDims& bd, int rows, const double* X, int ldx, const double* M, int ldm,
                        bool shifted, double* out, int ldo) {
-    for (int r = 0; r < rows; ++r) {
-      const double* x = X + (long)r * ldx;
-      double* o = out + (long)r * ldo;
-      for (int p = 0; p < bd.P; ++p) {
-        const int lo = bd.off[p], np = bd.off[p + 1] - lo;
-        const double* Mp = M + (long)lo * ldm + (shifted ? lo : 0);
-        rows_axpy_ld(np, np, x + lo, Mp, ldm, o + lo);
+    const double one = 1.0, zero = 0.0;
+    const int inc = 1;
+    for (int p = 0; p < bd.P; ++p) {
+      const int lo = bd.off[p], np = bd.off[p + 1] - lo;
+      const double* Mp = M + (long)lo * ldm + (shifted ? lo : 0);
+      if (use_blas(np)) {
+        if (rows == 1)
+          L->dgemv("N", &np, &np, &one, Mp, &ldm, X + lo, &inc, &zero, out + lo, &inc);
+        else
+          L->dgemm("N", "N", &np, &rows, &np, &one, Mp, &ldm, X + lo, &ldx, &zero, out + lo, &ldo);
+        continue;
       }
+      for (int r = 0; r < rows; ++r) rows_axpy_ld(np, np, X + (long)r * ldx + lo, Mp, ldm, out + (long)r * ldo + lo);
     }
   }
 
