@@ -30,6 +30,10 @@ JACOBI_TOL: float = float(_cpu.JACOBI_TOL)
 JACOBI_MAX_SWEEPS: int = int(_cpu.JACOBI_MAX_SWEEPS)
 
 
+#: ``slimtik_step`` runs the compiled block-structured step when ``inputs.blocks`` is set
+#: (csrc/slimtik_block_step.h; the solver routes block steps by this flag).
+BLOCK_STEP = True
+
 #: The step runs the CUDA block code: it takes U0/U_out/workspace/eigensolver, and the solver keeps
 #: the warm start and the workspace in the state (``solver._block_options``).
 BLOCK_CODE = True

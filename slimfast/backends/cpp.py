@@ -18,7 +18,7 @@ from .._torch_impl import N_INFO
 from ..config import SolverConfig
 from .boundary import BlockLayout, StepInputs, as_buffers, square_batch, step_buffers, step_entry
 
-__all__ = ["EIGENSOLVERS", "jacobi_eigh", "slimtik_step"]
+__all__ = ["BLOCK_STEP", "EIGENSOLVERS", "jacobi_eigh", "slimtik_step"]
 
 #: Eigensolver choices of the compiled step: "auto" (the header's Jacobi for n_f <= 6, else
 #: "syevd"), "syevd", "syevr" (SciPy's LAPACK inside the kernel, one thread per problem), "jacobi"
@@ -26,6 +26,10 @@ __all__ = ["EIGENSOLVERS", "jacobi_eigh", "slimtik_step"]
 #: own threads, handed to the kernel). Measured at n_f = 257, B = 1 on 2 cores, "torch" was not
 #: faster than "syevd" on average (its threads pay only on an idle machine and collapse on a busy
 #: one), so "auto" does not use it.
+#: ``slimtik_step`` runs the compiled block-structured step when ``inputs.blocks`` is set
+#: (csrc/slimtik_block_step.h; the solver routes block steps by this flag).
+BLOCK_STEP = True
+
 EIGENSOLVERS: dict[str, int] = {**_cpu.EIGENSOLVERS, "torch": _cpu.EIGENSOLVERS["auto"]}
 
 

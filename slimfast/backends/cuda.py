@@ -29,10 +29,14 @@ from ..config import SolverConfig
 from .boundary import BlockLayout, StepInputs, as_buffers, eigenvector_buffer, scratch, square_batch, step_buffers, step_entry
 
 __all__ = [
-    "BLOCK_CODE", "EIGENSOLVERS", "block_workspace_size", "JACOBI_MAX_SWEEPS", "JACOBI_TOL", "choose_eigensolver", "jacobi_eigh",
+    "BLOCK_CODE", "BLOCK_STEP", "EIGENSOLVERS", "block_workspace_size", "JACOBI_MAX_SWEEPS", "JACOBI_TOL", "choose_eigensolver", "jacobi_eigh",
     "slimtik_step",
     "workspace_size",
 ]
+
+#: ``slimtik_step`` runs the compiled block-structured step when ``inputs.blocks`` is set
+#: (csrc/slimtik_block_step.h; the solver routes block steps by this flag).
+BLOCK_STEP = True
 
 #: The step runs the CUDA block code: it takes U0/U_out/workspace/eigensolver, and the solver keeps
 #: the warm start and the workspace in the state (``solver._block_options``).
