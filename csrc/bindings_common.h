@@ -7,13 +7,15 @@
 #pragma once
 
 #include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
 
 #include <cmath>
 #include <cstdint>
 #include <stdexcept>
 #include <string>
+#include <vector>
 
-#include "slimfast_math.h"
+#include "slimtik_block_step.h"
 
 namespace slimfast {
 
@@ -159,6 +161,63 @@ inline void bind_step_buffers(pybind11::module_& mod) {
       .def_readonly("n_f", &StepBuffers::n_f)
       .def_readonly("n_t", &StepBuffers::n_t)
       .def_readonly("memory_empty", &StepBuffers::memory_empty);
+}
+
+// The block layout of a block-structured step (slimfast._cpu.BlockOffsets / _cuda.BlockOffsets;
+// Python's boundary.BlockLayout): P + 1 increasing offsets from 0 to n_f − border, checked once
+// here. `device_offsets` is the same offsets in device memory for the CUDA kernel (the caller
+// guarantees they equal `offsets`; 0 for the host launchers, which read `offsets`).
+struct BlockOffsets {
+  std::vector<int> offsets;
+  bool border;
+  int n_f;
+  const int* device_offsets;
+
+  int P() const { return (int)offsets.size() - 1; }
+  // The kernels' view, reading the offsets at `off` (offsets.data() or device_offsets).
+  BlockDims dims(const int* off) const {
+    BlockDims bd = block_dims(offsets.data(), P(), border);  // sizes from the host copy
+    bd.off = off;
+    return bd;
+  }
+};
+
+inline BlockOffsets block_offsets(const std::vector<long long>& offsets, bool border, long long n_f,
+                                  std::uintptr_t device_offsets) {
+  require_size(n_f, "n_f");
+  require(offsets.size() >= 2, "block offsets must have at least 2 entries (one block), got " +
+                                   std::to_string(offsets.size()));
+  require(offsets[0] == 0, "block offsets must start at 0, got " + std::to_string(offsets[0]));
+  for (size_t i = 1; i < offsets.size(); ++i)
+    require(offsets[i] > offsets[i - 1], "block offsets must be strictly increasing, got " +
+                                             std::to_string(offsets[i - 1]) + " then " + std::to_string(offsets[i]));
+  const long long n_core = n_f - (border ? 1 : 0);
+  require(offsets.back() == n_core, "the last block offset must be n_f - border = " + std::to_string(n_core) +
+                                        ", got " + std::to_string(offsets.back()));
+  BlockOffsets b;
+  b.offsets.assign(offsets.begin(), offsets.end());
+  b.border = border;
+  b.n_f = (int)n_f;
+  b.device_offsets = as_optional_ptr<const int>(device_offsets, "offsets_ptr");
+  return b;
+}
+
+inline void bind_block_offsets(pybind11::module_& mod) {
+  namespace py = pybind11;
+  const std::uintptr_t null = 0;
+  py::class_<BlockOffsets>(mod, "BlockOffsets", py::module_local(),
+                           "Checked block layout of a block-structured step (boundary.BlockLayout.offsets()).")
+      .def(py::init(&block_offsets), py::arg("offsets"), py::arg("border"), py::arg("n_f"),
+           py::arg("offsets_ptr") = null)
+      .def_readonly("border", &BlockOffsets::border)
+      .def_readonly("n_f", &BlockOffsets::n_f)
+      .def_property_readonly("P", &BlockOffsets::P);
+}
+
+// A step's buffers and its layout describe the same features.
+inline void check_blocks_match(const StepBuffers& p, const BlockOffsets& blocks) {
+  require(blocks.n_f == p.n_f, "blocks describe n_f = " + std::to_string(blocks.n_f) + " features, the buffers " +
+                                   std::to_string(p.n_f));
 }
 
 // The block code's scratch is the caller's (it never allocates): required by its launchers.

@@ -238,15 +238,20 @@ SLIMFAST_HD inline void sgcv_accumulate(const Projections& p, double lam, int j,
   acc[7] += p.k[j] * dj2;
 }
 
-SLIMFAST_HD inline SgcvPoint sgcv_from_sums(const Projections& p, double m, const double* acc) {
+// (f, R, g) from R(μ), R'(μ) and the denominator D = m − n_t T(μ) with D' = −n_t T'(μ): the
+// dense step's sums and the block step's terms (csrc/slimtik_block_step.h) both end here.
+SLIMFAST_HD inline SgcvPoint sgcv_point(double R, double R_der, double D, double D_der, double m) {
   SgcvPoint out;
-  out.R = p.res0 - 2.0 * acc[0] + acc[1];
-  const double R_der = 2.0 * acc[2] - 2.0 * acc[3] - 2.0 * acc[4] + acc[5];
-  const double D = m - p.n_t * acc[6];
-  const double D_der = p.n_t * acc[7];
-  out.g = R_der * D - 2.0 * out.R * D_der;
-  out.f = D > SLIMFAST_SGCV_DENOMINATOR_EPS * m ? nan_to_num_inf(m * clamp_min(out.R, 0.0) / (D * D)) : slim_inf();
+  out.R = R;
+  out.g = R_der * D - 2.0 * R * D_der;
+  out.f = D > SLIMFAST_SGCV_DENOMINATOR_EPS * m ? nan_to_num_inf(m * clamp_min(R, 0.0) / (D * D)) : slim_inf();
   return out;
+}
+
+SLIMFAST_HD inline SgcvPoint sgcv_from_sums(const Projections& p, double m, const double* acc) {
+  const double R = p.res0 - 2.0 * acc[0] + acc[1];
+  const double R_der = 2.0 * acc[2] - 2.0 * acc[3] - 2.0 * acc[4] + acc[5];
+  return sgcv_point(R, R_der, m - p.n_t * acc[6], p.n_t * acc[7], m);
 }
 
 // The evaluation given d [n_f] and, when !p.diagonal, the products Q0 d, Q1 d, Q2 d [n_f] (formed

@@ -200,25 +200,43 @@ SLIMFAST_BLOCK SgcvPoint sgcv_eval(Ctx& ctx, const Projections& p, double m, dou
   return sgcv_from_sums(p, m, acc);
 }
 
-// _illinois_root: root of g(t) = sgcv_eval(exp t).g on [ta, tb] (g(ta), g(tb) of opposite signs),
-// every thread holding the same iteration state.
-template <class Ctx>
-SLIMFAST_BLOCK double illinois_root(Ctx& ctx, double ta, double tb, double ga, double gb, const Projections& p,
-                                    double m, double Lambda_prev, const StepOptions& o, double* ev) {
+// The dense step's sGCV evaluator for select_mu (the block step has its own in
+// csrc/slimtik_block_step.h): points() evaluates a set of trial points (sgcv_eval_points), point()
+// one μ with all threads (sgcv_eval). D, QD as sgcv_eval_points, ev as sgcv_eval.
+struct DenseSgcv {
+  const Projections& p;
+  double m, Lambda_prev;
+  double *D, *QD, *ev;
+
+  template <class Ctx>
+  SLIMFAST_BLOCK void points(Ctx& ctx, int npts, const double* mu, bool admissible_only, double mu_lo, double mu_hi,
+                             double* f, double* g) const {
+    sgcv_eval_points(ctx, p, m, Lambda_prev, npts, mu, admissible_only, mu_lo, mu_hi, D, QD, f, g);
+  }
+  template <class Ctx>
+  SLIMFAST_BLOCK SgcvPoint point(Ctx& ctx, double mu) const {
+    return sgcv_eval(ctx, p, m, Lambda_prev, mu, ev);
+  }
+};
+
+// _illinois_root: root of g(t) = eval.point(exp t).g on [ta, tb] (g(ta), g(tb) of opposite signs),
+// every thread holding the same iteration state. Eval: DenseSgcv or the block step's BlockSgcv.
+template <class Ctx, class Eval>
+SLIMFAST_BLOCK double illinois_root(Ctx& ctx, double ta, double tb, double ga, double gb, const Eval& eval,
+                                    const StepOptions& o) {
   IllinoisState st = illinois_start(ta, tb, ga, gb);
   for (int it = 0; it < o.max_root_iter; ++it) {
     const double c = illinois_next(st);
-    if (illinois_feed(st, sgcv_eval(ctx, p, m, Lambda_prev, exp(c), ev).g, o)) break;
+    if (illinois_feed(st, eval.point(ctx, exp(c)).g, o)) break;
   }
   return st.c;
 }
 
-// _select_mu: the new Λ_k by config mode. Trial points pt_* [npts], D, QD as sgcv_eval_points, ev
-// as sgcv_eval.
-template <class Ctx>
-SLIMFAST_BLOCK double select_mu(Ctx& ctx, const Projections& p, double m, double Lambda_prev, const StepOptions& o,
-                                double* pt_t, double* pt_mu, double* pt_f, double* pt_g, double* D, double* QD,
-                                double* ev) {
+// _select_mu (with its `evaluate=`): the new Λ_k by config mode, the one λ search of the dense and
+// the block step. Trial points pt_* [npts]; `eval` evaluates sGCV (points / point, as DenseSgcv).
+template <class Ctx, class Eval>
+SLIMFAST_BLOCK double select_mu(Ctx& ctx, const Eval& eval, double Lambda_prev, const StepOptions& o, double* pt_t,
+                                double* pt_mu, double* pt_f, double* pt_g) {
   double mu_lo, mu_hi;
   admissible_interval(Lambda_prev, o, &mu_lo, &mu_hi);
   if (o.mode == SLIMFAST_MODE_CONSTANT) return constant_mu(Lambda_prev, mu_lo, mu_hi, o);
@@ -227,7 +245,7 @@ SLIMFAST_BLOCK double select_mu(Ctx& ctx, const Projections& p, double m, double
     ctx.par([&](int tid, int nthr) {
       for (int i = tid; i < n; i += nthr) pt_mu[i] = Lambda_prev + reference_candidate(i, Lambda_prev, o);
     });
-    sgcv_eval_points(ctx, p, m, Lambda_prev, n, pt_mu, true, mu_lo, mu_hi, D, QD, pt_f, pt_g);
+    eval.points(ctx, n, pt_mu, true, mu_lo, mu_hi, pt_f, pt_g);
     return reference_pick(pt_mu, pt_f, Lambda_prev, mu_lo, mu_hi);
   }
   const int n = o.n_grid;
@@ -237,11 +255,10 @@ SLIMFAST_BLOCK double select_mu(Ctx& ctx, const Projections& p, double m, double
       pt_mu[i] = exp(pt_t[i]);
     }
   });
-  sgcv_eval_points(ctx, p, m, Lambda_prev, n, pt_mu, false, mu_lo, mu_hi, D, QD, pt_f, pt_g);
+  eval.points(ctx, n, pt_mu, false, mu_lo, mu_hi, pt_f, pt_g);
   const GridBracket br = grid_bracket(pt_t, pt_f, pt_g, n, mu_lo, mu_hi);
   const double t_star =
-      br.bracketed ? illinois_root(ctx, br.t_other, br.t_best, br.g_other, br.g_best, p, m, Lambda_prev, o, ev)
-                   : br.t_best;
+      br.bracketed ? illinois_root(ctx, br.t_other, br.t_best, br.g_other, br.g_best, eval, o) : br.t_best;
   return clamp_max(clamp_min(exp(t_star), mu_lo), mu_hi);
 }
 
@@ -350,8 +367,8 @@ SLIMFAST_BLOCK int slimtik_problem(Ctx& ctx, const StepArgs& a, long b) {
   const double c = a.c[b], m = a.m[b], Lambda_prev = a.Lambda_prev[b];
   // The eigensolver's scratch is free now: K and T go there (jacobi_layout: two n² regions first).
   sgcv_precompute(ctx, p, s, Ut, a.G + b * nn, a.H + b * ntf, c, a.W + b * ntf, ws + L.eig, ws + L.eig + nn, work);
-  const double mu = select_mu(ctx, p, m, Lambda_prev, a.opts, ws + L.pt_t, ws + L.pt_mu, ws + L.pt_f, ws + L.pt_g,
-                              ws + L.D, a.memory_empty ? nullptr : ws + L.QD, ws + L.ev);
+  const DenseSgcv eval{p, m, Lambda_prev, ws + L.D, a.memory_empty ? nullptr : ws + L.QD, ws + L.ev};
+  const double mu = select_mu(ctx, eval, Lambda_prev, a.opts, ws + L.pt_t, ws + L.pt_mu, ws + L.pt_f, ws + L.pt_g);
   finish_step(ctx, p, Ut, mu, m, Lambda_prev, c, a.W + b * ntf, a.W_out + b * ntf, a.info + b * SLIMFAST_N_INFO,
               ws + L.ev, work);
   return 0;

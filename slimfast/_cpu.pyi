@@ -67,6 +67,24 @@ def slimtik_step(buffers: StepBuffers, options: StepOptions, eigensolver: int = 
     is released while computing.
     """
 
+class BlockOffsets:
+    """A checked block layout (ValueError naming the problem otherwise): ``offsets`` =
+    ``boundary.BlockLayout.offsets()``, P + 1 strictly increasing ints from 0 to n_f − border;
+    ``offsets_ptr`` (0: none) the same offsets as int32 in device memory, for the CUDA kernel."""
+
+    border: bool
+    n_f: int
+    P: int
+
+    def __init__(self, offsets: list[int], border: bool, n_f: int, offsets_ptr: int = 0) -> None: ...
+
+def slimtik_block_step(buffers: StepBuffers, blocks: BlockOffsets, options: StepOptions, eigensolver: int = 0) -> None:
+    """One block-structured slimTik step for B problems sharing ``blocks`` (twin:
+    slimfast._torch_block._slimtik_block_step): G_mem and G are read on their diagonal blocks and
+    the border only. eigensolver: a value of EIGENSOLVERS for the blocks (0: auto, by the largest
+    block). Takes no workspace, U0, U_out or s_in/U_in (ValueError); blocks.n_f must be
+    buffers.n_f. The GIL is released while computing."""
+
 def jacobi_eigh(
     B: int, n: int, A_ptr: int, U0_ptr: int, s_out_ptr: int, U_out_ptr: int, tol: float, max_sweeps: int
 ) -> int:
@@ -92,6 +110,16 @@ def emulate_slimtik_step(buffers: StepBuffers, options: StepOptions, jacobi_tol:
                          n_threads: int = 128, reverse: bool = False, shared: int = 0) -> None:
     """``slimfast._cuda.slimtik_step``'s block code run serially on the host (host pointers;
     ``buffers`` must hold a workspace of emulate_workspace_doubles elements)."""
+
+def emulate_block_workspace_doubles(B: int, n_f: int, n_t: int, n_grid: int, blocks: BlockOffsets) -> int:
+    """float64 elements of the workspace ``emulate_slimtik_block_step`` needs for B problems."""
+
+def emulate_slimtik_block_step(buffers: StepBuffers, blocks: BlockOffsets, options: StepOptions,
+                               jacobi_tol: float = ..., max_sweeps: int = ..., n_threads: int = 128,
+                               reverse: bool = False, shared: int = 0) -> None:
+    """``slimfast._cuda.slimtik_block_step``'s block code run serially on the host (host
+    pointers; ``buffers`` must hold a workspace of emulate_block_workspace_doubles elements and no
+    U0, U_out or s_in/U_in)."""
 
 def emulate_jacobi_eigh(B: int, n: int, A_ptr: int, U0_ptr: int, s_ptr: int, U_ptr: int, tol: float, max_sweeps: int,
                         workspace_ptr: int, sweeps_ptr: int = 0, n_threads: int = 128, reverse: bool = False,

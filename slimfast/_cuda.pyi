@@ -42,6 +42,21 @@ def slimtik_step(buffers: StepBuffers, options: StepOptions, stream: int = 0, de
     U0 warm-starts the Jacobi sweeps, U_out receives G_mem's eigenvectors, s_in/U_in (columns)
     replace the sweeps."""
 
+class BlockOffsets(_cpu.BlockOffsets):
+    """This module's own class with the checks of ``slimfast._cpu.BlockOffsets``; the kernel
+    reads the offsets through ``offsets_ptr`` (required by ``slimtik_block_step``)."""
+
+def block_workspace_doubles(B: int, n_f: int, n_t: int, n_grid: int, blocks: BlockOffsets) -> int:
+    """float64 elements of the workspace ``slimtik_block_step`` needs for B problems."""
+
+def slimtik_block_step(buffers: StepBuffers, blocks: BlockOffsets, options: StepOptions, stream: int = 0,
+                       device: int = 0, jacobi_tol: float = ..., max_sweeps: int = ..., n_threads: int = 0,
+                       shared: int = -1) -> None:
+    """Enqueue one block-structured step (twin: slimfast._torch_block._slimtik_block_step) on
+    ``stream``, one thread block per problem, each block's eigenpairs by the kernel's Jacobi.
+    ``buffers`` must hold a workspace of block_workspace_doubles(...) elements and no U0, U_out
+    or s_in/U_in; ``blocks`` must carry offsets_ptr (device int32)."""
+
 def jacobi_eigh(B: int, n: int, A_ptr: int, U0_ptr: int, s_ptr: int, U_ptr: int, tol: float, max_sweeps: int,
                 workspace_ptr: int, stream: int = 0, device: int = 0, sweeps_ptr: int = 0, n_threads: int = 0,
                 shared: int = -1) -> None:

@@ -19,7 +19,7 @@ import torch
 from slimfast import _cpu
 from slimfast._torch_impl import N_INFO
 from slimfast.backends.boundary import (
-    StepInputs, as_buffers, eigenvector_buffer, scratch, square_batch, step_buffers, step_entry,
+    BlockLayout, StepInputs, as_buffers, eigenvector_buffer, scratch, square_batch, step_buffers, step_entry,
 )
 from slimfast.config import SolverConfig
 
@@ -29,6 +29,10 @@ SHARED = {"off": 0, "matrix": 1, "on": 2}
 JACOBI_TOL: float = float(_cpu.JACOBI_TOL)
 JACOBI_MAX_SWEEPS: int = int(_cpu.JACOBI_MAX_SWEEPS)
 
+
+#: ``slimtik_step`` runs the compiled block-structured step when ``inputs.blocks`` is set
+#: (csrc/slimtik_block_step.h; the solver routes block steps by this flag).
+BLOCK_STEP = True
 
 #: The step runs the CUDA block code: it takes U0/U_out/workspace/eigensolver, and the solver keeps
 #: the warm start and the workspace in the state (``solver._block_options``).
@@ -58,6 +62,9 @@ def slimtik_step(
     info = torch.empty(B, N_INFO, dtype=F64)
     if B == 0:
         return W_new, info
+    if t.blocks is not None:
+        return _block_step(t, W_new, info, U0, U_out, workspace, jacobi_tol, max_sweeps, n_threads, reverse, shared,
+                           eigensolver)
     ws = scratch(workspace, workspace_size(B, n_f, n_t, t.config, t.memory_empty), CPU, fill=math.nan)
     s_in = U_in = None
     if eigensolver == "cusolver":
@@ -69,6 +76,31 @@ def slimtik_step(
 
 
 emulate_slimtik_step = slimtik_step
+
+
+def block_workspace_size(B: int, n_f: int, n_t: int, config: SolverConfig, blocks: BlockLayout) -> int:
+    """float64 elements of the workspace one emulated block step of B problems needs."""
+    return int(_cpu.emulate_block_workspace_doubles(B, n_f, n_t, config.n_grid, _block_offsets(blocks, n_f)))
+
+
+def _block_offsets(layout: BlockLayout, n_f: int):
+    return _cpu.BlockOffsets(list(layout.offsets()), layout.border, n_f)
+
+
+def _block_step(t: StepInputs, W_new, info, U0, U_out, workspace, jacobi_tol, max_sweeps, n_threads, reverse, shared,
+                eigensolver):
+    """The block-structured step's kernel code (csrc/slimtik_block_step.h) on the host: its own
+    Jacobi per block, no warm start and no eigenvector output (the solver passes neither)."""
+    if U0 is not None or U_out is not None:
+        raise ValueError("the block step takes no U0 or U_out")
+    if eigensolver == "cusolver":
+        raise ValueError("the block step factors its blocks with the kernel's Jacobi ('auto' or 'jacobi')")
+    B, n_t, n_f = t.shape
+    ws = scratch(workspace, block_workspace_size(B, n_f, n_t, t.config, t.blocks), CPU, fill=math.nan)
+    buffers = step_buffers(_cpu, t, W_new, info, workspace=ws)
+    _cpu.emulate_slimtik_block_step(buffers, _block_offsets(t.blocks, n_f), _cpu.StepOptions(**t.config.kernel_options()),
+                                    float(jacobi_tol), int(max_sweeps), int(n_threads), bool(reverse), SHARED[shared])
+    return W_new, info
 
 
 def emulate_jacobi_eigh(

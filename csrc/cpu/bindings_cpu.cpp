@@ -11,6 +11,7 @@
 #include <string>
 
 #include "bindings_common.h"
+#include "block_step_cpu.h"
 #include "slimtik_step_cpu.h"
 
 #if defined(__linux__)
@@ -81,6 +82,25 @@ void py_slimtik_step(const StepBuffers& p, const StepOptions& opts, int eigensol
                              " (info = " + std::to_string(lapack_info) + ")");
 }
 
+// The block-structured step (csrc/slimtik_block_step.h) on the same buffers plus the layout.
+void py_slimtik_block_step(const StepBuffers& p, const BlockOffsets& blocks, const StepOptions& opts, int eigensolver) {
+  require(eigensolver >= EIG_AUTO && eigensolver <= EIG_JACOBI,
+          "eigensolver must be 0 (auto), 1 (syevd), 2 (syevr) or 3 (jacobi)");
+  require(p.workspace == nullptr && p.U0 == nullptr && p.U_out == nullptr && p.s_in == nullptr,
+          "the CPU block step takes no workspace_ptr, U0_ptr, U_out_ptr, s_in_ptr or U_in_ptr");
+  check_blocks_match(p, blocks);
+  int lapack_info = 0, failed = 0;
+  {
+    py::gil_scoped_release release;
+    failed = slimtik_block_step_cpu(g_lapack, (int)p.B, p.n_f, p.n_t, p.G_mem, p.G, p.H, p.c, p.m, p.W,
+                                    p.Lambda_prev, blocks.offsets.data(), blocks.P(), blocks.border, opts,
+                                    eigensolver, p.W_out, p.info, &lapack_info);
+  }
+  if (failed != 0)
+    throw std::runtime_error("LAPACK eigensolver failed for problem " + std::to_string(failed - 1) +
+                             " (info = " + std::to_string(lapack_info) + ")");
+}
+
 int py_jacobi_eigh(long long B, long long n, std::uintptr_t A_ptr, std::uintptr_t U0_ptr, std::uintptr_t s_out_ptr,
                 std::uintptr_t U_out_ptr, double tol, int max_sweeps) {
   require_size(B, "B", 1LL << 30);
@@ -112,6 +132,10 @@ PYBIND11_MODULE(_cpu, mod) {
   bind_step_buffers(mod);
   mod.def("slimtik_step", &py_slimtik_step, py::arg("buffers"), py::arg("options"), py::arg("eigensolver") = 0,
           "One slimTik step for B problems on checked float64 buffers (see slimfast/_cpu.pyi).");
+  bind_block_offsets(mod);
+  mod.def("slimtik_block_step", &py_slimtik_block_step, py::arg("buffers"), py::arg("blocks"), py::arg("options"),
+          py::arg("eigensolver") = 0,
+          "One block-structured slimTik step for B problems sharing the layout `blocks` (see slimfast/_cpu.pyi).");
   mod.def("jacobi_eigh", &py_jacobi_eigh, py::arg("B"), py::arg("n"), py::arg("A_ptr"), py::arg("U0_ptr"),
           py::arg("s_out_ptr"), py::arg("U_out_ptr"), py::arg("tol"), py::arg("max_sweeps"),
           "Cyclic Jacobi eigendecomposition of B symmetric n×n matrices; returns the largest sweep count.");

@@ -44,6 +44,30 @@ void py_emulate_slimtik_step(const StepBuffers& p, const StepOptions& opts, doub
                        n_threads, reverse, shared);
 }
 
+long long py_emulate_block_workspace_doubles(long long B, long long n_f, long long n_t, int n_grid,
+                                             const BlockOffsets& blocks) {
+  require(blocks.n_f == n_f, "blocks describe n_f = " + std::to_string(blocks.n_f) + " features, not " +
+                                 std::to_string(n_f));
+  const BlockDims bd = blocks.dims(blocks.offsets.data());
+  return step_workspace_query(
+      [&](long long b, int nf, int nt, int ng, bool) { return emulate_block_step_workspace_doubles(b, nf, nt, ng, bd); },
+      B, n_f, n_t, n_grid, false);
+}
+
+void py_emulate_slimtik_block_step(const StepBuffers& p, const BlockOffsets& blocks, const StepOptions& opts,
+                                   double jacobi_tol, int max_sweeps, int n_threads, bool reverse, int shared) {
+  require_workspace(p);
+  require(p.U0 == nullptr && p.U_out == nullptr && p.s_in == nullptr,
+          "the block step takes no U0_ptr, U_out_ptr, s_in_ptr or U_in_ptr");
+  check_blocks_match(p, blocks);
+  check_jacobi_options(jacobi_tol, max_sweeps);
+  check_emulation(n_threads, shared);
+  py::gil_scoped_release release;
+  slimtik_block_step_emulate(p.B, p.n_f, p.n_t, p.G_mem, p.G, p.H, p.c, p.m, p.W, p.Lambda_prev,
+                             blocks.dims(blocks.offsets.data()), opts, p.W_out, p.info, p.workspace, jacobi_tol,
+                             max_sweeps, n_threads, reverse, shared);
+}
+
 void py_emulate_jacobi_eigh(long long B, long long n, std::uintptr_t A_ptr, std::uintptr_t U0_ptr, std::uintptr_t s_ptr,
                             std::uintptr_t U_ptr, double tol, int max_sweeps, std::uintptr_t workspace_ptr,
                             std::uintptr_t sweeps_ptr, int n_threads, bool reverse, int shared) {
@@ -87,6 +111,14 @@ void bind_block_emulation(py::module_& mod) {
           py::arg("jacobi_tol") = SLIMFAST_CUDA_JACOBI_TOL, py::arg("max_sweeps") = SLIMFAST_CUDA_JACOBI_MAX_SWEEPS,
           py::arg("n_threads") = 128, py::arg("reverse") = false, py::arg("shared") = SHARED_OFF,
           "The slimtik_step kernel's block code run serially on the host (host pointers), for tests.");
+  mod.def("emulate_block_workspace_doubles", &py_emulate_block_workspace_doubles, py::arg("B"), py::arg("n_f"),
+          py::arg("n_t"), py::arg("n_grid"), py::arg("blocks"),
+          "float64 workspace elements emulate_slimtik_block_step needs.");
+  mod.def("emulate_slimtik_block_step", &py_emulate_slimtik_block_step, py::arg("buffers"), py::arg("blocks"),
+          py::arg("options"), py::arg("jacobi_tol") = SLIMFAST_CUDA_JACOBI_TOL,
+          py::arg("max_sweeps") = SLIMFAST_CUDA_JACOBI_MAX_SWEEPS, py::arg("n_threads") = 128,
+          py::arg("reverse") = false, py::arg("shared") = SHARED_OFF,
+          "The slimtik_block_step kernel's block code run serially on the host (host pointers), for tests.");
   mod.def("emulate_jacobi_eigh", &py_emulate_jacobi_eigh, py::arg("B"), py::arg("n"), py::arg("A_ptr"),
           py::arg("U0_ptr"), py::arg("s_ptr"), py::arg("U_ptr"), py::arg("tol"), py::arg("max_sweeps"),
           py::arg("workspace_ptr"), py::arg("sweeps_ptr") = null, py::arg("n_threads") = 128,

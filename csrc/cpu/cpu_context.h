@@ -14,6 +14,7 @@
 #include <stdexcept>
 #include <string>
 
+#include "slimtik_block_step.h"
 #include "slimtik_step.h"
 #include "slimtik_step_cpu.h"
 
@@ -183,19 +184,52 @@ struct CpuCtx : SerialCtx {
     return info;
   }
 
+  // Products of order n by BLAS: `blas` set and n >= kGemmMinN (the dense step sets blas by n_f, so
+  // the size test only matters to the block step, whose hooks see every block's own n_p).
+  bool use_blas(int n) const { return blas && n >= kGemmMinN; }
+
+  // Block step: K = Uᵀ G U [n, n] for one block (T: n² scratch); two dgemms, or below kGemmMinN
+  // the block contexts' loops.
+  void project_gram(int n, const double* Ut, const double* G, double* K, double* T) {
+    if (use_blas(n)) return project_gram_blas(*L, n, Ut, G, K, T);
+    loop_project_gram(*this, n, Ut, G, K, T);
+  }
+
+  // Block step: out[r, :] = X[r, :] blockdiag(M_p) (csrc/slimtik_block_step.h BlockDims): per
+  // block one dgemv/dgemm from n_p >= kGemmMinN (row-major X_p M_p is column-major M_pᵀ X_pᵀ, with
+  // the strided leading dimensions), below it row axpys over the block's rows (contiguous and
+  // vectorised; the block contexts' loop has one dot product per output element).
+  void blockdiag_times(const BlockDims& bd, int rows, const double* X, int ldx, const double* M, int ldm,
+                       bool shifted, double* out, int ldo) {
+    const double one = 1.0, zero = 0.0;
+    const int inc = 1;
+    for (int p = 0; p < bd.P; ++p) {
+      const int lo = bd.off[p], np = bd.off[p + 1] - lo;
+      const double* Mp = M + (long)lo * ldm + (shifted ? lo : 0);
+      if (use_blas(np)) {
+        if (rows == 1)
+          L->dgemv("N", &np, &np, &one, Mp, &ldm, X + lo, &inc, &zero, out + lo, &inc);
+        else
+          L->dgemm("N", "N", &np, &rows, &np, &one, Mp, &ldm, X + lo, &ldx, &zero, out + lo, &ldo);
+        continue;
+      }
+      for (int r = 0; r < rows; ++r) rows_axpy_ld(np, np, X + (long)r * ldx + lo, Mp, ldm, out + (long)r * ldo + lo);
+    }
+  }
+
   // Row-major C = A B is column-major Cᵀ = Bᵀ Aᵀ, hence the swapped operands; Ut read column-major
   // is U. Below kGemmMinN serial loops instead, ordered so the inner loop is an axpy over a
   // contiguous row (the compiler vectorises those; the block loops' dot products it may not,
   // without -ffast-math): measured 3–8 % of the step at n_f = 16, n_t = 1..72.
   void times_gram(int nt, int n, const double* W, const double* G, double* WG) {
     const double one = 1.0, zero = 0.0;
-    if (blas) return L->dgemm("N", "N", &n, &nt, &n, &one, G, &n, W, &n, &zero, WG, &n);
+    if (use_blas(n)) return L->dgemm("N", "N", &n, &nt, &n, &one, G, &n, W, &n, &zero, WG, &n);
     for (int t = 0; t < nt; ++t) rows_axpy(n, n, W + (long)t * n, G, nullptr, WG + (long)t * n);
   }
 
   void to_eigenbasis(int rows, int n, const double* X, const double* Ut, double* out) {
     const double one = 1.0, zero = 0.0;
-    if (blas) return L->dgemm("T", "N", &n, &rows, &n, &one, Ut, &n, X, &n, &zero, out, &n);
+    if (use_blas(n)) return L->dgemm("T", "N", &n, &rows, &n, &one, Ut, &n, X, &n, &zero, out, &n);
     for (int i = 0; i < n; ++i)  // U = Utᵀ, so that out[r, :] = Σ_i X[r, i] U[i, :]
       for (int j = 0; j < n; ++j) Ucols[(long)i * n + j] = Ut[(long)j * n + i];
     for (int r = 0; r < rows; ++r) rows_axpy(n, n, X + (long)r * n, Ucols, nullptr, out + (long)r * n);
@@ -203,11 +237,21 @@ struct CpuCtx : SerialCtx {
 
   void from_eigenbasis(int nt, int n, const double* Y, const double* Ut, const double* W, double* W_out) {
     const double one = 1.0, minus_one = -1.0;
-    if (blas) {
+    if (use_blas(n)) {
       std::memcpy(W_out, W, sizeof(double) * nt * n);
       return L->dgemm("N", "N", &n, &nt, &n, &minus_one, Ut, &n, Y, &n, &one, W_out, &n);  // Wᵀ − U Yᵀ
     }
     for (int t = 0; t < nt; ++t) rows_axpy(n, n, Y + (long)t * n, Ut, W + (long)t * n, W_out + (long)t * n, -1.0);
+  }
+
+  // out [n] = Σ_l x_l M[l, :] for x [k], M [k, n] rows ldm apart.
+  static void rows_axpy_ld(int k, int n, const double* x, const double* M, long ldm, double* out) {
+    for (int i = 0; i < n; ++i) out[i] = 0.0;
+    for (int l = 0; l < k; ++l) {
+      const double a = x[l];
+      const double* row = M + l * ldm;
+      for (int i = 0; i < n; ++i) out[i] += a * row[i];
+    }
   }
 
   // out [n] = base + alpha Σ_l x_l M[l, :] for x [k], M [k, n] row-major (base null: 0).

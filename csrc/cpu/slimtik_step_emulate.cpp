@@ -34,6 +34,25 @@ void slimtik_step_emulate(long long B, int n_f, int n_t, const double* G_mem, co
   }
 }
 
+long long emulate_block_step_workspace_doubles(long long B, int n_f, int n_t, int n_grid, const BlockDims& bd) {
+  return B * block_step_layout(bd, n_f, n_t, n_grid).total;
+}
+
+void slimtik_block_step_emulate(long long B, int n_f, int n_t, const double* G_mem, const double* G, const double* H,
+                                const double* c, const double* m, const double* W, const double* Lambda_prev,
+                                const BlockDims& bd, const StepOptions& opts, double* W_out, double* info,
+                                double* workspace, double jacobi_tol, int max_sweeps, int n_threads, bool reverse,
+                                int shared_level) {
+  const BlockStepArgs a = block_step_args(n_f, n_t, G_mem, G, H, c, m, W, Lambda_prev, bd, opts, W_out, info,
+                                          workspace, jacobi_tol, max_sweeps, shared_level);
+  std::vector<double> smem(jacobi_shared_doubles(bd.nmax, shared_level));  // sized for the largest block
+  HostCtx ctx{{smem.data(), shared_level}, n_threads, reverse};
+  for (long long b = 0; b < B; ++b) {
+    std::fill(smem.begin(), smem.end(), NAN);
+    slimtik_block_problem(ctx, a, (long)b);
+  }
+}
+
 void jacobi_eigh_emulate(long long B, int n, const double* A, const double* U0, double* s, double* U, int* sweeps,
                          double* workspace, double tol, int max_sweeps, int n_threads, bool reverse, int shared_level) {
   const JacobiArgs a = jacobi_args(n, A, U0, s, U, sweeps, workspace, tol, max_sweeps, shared_level);

@@ -3,7 +3,7 @@
 // the GPU runs. Host pointers; workspace sizes: emulate_*_workspace_doubles.
 #pragma once
 
-#include "slimfast_math.h"
+#include "slimtik_block_step.h"
 
 namespace slimfast {
 
@@ -19,6 +19,13 @@ void slimtik_step_emulate(long long B, int n_f, int n_t, const double* G_mem, co
                           bool memory_empty, const StepOptions& opts, const double* U0, const double* s_in,
                           const double* U_in, double* W_out, double* info, double* U_out, double* workspace,
                           double jacobi_tol, int max_sweeps, int n_threads, bool reverse, int shared_level);
+// The CUDA block-step kernel's block code (csrc/slimtik_block_step.h) on the host, likewise.
+long long emulate_block_step_workspace_doubles(long long B, int n_f, int n_t, int n_grid, const BlockDims& bd);
+void slimtik_block_step_emulate(long long B, int n_f, int n_t, const double* G_mem, const double* G, const double* H,
+                                const double* c, const double* m, const double* W, const double* Lambda_prev,
+                                const BlockDims& bd, const StepOptions& opts, double* W_out, double* info,
+                                double* workspace, double jacobi_tol, int max_sweeps, int n_threads, bool reverse,
+                                int shared_level);
 void jacobi_eigh_emulate(long long B, int n, const double* A, const double* U0, double* s, double* U, int* sweeps,
                          double* workspace, double tol, int max_sweeps, int n_threads, bool reverse, int shared_level);
 

@@ -50,6 +50,33 @@ void py_slimtik_step(const StepBuffers& p, const StepOptions& opts, std::uintptr
                     p.s_in, p.U_in, p.W_out, p.info, p.U_out, p.workspace, jacobi_tol, max_sweeps, launch);
 }
 
+long long py_block_workspace_doubles(long long B, long long n_f, long long n_t, int n_grid,
+                                     const BlockOffsets& blocks) {
+  require(blocks.n_f == n_f, "blocks describe n_f = " + std::to_string(blocks.n_f) + " features, not " +
+                                 std::to_string(n_f));
+  const BlockDims bd = blocks.dims(blocks.offsets.data());
+  return step_workspace_query(
+      [&](long long b, int nf, int nt, int ng, bool) { return block_step_workspace_doubles(b, nf, nt, ng, bd); }, B,
+      n_f, n_t, n_grid, false);
+}
+
+// The kernel reads the offsets from device memory: `blocks` must carry offsets_ptr.
+void py_slimtik_block_step(const StepBuffers& p, const BlockOffsets& blocks, const StepOptions& opts,
+                           std::uintptr_t stream, int device, double jacobi_tol, int max_sweeps, int n_threads,
+                           int shared) {
+  require_workspace(p);
+  require(p.U0 == nullptr && p.U_out == nullptr && p.s_in == nullptr,
+          "the block step takes no U0_ptr, U_out_ptr, s_in_ptr or U_in_ptr");
+  check_blocks_match(p, blocks);
+  require(blocks.device_offsets != nullptr, "blocks must carry offsets_ptr (the offsets in device memory)");
+  check_jacobi_options(jacobi_tol, max_sweeps);
+  const CudaLaunch launch = launch_options(device, stream, n_threads, shared);
+  py::gil_scoped_release release;
+  slimtik_block_step_cuda(p.B, p.n_f, p.n_t, p.G_mem, p.G, p.H, p.c, p.m, p.W, p.Lambda_prev,
+                          blocks.dims(blocks.device_offsets), opts, p.W_out, p.info, p.workspace, jacobi_tol,
+                          max_sweeps, launch);
+}
+
 void py_jacobi_eigh(long long B, long long n, std::uintptr_t A_ptr, std::uintptr_t U0_ptr, std::uintptr_t s_ptr,
                     std::uintptr_t U_ptr, double tol, int max_sweeps, std::uintptr_t workspace_ptr,
                     std::uintptr_t stream, int device, std::uintptr_t sweeps_ptr, int n_threads, int shared) {
@@ -77,6 +104,14 @@ PYBIND11_MODULE(_cuda, mod) {
           py::arg("max_sweeps") = SLIMFAST_CUDA_JACOBI_MAX_SWEEPS, py::arg("n_threads") = 0,
           py::arg("shared") = (int)SHARED_AUTO,
           "Enqueue one slimTik step for B problems on `stream` (device pointers; no synchronisation).");
+  bind_block_offsets(mod);
+  mod.def("block_workspace_doubles", &py_block_workspace_doubles, py::arg("B"), py::arg("n_f"), py::arg("n_t"),
+          py::arg("n_grid"), py::arg("blocks"), "float64 workspace elements slimtik_block_step needs for B problems.");
+  mod.def("slimtik_block_step", &py_slimtik_block_step, py::arg("buffers"), py::arg("blocks"), py::arg("options"),
+          py::arg("stream") = null, py::arg("device") = 0, py::arg("jacobi_tol") = SLIMFAST_CUDA_JACOBI_TOL,
+          py::arg("max_sweeps") = SLIMFAST_CUDA_JACOBI_MAX_SWEEPS, py::arg("n_threads") = 0,
+          py::arg("shared") = (int)SHARED_AUTO,
+          "Enqueue one block-structured slimTik step for B problems on `stream` (device pointers).");
   mod.def("jacobi_eigh", &py_jacobi_eigh, py::arg("B"), py::arg("n"), py::arg("A_ptr"), py::arg("U0_ptr"),
           py::arg("s_ptr"), py::arg("U_ptr"), py::arg("tol"), py::arg("max_sweeps"), py::arg("workspace_ptr"),
           py::arg("stream") = null, py::arg("device") = 0, py::arg("sweeps_ptr") = null, py::arg("n_threads") = 0,

@@ -4,6 +4,7 @@
 // where a block keeps its Jacobi matrices (shared memory or the workspace).
 #pragma once
 
+#include "slimtik_block_step.h"
 #include "slimtik_step.h"
 
 namespace slimfast {
@@ -73,6 +74,14 @@ struct BlockHooks {
   SLIMFAST_BLOCK void from_eigenbasis(int nt, int n, const double* Y, const double* Ut, const double* W,
                                       double* W_out) {
     loop_times_matrix(self(), nt, n, Y, Ut, -1.0, W, W_out);
+  }
+  // The block step's hooks (csrc/slimtik_block_step.h).
+  SLIMFAST_BLOCK void project_gram(int n, const double* Ut, const double* G, double* K, double* T) {
+    loop_project_gram(self(), n, Ut, G, K, T);
+  }
+  SLIMFAST_BLOCK void blockdiag_times(const BlockDims& bd, int rows, const double* X, int ldx, const double* M,
+                                      int ldm, bool shifted, double* out, int ldo) {
+    loop_blockdiag_times(self(), bd, rows, X, ldx, M, ldm, shifted, out, ldo);
   }
 };
 

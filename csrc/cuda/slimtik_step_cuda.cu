@@ -28,6 +28,13 @@ __global__ void __launch_bounds__(kMaxThreads) slimtik_step_kernel(StepArgs a) {
   slimtik_problem(ctx, a, (long)blockIdx.x);
 }
 
+__global__ void __launch_bounds__(kMaxThreads) slimtik_block_step_kernel(BlockStepArgs a) {
+  extern __shared__ double smem[];
+  __shared__ double red[DeviceCtx::kReductionDoubles];
+  DeviceCtx ctx{{smem, a.step.shared_level}, (int)threadIdx.x, (int)blockDim.x, red};
+  slimtik_block_problem(ctx, a, (long)blockIdx.x);
+}
+
 __global__ void __launch_bounds__(kMaxThreads) jacobi_kernel(JacobiArgs a) {
   extern __shared__ double smem[];
   __shared__ double red[DeviceCtx::kReductionDoubles];
@@ -130,6 +137,26 @@ void slimtik_step_cuda(long long B, int n_f, int n_t, const double* G_mem, const
   const cudaStream_t stream = reinterpret_cast<cudaStream_t>(launch.stream);
   slimtik_step_kernel<<<(unsigned)B, threads, smem, stream>>>(a);
   check(cudaGetLastError(), "slimtik_step kernel launch");
+}
+
+long long block_step_workspace_doubles(long long B, int n_f, int n_t, int n_grid, const BlockDims& bd) {
+  return B * block_step_layout(bd, n_f, n_t, n_grid).total;
+}
+
+void slimtik_block_step_cuda(long long B, int n_f, int n_t, const double* G_mem, const double* G, const double* H,
+                             const double* c, const double* m, const double* W, const double* Lambda_prev,
+                             const BlockDims& bd, const StepOptions& opts, double* W_out, double* info,
+                             double* workspace, double jacobi_tol, int max_sweeps, const CudaLaunch& launch) {
+  if (B <= 0) return;
+  const int threads = threads_for(bd.nmax, launch.n_threads);
+  DeviceGuard guard(launch.device);
+  size_t smem = 0;  // the Jacobi matrices of the largest block
+  const int level = shared_level(slimtik_block_step_kernel, launch.device, bd.nmax, launch.shared_mode, &smem);
+  const BlockStepArgs a = block_step_args(n_f, n_t, G_mem, G, H, c, m, W, Lambda_prev, bd, opts, W_out, info,
+                                          workspace, jacobi_tol, max_sweeps, level);
+  const cudaStream_t stream = reinterpret_cast<cudaStream_t>(launch.stream);
+  slimtik_block_step_kernel<<<(unsigned)B, threads, smem, stream>>>(a);
+  check(cudaGetLastError(), "slimtik_block_step kernel launch");
 }
 
 void jacobi_eigh_cuda(long long B, int n, const double* A, const double* U0, double* s, double* U, int* sweeps,

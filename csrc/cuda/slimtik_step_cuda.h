@@ -8,7 +8,7 @@
 
 #include <cstdint>
 
-#include "slimfast_math.h"
+#include "slimtik_block_step.h"
 
 namespace slimfast {
 
@@ -41,6 +41,16 @@ void slimtik_step_cuda(long long B, int n_f, int n_t, const double* G_mem, const
                        const StepOptions& opts, const double* U0, const double* s_in, const double* U_in,
                        double* W_out, double* info, double* U_out, double* workspace, double jacobi_tol,
                        int max_sweeps, const CudaLaunch& launch);
+
+// The block-structured step (csrc/slimtik_block_step.h) for B problems sharing the layout bd,
+// whose offsets bd.off are in DEVICE memory (nmax, P, n_c, border are host values); device
+// pointers as slimtik_step_cuda, no warm start, no eigenvector output. Workspace:
+// block_step_workspace_doubles (computed from the same layout).
+long long block_step_workspace_doubles(long long B, int n_f, int n_t, int n_grid, const BlockDims& bd);
+void slimtik_block_step_cuda(long long B, int n_f, int n_t, const double* G_mem, const double* G, const double* H,
+                             const double* c, const double* m, const double* W, const double* Lambda_prev,
+                             const BlockDims& bd, const StepOptions& opts, double* W_out, double* info,
+                             double* workspace, double jacobi_tol, int max_sweeps, const CudaLaunch& launch);
 
 // Batched block-parallel Jacobi: A [B, n, n] → s [B, n] ascending, U [B, n, n] (columns);
 // sweeps [B] (optional) receives the sweeps each problem ran.

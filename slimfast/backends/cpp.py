@@ -16,9 +16,9 @@ import torch
 from .. import _cpu  # ImportError here means "backend unavailable" to the loader
 from .._torch_impl import N_INFO
 from ..config import SolverConfig
-from .boundary import StepInputs, as_buffers, square_batch, step_buffers, step_entry
+from .boundary import BlockLayout, StepInputs, as_buffers, square_batch, step_buffers, step_entry
 
-__all__ = ["EIGENSOLVERS", "jacobi_eigh", "slimtik_step"]
+__all__ = ["BLOCK_STEP", "EIGENSOLVERS", "jacobi_eigh", "slimtik_step"]
 
 #: Eigensolver choices of the compiled step: "auto" (the header's Jacobi for n_f <= 6, else
 #: "syevd"), "syevd", "syevr" (SciPy's LAPACK inside the kernel, one thread per problem), "jacobi"
@@ -26,6 +26,10 @@ __all__ = ["EIGENSOLVERS", "jacobi_eigh", "slimtik_step"]
 #: own threads, handed to the kernel). Measured at n_f = 257, B = 1 on 2 cores, "torch" was not
 #: faster than "syevd" on average (its threads pay only on an idle machine and collapse on a busy
 #: one), so "auto" does not use it.
+#: ``slimtik_step`` runs the compiled block-structured step when ``inputs.blocks`` is set
+#: (csrc/slimtik_block_step.h; the solver routes block steps by this flag).
+BLOCK_STEP = True
+
 EIGENSOLVERS: dict[str, int] = {**_cpu.EIGENSOLVERS, "torch": _cpu.EIGENSOLVERS["auto"]}
 
 
@@ -34,7 +38,8 @@ def slimtik_step(inputs: StepInputs, *, eigensolver: str = "auto") -> tuple[torc
     """One slimTik step for B problems (twin: ``slimfast._torch_impl._slimtik_step``).
 
     Args: those of ``boundary.StepInputs`` (G_mem, G: [B, n_f, n_f]; H, W: [B, n_t, n_f];
-    c, m, Lambda_prev: [B]; all CPU float64; memory_empty; config), then
+    c, m, Lambda_prev: [B]; all CPU float64; memory_empty; config; blocks: with a layout the
+    block-structured step runs, twin ``_torch_block._slimtik_block_step``), then
         eigensolver: key of ``EIGENSOLVERS`` (for benchmarks; "auto" picks the fastest).
 
     Returns:
@@ -46,6 +51,14 @@ def slimtik_step(inputs: StepInputs, *, eigensolver: str = "auto") -> tuple[torc
     B = t.shape[0]
     W_new = torch.empty_like(t.W)
     info = torch.empty(B, N_INFO, dtype=torch.float64)
+    if t.blocks is not None:  # the block-structured step (twin: _torch_block._slimtik_block_step)
+        if eigensolver == "torch":
+            raise ValueError("eigensolver 'torch' hands G_mem's eigenpairs to the dense step; the block step "
+                             "factors its blocks itself (use 'auto', 'syevd', 'syevr' or 'jacobi')")
+        blocks = _block_offsets(t.blocks, t.shape[2])
+        _cpu.slimtik_block_step(step_buffers(_cpu, t, W_new, info), blocks, _kernel_options(t.config),
+                                EIGENSOLVERS[eigensolver])
+        return W_new, info
     s = Ut = None
     if eigensolver == "torch":  # the kernel clips s at 0 itself, as the twin does after eigh
         s, U = torch.linalg.eigh(t.G_mem)
@@ -55,6 +68,12 @@ def slimtik_step(inputs: StepInputs, *, eigensolver: str = "auto") -> tuple[torc
     buffers = step_buffers(_cpu, t, W_new, info, s_in=s, U_in=Ut)
     _cpu.slimtik_step(buffers, _kernel_options(t.config), EIGENSOLVERS[eigensolver])
     return W_new, info
+
+
+@functools.lru_cache(maxsize=64)
+def _block_offsets(layout: BlockLayout, n_f: int) -> Any:
+    """The checked ``_cpu.BlockOffsets`` of a (contiguous) layout, built once per layout."""
+    return _cpu.BlockOffsets(list(layout.offsets()), layout.border, n_f)
 
 
 @functools.lru_cache(maxsize=64)

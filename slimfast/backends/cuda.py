@@ -18,18 +18,25 @@ install tests the GPU's arithmetic.
 
 from __future__ import annotations
 
+import functools
+from typing import Any
+
 import torch
 
 from .. import _cuda  # ImportError here means "backend unavailable" to the loader
 from .._torch_impl import N_INFO
 from ..config import SolverConfig
-from .boundary import StepInputs, as_buffers, eigenvector_buffer, scratch, square_batch, step_buffers, step_entry
+from .boundary import BlockLayout, StepInputs, as_buffers, eigenvector_buffer, scratch, square_batch, step_buffers, step_entry
 
 __all__ = [
-    "BLOCK_CODE", "EIGENSOLVERS", "JACOBI_MAX_SWEEPS", "JACOBI_TOL", "choose_eigensolver", "jacobi_eigh",
+    "BLOCK_CODE", "BLOCK_STEP", "EIGENSOLVERS", "block_workspace_size", "JACOBI_MAX_SWEEPS", "JACOBI_TOL", "choose_eigensolver", "jacobi_eigh",
     "slimtik_step",
     "workspace_size",
 ]
+
+#: ``slimtik_step`` runs the compiled block-structured step when ``inputs.blocks`` is set
+#: (csrc/slimtik_block_step.h; the solver routes block steps by this flag).
+BLOCK_STEP = True
 
 #: The step runs the CUDA block code: it takes U0/U_out/workspace/eigensolver, and the solver keeps
 #: the warm start and the workspace in the state (``solver._block_options``).
@@ -75,6 +82,12 @@ def workspace_size(B: int, n_f: int, n_t: int, config: SolverConfig, memory_empt
     return int(_cuda.workspace_doubles(int(B), int(n_f), int(n_t), int(config.n_grid), bool(memory_empty)))
 
 
+def block_workspace_size(B: int, n_f: int, n_t: int, config: SolverConfig, blocks: BlockLayout) -> int:
+    """float64 elements of the workspace one block-structured step of B problems needs."""
+    offsets = _cuda.BlockOffsets(list(blocks.offsets()), blocks.border, int(n_f))
+    return int(_cuda.block_workspace_doubles(int(B), int(n_f), int(n_t), int(config.n_grid), offsets))
+
+
 def _step_options(config: SolverConfig) -> "_cuda.StepOptions":
     if not isinstance(config, SolverConfig):
         raise TypeError(f"config must be a SolverConfig, got {type(config).__name__}")
@@ -97,7 +110,10 @@ def slimtik_step(
     """One slimTik step for B problems (twin: ``slimfast._torch_impl._slimtik_step``).
 
     Args: those of ``boundary.StepInputs`` (G_mem, G: [B, n_f, n_f]; H, W: [B, n_t, n_f];
-    c, m, Lambda_prev: [B]; CUDA float64, all on one device; memory_empty; config), then
+    c, m, Lambda_prev: [B]; CUDA float64, all on one device; memory_empty; config; blocks: with
+    a layout the block-structured step's kernel runs (twin ``_torch_block._slimtik_block_step``;
+    its own Jacobi per block, so no U0, U_out or "cusolver", and its own workspace size:
+    ``block_workspace_size``)), then
         U0: optional [B, n_f, n_f] orthogonal matrices close to G_mem's eigenvectors (e.g. the
             previous step's ``U_out``): the Jacobi sweeps start from U0ᵀ G_mem U0 and need fewer
             sweeps. Only the speed depends on it.
@@ -127,6 +143,17 @@ def slimtik_step(
     info = torch.empty(B, N_INFO, dtype=F64, device=device)
     if B == 0:
         return W_new, info
+    if t.blocks is not None:
+        if U0 is not None or U_out is not None or eigensolver == "cusolver":
+            raise ValueError("the block step factors its blocks with the kernel's Jacobi: no U0, U_out or 'cusolver'")
+        blocks = _block_offsets(t.blocks, n_f, device).blocks
+        size = int(_cuda.block_workspace_doubles(B, n_f, n_t, int(t.config.n_grid), blocks))
+        buffers = step_buffers(_cuda, t, W_new, info, workspace=scratch(workspace, size, device))
+        with torch.cuda.device(device):
+            stream = torch.cuda.current_stream(device).cuda_stream
+            _cuda.slimtik_block_step(buffers, blocks, opts, stream, _device_index(device), float(jacobi_tol),
+                                     int(max_sweeps), int(n_threads), shared_code)
+        return W_new, info
     ws = scratch(workspace, workspace_size(B, n_f, n_t, t.config, t.memory_empty), device)
     if eigensolver == "auto":
         eigensolver = choose_eigensolver(B, n_f)
@@ -139,6 +166,23 @@ def slimtik_step(
         _cuda.slimtik_step(buffers, opts, stream, _device_index(device), float(jacobi_tol), int(max_sweeps),
                            int(n_threads), shared_code)
     return W_new, info
+
+
+@functools.lru_cache(maxsize=64)
+def _block_offsets(layout: BlockLayout, n_f: int, device: torch.device) -> Any:
+    """The checked ``_cuda.BlockOffsets`` of a contiguous layout with its offsets copied to
+    ``device`` once (the kernel reads them there; the object keeps the tensor alive)."""
+    offsets = list(layout.offsets())
+    on_device = torch.tensor(offsets, dtype=torch.int32, device=device)
+    blocks = _cuda.BlockOffsets(offsets, layout.border, n_f, on_device.data_ptr())
+    return _KeptAlive(blocks, on_device)
+
+
+class _KeptAlive:
+    """A ``_cuda.BlockOffsets`` and the device tensor its offsets_ptr points into."""
+
+    def __init__(self, blocks: Any, tensor: torch.Tensor) -> None:
+        self.blocks, self.tensor = blocks, tensor
 
 
 def jacobi_eigh(
