@@ -117,8 +117,8 @@ def slimtik_step(
             O(Σ n_p³) instead of O(n_f³)); entries of G between blocks must be exactly zero
             (checked with ``validate="eager"``). ``cond`` and ``eig_min`` then describe the
             diagonal blocks (and the border's corner). Backends with a block step (module
-            attribute ``BLOCK_STEP``): torch and numba; the others (cpp, cuda, for now) take
-            their dense step, which gives the same W_new, λ and sGCV to rounding.
+            attribute ``BLOCK_STEP``): every library backend (cpp, cuda, numba, torch); a backend
+            without one would take its dense step (the same W_new, λ and sGCV to rounding).
 
     All arrays are float64, C-contiguous, numpy or torch (CPU or CUDA, on the state's
     device); the results have the type of ``W``. Bad input raises TypeError/ValueError naming
