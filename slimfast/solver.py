@@ -10,7 +10,6 @@ all-reduce across ranks).
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from typing import Any, Generic, Literal, TypeVar
 
@@ -18,7 +17,7 @@ import numpy as np
 import torch
 
 from ._torch_impl import INFO_FIELDS
-from .backends import load_backend, resolve_backend
+from .backends import resolve_backend
 from .backends.boundary import BlockLayout
 from .config import SolverConfig
 from .state import SlimTikState
@@ -141,8 +140,6 @@ def slimtik_step(
             check_block_layout(blocks, G_t)
             order = block_order(blocks, G_t.device)
         name, module = resolve_backend(backend, state.device)
-        if blocks is not None and backend is None and not getattr(module, "BLOCK_STEP", False):
-            name, module = _block_step_backend(name, module, state.device)
         if validate == "eager":
             raise_first_if_any(faults, config, state.Lambda, name)
         inputs = (G_t, H_t, c_t, m_t, W_t) if validate == "eager" else _neutralised(faults, G_t, H_t, c_t, m_t, W_t)
@@ -180,17 +177,6 @@ def slimtik_step(
     record = StepInfo(backend=name, faults=_like(faults, numpy_out), config=config,
                       Lambda_prev=_like(Lambda_prev, numpy_out), **fields)
     return _like(W_new, numpy_out), record
-
-
-def _block_step_backend(name: str, module: Any, device: torch.device) -> tuple[str, Any]:
-    """The automatic backend for a block step: the default one if it has a block step, else numba
-    on CPU when it is available (its block step beats the compiled dense step: 2.4 ms vs ~8 ms at
-    n_f = 257 in four blocks, benchmarks/RESULTS.md), else the default one's dense step."""
-    if device.type == "cpu" and os.environ.get("SLIMFAST_BACKEND") is None:
-        numba = load_backend("numba")
-        if numba is not None:
-            return "numba", numba
-    return name, module
 
 
 def _blocked_step(module: Any, blocks: BlockLayout, order: tuple[torch.Tensor, torch.Tensor] | None,
