@@ -38,6 +38,7 @@ from .heads import (
     head_to_matrix, matrix_to_params,
 )
 from .distributed import all_reduce_statistics, use_data_parallel
+from .block_head import block_head_step
 from .fused_head import fused_step
 from .phase_blocks import phase_blocks
 from .solver import slimtik_step
@@ -278,6 +279,8 @@ class SlimTik(torch.optim.Optimizer):
         _check_owner(self)
         if (fused := fused_step(self, features, target)) is not None:   # Linear head, CPU, cpp: one call
             return fused
+        if (blocked := block_head_step(self, features, target)) is not None:   # strided ConvTranspose2d, CPU, cpp
+            return blocked
         check_head_inputs(self.head, features, target, finite=False)
         if steps_on_samples(self, features):
             return sample_side_head_step(self, features, target)

@@ -1,0 +1,215 @@
+"""Fast path of ``SlimTik.step`` for a head solved per phase block (strided ``ConvTranspose2d``, CPU, cpp).
+
+The general path forms the batch's statistics (G [n_f, n_f], H [n_t, n_f], c, m), validates them
+as it would a caller's, sums the whole memory G_mem = G + Σ_j G_j, permutes G_mem and G into block
+order (``phase_blocks``), checks the zeros between blocks and takes the block step (method.md §6
+"Phase blocks"). Here:
+
+* the layout (shapes, strides, dtypes, devices, the head's geometry, the settings) is checked
+  once and cached per ``SlimTik``, with the buffers the compiled step reads and writes;
+* the statistics are the library's own (``heads.head_statistics``): symmetric, with exact zeros
+  between blocks by construction, so only their values are checked (NaN/Inf, beyond ±MAX_ABS);
+* only the entries the block step reads, the diagonal blocks and the border row
+  (Σ_p n_p² + 2·n_f − 1 of n_f²), are summed over the memory and gathered into block order:
+
+      G_mem[order[i], order[j]] = G[order[i], order[j]] + Σ_j G_j[order[i], order[j]]   for (i, j) in a block or the border
+
+  the same sums in the same order as the general path, so the step is the general path's.
+
+Anything the fast path does not cover or any fault (a non-finite batch or weight, λ bounds that
+exclude every step, an indefinite G_mem, weights that do not fit the head's dtype) returns None
+before anything has changed: ``SlimTik.step`` then takes the general path, which raises or skips
+exactly as before.
+"""
+
+from __future__ import annotations
+
+import math
+import weakref
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import nn
+
+from . import solver
+from ._torch_impl import N_INFO
+from .backends import load_backend
+from .distributed import use_data_parallel
+from .heads import check_head_inputs, head_statistics, head_to_matrix, matrix_to_params
+from .phase_blocks import phase_blocks
+from .state import SlimTikState
+from .validation import INDEFINITE_RTOL, MAX_ABS
+
+if TYPE_CHECKING:
+    from .optim import SlimTik, SlimTikInfo
+
+__all__ = ["ENABLED", "block_head_step", "block_entries"]
+
+F64 = torch.float64
+
+#: Set to False to send every block step through the general path (for comparisons).
+ENABLED: bool = True
+
+
+def block_entries(order: tuple[int, ...], sizes: tuple[int, ...], border: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Flat indices of the entries a block step reads: (source [K] into a row-major n_f × n_f matrix
+    in feature order, destination [K] into the same matrix in block order), for the diagonal blocks
+    of ``sizes`` and, with a ``border``, the last row and column. K = Σ_p n_p² (+ 2·n_f − 1)."""
+    n = len(order)
+    perm = torch.tensor(order, dtype=torch.long)
+    rows, cols = [], []
+    lo = 0
+    for size in sizes:
+        idx = torch.arange(lo, lo + size)
+        rows.append(idx.repeat_interleave(size))
+        cols.append(idx.repeat(size))
+        lo += size
+    if border:
+        last, every = torch.full((n,), n - 1), torch.arange(n)
+        rows += [last, every[:-1]]
+        cols += [every, last[:-1]]
+    i, j = torch.cat(rows), torch.cat(cols)
+    return perm[i] * n + perm[j], i * n + j
+
+
+class _Plan:
+    """One cached layout: the block layout, the gather indices and the compiled step's buffers."""
+
+    __slots__ = ("key", "ok", "perm", "inverse", "src", "dst", "G_mem", "G", "H", "c", "m", "W", "W_out", "info",
+                 "offsets", "options", "buffers", "Lambda", "module")
+
+    def __init__(self, key: tuple[Any, ...]) -> None:
+        self.key = key
+        self.ok = False
+        self.buffers: dict[bool, Any] = {}
+        self.Lambda: torch.Tensor | None = None
+
+
+#: SlimTik → its cached plan (weak: a deleted optimizer frees its entry; never pickled with it).
+_PLANS: weakref.WeakKeyDictionary[Any, _Plan] = weakref.WeakKeyDictionary()
+
+
+def _build(slim: SlimTik, features: torch.Tensor, target: torch.Tensor, key: tuple[Any, ...]) -> _Plan:
+    """Check a new layout once (``check_head_inputs`` raises its usual errors) and allocate the
+    buffers; ``ok=False`` for a layout the fast path does not take."""
+    plan = _Plan(key)
+    head = slim.head
+    check_head_inputs(head, features, target, finite=False)
+    blocks = phase_blocks(head)
+    cpp = load_backend("cpp")
+    if blocks is None or cpp is None or not getattr(cpp, "BLOCK_STEP", False) or head.weight.device.type != "cpu" \
+            or features.device.type != "cpu" or target.device.type != "cpu" or features.ndim != 4:
+        return plan
+    n_f, n_t = blocks.n_features, head.out_channels
+    order = blocks.order if blocks.order is not None else tuple(range(n_f))
+    plan.perm = torch.tensor(order, dtype=torch.long)
+    plan.inverse = torch.argsort(plan.perm)
+    plan.src, plan.dst = block_entries(order, blocks.sizes, blocks.border)
+    plan.G_mem = torch.zeros(1, n_f, n_f, dtype=F64)   # entries between blocks stay zero
+    plan.G = torch.zeros(1, n_f, n_f, dtype=F64)
+    plan.H = torch.empty(1, n_t, n_f, dtype=F64)
+    plan.W = torch.empty(1, n_t, n_f, dtype=F64)
+    plan.c = torch.empty(1, dtype=F64)
+    plan.m = torch.full((1,), float(target.numel()), dtype=F64)
+    plan.W_out = torch.empty(1, n_t, n_f, dtype=F64)
+    plan.info = torch.empty(1, N_INFO, dtype=F64)
+    plan.module = cpp._cpu
+    plan.offsets = cpp._block_offsets(blocks.contiguous(), n_f)
+    plan.options = cpp._kernel_options(slim.config)
+    plan.ok = True
+    return plan
+
+
+def _step_buffers(plan: _Plan, state: SlimTikState) -> Any:
+    """The compiled step's buffers (data pointers; rebuilt when the state's Λ tensor changes)."""
+    if plan.Lambda is not state.Lambda:
+        plan.buffers.clear()
+        plan.Lambda = state.Lambda
+    empty = state.memory_empty
+    if empty not in plan.buffers:
+        _, n_t, n_f = plan.W.shape
+        plan.buffers[empty] = plan.module.StepBuffers(
+            1, n_f, n_t, empty, plan.G_mem.data_ptr(), plan.G.data_ptr(), plan.H.data_ptr(), plan.c.data_ptr(),
+            plan.m.data_ptr(), plan.W.data_ptr(), state.Lambda.data_ptr(), plan.W_out.data_ptr(), plan.info.data_ptr(),
+            0, 0, 0, 0, 0)
+    return plan.buffers[empty]
+
+
+def _state_fits(state: Any, n_f: int, n_t: int) -> bool:
+    return (isinstance(state, SlimTikState) and state.batch == 1 and state.device.type == "cpu"
+            and (state.n_features, state.n_targets) == (n_f, n_t) and state.memory.dtype == F64
+            and state.memory.is_contiguous() and state.Lambda.dtype == F64 and state.Lambda.is_contiguous())
+
+
+def _bounds_admit(Lambda_prev: float, slim: SlimTik) -> bool:
+    """Λ_{k−1} is finite, at most Λ_max, and some λ is admissible (``_admissible_interval``)."""
+    (L_min, L_max), (l_min, l_max) = slim.config.Lambda_bounds, slim.config.lambda_bounds
+    if not math.isfinite(Lambda_prev) or Lambda_prev > L_max:
+        return False
+    mu_lo = max(Lambda_prev + l_min, L_min) if math.isfinite(l_min) else L_min
+    return mu_lo <= min(Lambda_prev + l_max, L_max)
+
+
+def block_head_step(slim: SlimTik, features: Any, target: Any) -> SlimTikInfo | None:
+    """``SlimTik.step`` for a phase-block head with the checks and gathers cut to what it needs, or
+    None when the general path must run (nothing has changed then). Called after the owner check."""
+    head = slim.head
+    if not (ENABLED and slim.block_solve == "auto" and isinstance(head, nn.ConvTranspose2d)
+            and isinstance(features, torch.Tensor) and isinstance(target, torch.Tensor)) or slim._pending:
+        return None
+    weight, bias = head.weight, head.bias
+    key = (features.shape, features.stride(), features.dtype, features.device, target.shape, target.stride(),
+           target.dtype, target.device, weight.shape, weight.dtype, weight.device,
+           None if bias is None else bias.dtype, phase_blocks(head), slim.reduction, slim.memory_depth, slim.config)
+    plan = _PLANS.get(slim)
+    if plan is None or plan.key != key:
+        plan = _PLANS[slim] = _build(slim, features, target, key)
+    if not plan.ok or use_data_parallel(slim.distributed, slim.process_group) \
+            or solver.resolve_backend(slim.backend, weight.device)[0] != "cpp":
+        return None
+    state = slim._ensure_state()
+    n_t, n_f = plan.W.shape[1:]
+    if not _state_fits(state, n_f, n_t) or not _bounds_admit(float(state.Lambda[0]), slim):
+        return None
+
+    G, H, c, m = head_statistics(head, features, target, slim.reduction, check=False)
+    W = head_to_matrix(head)
+    largest = torch.stack([G.abs().amax(), H.abs().amax(), c.abs(), W.abs().amax()]).amax()
+    if not float(largest) <= MAX_ABS:   # NaN/Inf or out of range: the general path names the culprit
+        return None
+
+    src, dst = plan.src, plan.dst
+    entries = G.view(-1).index_select(0, src)
+    plan.G.view(-1).index_copy_(0, dst, entries)
+    if state.n_stored > 0:
+        stored = state.memory[0, : state.n_stored].view(state.n_stored, -1).index_select(1, src)
+        entries = entries + stored.sum(0)
+    plan.G_mem.view(-1).index_copy_(0, dst, entries)
+    torch.index_select(H, 1, plan.perm, out=plan.H[0])
+    torch.index_select(W, 1, plan.perm, out=plan.W[0])
+    plan.c.copy_(c.reshape(1))
+    plan.module.slimtik_block_step(_step_buffers(plan, state), plan.offsets, plan.options, 0)
+
+    lam, Lam, sgcv, rel, cond, eig_min = plan.info[0].tolist()
+    if not eig_min >= -INDEFINITE_RTOL:
+        return None
+    new_weight, new_bias = matrix_to_params(head, plan.W_out[0].index_select(1, plan.inverse).to(weight.dtype))
+    if not (bool(torch.isfinite(new_weight).all()) and (new_bias is None or bool(torch.isfinite(new_bias).all()))):
+        return None
+    state.commit(G[None], plan.info[:, 1])
+    # copy_ (not a write through the pointer) so that autograd sees the in-place update.
+    weight.copy_(new_weight)
+    if bias is not None:
+        bias.copy_(new_bias)
+    return _record(slim, (lam, Lam, sgcv, rel, cond), m)
+
+
+def _record(slim: SlimTik, values: tuple[float, ...], m: int) -> SlimTikInfo:
+    from .optim import SlimTikInfo
+
+    lam, Lam, sgcv, rel, cond = values
+    step = slim.solver_state.step_count
+    rec = SlimTikInfo(step=step, lambda_=lam, Lambda=Lam, alpha=Lam / step, sgcv=sgcv, rel_residual=rel, cond=cond,
+                      m=m, backend="cpp")
+    slim._record(rec)
+    return rec

@@ -1,0 +1,215 @@
+"""The phase-block fast path of ``SlimTik.step`` (slimfast.block_head) against the general path.
+
+The reference is the same SlimTik run with the fast path switched off (``block_head.ENABLED =
+False``): the general path validates the statistics, sums the whole memory, permutes G_mem and G
+into block order and takes the same compiled block step. The fast path sums and gathers only the
+entries that step reads, in the same order, so weights, Λ and memory agree to rounding (1e-12;
+float32 heads 1e-6). Faults must leave the fast path before anything changes, so that the general
+path raises or skips exactly as before.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+import slimfast.block_head as bh
+import slimfast.optim as optim
+from slimfast import SlimTik
+from slimfast.ownership import release_head
+from slimfast.phase_blocks import phase_blocks
+from tests.conftest import require_backend
+
+pytestmark = pytest.mark.usefixtures("single_thread")
+
+F64 = torch.float64
+
+HEADS = {
+    "s2k4p1": lambda: nn.ConvTranspose2d(3, 2, 4, stride=2, padding=1),
+    "s2k3-nobias": lambda: nn.ConvTranspose2d(2, 1, 3, stride=2, bias=False),
+    "s(1,3)k(2,5)": lambda: nn.ConvTranspose2d(2, 3, (2, 5), stride=(1, 3), padding=(0, 1)),
+    "s3k4d2-outpad": lambda: nn.ConvTranspose2d(2, 1, 4, stride=3, dilation=2, output_padding=1),
+}
+
+
+@pytest.fixture(autouse=True)
+def _cpp():
+    require_backend("cpp")
+
+
+def _batches(head: nn.ConvTranspose2d, n: int, dtype: torch.dtype = F64, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    x0 = torch.zeros(4, head.in_channels, 5, 4, dtype=F64)
+    with torch.no_grad():
+        out = copy.deepcopy(head).double()(x0).shape
+    return [(torch.randn(x0.shape, generator=g).to(dtype), torch.randn(out, generator=g).to(dtype)) for _ in range(n)]
+
+
+def _run(head: nn.Module, batches, enabled: bool, monkeypatch, **kw):
+    monkeypatch.setattr(bh, "ENABLED", enabled)
+    slim = SlimTik(head, **kw)
+    out = []
+    for x, y in batches:
+        rec = slim.step(x, y)
+        out.append((torch.cat([p.detach().reshape(-1).double().clone() for p in head.parameters()]), rec.Lambda,
+                    rec.lambda_, rec.sgcv))
+    memory = slim.solver_state.memory.clone()
+    release_head(head)
+    return out, memory
+
+
+def _counting(monkeypatch):
+    """Counts the general path's solver calls (the fast path makes none)."""
+    calls = []
+    real = optim.slimtik_step
+
+    def spy(*args, **kwargs):
+        calls.append(kwargs.get("blocks"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(optim, "slimtik_step", spy)
+    return calls
+
+
+@pytest.mark.parametrize("name", sorted(HEADS))
+@pytest.mark.parametrize("memory_depth", [0, 3])
+def test_fast_path_equals_general_path(monkeypatch, name, memory_depth) -> None:
+    """Over memory filling and wrapping: weights, Λ, λ, sGCV and the stored memory agree to 1e-12,
+    and the fast path made no general solver call."""
+    torch.manual_seed(1)
+    head = HEADS[name]().double()
+    batches = _batches(head, 6)
+    calls = _counting(monkeypatch)
+    fast, mem_fast = _run(copy.deepcopy(head), batches, True, monkeypatch, memory_depth=memory_depth)
+    assert calls == []
+    general, mem_general = _run(copy.deepcopy(head), batches, False, monkeypatch, memory_depth=memory_depth)
+    assert len(calls) == len(batches) and all(c is not None for c in calls)
+    for k, ((w_f, L_f, l_f, s_f), (w_g, L_g, l_g, s_g)) in enumerate(zip(fast, general)):
+        assert float((w_f - w_g).norm() / w_g.norm()) <= 1e-12, k
+        assert abs(L_f - L_g) <= 1e-12 * abs(L_g), k
+        assert abs(l_f - l_g) <= 1e-12 * abs(L_g), k
+        assert abs(s_f - s_g) <= 1e-12 * abs(s_g), k
+    assert torch.equal(mem_fast, mem_general)
+
+
+@pytest.mark.parametrize("data_dtype", [torch.float32, torch.bfloat16])
+def test_float32_head_within_1e6_of_general_path(monkeypatch, data_dtype) -> None:
+    torch.manual_seed(2)
+    head = HEADS["s2k4p1"]().float()
+    batches = _batches(head, 5, data_dtype)
+    fast, _ = _run(copy.deepcopy(head), batches, True, monkeypatch, memory_depth=2)
+    general, _ = _run(copy.deepcopy(head), batches, False, monkeypatch, memory_depth=2)
+    for k, ((w_f, *_), (w_g, *_)) in enumerate(zip(fast, general)):
+        assert float((w_f - w_g).norm() / w_g.norm()) <= 1e-6, k
+
+
+@pytest.mark.parametrize("on_nonfinite", ["raise", "skip"])
+@pytest.mark.parametrize("bad", ["features", "target"])
+def test_nonfinite_batch_gives_the_general_error_or_skip_and_leaves_state(monkeypatch, on_nonfinite, bad) -> None:
+    torch.manual_seed(3)
+    head = HEADS["s2k4p1"]().double()
+    batches = _batches(head, 3)
+    slim = SlimTik(head, memory_depth=2, on_nonfinite=on_nonfinite)
+    for x, y in batches[:2]:
+        slim.step(x, y)
+    before = (copy.deepcopy(slim.solver_state.state_dict()), head.weight.detach().clone(), slim.n_steps_)
+    x, y = (t.clone() for t in batches[2])
+    (x if bad == "features" else y)[0, 0, 1, 1] = float("nan")
+    if on_nonfinite == "raise":
+        with pytest.raises(ValueError, match=bad):
+            slim.step(x, y)
+    else:
+        assert slim.step(x, y).skipped
+    state, weight, steps = before
+    after = slim.solver_state.state_dict()
+    assert all(torch.equal(state[k], after[k]) if isinstance(state[k], torch.Tensor) else state[k] == after[k]
+               for k in state)
+    assert torch.equal(head.weight, weight) and slim.n_steps_ == steps
+    slim.step(*batches[2])   # the next good batch takes the fast path again
+    assert slim.n_steps_ == steps + 1
+
+
+def test_bounds_that_exclude_every_lambda_raise_like_the_general_path(monkeypatch) -> None:
+    head = HEADS["s2k4p1"]().double()
+    x, y = _batches(head, 1)[0]
+    config = dict(Lambda0=5.0, Lambda_bounds=(1e-7, 1.0))
+    with pytest.raises(ValueError) as fast:
+        SlimTik(copy.deepcopy(head), **config).step(x, y)
+    monkeypatch.setattr(bh, "ENABLED", False)
+    with pytest.raises(ValueError) as general:
+        SlimTik(copy.deepcopy(head), **config).step(x, y)
+    assert str(fast.value) == str(general.value)
+
+
+def test_float32_overflow_raises_and_leaves_the_head(monkeypatch) -> None:
+    """Weights beyond float32's range: the fast path declines, the general path raises."""
+    head = HEADS["s2k4p1"]().float()
+    x, y = _batches(head, 1)[0]
+    slim = SlimTik(head, lambda_mode="constant", lambda_const=0.0, Lambda0=1e-7)
+    weight = head.weight.detach().clone()
+    with pytest.raises(FloatingPointError, match="float32"):
+        slim.step(x * 1e-3, y * 1e37)
+    assert torch.equal(head.weight, weight) and slim.n_steps_ == 0
+
+
+def test_other_cases_take_the_general_path(monkeypatch) -> None:
+    calls = _counting(monkeypatch)
+    head = HEADS["s2k4p1"]().double()
+    x, y = _batches(head, 1)[0]
+    SlimTik(copy.deepcopy(head), backend="torch").step(x, y)          # another backend
+    SlimTik(copy.deepcopy(head), block_solve="off").step(x, y)         # dense step asked for
+    SlimTik(copy.deepcopy(head), check_every=0).step(x, y)             # first step: nothing pending, fast
+    stride1 = nn.ConvTranspose2d(2, 1, 3).double()                      # no phase blocks
+    SlimTik(stride1).step(torch.randn(2, 2, 4, 4, dtype=F64), torch.randn(2, 1, 6, 6, dtype=F64))
+    assert [c is None for c in calls] == [False, True, True]
+
+
+def test_changed_layout_revalidates(monkeypatch) -> None:
+    head = HEADS["s2k4p1"]().double()
+    slim = SlimTik(head, memory_depth=1)
+    x, y = _batches(head, 1)[0]
+    slim.step(x, y)
+    with pytest.raises(ValueError, match="target"):
+        slim.step(x, y[:, :, :-1])
+    slim.step(x[:2], y[:2])   # another batch size: a new plan
+    assert slim.n_steps_ == 2
+
+
+def test_block_entries_are_the_blocks_and_the_border() -> None:
+    """Every entry a block step reads, each once: the diagonal blocks and the border row and column
+    in block order, taken from the features' own positions."""
+    head = nn.ConvTranspose2d(3, 1, (3, 4), stride=(2, 3))
+    layout = phase_blocks(head)
+    n = layout.n_features
+    src, dst = bh.block_entries(layout.order, layout.sizes, layout.border)
+    mask = torch.zeros(n, n, dtype=torch.bool)
+    for lo, hi in layout.ranges():
+        mask[lo:hi, lo:hi] = True
+    mask[-1, :] = mask[:, -1] = True
+    assert sorted(dst.tolist()) == torch.nonzero(mask.reshape(-1)).flatten().tolist()
+    perm = torch.tensor(layout.order)
+    A = torch.arange(n * n, dtype=F64).reshape(n, n)
+    permuted = A[perm][:, perm].reshape(-1)
+    assert torch.equal(A.reshape(-1)[src], permuted[dst])
+
+
+def test_autograd_sees_the_in_place_update() -> None:
+    head = HEADS["s2k4p1"]().double()
+    version = head.weight._version
+    x, y = _batches(head, 1)[0]
+    SlimTik(head).step(x, y)
+    assert head.weight._version > version
+
+
+def test_sgcv_and_constant_modes_match(monkeypatch) -> None:
+    head = HEADS["s2k3-nobias"]().double()
+    batches = _batches(head, 4)
+    for mode in ("constant", "reference"):
+        kw = dict(memory_depth=2, lambda_mode=mode, lambda_const=0.01)
+        fast, _ = _run(copy.deepcopy(head), batches, True, monkeypatch, **kw)
+        general, _ = _run(copy.deepcopy(head), batches, False, monkeypatch, **kw)
+        for (w_f, L_f, *_), (w_g, L_g, *_) in zip(fast, general):
+            assert float((w_f - w_g).norm() / w_g.norm()) <= 1e-12 and abs(L_f - L_g) <= 1e-12 * abs(L_g)
