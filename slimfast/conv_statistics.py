@@ -106,6 +106,12 @@ class _Plan:
     pair_b: torch.Tensor                     # [P] flat tap of the column block
     mask_h: torch.Tensor                     # [k_h, H] pixels each tap reads (for the feature sums)
     mask_w: torch.Tensor                     # [k_w, W]
+    # The edge fields' factors, gathered from the few padded columns they read (``edge_columns``,
+    # [U]) laid out [H + δ_h, U] and flattened: rows i_h·U + slot(e) for the left factor [H·E],
+    # (δ_h + i_h)·U + slot(e + δ_w) per lag for the right one [L·H·E].
+    edge_columns: torch.Tensor
+    edge_left: torch.Tensor
+    edge_right: torch.Tensor
 
 
 @lru_cache(maxsize=64)
@@ -136,8 +142,16 @@ def _plan(ax_h: TapAxis, ax_w: TapAxis) -> _Plan:
         weights[p, lags.index(lag), :, 0] = rows
         weights[p, lags.index(lag), :, 1:] = -rows[:, None] * outside[None, :]
     long = torch.long
+    margin = max(abs(dw) for _, dw in lags)
+    used = sorted({e + dw for e in edges for _, dw in lags} | set(edges))
+    slot = {u: i for i, u in enumerate(used)}
+    U = len(used)
+    edge_left = [i_h * U + slot[e] for i_h in range(H) for e in edges]
+    edge_right = [(dh + i_h) * U + slot[e + dw] for dh, dw in lags for i_h in range(H) for e in edges]
     return _Plan(
         lags=lags, edges=edges, weights=weights.reshape(len(pairs), -1),
+        edge_columns=torch.tensor([margin + u for u in used], dtype=long),
+        edge_left=torch.tensor(edge_left, dtype=long), edge_right=torch.tensor(edge_right, dtype=long),
         pair_a=torch.tensor([p[0] * kw + p[1] for p in pairs], dtype=long),
         pair_b=torch.tensor([p[2] * kw + p[3] for p in pairs], dtype=long),
         mask_h=torch.tensor(mask_h, dtype=torch.float64).reshape(kh, ax_h.n),
@@ -165,22 +179,20 @@ def lagged_gram(x: torch.Tensor, ax_h: TapAxis, ax_w: TapAxis) -> torch.Tensor:
     rows[:H, :, :, M: M + W] = x.permute(2, 1, 0, 3)
     flat = F.pad(rows.view(H + h_pad, C, n * width), (M, M))
     left = flat[:H, :, M: M + n * width]
-    E = len(plan.edges)
+    L, E = len(plan.lags), len(plan.edges)
+    main = torch.stack([torch.bmm(left, flat[dh: dh + H, :, M + dw: M + dw + n * width].transpose(1, 2))
+                        for dh, dw in plan.lags])                                                  # [L, H, C, C]
     if E:
-        # The few columns the edge fields read, contiguous per (row, column): [H + δ_h, U, C, n].
-        used = sorted({e + dw for e in plan.edges for _, dw in plan.lags} | set(plan.edges))
-        slot = {u: i for i, u in enumerate(used)}
-        cols = rows[:, :, :, [M + u for u in used]].permute(0, 3, 1, 2).contiguous()
-        edge_left = cols[:H, [slot[e] for e in plan.edges]].reshape(H * E, C, n)
-    fields = []
-    for dh, dw in plan.lags:
-        fields.append(torch.bmm(left, flat[dh: dh + H, :, M + dw: M + dw + n * width].transpose(1, 2))[:, None])
-        if E:
-            right = cols[dh: dh + H, [slot[e + dw] for e in plan.edges]].reshape(H * E, C, n)
-            fields.append(torch.bmm(edge_left, right.transpose(1, 2)).view(H, E, C, C))
-    # [L·(1 + E)] pieces of [H, ·, C, C] → [L, H, 1 + E, C·C], the layout of the weights' columns
-    stacked = torch.cat(fields, 1).view(H, len(plan.lags), 1 + E, C * C).transpose(0, 1)
-    blocks = (plan.weights.to(x.device) @ stacked.reshape(-1, C * C)).view(-1, C, C)                 # [P, C, C]
+        # Every edge field in one batched product: [H·E] left factors, each against its L lags.
+        dev = x.device
+        cols = rows.index_select(3, plan.edge_columns.to(dev)).permute(0, 3, 1, 2).contiguous().view(-1, C, n)
+        edge_left = cols.index_select(0, plan.edge_left.to(dev)).repeat(L, 1, 1)                   # [L·H·E, C, n]
+        edge_right = cols.index_select(0, plan.edge_right.to(dev))
+        edge = torch.bmm(edge_left, edge_right.transpose(1, 2)).view(L, H, E, C, C)
+        stacked = torch.cat([main[:, :, None], edge], 2)                                            # [L, H, 1 + E, C, C]
+    else:
+        stacked = main[:, :, None]
+    blocks = (plan.weights.to(x.device) @ stacked.view(-1, C * C)).view(-1, C, C)                    # [P, C, C]
     G = x.new_zeros(kt, kt, C, C)
     G[plan.pair_b, plan.pair_a] = blocks.transpose(1, 2)
     G[plan.pair_a, plan.pair_b] = blocks
