@@ -9,6 +9,7 @@ order (``phase_blocks``), checks the zeros between blocks and takes the block st
   once and cached per ``SlimTik``, with the buffers the compiled step reads and writes;
 * the statistics are the library's own (``heads.head_statistics``): symmetric, with exact zeros
   between blocks by construction, so only their values are checked (NaN/Inf, beyond ±MAX_ABS);
+* the statistics' large temporaries are buffers kept across steps (``slimfast.workspace``);
 * only the entries the block step reads, the diagonal blocks and the border row
   (Σ_p n_p² + 2·n_f − 1 of n_f²), are summed over the memory and gathered into block order:
 
@@ -39,6 +40,7 @@ from .heads import check_head_inputs, head_statistics, head_to_matrix, matrix_to
 from .phase_blocks import phase_blocks
 from .state import SlimTikState
 from .validation import INDEFINITE_RTOL, MAX_ABS
+from .workspace import Workspace
 
 if TYPE_CHECKING:
     from .optim import SlimTik, SlimTikInfo
@@ -76,11 +78,12 @@ class _Plan:
     """One cached layout: the block layout, the gather indices and the compiled step's buffers."""
 
     __slots__ = ("key", "ok", "perm", "inverse", "src", "dst", "G_mem", "G", "H", "c", "m", "W", "W_out", "info",
-                 "offsets", "options", "buffers", "Lambda", "module")
+                 "offsets", "options", "buffers", "Lambda", "module", "workspace")
 
     def __init__(self, key: tuple[Any, ...]) -> None:
         self.key = key
         self.ok = False
+        self.workspace = Workspace()   # the statistics' temporaries, kept across steps
         self.buffers: dict[bool, Any] = {}
         self.Lambda: torch.Tensor | None = None
 
@@ -172,7 +175,7 @@ def block_head_step(slim: SlimTik, features: Any, target: Any) -> SlimTikInfo | 
     if not _state_fits(state, n_f, n_t) or not _bounds_admit(float(state.Lambda[0]), slim):
         return None
 
-    G, H, c, m = head_statistics(head, features, target, slim.reduction, check=False)
+    G, H, c, m = head_statistics(head, features, target, slim.reduction, check=False, workspace=plan.workspace)
     W = head_to_matrix(head)
     largest = torch.stack([G.abs().amax(), H.abs().amax(), c.abs(), W.abs().amax()]).amax()
     if not float(largest) <= MAX_ABS:   # NaN/Inf or out of range: the general path names the culprit

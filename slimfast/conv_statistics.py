@@ -28,7 +28,8 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 import torch
-import torch.nn.functional as F
+
+from .workspace import Workspace
 
 __all__ = ["TapAxis", "conv_axis", "conv_transpose_axis", "lagged_gram", "tap_sums"]
 
@@ -159,13 +160,15 @@ def _plan(ax_h: TapAxis, ax_w: TapAxis) -> _Plan:
     )
 
 
-def lagged_gram(x: torch.Tensor, ax_h: TapAxis, ax_w: TapAxis) -> torch.Tensor:
+def lagged_gram(x: torch.Tensor, ax_h: TapAxis, ax_w: TapAxis, workspace: Workspace | None = None) -> torch.Tensor:
     """Σ Z Zᵀ [C·k_h·k_w, C·k_h·k_w] of the design of x [n, C, H, W] (float64), unscaled, no bias.
 
     Feature order (c, t_h, t_w), as ``unfold`` and the head's weight matrix. Per lag δ:
         row field  A_δ[i_h] = Σ_{i_w} Q_δ[i_h, i_w]    one GEMM per image row, over (n, i_w);
         edge field Q_δ[i_h, e] for the few columns e outside some tap's column range;
     a block is Σ_{i_h ∈ R_h} (A_δ[i_h] − Σ_{e ∉ R_w} Q_δ[i_h, e]) (``_Plan.weights``).
+    With a ``workspace`` the large temporaries and the result live in its buffers (the result is
+    then overwritten by the next call with the same workspace).
     """
     n, C, H, W = x.shape
     plan = _plan(ax_h, ax_w)
@@ -175,9 +178,12 @@ def lagged_gram(x: torch.Tensor, ax_h: TapAxis, ax_w: TapAxis) -> torch.Tensor:
     # Rows [H + δ_h, C, n·(M + W + M)] with zero margins: a column shift by δ_w is a shift of the
     # flattened (sample, column) axis, so every lag's right factor is a view, not a copy.
     width = W + 2 * M
-    rows = x.new_zeros(H + h_pad, C, n, width)
+    shape = (H + h_pad, C, n * width + 2 * M)
+    # Only the image pixels are written below, so a kept buffer's margins stay zero.
+    flat = x.new_zeros(shape) if workspace is None else workspace.zeros(f"lag_rows/{H}/{W}/{M}", shape, x.dtype,
+                                                                         x.device)
+    rows = flat[:, :, M: M + n * width].view(H + h_pad, C, n, width)
     rows[:H, :, :, M: M + W] = x.permute(2, 1, 0, 3)
-    flat = F.pad(rows.view(H + h_pad, C, n * width), (M, M))
     left = flat[:H, :, M: M + n * width]
     L, E = len(plan.lags), len(plan.edges)
     main = torch.stack([torch.bmm(left, flat[dh: dh + H, :, M + dw: M + dw + n * width].transpose(1, 2))
@@ -193,10 +199,17 @@ def lagged_gram(x: torch.Tensor, ax_h: TapAxis, ax_w: TapAxis) -> torch.Tensor:
     else:
         stacked = main[:, :, None]
     blocks = (plan.weights.to(x.device) @ stacked.view(-1, C * C)).view(-1, C, C)                    # [P, C, C]
-    G = x.new_zeros(kt, kt, C, C)
+    if workspace is None:
+        G = x.new_zeros(kt, kt, C, C)
+    else:
+        G = workspace.empty("lag_taps", (kt, kt, C, C), x.dtype, x.device).zero_()
     G[plan.pair_b, plan.pair_a] = blocks.transpose(1, 2)
     G[plan.pair_a, plan.pair_b] = blocks
-    return G.permute(2, 0, 3, 1).reshape(C * kt, C * kt)
+    if workspace is None:
+        return G.permute(2, 0, 3, 1).reshape(C * kt, C * kt)
+    out = workspace.empty("lag_gram", (C * kt, C * kt), x.dtype, x.device)
+    out.view(C, kt, C, kt).copy_(G.permute(2, 0, 3, 1))
+    return out
 
 
 def tap_sums(x: torch.Tensor, ax_h: TapAxis, ax_w: TapAxis) -> torch.Tensor:

@@ -49,6 +49,7 @@ from torch import nn
 from torch.nn.grad import conv2d_weight
 
 from .conv_statistics import conv_axis, conv_transpose_axis, lagged_gram, tap_sums
+from .workspace import Workspace
 
 Reduction = Literal["mean", "sum"]
 HeadLayer = nn.Linear | nn.Conv2d | nn.ConvTranspose2d
@@ -262,12 +263,15 @@ def _beta2(reduction: Reduction, m: int) -> float:
 
 def _assemble(
     G: torch.Tensor, H: torch.Tensor, z_sum: torch.Tensor | None, c_sum: torch.Tensor | None, rows: int,
-    C: torch.Tensor, beta2: float,
+    C: torch.Tensor, beta2: float, workspace: Workspace | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Append the bias feature (z_sum = Σ_rows Z, c_sum = Σ_rows C) and scale by β²."""
+    """Append the bias feature (z_sum = Σ_rows Z, c_sum = Σ_rows C) and scale by β² (with a
+    ``workspace``, G [n_f, n_f] is returned in its buffers)."""
+    n_f = G.shape[0] + (z_sum is not None)
     if z_sum is not None:
         n = G.shape[0]
-        Gb = G.new_empty(n + 1, n + 1)
+        Gb = G.new_empty(n + 1, n + 1) if workspace is None else workspace.empty("G_bias", (n_f, n_f), G.dtype,
+                                                                                  G.device)
         Gb[:n, :n] = G
         Gb[:n, n] = z_sum
         Gb[n, :n] = z_sum
@@ -277,7 +281,8 @@ def _assemble(
     Cf = C.reshape(-1)
     c = torch.dot(Cf, Cf).mul_(beta2)
     # GEMM blocking can make G asymmetric in the last bit; the solver's eigh reads one triangle.
-    G = (G + G.T).mul_(0.5 * beta2)
+    out = None if workspace is None else workspace.empty("G", (n_f, n_f), G.dtype, G.device)
+    G = torch.add(G, G.T, out=out).mul_(0.5 * beta2)
     return G, H.mul(beta2).contiguous(), c
 
 
@@ -328,7 +333,7 @@ def _pad_conv_input(head: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
     return x
 
 
-def _conv_stats(head: nn.Conv2d, x: torch.Tensor, y: torch.Tensor, beta2: float):
+def _conv_stats(head: nn.Conv2d, x: torch.Tensor, y: torch.Tensor, beta2: float, workspace: Workspace | None = None):
     x = _pad_conv_input(head, x)
     (kh, kw), (sh, sw), (dh, dw) = head.kernel_size, head.stride, head.dilation
     Y = y.reshape(y.shape[0], y.shape[1], -1)                                                 # [n_b, n_t, L]
@@ -338,7 +343,7 @@ def _conv_stats(head: nn.Conv2d, x: torch.Tensor, y: torch.Tensor, beta2: float)
         # Lag fields (conv_statistics): the column ranges of the taps differ only at the edges.
         ax_h = conv_axis(x.shape[2], y.shape[2], kh, sh, dh)
         ax_w = conv_axis(x.shape[3], y.shape[3], kw, sw, dw)
-        G = lagged_gram(x, ax_h, ax_w)
+        G = lagged_gram(x, ax_h, ax_w, workspace)
         H = conv2d_weight(x, (y.shape[1], x.shape[1], kh, kw), y, head.stride, 0, head.dilation).reshape(y.shape[1], -1)
         z_sum = tap_sums(x, ax_h, ax_w) if bias else None
     else:
@@ -346,16 +351,17 @@ def _conv_stats(head: nn.Conv2d, x: torch.Tensor, y: torch.Tensor, beta2: float)
         X = _unfold(x, head.kernel_size, head.dilation, head.stride)                          # [n_b, K, L]
         G, H = _sum_outer(X, X), _sum_outer(Y, X)
         z_sum = X.sum((0, 2)) if bias else None
-    return _assemble(G, H, z_sum, Y.sum((0, 2)) if bias else None, rows, Y, beta2)
+    return _assemble(G, H, z_sum, Y.sum((0, 2)) if bias else None, rows, Y, beta2, workspace)
 
 
-def _conv_transpose_stats(head: nn.ConvTranspose2d, x: torch.Tensor, y: torch.Tensor, beta2: float):
+def _conv_transpose_stats(head: nn.ConvTranspose2d, x: torch.Tensor, y: torch.Tensor, beta2: float,
+                          workspace: Workspace | None = None):
     n_b, c_in, h_in, w_in = x.shape
     _, n_t, h_out, w_out = y.shape
     (kh, kw), (sh, sw), (ph, pw), (dh, dw) = head.kernel_size, head.stride, head.padding, head.dilation
     ax_h = conv_transpose_axis(h_in, h_out, kh, sh, ph, dh)
     ax_w = conv_transpose_axis(w_in, w_out, kw, sw, pw, dw)
-    G = lagged_gram(x, ax_h, ax_w)
+    G = lagged_gram(x, ax_h, ax_w, workspace)
     # H[o, (i, t)] = Σ x[n, i, q] y[n, o, s·q − p + d·t] is the weight gradient of a convolution of
     # y whose output grid is x's; output_padding ≥ stride gives that grid extra (zero) rows.
     extra_h, extra_w = head.output_padding[0] // sh, head.output_padding[1] // sw
@@ -364,12 +370,20 @@ def _conv_transpose_stats(head: nn.ConvTranspose2d, x: torch.Tensor, y: torch.Te
     H = Hw.transpose(0, 1).reshape(n_t, -1)
     bias = head.bias is not None
     return _assemble(G, H, tap_sums(x, ax_h, ax_w) if bias else None, y.sum((0, 2, 3)) if bias else None,
-                     n_b * h_out * w_out, y, beta2)
+                     n_b * h_out * w_out, y, beta2, workspace)
+
+
+def _as_f64(t: torch.Tensor, workspace: Workspace | None, name: str) -> torch.Tensor:
+    """t detached in float64: t itself when it is float64, else a copy (into the workspace's buffer)."""
+    t = t.detach()
+    if t.dtype == F64 or workspace is None:
+        return t.to(F64)
+    return workspace.empty(name, tuple(t.shape), F64, t.device).copy_(t)
 
 
 def head_statistics(
     head: HeadLayer, features: torch.Tensor, target: torch.Tensor, reduction: Reduction = "mean",
-    *, check: bool = True,
+    *, check: bool = True, workspace: Workspace | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
     """Sufficient statistics (G, H, c, m) of one batch for ``head`` (see the module docstring).
 
@@ -379,6 +393,8 @@ def head_statistics(
         target: exactly the shape of ``head(features)``.
         reduction: "mean" (β² = 1/m) or "sum" (β² = 1).
         check: validate shapes, devices and finiteness first (ValueError naming the argument).
+        workspace: a conv head's large temporaries and G live in its buffers (``slimfast.workspace``;
+            G is then overwritten by the next call with the same workspace).
 
     Returns:
         G [n_f, n_f], H [n_t, n_f], c [] (all float64, on the features' device, computed with
@@ -394,12 +410,12 @@ def head_statistics(
     # than a small head's statistics, so only do it when autocast is on.
     no_autocast = torch.autocast(dev_type, enabled=False) if torch.is_autocast_enabled(dev_type) else nullcontext()
     with no_autocast:
-        x, y = features.detach().to(F64), target.detach().to(F64)
+        x, y = _as_f64(features, workspace, "x"), _as_f64(target, workspace, "y")
         if isinstance(head, nn.Linear):
             G, H, c = _linear_stats(head, x, y, beta2)
         else:
             if x.ndim == 3:   # unbatched conv input
                 x, y = x[None], y[None]
             fn = _conv_stats if isinstance(head, nn.Conv2d) else _conv_transpose_stats
-            G, H, c = fn(head, x, y, beta2)
+            G, H, c = fn(head, x, y, beta2, workspace)
     return G, H, c, m

@@ -213,3 +213,24 @@ def test_sgcv_and_constant_modes_match(monkeypatch) -> None:
         general, _ = _run(copy.deepcopy(head), batches, False, monkeypatch, **kw)
         for (w_f, L_f, *_), (w_g, L_g, *_) in zip(fast, general):
             assert float((w_f - w_g).norm() / w_g.norm()) <= 1e-12 and abs(L_f - L_g) <= 1e-12 * abs(L_g)
+
+
+def test_statistics_in_a_workspace_equal_fresh_ones() -> None:
+    """Kept buffers change nothing: a workspace shared by heads of several geometries and batch
+    sizes, fed one batch after another, gives exactly the statistics of fresh temporaries."""
+    from slimfast.heads import head_statistics
+    from slimfast.workspace import Workspace
+
+    heads = [HEADS[name]().double() for name in sorted(HEADS)] + [nn.Conv2d(3, 2, 3, padding=1).double()]
+    ws = Workspace()
+    g = torch.Generator().manual_seed(4)
+    for rep in range(2):
+        for head in heads:
+            for n_b in (3, 2):
+                x = torch.randn(n_b, head.in_channels, 5, 4, generator=g).to(torch.float32 if rep else F64)
+                with torch.no_grad():
+                    y = torch.randn(head.double()(x.double()).shape, generator=g)
+                fresh = head_statistics(head, x, y)
+                kept = head_statistics(head, x, y, workspace=ws)
+                for a, b in zip(fresh, kept):
+                    assert torch.equal(torch.as_tensor(a), torch.as_tensor(b)), (head, n_b)
