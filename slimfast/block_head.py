@@ -77,7 +77,7 @@ def block_entries(order: tuple[int, ...], sizes: tuple[int, ...], border: bool) 
 class _Plan:
     """One cached layout: the block layout, the gather indices and the compiled step's buffers."""
 
-    __slots__ = ("key", "ok", "perm", "inverse", "src", "dst", "G_mem", "G", "H", "c", "m", "W", "W_out", "info",
+    __slots__ = ("key", "ok", "perm", "inverse", "src", "src_slots", "dst", "G_mem", "G", "H", "c", "m", "W", "W_out", "info",
                  "offsets", "options", "buffers", "Lambda", "module", "workspace")
 
     def __init__(self, key: tuple[Any, ...]) -> None:
@@ -108,6 +108,9 @@ def _build(slim: SlimTik, features: torch.Tensor, target: torch.Tensor, key: tup
     plan.perm = torch.tensor(order, dtype=torch.long)
     plan.inverse = torch.argsort(plan.perm)
     plan.src, plan.dst = block_entries(order, blocks.sizes, blocks.border)
+    # The same entries in every ring slot of the memory [1, r, n_f, n_f], as one flat gather (a
+    # gather along the last dimension of [r, n_f²] is several times slower).
+    plan.src_slots = (torch.arange(slim.memory_depth)[:, None] * (n_f * n_f) + plan.src).reshape(-1)
     plan.G_mem = torch.zeros(1, n_f, n_f, dtype=F64)   # entries between blocks stay zero
     plan.G = torch.zeros(1, n_f, n_f, dtype=F64)
     plan.H = torch.empty(1, n_t, n_f, dtype=F64)
@@ -185,7 +188,8 @@ def block_head_step(slim: SlimTik, features: Any, target: Any) -> SlimTikInfo | 
     entries = G.view(-1).index_select(0, src)
     plan.G.view(-1).index_copy_(0, dst, entries)
     if state.n_stored > 0:
-        stored = state.memory[0, : state.n_stored].view(state.n_stored, -1).index_select(1, src)
+        k = state.n_stored
+        stored = state.memory.view(-1).index_select(0, plan.src_slots[: k * src.numel()]).view(k, -1)
         entries = entries + stored.sum(0)
     plan.G_mem.view(-1).index_copy_(0, dst, entries)
     torch.index_select(H, 1, plan.perm, out=plan.H[0])
