@@ -42,8 +42,10 @@ from .state import SlimTikState
 from .validation import INDEFINITE_RTOL, MAX_ABS
 from .workspace import Workspace
 
+from .step_record import SlimTikInfo
+
 if TYPE_CHECKING:
-    from .optim import SlimTik, SlimTikInfo
+    from .optim import SlimTik
 
 __all__ = ["ENABLED", "block_head_step", "block_entries"]
 
@@ -212,11 +214,9 @@ def block_head_step(slim: SlimTik, features: Any, target: Any) -> SlimTikInfo | 
 
 
 def _record(slim: SlimTik, values: tuple[float, ...], m: int) -> SlimTikInfo:
-    from .optim import SlimTikInfo
-
     lam, Lam, sgcv, rel, cond = values
     step = slim.solver_state.step_count
     rec = SlimTikInfo(step=step, lambda_=lam, Lambda=Lam, alpha=Lam / step, sgcv=sgcv, rel_residual=rel, cond=cond,
                       m=m, backend="cpp")
-    slim._record(rec)
+    slim._record(rec, values)
     return rec

@@ -44,8 +44,10 @@ from .heads import Reduction, check_head_inputs
 from .sample_side_head import steps_on_samples
 from .validation import INDEFINITE_RTOL, MAX_ABS
 
+from .step_record import SlimTikInfo
+
 if TYPE_CHECKING:
-    from .optim import SlimTik, SlimTikInfo
+    from .optim import SlimTik
 
 logger = logging.getLogger("slimfast")
 
@@ -198,13 +200,11 @@ def _advance(state: Any) -> None:
 
 
 def _record(slim: SlimTik, res: tuple[Any, ...], m: int) -> SlimTikInfo:
-    from .optim import SlimTikInfo
-
     _, lam, Lam, sgcv, rel, cond, _ = res
     step = slim.solver_state.step_count
     rec = SlimTikInfo(step=step, lambda_=lam, Lambda=Lam, alpha=Lam / step, sgcv=sgcv, rel_residual=rel, cond=cond,
                       m=m, backend="cpp")
-    slim._record(rec)
+    slim._record(rec, (lam, Lam, sgcv, rel, cond))
     return rec
 
 

@@ -399,9 +399,12 @@ class SlimTik(torch.optim.Optimizer):
         if self.writer is not None:
             self.writer.add_scalar("slimtik/skipped", float(self.n_skipped_), self.n_steps_)
 
-    def _record(self, rec: SlimTikInfo) -> None:
+    def _record(self, rec: SlimTikInfo, values: tuple[float, ...] | None = None) -> None:
+        """Keep ``rec`` as the last record and append its numbers (``values``: λ, Λ, sGCV, relative
+        residual, cond when the caller has them at hand) to the histories."""
         self.last_info_ = rec
-        values = (rec.lambda_, rec.Lambda, rec.sgcv, rec.rel_residual, rec.cond)
+        if values is None:
+            values = (rec.lambda_, rec.Lambda, rec.sgcv, rec.rel_residual, rec.cond)
         for name, value in zip(_HISTORIES, values):
             self._histories[name].append(value)
         log_record(rec, self.writer)

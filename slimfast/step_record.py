@@ -206,8 +206,9 @@ def history_property(name: str) -> property:
 
 def log_record(rec: SlimTikInfo, writer: Any) -> None:
     """A checked step's numbers to the ``"slimfast"`` logger (DEBUG) and to ``writer`` if set."""
-    logger.debug("slimtik step %d: lambda=%.4g Lambda=%.4g alpha=%.4g sgcv=%.4g rel_res=%.4g cond=%.3g [%s]",
-                 rec.step, rec.lambda_, rec.Lambda, rec.alpha, rec.sgcv, rec.rel_residual, rec.cond, rec.backend)
+    if logger.isEnabledFor(logging.DEBUG):   # the record's fields are not read for nothing on every step
+        logger.debug("slimtik step %d: lambda=%.4g Lambda=%.4g alpha=%.4g sgcv=%.4g rel_res=%.4g cond=%.3g [%s]",
+                     rec.step, rec.lambda_, rec.Lambda, rec.alpha, rec.sgcv, rec.rel_residual, rec.cond, rec.backend)
     if writer is not None:
         for tag, value in (("lambda", rec.lambda_), ("Lambda", rec.Lambda), ("alpha", rec.alpha),
                            ("sgcv", rec.sgcv), ("rel_residual", rec.rel_residual), ("cond", rec.cond)):
