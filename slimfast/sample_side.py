@@ -16,8 +16,8 @@ never forms Q or anything n_f × n_f: with P = V Σ⁻¹ [N, N'] and A = Mᵀ(β
 βQᵀZ_k = PᵀA, W' = (WM)P and W'_new Qᵀ = (W'_new Pᵀ) Mᵀ. MᵀM is a cache (``SampleSideState``):
 only the new block's n_b columns are computed each step, N·n_b·n_f multiply-adds. Cost per step
 O(n_f·N·n_b + N³) instead of O(n_f³). The projected step is the existing batched kernel of the
-chosen backend, with G_mem' = diag(σ²) (the cpp and cuda kernels' Jacobi solver returns a
-diagonal matrix's eigenpairs without a rotation).
+chosen backend, with G_mem' = diag(σ²): the cpp kernel is handed its eigenpairs (σ², the
+identity), the cuda kernel's Jacobi returns them without a rotation.
 
 Numerics: MᵀM squares M's condition number, so a direction with σ_j² near the null threshold is
 resolved to about ε·σ²_max/σ_j² relative (the dense path: ε·σ²_max/(σ_j² + μ)). Exact
@@ -29,6 +29,7 @@ Shapes: B problems, n_f features (bias included), n_t targets, n_b samples in th
 
 from __future__ import annotations
 
+import functools
 import math
 import numbers
 from typing import Any
@@ -90,6 +91,22 @@ def _kernel_basis(K: torch.Tensor, n_f: int) -> tuple[torch.Tensor, torch.Tensor
     sigma2 = torch.where(keep, s, torch.zeros_like(s))
     inv = torch.where(keep, torch.rsqrt(torch.where(keep, s, torch.ones_like(s))), torch.zeros_like(s))
     return sigma2, V * inv[:, None, :], rank
+
+
+def _diagonal_hint(backend: str, sigma2: torch.Tensor) -> dict[str, Any]:
+    """How the backend should decompose the projected G_mem' = diag(σ²) [B, N', N']: the cpp kernel
+    is handed its eigenpairs (σ² ascending, the identity), the cuda kernel's Jacobi finds them
+    without a rotation; the other backends decompose it themselves."""
+    if backend == "cpp":
+        B, n = sigma2.shape
+        return {"eigenpairs": (sigma2.contiguous(), _identity(B, n))}
+    return {"eigensolver": "jacobi"} if backend == "cuda" else {}
+
+
+@functools.lru_cache(maxsize=8)
+def _identity(B: int, n: int) -> torch.Tensor:
+    """[B, n, n] identity on the CPU, built once per size (the kernel only reads it)."""
+    return torch.eye(n, dtype=F64).expand(B, n, n).contiguous()
 
 
 def _sym(A: torch.Tensor) -> torch.Tensor:
@@ -255,8 +272,8 @@ def sample_side_step(
     sigma2, P, rank = _kernel_basis(K, n_f)
     WM = torch.cat([(W @ state.blocks.mT)[:, :, pick], W @ Mz], dim=2)
     inputs = _projected(P.mT @ A, C, beta, sigma2, WM @ P)
-    extra = {"eigensolver": "jacobi"} if name in ("cpp", "cuda") else {}
-    W_p, info = module.slimtik_step(*inputs[:4], m_t, inputs[4], state.Lambda, state.memory_empty, config, **extra)
+    W_p, info = module.slimtik_step(*inputs[:4], m_t, inputs[4], state.Lambda, state.memory_empty, config,
+                                    **_diagonal_hint(name, sigma2))
     ratio = _null_ratio(state.Lambda, info[:, 1], rank, n_f)
     X = (W_p - ratio[:, None, None] * inputs[4]) @ P.mT
     if n_mem == r * cap:

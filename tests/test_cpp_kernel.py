@@ -213,6 +213,26 @@ def test_step_every_eigensolver(eigensolver, n_f):
     assert_step_close(out, _slimtik_step(*args, False, config))
 
 
+@pytest.mark.parametrize("memory_empty", [False, True])
+def test_step_with_given_eigenpairs(memory_empty):
+    """G_mem's eigenpairs handed in (as the sample side does for its diagonal G_mem): the twin's step."""
+    args = make_problem(3, 12, 2, memory_empty, "fit", 12)
+    config = CONFIGS["sgcv"]
+    s, U = torch.linalg.eigh(args[0])
+    out = cpp.slimtik_step(*args, memory_empty, config, eigenpairs=(s, U.mT.contiguous()))
+    assert_step_close(out, _slimtik_step(*args, memory_empty, config))
+    diag = torch.diag_embed(torch.linspace(0.5, 2.0, 12, dtype=F64).expand(3, 12))
+    eye = torch.eye(12, dtype=F64).expand(3, 12, 12).contiguous()
+    G_mem, rest = diag + args[1], args[1:]
+    s, U = torch.linalg.eigh(G_mem)
+    assert_step_close(cpp.slimtik_step(G_mem, *rest, False, config, eigenpairs=(s, U.mT.contiguous())),
+                      _slimtik_step(G_mem, *rest, False, config))
+    assert_step_close(cpp.slimtik_step(diag, *rest, False, config, eigenpairs=(diag.diagonal(dim1=1, dim2=2), eye)),
+                      _slimtik_step(diag, *rest, False, config))
+    with pytest.raises(ValueError, match=r"eigenpairs\[1\]"):
+        cpp.slimtik_step(*args, memory_empty, config, eigenpairs=(s, U[:, :5]))
+
+
 def test_step_large_single_problem(kernel):
     """n_f above every size threshold (dgemm projections, dgemm grid), one problem."""
     args = make_problem(1, 129, 3, False, "fit", 5)

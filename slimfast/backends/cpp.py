@@ -16,7 +16,7 @@ import torch
 from .. import _cpu  # ImportError here means "backend unavailable" to the loader
 from .._torch_impl import N_INFO
 from ..config import SolverConfig
-from .boundary import BlockLayout, StepInputs, as_buffers, square_batch, step_buffers, step_entry
+from .boundary import BlockLayout, StepInputs, as_buffer, as_buffers, square_batch, step_buffers, step_entry
 
 __all__ = ["BLOCK_STEP", "EIGENSOLVERS", "jacobi_eigh", "slimtik_step"]
 
@@ -34,13 +34,17 @@ EIGENSOLVERS: dict[str, int] = {**_cpu.EIGENSOLVERS, "torch": _cpu.EIGENSOLVERS[
 
 
 @step_entry
-def slimtik_step(inputs: StepInputs, *, eigensolver: str = "auto") -> tuple[torch.Tensor, torch.Tensor]:
+def slimtik_step(inputs: StepInputs, *, eigensolver: str = "auto",
+                 eigenpairs: tuple[torch.Tensor, torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """One slimTik step for B problems (twin: ``slimfast._torch_impl._slimtik_step``).
 
     Args: those of ``boundary.StepInputs`` (G_mem, G: [B, n_f, n_f]; H, W: [B, n_t, n_f];
     c, m, Lambda_prev: [B]; all CPU float64; memory_empty; config; blocks: with a layout the
     block-structured step runs, twin ``_torch_block._slimtik_block_step``), then
         eigensolver: key of ``EIGENSOLVERS`` (for benchmarks; "auto" picks the fastest).
+        eigenpairs: (s [B, n_f] ascending, Ut [B, n_f, n_f] orthonormal eigenvectors as rows) with
+            G_mem = Utᵀ diag(s) Ut, known to the caller (the sample side's G_mem is diagonal):
+            handed to the kernel in place of its eigensolver. Not checked beyond their layout.
 
     Returns:
         W_new [B, n_t, n_f] and info [B, N_INFO] (columns ``_torch_impl.INFO_FIELDS``).
@@ -48,6 +52,17 @@ def slimtik_step(inputs: StepInputs, *, eigensolver: str = "auto") -> tuple[torc
     if eigensolver not in EIGENSOLVERS:
         raise ValueError(f"eigensolver must be one of {sorted(EIGENSOLVERS)}, got {eigensolver!r}")
     t = as_buffers(inputs, "cpu")
+    if eigenpairs is not None:
+        if t.blocks is not None:
+            raise ValueError("eigenpairs are those of the dense G_mem; the block step factors its blocks itself")
+        B, _, n_f = t.shape
+        s = as_buffer("eigenpairs[0]", eigenpairs[0], (B, n_f), t.W.device)
+        Ut = as_buffer("eigenpairs[1]", eigenpairs[1], (B, n_f, n_f), t.W.device)
+        W_new = torch.empty_like(t.W)
+        info = torch.empty(B, N_INFO, dtype=torch.float64)
+        _cpu.slimtik_step(step_buffers(_cpu, t, W_new, info, s_in=s, U_in=Ut), _kernel_options(t.config),
+                          EIGENSOLVERS["auto"])   # with s_in/U_in the kernel runs no eigensolver
+        return W_new, info
     B = t.shape[0]
     W_new = torch.empty_like(t.W)
     info = torch.empty(B, N_INFO, dtype=torch.float64)
