@@ -11,7 +11,8 @@ order (``phase_blocks``), checks the zeros between blocks and takes the block st
   between blocks by construction, so only their values are checked (NaN/Inf, beyond ±MAX_ABS);
 * the statistics' large temporaries are buffers kept across steps (``slimfast.workspace``);
 * only the entries the block step reads, the diagonal blocks and the border row
-  (Σ_p n_p² + 2·n_f − 1 of n_f²), are summed over the memory and gathered into block order:
+  (Σ_p n_p² + 2·n_f − 1 of n_f²), are summed over the memory and gathered into block order,
+  the memory's from a packed copy of those entries that each fast step updates in its own slot:
 
       G_mem[order[i], order[j]] = G[order[i], order[j]] + Σ_j G_j[order[i], order[j]]   for (i, j) in a block or the border
 
@@ -80,12 +81,14 @@ class _Plan:
     """One cached layout: the block layout, the gather indices and the compiled step's buffers."""
 
     __slots__ = ("key", "ok", "perm", "inverse", "src", "src_slots", "dst", "G_mem", "G", "H", "c", "m", "W", "W_out", "info",
-                 "offsets", "options", "buffers", "Lambda", "module", "workspace")
+                 "offsets", "options", "buffers", "Lambda", "module", "workspace", "packed", "packed_of")
 
     def __init__(self, key: tuple[Any, ...]) -> None:
         self.key = key
         self.ok = False
         self.workspace = Workspace()   # the statistics' temporaries, kept across steps
+        self.packed: torch.Tensor | None = None   # [r, K] the memory slots' block entries
+        self.packed_of: tuple[Any, ...] | None = None   # the state they were read from (``_memory_mark``)
         self.buffers: dict[bool, Any] = {}
         self.Lambda: torch.Tensor | None = None
 
@@ -149,6 +152,24 @@ def _state_fits(state: Any, n_f: int, n_t: int) -> bool:
             and state.memory.is_contiguous() and state.Lambda.dtype == F64 and state.Lambda.is_contiguous())
 
 
+def _memory_mark(state: SlimTikState) -> tuple[Any, ...]:
+    """What identifies the memory's contents: the state, its buffer and the counters every
+    commit (and every undo of one) moves. Equal marks, equal memory."""
+    return id(state), state.memory.data_ptr(), state.step_count, state.head, state.n_stored
+
+
+def _packed_memory(plan: _Plan, state: SlimTikState) -> torch.Tensor:
+    """[r, K] the block entries of every memory slot, in block order: kept contiguous across fast
+    steps (each writes its own slot), read anew from the memory [1, r, n_f, n_f] whenever another
+    path has changed it (another step, an undo, a loaded state)."""
+    mark = _memory_mark(state)
+    if plan.packed is None or plan.packed_of != mark:
+        r = state.memory_depth
+        plan.packed = state.memory.view(-1).index_select(0, plan.src_slots).view(r, -1)
+        plan.packed_of = mark
+    return plan.packed
+
+
 def _bounds_admit(Lambda_prev: float, slim: SlimTik) -> bool:
     """Λ_{k−1} is finite, at most Λ_max, and some λ is admissible (``_admissible_interval``)."""
     (L_min, L_max), (l_min, l_max) = slim.config.Lambda_bounds, slim.config.lambda_bounds
@@ -187,12 +208,10 @@ def block_head_step(slim: SlimTik, features: Any, target: Any) -> SlimTikInfo | 
         return None
 
     src, dst = plan.src, plan.dst
-    entries = G.view(-1).index_select(0, src)
-    plan.G.view(-1).index_copy_(0, dst, entries)
-    if state.n_stored > 0:
-        k = state.n_stored
-        stored = state.memory.view(-1).index_select(0, plan.src_slots[: k * src.numel()]).view(k, -1)
-        entries = entries + stored.sum(0)
+    batch_entries = G.view(-1).index_select(0, src)
+    plan.G.view(-1).index_copy_(0, dst, batch_entries)
+    packed = _packed_memory(plan, state) if state.memory_depth > 0 else None
+    entries = batch_entries + packed[: state.n_stored].sum(0) if state.n_stored > 0 else batch_entries
     plan.G_mem.view(-1).index_copy_(0, dst, entries)
     torch.index_select(H, 1, plan.perm, out=plan.H[0])
     torch.index_select(W, 1, plan.perm, out=plan.W[0])
@@ -205,7 +224,11 @@ def block_head_step(slim: SlimTik, features: Any, target: Any) -> SlimTikInfo | 
     new_weight, new_bias = matrix_to_params(head, plan.W_out[0].index_select(1, plan.inverse).to(weight.dtype))
     if not (bool(torch.isfinite(new_weight).all()) and (new_bias is None or bool(torch.isfinite(new_bias).all()))):
         return None
+    slot = state.head
     state.commit(G[None], plan.info[:, 1])
+    if packed is not None:   # the slot just written, packed alike: the copy stays the memory's
+        packed[slot].copy_(batch_entries)
+        plan.packed_of = _memory_mark(state)
     # copy_ (not a write through the pointer) so that autograd sees the in-place update.
     weight.copy_(new_weight)
     if bias is not None:

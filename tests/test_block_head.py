@@ -234,3 +234,31 @@ def test_statistics_in_a_workspace_equal_fresh_ones() -> None:
                 kept = head_statistics(head, x, y, workspace=ws)
                 for a, b in zip(fresh, kept):
                     assert torch.equal(torch.as_tensor(a), torch.as_tensor(b)), (head, n_b)
+
+
+def test_fast_and_general_steps_interleaved_equal_the_general_path(monkeypatch) -> None:
+    """The fast path's packed copy of the memory follows every change made elsewhere: general-path
+    steps in between, a rejected batch, a state loaded from a checkpoint, a deep copy."""
+    torch.manual_seed(5)
+    head = HEADS["s2k4p1"]().double()
+    batches = _batches(head, 12)
+    reference, _ = _run(copy.deepcopy(head), batches, False, monkeypatch, memory_depth=3)
+    mixed_head = copy.deepcopy(head)
+    slim = SlimTik(mixed_head, memory_depth=3)
+    out = []
+    for k, (x, y) in enumerate(batches):
+        monkeypatch.setattr(bh, "ENABLED", k not in (2, 3, 7))
+        if k == 5:
+            bad = x.clone()
+            bad[0, 0, 0, 0] = float("inf")
+            with pytest.raises(ValueError):
+                slim.step(bad, y)
+        if k == 8:   # a checkpoint loaded into the same optimizer: a new state object
+            slim.load_state_dict(copy.deepcopy(slim.state_dict()))
+        if k == 10:  # a deep copy continues (its own plan), the original is dropped
+            mixed_head, slim = copy.deepcopy((mixed_head, slim))
+        rec = slim.step(x, y)
+        out.append((torch.cat([p.detach().reshape(-1).clone() for p in mixed_head.parameters()]), rec.Lambda))
+    for k, ((w, L), (w_ref, L_ref, *_)) in enumerate(zip(out, reference)):
+        assert float((w - w_ref).norm() / w_ref.norm()) <= 1e-12, k
+        assert abs(L - L_ref) <= 1e-12 * abs(L_ref), k
