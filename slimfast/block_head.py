@@ -26,7 +26,6 @@ exactly as before.
 
 from __future__ import annotations
 
-import math
 import weakref
 from typing import TYPE_CHECKING, Any
 
@@ -34,19 +33,19 @@ import torch
 from torch import nn
 
 from . import solver
-from ._torch_impl import N_INFO
+from ._torch_impl import N_INFO, _admissible_interval
 from .backends import load_backend
 from .distributed import use_data_parallel
+from .fused_head import compiled_record
 from .heads import check_head_inputs, head_statistics, head_to_matrix, matrix_to_params
 from .phase_blocks import phase_blocks
 from .state import SlimTikState
 from .validation import INDEFINITE_RTOL, MAX_ABS
 from .workspace import Workspace
 
-from .step_record import SlimTikInfo
-
 if TYPE_CHECKING:
     from .optim import SlimTik
+    from .step_record import SlimTikInfo
 
 __all__ = ["ENABLED", "block_head_step", "block_entries"]
 
@@ -170,13 +169,10 @@ def _packed_memory(plan: _Plan, state: SlimTikState) -> torch.Tensor:
     return plan.packed
 
 
-def _bounds_admit(Lambda_prev: float, slim: SlimTik) -> bool:
-    """Λ_{k−1} is finite, at most Λ_max, and some λ is admissible (``_admissible_interval``)."""
-    (L_min, L_max), (l_min, l_max) = slim.config.Lambda_bounds, slim.config.lambda_bounds
-    if not math.isfinite(Lambda_prev) or Lambda_prev > L_max:
-        return False
-    mu_lo = max(Lambda_prev + l_min, L_min) if math.isfinite(l_min) else L_min
-    return mu_lo <= min(Lambda_prev + l_max, L_max)
+def _bounds_admit(state: SlimTikState, config: Any) -> bool:
+    """Λ_{k−1} is at most Λ_max (NaN is not) and some λ is admissible (``_admissible_interval``)."""
+    mu_lo, mu_hi = _admissible_interval(state.Lambda, config)
+    return bool(((state.Lambda <= config.Lambda_bounds[1]) & (mu_lo <= mu_hi)).all())
 
 
 def block_head_step(slim: SlimTik, features: Any, target: Any) -> SlimTikInfo | None:
@@ -198,7 +194,7 @@ def block_head_step(slim: SlimTik, features: Any, target: Any) -> SlimTikInfo | 
         return None
     state = slim._ensure_state()
     n_t, n_f = plan.W.shape[1:]
-    if not _state_fits(state, n_f, n_t) or not _bounds_admit(float(state.Lambda[0]), slim):
+    if not _state_fits(state, n_f, n_t) or not _bounds_admit(state, slim.config):
         return None
 
     G, H, c, m = head_statistics(head, features, target, slim.reduction, check=False, workspace=plan.workspace)
@@ -233,13 +229,5 @@ def block_head_step(slim: SlimTik, features: Any, target: Any) -> SlimTikInfo | 
     weight.copy_(new_weight)
     if bias is not None:
         bias.copy_(new_bias)
-    return _record(slim, (lam, Lam, sgcv, rel, cond), m)
+    return compiled_record(slim, (lam, Lam, sgcv, rel, cond), m)
 
-
-def _record(slim: SlimTik, values: tuple[float, ...], m: int) -> SlimTikInfo:
-    lam, Lam, sgcv, rel, cond = values
-    step = slim.solver_state.step_count
-    rec = SlimTikInfo(step=step, lambda_=lam, Lambda=Lam, alpha=Lam / step, sgcv=sgcv, rel_residual=rel, cond=cond,
-                      m=m, backend="cpp")
-    slim._record(rec, values)
-    return rec

@@ -51,7 +51,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("slimfast")
 
-__all__ = ["ENABLED", "FUSED_MAX_WORK", "fused_linear_statistics", "fused_step"]
+__all__ = ["ENABLED", "FUSED_MAX_WORK", "compiled_record", "fused_linear_statistics", "fused_step"]
 
 F64 = torch.float64
 
@@ -188,7 +188,7 @@ def fused_step(slim: SlimTik, features: Any, target: Any) -> SlimTikInfo | None:
     if bias is not None:
         bias.copy_(entry.b_out)
     _advance(state)
-    return _record(slim, res, target.numel())
+    return compiled_record(slim, res[1:6], target.numel())
 
 
 def _advance(state: Any) -> None:
@@ -199,12 +199,14 @@ def _advance(state: Any) -> None:
     state.step_count += 1
 
 
-def _record(slim: SlimTik, res: tuple[Any, ...], m: int) -> SlimTikInfo:
-    _, lam, Lam, sgcv, rel, cond, _ = res
+def compiled_record(slim: SlimTik, values: tuple[float, ...], m: int) -> SlimTikInfo:
+    """The record of a step a compiled fast path took (cpp), from its (λ, Λ, sGCV, relative
+    residual, cond); kept as ``slim``'s last record and appended to its histories."""
+    lam, Lam, sgcv, rel, cond = values
     step = slim.solver_state.step_count
     rec = SlimTikInfo(step=step, lambda_=lam, Lambda=Lam, alpha=Lam / step, sgcv=sgcv, rel_residual=rel, cond=cond,
                       m=m, backend="cpp")
-    slim._record(rec, (lam, Lam, sgcv, rel, cond))
+    slim._record(rec, tuple(values))
     return rec
 
 

@@ -52,30 +52,23 @@ def slimtik_step(inputs: StepInputs, *, eigensolver: str = "auto",
     if eigensolver not in EIGENSOLVERS:
         raise ValueError(f"eigensolver must be one of {sorted(EIGENSOLVERS)}, got {eigensolver!r}")
     t = as_buffers(inputs, "cpu")
-    if eigenpairs is not None:
-        if t.blocks is not None:
-            raise ValueError("eigenpairs are those of the dense G_mem; the block step factors its blocks itself")
-        B, _, n_f = t.shape
-        s = as_buffer("eigenpairs[0]", eigenpairs[0], (B, n_f), t.W.device)
-        Ut = as_buffer("eigenpairs[1]", eigenpairs[1], (B, n_f, n_f), t.W.device)
-        W_new = torch.empty_like(t.W)
-        info = torch.empty(B, N_INFO, dtype=torch.float64)
-        _cpu.slimtik_step(step_buffers(_cpu, t, W_new, info, s_in=s, U_in=Ut), _kernel_options(t.config),
-                          EIGENSOLVERS["auto"])   # with s_in/U_in the kernel runs no eigensolver
-        return W_new, info
     B = t.shape[0]
     W_new = torch.empty_like(t.W)
     info = torch.empty(B, N_INFO, dtype=torch.float64)
     if t.blocks is not None:  # the block-structured step (twin: _torch_block._slimtik_block_step)
-        if eigensolver == "torch":
-            raise ValueError("eigensolver 'torch' hands G_mem's eigenpairs to the dense step; the block step "
-                             "factors its blocks itself (use 'auto', 'syevd', 'syevr' or 'jacobi')")
+        if eigensolver == "torch" or eigenpairs is not None:
+            raise ValueError("eigensolver 'torch' and eigenpairs hand G_mem's eigenpairs to the dense step; the "
+                             "block step factors its blocks itself (use 'auto', 'syevd', 'syevr' or 'jacobi')")
         blocks = _block_offsets(t.blocks, t.shape[2])
         _cpu.slimtik_block_step(step_buffers(_cpu, t, W_new, info), blocks, _kernel_options(t.config),
                                 EIGENSOLVERS[eigensolver])
         return W_new, info
-    s = Ut = None
-    if eigensolver == "torch":  # the kernel clips s at 0 itself, as the twin does after eigh
+    s = Ut = None   # given s_in/U_in, the kernel runs no eigensolver of its own
+    if eigenpairs is not None:
+        n_f = t.shape[2]
+        s = as_buffer("eigenpairs[0]", eigenpairs[0], (B, n_f), t.W.device)
+        Ut = as_buffer("eigenpairs[1]", eigenpairs[1], (B, n_f, n_f), t.W.device)
+    elif eigensolver == "torch":  # the kernel clips s at 0 itself, as the twin does after eigh
         s, U = torch.linalg.eigh(t.G_mem)
         # The kernel takes eigenvectors as rows; LAPACK returns them so (U is column-major), so
         # this .contiguous() is normally free.
