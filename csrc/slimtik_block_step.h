@@ -149,6 +149,26 @@ SLIMFAST_BLOCK void row_dots(Ctx& ctx, int rows, int n, const double* A, long ld
   }
 }
 
+// dst = src (D̂ + u uᵀ/σ) for src, dst [rows, n_f] (row length n_f, the border last): the core
+// columns src∘d − x_u e, the border x_u = (src_b − src_core·e)/σ; without a border src∘d. xe: [rows]
+// scratch (src_core·e). The inverse of the bordered matrix in the blocks' eigenbasis (the twin's
+// _block_terms), applied to Y's and V's rows alike.
+template <class Ctx>
+SLIMFAST_BLOCK void times_arrowhead_inverse(Ctx& ctx, int rows, int nf, int nc, bool border, const double* src,
+                                            const double* d, const double* e, double sigma, double* xe, double* dst) {
+  if (border) row_dots(ctx, rows, nc, src, nf, e, xe);
+  ctx.par([&](int tid, int nthr) {
+    for_items(tid, nthr, rows, nf, [&](int t, int j, long i) {
+      if (j < nc) {
+        dst[i] = src[i] * d[j];
+        if (border) dst[i] -= ((src[(long)t * nf + nc] - xe[t]) / sigma) * e[j];
+      } else {
+        dst[i] = (src[i] - xe[t]) / sigma;
+      }
+    });
+  });
+}
+
 // ---------------------------------------------------------------------------------------------
 // _BlockProjections of one problem (core = the n_c block features, the border last).
 // ---------------------------------------------------------------------------------------------
@@ -213,20 +233,10 @@ struct BlockSgcv {
       T = T + uGu / sigma;
       T_der = T_der - (2.0 * dDu_Gu / sigma + uu * uGu / (sigma * sigma));
     }
-    // Y = X (D̂ + u uᵀ/σ): core X∘d − x_u e, border x_u = (X_b − X_core·e)/σ.
+    // Y = X (D̂ + u uᵀ/σ) (times_arrowhead_inverse).
     double* xe = rows;       // [n_t] X_core·e, then (W' − Y)_core·e
     double* ykb = rows + nt;  // [n_t] Y_core·k_b
-    if (border) row_dots(ctx, nt, nc, X, nf, e, xe);
-    ctx.par([&](int tid, int nthr) {
-      for_items(tid, nthr, nt, nf, [&](int t, int j, long i) {
-        if (j < nc) {
-          Y[i] = X[i] * d[j];
-          if (border) Y[i] -= ((X[(long)t * nf + nc] - xe[t]) / sigma) * e[j];
-        } else {
-          Y[i] = (X[i] - xe[t]) / sigma;
-        }
-      });
-    });
+    times_arrowhead_inverse(ctx, nt, nf, nc, border, X, d, e, sigma, xe, Y);
     // Y G': core Y_core K + y_b k_b, border Y_core·k_b + y_b γ.
     ctx.blockdiag_times(bd, nt, Y, nf, p.K, bd.nmax, false, YG, nf);
     if (border) row_dots(ctx, nt, nc, Y, nf, p.kb, ykb);
@@ -241,18 +251,8 @@ struct BlockSgcv {
       });
     });
     // V = (W' − Y) A into X (X is not read again at this μ).
-    if (border) row_dots(ctx, nt, nc, M, nf, e, xe);
     double* V = X;
-    ctx.par([&](int tid, int nthr) {
-      for_items(tid, nthr, nt, nf, [&](int t, int j, long i) {
-        if (j < nc) {
-          V[i] = M[i] * d[j];
-          if (border) V[i] -= ((M[(long)t * nf + nc] - xe[t]) / sigma) * e[j];
-        } else {
-          V[i] = (M[i] - xe[t]) / sigma;
-        }
-      });
-    });
+    times_arrowhead_inverse(ctx, nt, nf, nc, border, M, d, e, sigma, xe, V);
     double r[3];  // ⟨Y, B'⟩, ⟨Y, Y G'⟩, ⟨V, Y G' − B'⟩
     ctx.template sums<3>(
         [&](int tid, int nthr, double* a) {
