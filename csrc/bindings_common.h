@@ -234,6 +234,18 @@ long long step_workspace_query(Size size, long long B, long long n_f, long long 
   return size(B, (int)n_f, (int)n_t, n_grid, memory_empty);
 }
 
+// The block step's workspace query: the layout must describe n_f features, then
+// `size(B, n_f, n_t, n_grid, bd)` (the launcher's own count) on its host offsets.
+template <class Size>
+long long block_workspace_query(Size size, long long B, long long n_f, long long n_t, int n_grid,
+                                const BlockOffsets& blocks) {
+  require(blocks.n_f == n_f, "blocks describe n_f = " + std::to_string(blocks.n_f) + " features, not " +
+                                 std::to_string(n_f));
+  const BlockDims bd = blocks.dims(blocks.offsets.data());
+  return step_workspace_query([&](long long b, int nf, int nt, int ng, bool) { return size(b, nf, nt, ng, bd); }, B,
+                              n_f, n_t, n_grid, false);
+}
+
 template <class Size>
 long long jacobi_workspace_query(Size size, long long B, long long n) {
   require_size(B, "B", 1LL << 30);

@@ -52,12 +52,10 @@ void py_slimtik_step(const StepBuffers& p, const StepOptions& opts, std::uintptr
 
 long long py_block_workspace_doubles(long long B, long long n_f, long long n_t, int n_grid,
                                      const BlockOffsets& blocks) {
-  require(blocks.n_f == n_f, "blocks describe n_f = " + std::to_string(blocks.n_f) + " features, not " +
-                                 std::to_string(n_f));
-  const BlockDims bd = blocks.dims(blocks.offsets.data());
-  return step_workspace_query(
-      [&](long long b, int nf, int nt, int ng, bool) { return block_step_workspace_doubles(b, nf, nt, ng, bd); }, B,
-      n_f, n_t, n_grid, false);
+  const auto size = [](long long b, int nf, int nt, int ng, const BlockDims& bd) {
+    return block_step_workspace_doubles(b, nf, nt, ng, bd);
+  };
+  return block_workspace_query(size, B, n_f, n_t, n_grid, blocks);
 }
 
 // The kernel reads the offsets from device memory: `blocks` must carry offsets_ptr.
