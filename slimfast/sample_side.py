@@ -16,8 +16,10 @@ never forms Q or anything n_f × n_f: with P = V Σ⁻¹ [N, N'] and A = Mᵀ(β
 βQᵀZ_k = PᵀA, W' = (WM)P and W'_new Qᵀ = (W'_new Pᵀ) Mᵀ. MᵀM is a cache (``SampleSideState``):
 only the new block's n_b columns are computed each step, N·n_b·n_f multiply-adds. Cost per step
 O(n_f·N·n_b + N³) instead of O(n_f³). The projected step is the existing batched kernel of the
-chosen backend, with G_mem' = diag(σ²): the cpp kernel is handed its eigenpairs (σ², the
-identity), the cuda kernel's Jacobi returns them without a rotation.
+chosen backend, with G_mem' = diag(σ²): the cuda kernel's Jacobi returns its eigenpairs without a
+rotation. The cpp backend needs no eigendecomposition at all when N < n_f: it takes the same step
+from solves with K + μI, K tridiagonalised once (``slimfast.sample_side_woodbury``), 2–3× cheaper
+at N = 384; with N ≥ n_f (G_mem may have full rank) it projects as the other backends.
 
 Numerics: MᵀM squares M's condition number, so a direction with σ_j² near the null threshold is
 resolved to about ε·σ²_max/σ_j² relative (the dense path: ε·σ²_max/(σ_j² + μ)). Exact
@@ -40,6 +42,7 @@ import torch
 from ._torch_impl import INFO_FIELDS, _admissible_interval, _slimtik_step
 from .backends import resolve_backend
 from .config import SGCV_NULL_RTOL_PER_FEATURE, SolverConfig
+from .sample_side_woodbury import takes_woodbury, woodbury_step
 from .solver import StepInfo, raise_first_if_any
 from .state import SampleSideState
 from .validation import MAX_ABS, Fault, first_fault, residual_counts
@@ -225,6 +228,20 @@ def _check_inputs(state: SampleSideState, config: SolverConfig, Z: Any, C: Any, 
     return Z, C, beta, m_t, W
 
 
+def _eigen_route(name: str, module: Any, K: torch.Tensor, A: torch.Tensor, C: torch.Tensor, beta: torch.Tensor,
+                 m: torch.Tensor, WM: torch.Tensor, state: SampleSideState, config: SolverConfig, n_f: int):
+    """(X [B, n_t, N], Λ_{k−1}/μ or 0 [B], info [B, 6]) through K's eigendecomposition: the
+    projected problem on Q = M V Σ⁻¹ stepped by the backend's kernel (module docstring);
+    W_k = ratio·W + X Mᵀ as on the tridiagonal route."""
+    sigma2, P, rank = _kernel_basis(K, n_f)
+    inputs = _projected(P.mT @ A, C, beta, sigma2, WM @ P)
+    W_p, info = module.slimtik_step(*inputs[:4], m, inputs[4], state.Lambda, state.memory_empty, config,
+                                    **_diagonal_hint(name, sigma2))
+    ratio = _null_ratio(state.Lambda, info[:, 1], rank, n_f)
+    X = (W_p - ratio[:, None, None] * inputs[4]) @ P.mT
+    return X, ratio, _finish_info(info, rank, sigma2, n_f)
+
+
 def sample_side_step(
     state: SampleSideState, Z: torch.Tensor, C: torch.Tensor, beta: float | torch.Tensor, m: Any, W: torch.Tensor,
     *, config: SolverConfig | None = None, backend: str | None = None,
@@ -269,20 +286,19 @@ def sample_side_step(
     K = torch.cat([torch.cat([K_mem, A[:, :n_mem]], dim=2), A.mT], dim=1)
     if not float(K.abs().max()) <= MAX_ABS:
         raise ValueError(f"Z too large: its kernel matrix exceeds ±{MAX_ABS:g} (the solver squares it); rescale")
-    sigma2, P, rank = _kernel_basis(K, n_f)
     WM = torch.cat([(W @ state.blocks.mT)[:, :, pick], W @ Mz], dim=2)
-    inputs = _projected(P.mT @ A, C, beta, sigma2, WM @ P)
-    W_p, info = module.slimtik_step(*inputs[:4], m_t, inputs[4], state.Lambda, state.memory_empty, config,
-                                    **_diagonal_hint(name, sigma2))
-    ratio = _null_ratio(state.Lambda, info[:, 1], rank, n_f)
-    X = (W_p - ratio[:, None, None] * inputs[4]) @ P.mT
+    if takes_woodbury(name, module, K.shape[-1], n_f):   # no eigendecomposition (sample_side_woodbury)
+        R0 = WM[:, :, n_mem:] - beta[:, None, None] * C
+        X, info = woodbury_step(module, K, A, R0, WM, beta * beta * (C * C).sum((1, 2)), m_t, state.Lambda, config)
+        ratio = state.Lambda / info[:, 1]
+    else:
+        X, ratio, info = _eigen_route(name, module, K, A, C, beta, m_t, WM, state, config, n_f)
     if n_mem == r * cap:
         X_mem = X[:, :, :n_mem]
     else:
         X_mem = X.new_zeros(B, X.shape[1], r * cap)
         X_mem[:, :, cols] = X[:, :, :n_mem]
     W_new = ratio[:, None, None] * W + X[:, :, n_mem:] @ Mz.mT + X_mem @ state.blocks
-    info = _finish_info(info, rank, sigma2, n_f)
     if not bool(torch.isfinite(W_new).all()):
         raise FloatingPointError(f"backend {name!r} produced non-finite weights on the sample side; state unchanged")
     Lambda_prev = state.Lambda.clone()

@@ -12,6 +12,7 @@
 
 #include "bindings_common.h"
 #include "block_step_cpu.h"
+#include "sample_side_cpu.h"
 #include "slimtik_step_cpu.h"
 
 #if defined(__linux__)
@@ -114,6 +115,35 @@ int py_jacobi_eigh(long long B, long long n, std::uintptr_t A_ptr, std::uintptr_
   return jacobi_eigh_cpu((int)B, (int)n, A, U0, s, U, tol, max_sweeps);
 }
 
+// The sample side's tridiagonal step (sample_side_cpu.h) on float64 pointers; the caller
+// (slimfast/sample_side_woodbury.py) guarantees the extents.
+void py_sample_side_woodbury_step(long long B, long long N, long long n_b, long long n_t, std::uintptr_t K_ptr,
+                                  std::uintptr_t A_ptr, std::uintptr_t R0_ptr, std::uintptr_t WM_ptr,
+                                  std::uintptr_t c_ptr, std::uintptr_t m_ptr, std::uintptr_t Lambda_ptr,
+                                  const StepOptions& opts, std::uintptr_t X_out_ptr, std::uintptr_t info_ptr) {
+  require_size(N, "N");
+  require_size(n_b, "n_b", N);
+  check_step_sizes(B, N, n_t);
+  const double* K = as_ptr<const double>(K_ptr, "K_ptr");
+  const double* A = as_ptr<const double>(A_ptr, "A_ptr");
+  const double* R0 = as_ptr<const double>(R0_ptr, "R0_ptr");
+  const double* WM = as_ptr<const double>(WM_ptr, "WM_ptr");
+  const double* c = as_ptr<const double>(c_ptr, "c_ptr");
+  const double* m = as_ptr<const double>(m_ptr, "m_ptr");
+  const double* Lambda_prev = as_ptr<const double>(Lambda_ptr, "Lambda_ptr");
+  double* X_out = as_ptr<double>(X_out_ptr, "X_out_ptr");
+  double* info = as_ptr<double>(info_ptr, "info_ptr");
+  int lapack_info = 0, failed = 0;
+  {
+    py::gil_scoped_release release;
+    failed = sample_side_woodbury_step_cpu(g_lapack, (int)B, (int)N, (int)n_b, (int)n_t, K, A, R0, WM, c, m,
+                                           Lambda_prev, opts, X_out, info, &lapack_info);
+  }
+  if (failed != 0)
+    throw std::runtime_error("LAPACK tridiagonalisation failed for problem " + std::to_string(failed - 1) +
+                             " (info = " + std::to_string(lapack_info) + ")");
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_cpu, mod) {
@@ -124,6 +154,9 @@ PYBIND11_MODULE(_cpu, mod) {
   g_lapack.dgemv = reinterpret_cast<dgemv_t>(capi_pointer("scipy.linalg.cython_blas", "dgemv"));
   g_lapack.dsyrk = reinterpret_cast<dsyrk_t>(capi_pointer("scipy.linalg.cython_blas", "dsyrk"));
   g_lapack.dpstrf = reinterpret_cast<dpstrf_t>(capi_pointer("scipy.linalg.cython_lapack", "dpstrf"));
+  g_lapack.dsytrd = reinterpret_cast<dsytrd_t>(capi_pointer("scipy.linalg.cython_lapack", "dsytrd"));
+  g_lapack.dormtr = reinterpret_cast<dormtr_t>(capi_pointer("scipy.linalg.cython_lapack", "dormtr"));
+  g_lapack.dstebz = reinterpret_cast<dstebz_t>(capi_pointer("scipy.linalg.cython_lapack", "dstebz"));
 #if defined(__linux__)
   dl_iterate_phdr(find_openblas, &g_lapack);
 #endif
@@ -139,6 +172,10 @@ PYBIND11_MODULE(_cpu, mod) {
   mod.def("jacobi_eigh", &py_jacobi_eigh, py::arg("B"), py::arg("n"), py::arg("A_ptr"), py::arg("U0_ptr"),
           py::arg("s_out_ptr"), py::arg("U_out_ptr"), py::arg("tol"), py::arg("max_sweeps"),
           "Cyclic Jacobi eigendecomposition of B symmetric n×n matrices; returns the largest sweep count.");
+  mod.def("sample_side_woodbury_step", &py_sample_side_woodbury_step, py::arg("B"), py::arg("N"), py::arg("n_b"),
+          py::arg("n_t"), py::arg("K_ptr"), py::arg("A_ptr"), py::arg("R0_ptr"), py::arg("WM_ptr"), py::arg("c_ptr"),
+          py::arg("m_ptr"), py::arg("Lambda_ptr"), py::arg("options"), py::arg("X_out_ptr"), py::arg("info_ptr"),
+          "Sample-side slimTik step of B wide heads from their kernel matrices (see slimfast/_cpu.pyi).");
   bind_block_emulation(mod);
   bind_fused_head(mod, g_lapack);
   mod.attr("MODE_SGCV") = SLIMFAST_MODE_SGCV;

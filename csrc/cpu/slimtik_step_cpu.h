@@ -26,6 +26,16 @@ using dgemv_t = void (*)(const char* trans, const int* m, const int* n, const do
                          const int* lda, const double* x, const int* incx, const double* beta, double* y,
                          const int* incy);
 
+// The sample side's tridiagonal route (csrc/cpu/sample_side_cpu.h).
+using dsytrd_t = void (*)(const char* uplo, const int* n, double* a, const int* lda, double* d, double* e, double* tau,
+                          double* work, const int* lwork, int* info);
+using dormtr_t = void (*)(const char* side, const char* uplo, const char* trans, const int* m, const int* n,
+                          const double* a, const int* lda, const double* tau, double* c, const int* ldc, double* work,
+                          const int* lwork, int* info);
+using dstebz_t = void (*)(const char* range, const char* order, const int* n, const double* vl, const double* vu,
+                          const int* il, const int* iu, const double* abstol, const double* d, const double* e, int* m,
+                          int* nsplit, double* w, int* iblock, int* isplit, double* work, int* iwork, int* info);
+
 struct Lapack {
   dsyevd_t dsyevd = nullptr;
   dsyevr_t dsyevr = nullptr;
@@ -33,6 +43,9 @@ struct Lapack {
   dgemv_t dgemv = nullptr;
   dpstrf_t dpstrf = nullptr;
   dsyrk_t dsyrk = nullptr;
+  dsytrd_t dsytrd = nullptr;
+  dormtr_t dormtr = nullptr;
+  dstebz_t dstebz = nullptr;
   // Thread count of SciPy's OpenBLAS, when it can be found (else null). A pthreads OpenBLAS called
   // from inside an OpenMP loop oversubscribes and may hang, so the batch loop sets it to 1.
   int (*get_threads)() = nullptr;
