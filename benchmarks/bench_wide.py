@@ -6,7 +6,12 @@ other and with the float64 torch twin of the dense step (relative difference ≤
 are timed interleaved (median wall time per step, warm-up excluded), B = 1, cpp backend:
 
     dense  = the statistics G = β²ZZᵀ, H = β²CZᵀ, c (what SlimTik forms) + ``slimtik_step``
-    sample = ``sample_side_step`` (kernel cache update, eigh of MᵀM, projected step, lift)
+    sample = ``sample_side_step`` (kernel cache update, the step from MᵀM, lift); for the cpp
+             backend with N < n_f by solves with the tridiagonalised MᵀM + μI
+             (``slimfast.sample_side_woodbury``), else through eigh of MᵀM and the projected step
+
+The wide case also times the sample side's two cpp routes against each other (tridiagonal vs
+the eigendecomposition, which the other backends take), after checking that they agree (≤ 1e-9).
 
 Cases: the wide head (n_f = 2047 + bias, n_b = 64, r = 5, n_t = 3; target ≥ 30×), then a scan
 of n_f at fixed (r, n_b) that prints the measured crossover n_f / ((r + 1)·n_b) used by
@@ -15,6 +20,8 @@ of n_f at fixed (r, n_b) that prints the measured crossover n_f / ((r + 1)·n_b)
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import math
 import os
 import statistics
@@ -24,6 +31,7 @@ import torch
 
 from slimfast import SlimTikState, SolverConfig, slimtik_step
 from slimfast._torch_impl import _slimtik_step
+from slimfast import sample_side
 from slimfast.sample_side import SAMPLE_SIDE_CROSSOVER, sample_side_step
 from slimfast.state import SampleSideState
 
@@ -109,6 +117,38 @@ def compare(n_f: int, n_t: int, n_b: int, r: int, repeats: int, backend: str = "
     return statistics.median(dense), statistics.median(sample), err
 
 
+@contextlib.contextmanager
+def eigen_route():
+    """The cpp backend's sample side through eigh of MᵀM (as the other backends), not the solves."""
+    real = sample_side.takes_woodbury
+    sample_side.takes_woodbury = lambda *args: False
+    try:
+        yield
+    finally:
+        sample_side.takes_woodbury = real
+
+
+def compare_routes(n_f: int, n_t: int, n_b: int, r: int, repeats: int) -> tuple[float, float, float]:
+    """(eigen route s/step, tridiagonal route s/step, their max rel difference), cpp, interleaved."""
+    pair = Pair(n_f, n_t, n_b, r, "cpp")
+    Z, C = pair.batch()
+    state = copy.deepcopy(pair.samples)
+    W_t = pair.sample_step(Z, C)
+    pair.samples = state
+    with eigen_route():
+        W_e = pair.sample_step(Z, C)
+    err = float((W_t - W_e).norm() / W_e.norm())
+    if err > 1e-9:
+        raise AssertionError(f"the sample side's two routes differ by {err:.2e}")
+    eig, tri = [], []
+    for i in range(repeats):
+        Z, C = pair.batch()
+        for route in ((0, 1) if i % 2 == 0 else (1, 0)):
+            with eigen_route() if route == 0 else contextlib.nullcontext():
+                (eig if route == 0 else tri).append(_time(pair.sample_step, Z, C))
+    return statistics.median(eig), statistics.median(tri), err
+
+
 def main_wide(quick: bool = False) -> None:
     load = " ".join(f"{v:.2f}" for v in os.getloadavg())
     print(f"# bench_solver --wide  {time.strftime('%Y-%m-%d')}  torch {torch.__version__} "
@@ -119,7 +159,10 @@ def main_wide(quick: bool = False) -> None:
     ratio = t_d / t_s
     print(f"wide head n_f = {n_f} (2047 + bias), n_t = {n_t}, n_b = {n_b}, r = {r}: dense {t_d * 1e3:.1f} ms, "
           f"sample side {t_s * 1e3:.2f} ms, dense/sample = {ratio:.1f}×  (max rel diff {err:.1e})")
-    print(f"{'PASS' if ratio >= 30 else 'MISS'}  sample-side step ≥ 30× faster than the dense step: {ratio:.1f}×\n")
+    print(f"{'PASS' if ratio >= 30 else 'MISS'}  sample-side step ≥ 30× faster than the dense step: {ratio:.1f}×")
+    t_e, t_t, err = compare_routes(n_f, n_t, n_b, r, 5 if quick else 15)
+    print(f"sample side, cpp: eigendecomposition route {t_e * 1e3:.2f} ms, tridiagonal route {t_t * 1e3:.2f} ms, "
+          f"eigen/tridiagonal = {t_e / t_t:.2f}×  (max rel diff {err:.1e})\n")
 
     print(f"{'r':>2} {'n_b':>4} {'N':>4} {'n_f':>5} {'n_f/N':>6} | {'dense ms':>9} {'sample ms':>10} "
           f"{'dense/sample':>12} | max rel diff")
