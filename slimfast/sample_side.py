@@ -47,20 +47,25 @@ from .solver import StepInfo, raise_first_if_any
 from .state import SampleSideState
 from .validation import MAX_ABS, Fault, first_fault, residual_counts
 
-__all__ = ["SAMPLE_SIDE_CROSSOVER", "prefer_samples", "sample_side_step"]
+__all__ = ["SAMPLE_SIDE_CROSSOVER", "SAMPLE_SIDE_CROSSOVER_CPP", "prefer_samples", "sample_side_step"]
 
 #: The sample side is chosen when n_f > SAMPLE_SIDE_CROSSOVER·(r + 1)·n_b: the larger of the two
 #: crossovers measured by ``benchmarks/bench_solver.py --wide`` (n_b = 64: n_f/N ≈ 1.1 at r = 5,
 #: where the N³ eigendecomposition dominates, ≈ 2 at r = 0, where the sample side's fixed cost of
 #: a dozen small tensor operations does; benchmarks/RESULTS.md, "Wide heads").
 SAMPLE_SIDE_CROSSOVER = 2.0
+#: The same for the cpp backend, whose sample side needs no eigendecomposition (N < n_f): measured
+#: n_f/N ≈ 1.12 at r = 5 and ≈ 1.25 at r = 0 (benchmarks/RESULTS.md, "Wide heads without eigenvectors").
+SAMPLE_SIDE_CROSSOVER_CPP = 1.25
 
 F64 = torch.float64
 
 
-def prefer_samples(n_features: int, memory_depth: int, n_b: int) -> bool:
-    """True when the sample side is the cheaper one for a full memory of (r + 1)·n_b columns."""
-    return n_features > SAMPLE_SIDE_CROSSOVER * (memory_depth + 1) * n_b
+def prefer_samples(n_features: int, memory_depth: int, n_b: int, backend: str | None = None) -> bool:
+    """True when the sample side is the cheaper one for a full memory of (r + 1)·n_b columns on
+    ``backend`` (a resolved backend name; None: the crossover of the eigendecomposing backends)."""
+    crossover = SAMPLE_SIDE_CROSSOVER_CPP if backend == "cpp" else SAMPLE_SIDE_CROSSOVER
+    return n_features > crossover * (memory_depth + 1) * n_b
 
 
 def _eigh(K: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -1,6 +1,7 @@
 """``SlimTik`` on the sample side: which side a head steps on, and the head step there.
 
-A wide ``nn.Linear`` head (n_f > SAMPLE_SIDE_CROSSOVER·(r + 1)·n_b, measured by
+A wide ``nn.Linear`` head (n_f > SAMPLE_SIDE_CROSSOVER·(r + 1)·n_b, or SAMPLE_SIDE_CROSSOVER_CPP
+on the cpp backend, whose sample side needs no eigendecomposition; both measured by
 ``benchmarks/bench_solver.py --wide``) is solved by ``sample_side.sample_side_step``: same
 objective, same λ, same weights as the dense step (to rounding), without the n_f × n_f Gram
 matrix or its eigendecomposition. The side is decided once, at the first step (from that batch's
@@ -20,6 +21,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import torch
 from torch import nn
 
+from .backends import resolve_backend
 from .distributed import use_data_parallel
 from .heads import head_shape, head_to_matrix, matrix_to_params
 from .sample_side import prefer_samples, sample_side_step
@@ -67,8 +69,11 @@ def steps_on_samples(slim: SlimTik, features: torch.Tensor) -> bool:
         if side == "samples":
             raise ValueError("solve_side='samples' does not run data parallel (the ranks all-reduce Gram matrices)")
         return False
+    if side == "samples":
+        return True
     n_b = features.numel() // slim.head.in_features
-    return side == "samples" or prefer_samples(head_shape(slim.head)[1], slim.memory_depth, n_b)
+    backend = resolve_backend(slim.backend, slim.head.weight.device)[0]
+    return prefer_samples(head_shape(slim.head)[1], slim.memory_depth, n_b, backend)
 
 
 def linear_design(head: nn.Linear, features: torch.Tensor, target: torch.Tensor, reduction: str

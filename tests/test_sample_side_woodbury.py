@@ -13,10 +13,12 @@ import math
 import pytest
 import torch
 
-from slimfast import SolverConfig
+from torch import nn
+
+from slimfast import SlimTik, SolverConfig
 from slimfast import sample_side as sample_side_module
 from slimfast.backends import load_backend
-from slimfast.sample_side import _sample_side_step, sample_side_step
+from slimfast.sample_side import SAMPLE_SIDE_CROSSOVER, SAMPLE_SIDE_CROSSOVER_CPP, _sample_side_step, sample_side_step
 from slimfast.sample_side_woodbury import _sample_side_woodbury_step, woodbury_step
 from slimfast.state import SampleSideState
 
@@ -147,3 +149,14 @@ def test_binding_rejects_bad_sizes_and_pointers(bad: dict) -> None:
     args.update(bad)
     with pytest.raises(ValueError, match=next(iter(bad))):
         CPP._cpu.sample_side_woodbury_step(**args)
+
+
+@needs_cpp
+def test_cpp_switches_to_the_sample_side_at_its_own_crossover() -> None:
+    """(r + 1)·n_b = 24 columns: n_f = 41 lies between the cpp crossover (1.25·24 = 30) and the
+    others' (2·24 = 48), so the cpp backend steps on the sample side and torch on the feature side."""
+    assert SAMPLE_SIDE_CROSSOVER_CPP * 24 < 41 < SAMPLE_SIDE_CROSSOVER * 24
+    x, y = torch.randn(8, 40), torch.randn(8, 2)
+    for backend, side in (("cpp", "samples"), ("torch", "features")):
+        slim = SlimTik(nn.Linear(40, 2), memory_depth=2, backend=backend)
+        assert slim.step(x, y).side == side
