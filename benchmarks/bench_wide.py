@@ -15,7 +15,8 @@ the eigendecomposition, which the other backends take), after checking that they
 
 Cases: the wide head (n_f = 2047 + bias, n_b = 64, r = 5, n_t = 3; target ≥ 30×), then a scan
 of n_f at fixed (r, n_b) that prints the measured crossover n_f / ((r + 1)·n_b) used by
-``slimfast.sample_side.SAMPLE_SIDE_CROSSOVER``.
+``slimfast.sample_side.SAMPLE_SIDE_CROSSOVER_CPP`` (the cpp backend's; the eigendecomposing
+backends' ``SAMPLE_SIDE_CROSSOVER`` was measured with the eigendecomposition route).
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ import torch
 from slimfast import SlimTikState, SolverConfig, slimtik_step
 from slimfast._torch_impl import _slimtik_step
 from slimfast import sample_side
-from slimfast.sample_side import SAMPLE_SIDE_CROSSOVER, sample_side_step
+from slimfast.sample_side import SAMPLE_SIDE_CROSSOVER, SAMPLE_SIDE_CROSSOVER_CPP, sample_side_step
 from slimfast.state import SampleSideState
 
 F64 = torch.float64
@@ -179,4 +180,5 @@ def main_wide(quick: bool = False) -> None:
             elif t_s >= t_d:
                 crossing = None
         print(f"   measured crossover (r = {r}, n_b = {n_b}): sample side faster from n_f/N ≈ "
-              f"{'n/a' if crossing is None else f'{crossing:.2f}'} on; SAMPLE_SIDE_CROSSOVER = {SAMPLE_SIDE_CROSSOVER}\n")
+              f"{'n/a' if crossing is None else f'{crossing:.2f}'} on; SAMPLE_SIDE_CROSSOVER_CPP = "
+              f"{SAMPLE_SIDE_CROSSOVER_CPP} (the eigendecomposing backends: {SAMPLE_SIDE_CROSSOVER})\n")
