@@ -88,14 +88,16 @@ def slimtik_block_step(buffers: StepBuffers, blocks: BlockOffsets, options: Step
 def sample_side_woodbury_step(
     B: int, N: int, n_b: int, n_t: int, K_ptr: int, A_ptr: int, R0_ptr: int, WM_ptr: int, c_ptr: int, m_ptr: int,
     Lambda_ptr: int, options: StepOptions, X_out_ptr: int, info_ptr: int,
-) -> None:
+) -> int:
     """Sample-side slimTik step of B wide heads from their kernel matrices, without an
     eigendecomposition (twin: slimfast.sample_side_woodbury._sample_side_woodbury_step).
 
     Float64, row-major: K [B, N, N] = MᵀM, A [B, N, n_b] = MᵀMz, R0 [B, n_t, n_b] = W Mz − βC,
     WM [B, n_t, N], c, m, Lambda [B]. Writes X [B, n_t, N] (W_k = (Λ_{k−1}/μ)W + X Mᵀ) and info
-    [B, N_INFO]. ValueError for a bad size (1 <= n_b <= N) or a null/misaligned pointer;
-    RuntimeError if LAPACK fails. The GIL is released while computing."""
+    [B, N_INFO]. Returns 0, or 1 + the index of a problem where rounding left some K + μI not
+    positive definite (its outputs are then not meaningful). ValueError for a bad size
+    (1 <= n_b <= N) or a null/misaligned pointer; RuntimeError if LAPACK fails. The GIL is
+    released while computing."""
 
 def jacobi_eigh(
     B: int, n: int, A_ptr: int, U0_ptr: int, s_out_ptr: int, U_out_ptr: int, tol: float, max_sweeps: int

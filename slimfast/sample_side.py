@@ -18,8 +18,9 @@ only the new block's n_b columns are computed each step, N·n_b·n_f multiply-ad
 O(n_f·N·n_b + N³) instead of O(n_f³). The projected step is the existing batched kernel of the
 chosen backend, with G_mem' = diag(σ²): the cuda kernel's Jacobi returns its eigenpairs without a
 rotation. The cpp backend needs no eigendecomposition at all when N < n_f: it takes the same step
-from solves with K + μI, K tridiagonalised once (``slimfast.sample_side_woodbury``), 2–3× cheaper
-at N = 384; with N ≥ n_f (G_mem may have full rank) it projects as the other backends.
+from solves with K + μI, K tridiagonalised once (``slimfast.sample_side_woodbury``; the whole step
+1.5× faster at N = 384, benchmarks/RESULTS.md); with N ≥ n_f (G_mem may have full rank), or where
+rounding leaves K + μI indefinite (K's scale far beyond μ/ε), it projects as the other backends.
 
 Numerics: MᵀM squares M's condition number, so a direction with σ_j² near the null threshold is
 resolved to about ε·σ²_max/σ_j² relative (the dense path: ε·σ²_max/(σ_j² + μ)). Exact
@@ -292,9 +293,12 @@ def sample_side_step(
     if not float(K.abs().max()) <= MAX_ABS:
         raise ValueError(f"Z too large: its kernel matrix exceeds ±{MAX_ABS:g} (the solver squares it); rescale")
     WM = torch.cat([(W @ state.blocks.mT)[:, :, pick], W @ Mz], dim=2)
+    solved = None
     if takes_woodbury(name, module, K.shape[-1], n_f):   # no eigendecomposition (sample_side_woodbury)
         R0 = WM[:, :, n_mem:] - beta[:, None, None] * C
-        X, info = woodbury_step(module, K, A, R0, WM, beta * beta * (C * C).sum((1, 2)), m_t, state.Lambda, config)
+        solved = woodbury_step(module, K, A, R0, WM, beta * beta * (C * C).sum((1, 2)), m_t, state.Lambda, config)
+    if solved is not None:
+        X, info = solved
         ratio = state.Lambda / info[:, 1]
     else:
         X, ratio, info = _eigen_route(name, module, K, A, C, beta, m_t, WM, state, config, n_f)

@@ -24,6 +24,7 @@ Shapes: B problems, N memory columns (this batch's n_b last), n_t targets.
 
 from __future__ import annotations
 
+import logging
 import math
 from typing import Any
 
@@ -35,6 +36,7 @@ from .config import SGCV_DENOMINATOR_EPS, SolverConfig
 __all__ = ["takes_woodbury", "woodbury_step"]
 
 F64 = torch.float64
+logger = logging.getLogger("slimfast")
 
 
 class _KernelSide:
@@ -114,14 +116,19 @@ def takes_woodbury(name: str, module: Any, N: int, n_f: int) -> bool:
 def woodbury_step(
     module: Any, K: torch.Tensor, A: torch.Tensor, R0: torch.Tensor, WM: torch.Tensor, c: torch.Tensor,
     m: torch.Tensor, Lambda_prev: torch.Tensor, config: SolverConfig,
-) -> tuple[torch.Tensor, torch.Tensor]:
+) -> tuple[torch.Tensor, torch.Tensor] | None:
     """(X [B, n_t, N], info [B, 6]) of ``_sample_side_woodbury_step`` by the cpp kernel (CPU
-    float64 tensors of the shapes given there)."""
+    float64 tensors of the shapes given there), or None when rounding left some K + μI of a
+    problem not positive definite (K's scale far beyond μ/ε): the caller then decomposes K."""
     B, N, n_b = A.shape
     n_t = R0.shape[1]
     args = [t.contiguous() for t in (K, A, R0, WM, c, m, Lambda_prev)]
     X = K.new_empty(B, n_t, N)
     info = K.new_empty(B, 6)
-    module._cpu.sample_side_woodbury_step(B, N, n_b, n_t, *(t.data_ptr() for t in args),
-                                          module._kernel_options(config), X.data_ptr(), info.data_ptr())
+    declined = module._cpu.sample_side_woodbury_step(B, N, n_b, n_t, *(t.data_ptr() for t in args),
+                                                     module._kernel_options(config), X.data_ptr(), info.data_ptr())
+    if declined:
+        logger.debug("sample side: K + μI of problem %d not positive definite in float64; eigendecomposition instead",
+                     declined - 1)
+        return None
     return X, info

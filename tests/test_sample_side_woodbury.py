@@ -160,3 +160,34 @@ def test_cpp_switches_to_the_sample_side_at_its_own_crossover() -> None:
     for backend, side in (("cpp", "samples"), ("torch", "features")):
         slim = SlimTik(nn.Linear(40, 2), memory_depth=2, backend=backend)
         assert slim.step(x, y).side == side
+
+
+@needs_cpp
+def test_cpp_kernel_declines_a_shifted_kernel_matrix_that_is_not_positive_definite() -> None:
+    """K + μI with a pivot ≤ 0 (here K = −I, as rounding could make a K far beyond μ/ε): None."""
+    *_, (K, A, R0, WM, c, m, Lp) = problem(30, 8, 2, 0, 0.1, 0)
+    K_bad = -torch.eye(8, dtype=F64)[None].contiguous()
+    assert woodbury_step(CPP, K_bad, A, R0, WM, c, m, Lp, SolverConfig()) is None
+    assert woodbury_step(CPP, K, A, R0, WM, c, m, Lp, SolverConfig()) is not None
+
+
+@needs_cpp
+def test_a_declined_batch_steps_through_the_eigendecomposition(monkeypatch) -> None:
+    calls: list[str] = []
+    real = sample_side_module._eigen_route
+
+    def spy(name, *args):
+        calls.append(name)
+        return real(name, *args)
+
+    monkeypatch.setattr(sample_side_module, "_eigen_route", spy)
+    monkeypatch.setattr(sample_side_module, "woodbury_step", lambda *args: None)
+    g = torch.Generator().manual_seed(2)
+    states = {be: SampleSideState(1, 120, 2, 2, 0.05, torch.device("cpu")) for be in ("cpp", "torch")}
+    W = {be: torch.zeros(1, 2, 120, dtype=F64) for be in states}
+    for _ in range(4):
+        Z, C = torch.randn(1, 120, 10, dtype=F64, generator=g), torch.randn(1, 2, 10, dtype=F64, generator=g)
+        for be in states:
+            W[be], _ = sample_side_step(states[be], Z, C, 1.0 / math.sqrt(20), 20, W[be], backend=be)
+        assert rel_err(W["cpp"], W["torch"]) < 1e-9
+    assert calls.count("cpp") == 4

@@ -117,7 +117,7 @@ int py_jacobi_eigh(long long B, long long n, std::uintptr_t A_ptr, std::uintptr_
 
 // The sample side's tridiagonal step (sample_side_cpu.h) on float64 pointers; the caller
 // (slimfast/sample_side_woodbury.py) guarantees the extents.
-void py_sample_side_woodbury_step(long long B, long long N, long long n_b, long long n_t, std::uintptr_t K_ptr,
+int py_sample_side_woodbury_step(long long B, long long N, long long n_b, long long n_t, std::uintptr_t K_ptr,
                                   std::uintptr_t A_ptr, std::uintptr_t R0_ptr, std::uintptr_t WM_ptr,
                                   std::uintptr_t c_ptr, std::uintptr_t m_ptr, std::uintptr_t Lambda_ptr,
                                   const StepOptions& opts, std::uintptr_t X_out_ptr, std::uintptr_t info_ptr) {
@@ -139,9 +139,10 @@ void py_sample_side_woodbury_step(long long B, long long N, long long n_b, long 
     failed = sample_side_woodbury_step_cpu(g_lapack, (int)B, (int)N, (int)n_b, (int)n_t, K, A, R0, WM, c, m,
                                            Lambda_prev, opts, X_out, info, &lapack_info);
   }
-  if (failed != 0)
+  if (failed > 0)
     throw std::runtime_error("LAPACK tridiagonalisation failed for problem " + std::to_string(failed - 1) +
                              " (info = " + std::to_string(lapack_info) + ")");
+  return failed < 0 ? -failed : 0;  // 1 + a problem whose shifted kernel matrix was not positive definite
 }
 
 }  // namespace

@@ -11,6 +11,9 @@
 namespace slimfast {
 namespace {
 
+// one_problem's code for a shifted kernel matrix that rounding made indefinite.
+constexpr int kIndefinite = -1000;
+
 // One problem in the basis of Q (K = Q T Qᵀ). Row-major [N, ·] arrays, so that one row of all
 // right-hand sides is contiguous in the LDLᵀ sweeps.
 struct Rotated {
@@ -21,13 +24,18 @@ struct Rotated {
   const double* R0;         // [n_t, n_b]
 };
 
-// T + μI = L D Lᵀ (unit lower bidiagonal L, SPD since T ≽ 0 and μ > 0): dd [N] = D, l [N − 1].
-void factor_shifted(const Rotated& r, double mu, double* dd, double* l) {
+// T + μI = L D Lᵀ (unit lower bidiagonal L): dd [N] = D, l [N − 1]. T ≽ 0 and μ > 0 make it SPD;
+// returns false when rounding made a pivot non-positive (K's scale far beyond μ/ε), where the
+// solves would be meaningless.
+bool factor_shifted(const Rotated& r, double mu, double* dd, double* l) {
   dd[0] = r.d[0] + mu;
+  bool ok = dd[0] > 0.0;
   for (int i = 1; i < r.N; ++i) {
     l[i - 1] = r.e[i - 1] / dd[i - 1];
     dd[i] = r.d[i] + mu - l[i - 1] * r.e[i - 1];
+    ok = ok && dd[i] > 0.0;
   }
+  return ok && std::isfinite(dd[r.N - 1]);
 }
 
 // x := (L D Lᵀ)⁻¹ x for x [N, nr] row-major (all right-hand sides of a row side by side).
@@ -57,11 +65,13 @@ void solve_shifted(int N, int nr, const double* dd, const double* l, double* x) 
 //   res = R0 − qᵀSt,                        res' = (q2 − p)ᵀSt
 //   trace = tr(Aᵀ(K + μI)⁻¹S) = n_b − μ⟨St, Ys⟩,   trace' = μ‖Ys‖² − ⟨St, Ys⟩
 // (A = K S, so (K + μI)⁻¹A = S − μ(K + μI)⁻¹S). Scratch: dd, l [N]; sol [N, n_b + 2 n_t]
-// (Ys | q | p) and q2 [N, n_t]; acc [2, n_t, n_b].
+// (Ys | q | p) and q2 [N, n_t]; acc [2, n_t, n_b]. *indefinite is set when some T + μI was not
+// numerically positive definite (the step is then not taken: see one_problem).
 struct WoodburySgcv {
   const Rotated& r;
   double m, Lambda_prev;
   double *dd, *l, *sol, *q2, *acc;
+  bool* indefinite;
 
   SgcvPoint at(double mu) const {
     const int N = r.N, nb = r.n_b, nt = r.n_t, nr = nb + 2 * nt;
@@ -74,7 +84,7 @@ struct WoodburySgcv {
         row[nb + nt + t] = r.P2t[(long)i * nt + t];
       }
     }
-    factor_shifted(r, mu, dd, l);
+    if (!factor_shifted(r, mu, dd, l)) *indefinite = true;
     solve_shifted(N, nr, dd, l, sol);
     for (int i = 0; i < N; ++i) std::memcpy(q2 + (long)i * nt, sol + (long)i * nr + nb, sizeof(double) * nt);
     solve_shifted(N, nt, dd, l, q2);
@@ -202,12 +212,14 @@ int one_problem(const Lapack& lp, int N, int nb, int nt, const double* K, const 
     }
   }
   const Rotated rot{N, nb, nt, d, e, St, P1t, P2t, R0};
-  const WoodburySgcv eval{rot, m, Lambda_prev, ws + L.dd, ws + L.l, ws + L.sol, ws + L.q2, ws + L.acc};
+  bool indefinite = false;
+  const WoodburySgcv eval{rot, m, Lambda_prev, ws + L.dd, ws + L.l, ws + L.sol, ws + L.q2, ws + L.acc, &indefinite};
   SerialCtx ctx;
   const long npts = step_points(opts.n_grid);
   double* pts = ws + L.pts;
   const double mu = select_mu(ctx, eval, Lambda_prev, opts, pts, pts + npts, pts + 2 * npts, pts + 3 * npts);
   const SgcvPoint pt = eval.at(mu);  // leaves Ys and p at μ in sol
+  if (indefinite) return kIndefinite;
   // X = ((λ/μ) W M − R0 Sᵀ)(K + μI)⁻¹ = (Q ((λ/μ) p − Ys R0ᵀ))ᵀ, column-major [N, n_t] in Cm.
   const double ratio = (mu - Lambda_prev) / mu;
   const double* sol = ws + L.sol;
@@ -252,17 +264,20 @@ int sample_side_woodbury_step_cpu(const Lapack& lapack, int B, int N, int n_b, i
   if ((long)ws.size() < total) ws.resize(total);
   if ((long)iws.size() < 5L * N) iws.resize(5L * N);
   const long nn = (long)N * N;
+  int declined = 0;
   for (int b = 0; b < B; ++b) {
     const int failed =
         one_problem(lapack, N, n_b, n_t, K + b * nn, A + (long)b * N * n_b, R0 + (long)b * n_t * n_b,
                     WM + (long)b * n_t * N, c[b], m[b], Lambda_prev[b], opts, lwork, ws.data(), iws.data(),
                     X_out + (long)b * n_t * N, info + (long)b * SLIMFAST_N_INFO);
-    if (failed != 0) {
+    if (failed == kIndefinite) {
+      declined = declined ? declined : b + 1;
+    } else if (failed != 0) {
       *lapack_info = failed;
       return b + 1;
     }
   }
-  return 0;
+  return declined ? -declined : 0;
 }
 
 }  // namespace slimfast

@@ -27,7 +27,9 @@ namespace slimfast {
 //   WM [B, n_t, N], c [B] = β²‖C‖², m [B], Lambda_prev [B];
 //   X_out [B, n_t, N] and info [B, SLIMFAST_N_INFO] = [λ, μ, sGCV(μ), ‖res‖/‖βC‖,
 //   (s_max + μ)/μ, 0] (G_mem has rank ≤ N < n_f: its smallest eigenvalue is 0).
-// Returns 0, or 1 + the index of the first problem whose LAPACK call failed (lapack_info set).
+// Returns 0; 1 + the index of the first problem whose LAPACK call failed (lapack_info set); or
+// −(1 + the index) of the first problem where rounding left some T + μI not positive definite
+// (K's scale beyond μ/ε: the caller steps that batch through K's eigendecomposition instead).
 int sample_side_woodbury_step_cpu(const Lapack& lapack, int B, int N, int n_b, int n_t, const double* K,
                                   const double* A, const double* R0, const double* WM, const double* c,
                                   const double* m, const double* Lambda_prev, const StepOptions& opts, double* X_out,
