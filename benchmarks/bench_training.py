@@ -35,6 +35,11 @@ the fused step agrees with its float64 torch twin (``_fused_linear_step``, relat
 times ``SlimTik.step`` on the fused and on the general path for Linear heads of those sizes
 (interleaved, batch 32, r = 5), which is how ``fused_head.FUSED_MAX_WORK`` was chosen.
 
+Sample side (``slimfast.sample_side``): for a head that steps on the sample side (wide) the script
+first checks that the sample-side step of the default backend (cpp: without an eigendecomposition)
+agrees with the dense feature-side step's float64 twin (``solve_side="features"``, torch backend;
+relative difference of the head weights ≤ 1e-9 over the case's batches) and prints the largest.
+
 Phase blocks (``slimfast.phase_blocks``): for strided ConvTranspose2d heads (digits, MNIST) the
 script first checks that the block-structured step of the default backend agrees with the dense
 step's float64 twin (``block_solve="off"``, torch backend; relative difference of the head weights
@@ -307,6 +312,37 @@ def check_blocks(case: Case) -> float | None:
     return worst
 
 
+def check_samples(case: Case) -> float | None:
+    """Largest relative difference of the head weights between the sample-side step (default
+    backend: on cpp the eigenvector-free route) and the dense feature-side step's float64 twin
+    (``solve_side="features"``, torch backend) over the case's batches (memory filling and
+    wrapping); None when the head steps on the feature side. Head and features in float64."""
+    from slimfast.sample_side import prefer_samples
+
+    body, head = case.make_body(), case.make_head().double()
+    n_b = case.batches[0][0].shape[0]
+    if not isinstance(head, nn.Linear) or not prefer_samples(head.in_features + 1, MEMORY_DEPTH, n_b,
+                                                             resolve_backend(None, torch.device("cpu"))[0]):
+        return None
+    twin_head = copy.deepcopy(head)
+    slim = SlimTik(head, memory_depth=MEMORY_DEPTH)
+    twin = SlimTik(twin_head, memory_depth=MEMORY_DEPTH, backend="torch", solve_side="features")
+    worst = 0.0
+    for i in range(MEMORY_DEPTH + 2):
+        x, y = case.batches[i % len(case.batches)]
+        with torch.no_grad():
+            z, y = body(x).double(), y.double()
+        if slim.step(z, y).side != "samples":
+            return None
+        twin.step(z, y)
+        a = torch.cat([p.detach().reshape(-1) for p in head.parameters()])
+        b = torch.cat([p.detach().reshape(-1) for p in twin_head.parameters()])
+        worst = max(worst, float((a - b).norm() / b.norm()))
+    if not worst <= 1e-9:
+        raise AssertionError(f"{case.name}: sample-side step differs from the dense twin by {worst:.2e} (> 1e-9)")
+    return worst
+
+
 @contextlib.contextmanager
 def background_load(n: int) -> Iterator[None]:
     """n busy-looping Python processes for the duration of the block (each killed by its pid)."""
@@ -398,6 +434,9 @@ def _run(args: argparse.Namespace) -> int:
         block_err = check_blocks(case)
         if block_err is not None:
             print(f"  {name}: phase-block step = dense float64 twin to {block_err:.1e} (≤ 1e-9)", flush=True)
+        sample_err = check_samples(case)
+        if sample_err is not None:
+            print(f"  {name}: sample-side step = dense float64 twin to {sample_err:.1e} (≤ 1e-9)", flush=True)
         trainers: dict[str, object] = {"adam": AdamStep(case.make_body(), case.make_head())}
         for be in names:
             trainers[f"slim:{be or 'auto'}"] = make_slimtrain(case, be)
