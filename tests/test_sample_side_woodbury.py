@@ -12,7 +12,6 @@ import math
 
 import pytest
 import torch
-
 from torch import nn
 
 from slimfast import SlimTik, SolverConfig
