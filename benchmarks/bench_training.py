@@ -65,6 +65,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -284,6 +285,29 @@ def check_fused(case: Case) -> float | None:
     return worst
 
 
+def _worst_against_twin(case: Case, body: nn.Module, head: nn.Module, steps: int, side: str | None = None,
+                        **twin_options: Any) -> float | None:
+    """Largest relative difference of the head weights over ``steps`` of the case's batches
+    between SlimTik on ``head`` (default backend) and its float64 twin on a copy (torch backend,
+    ``twin_options``); None when a step of the first did not run on ``side`` (if given)."""
+    twin_head = copy.deepcopy(head)
+    slim = SlimTik(head, memory_depth=MEMORY_DEPTH)
+    twin = SlimTik(twin_head, memory_depth=MEMORY_DEPTH, backend="torch", **twin_options)
+    worst = 0.0
+    for i in range(steps):
+        x, y = case.batches[i % len(case.batches)]
+        with torch.no_grad():
+            z, y = body(x).double(), y.double()
+        info = slim.step(z, y)
+        if side is not None and info.side != side:
+            return None
+        twin.step(z, y)
+        a = torch.cat([p.detach().reshape(-1) for p in head.parameters()])
+        b = torch.cat([p.detach().reshape(-1) for p in twin_head.parameters()])
+        worst = max(worst, float((a - b).norm() / b.norm()))
+    return worst
+
+
 def check_blocks(case: Case) -> float | None:
     """Largest relative difference of the head weights between the phase-block step (default
     backend) and the dense step's float64 twin (``block_solve="off"``, torch backend) over the
@@ -294,19 +318,7 @@ def check_blocks(case: Case) -> float | None:
     body, head = case.make_body(), case.make_head().double()
     if phase_blocks(head) is None:
         return None
-    twin_head = copy.deepcopy(head)
-    slim = SlimTik(head, memory_depth=MEMORY_DEPTH)
-    twin = SlimTik(twin_head, memory_depth=MEMORY_DEPTH, backend="torch", block_solve="off")
-    worst = 0.0
-    for i in range(MEMORY_DEPTH + 3):
-        x, y = case.batches[i % len(case.batches)]
-        with torch.no_grad():
-            z, y = body(x).double(), y.double()
-        slim.step(z, y)
-        twin.step(z, y)
-        a = torch.cat([p.detach().reshape(-1) for p in head.parameters()])
-        b = torch.cat([p.detach().reshape(-1) for p in twin_head.parameters()])
-        worst = max(worst, float((a - b).norm() / b.norm()))
+    worst = _worst_against_twin(case, body, head, MEMORY_DEPTH + 3, block_solve="off")
     if not worst <= 1e-9:
         raise AssertionError(f"{case.name}: phase-block step differs from the dense twin by {worst:.2e} (> 1e-9)")
     return worst
@@ -324,20 +336,9 @@ def check_samples(case: Case) -> float | None:
     if not isinstance(head, nn.Linear) or not prefer_samples(head.in_features + 1, MEMORY_DEPTH, n_b,
                                                              resolve_backend(None, torch.device("cpu"))[0]):
         return None
-    twin_head = copy.deepcopy(head)
-    slim = SlimTik(head, memory_depth=MEMORY_DEPTH)
-    twin = SlimTik(twin_head, memory_depth=MEMORY_DEPTH, backend="torch", solve_side="features")
-    worst = 0.0
-    for i in range(MEMORY_DEPTH + 2):
-        x, y = case.batches[i % len(case.batches)]
-        with torch.no_grad():
-            z, y = body(x).double(), y.double()
-        if slim.step(z, y).side != "samples":
-            return None
-        twin.step(z, y)
-        a = torch.cat([p.detach().reshape(-1) for p in head.parameters()])
-        b = torch.cat([p.detach().reshape(-1) for p in twin_head.parameters()])
-        worst = max(worst, float((a - b).norm() / b.norm()))
+    worst = _worst_against_twin(case, body, head, MEMORY_DEPTH + 2, side="samples", solve_side="features")
+    if worst is None:
+        return None
     if not worst <= 1e-9:
         raise AssertionError(f"{case.name}: sample-side step differs from the dense twin by {worst:.2e} (> 1e-9)")
     return worst

@@ -59,6 +59,20 @@ def info_err(info: torch.Tensor, ref: torch.Tensor) -> float:
     return rel_err(torch.where(same_inf, 0.0, info), torch.where(same_inf, 0.0, ref))
 
 
+@pytest.fixture
+def eigen_route_calls(monkeypatch) -> list[str]:
+    """The backend names ``sample_side._eigen_route`` is called with (it still runs)."""
+    calls: list[str] = []
+    real = sample_side_module._eigen_route
+
+    def spy(name, *args):
+        calls.append(name)
+        return real(name, *args)
+
+    monkeypatch.setattr(sample_side_module, "_eigen_route", spy)
+    return calls
+
+
 CASES = [  # n_f, n_b, n_t, r, Λ_{k−1}
     (120, 10, 1, 0, 0.05),
     (150, 12, 3, 2, 1e-3),
@@ -114,17 +128,10 @@ def test_cpp_kernel_steps_a_batch_of_problems_independently() -> None:
 @needs_cpp
 @pytest.mark.parametrize("n_f, n_b, r, woodbury", [(200, 16, 3, True), (40, 16, 3, False)])
 def test_cpp_takes_the_route_exactly_when_the_memory_has_fewer_columns_than_features(
-        monkeypatch, n_f: int, n_b: int, r: int, woodbury: bool) -> None:
+        eigen_route_calls: list[str], n_f: int, n_b: int, r: int, woodbury: bool) -> None:
     """N = (r + 1)·n_b = 64: the route for n_f = 200, the eigendecomposition for n_f = 40 (G_mem
     may have full rank there); the torch backend always decomposes."""
-    calls: list[str] = []
-    real = sample_side_module._eigen_route
-
-    def spy(name, *args):
-        calls.append(name)
-        return real(name, *args)
-
-    monkeypatch.setattr(sample_side_module, "_eigen_route", spy)
+    calls = eigen_route_calls
     g = torch.Generator().manual_seed(0)
     for backend in ("cpp", "torch"):
         state = SampleSideState(1, n_f, 2, r, 0.05, torch.device("cpu"))
@@ -171,15 +178,8 @@ def test_cpp_kernel_declines_a_shifted_kernel_matrix_that_is_not_positive_defini
 
 
 @needs_cpp
-def test_a_declined_batch_steps_through_the_eigendecomposition(monkeypatch) -> None:
-    calls: list[str] = []
-    real = sample_side_module._eigen_route
-
-    def spy(name, *args):
-        calls.append(name)
-        return real(name, *args)
-
-    monkeypatch.setattr(sample_side_module, "_eigen_route", spy)
+def test_a_declined_batch_steps_through_the_eigendecomposition(monkeypatch, eigen_route_calls: list[str]) -> None:
+    calls = eigen_route_calls
     monkeypatch.setattr(sample_side_module, "woodbury_step", lambda *args: None)
     g = torch.Generator().manual_seed(2)
     states = {be: SampleSideState(1, 120, 2, 2, 0.05, torch.device("cpu")) for be in ("cpp", "torch")}
