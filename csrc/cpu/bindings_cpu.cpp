@@ -145,6 +145,26 @@ int py_sample_side_woodbury_step(long long B, long long N, long long n_b, long l
   return failed < 0 ? -failed : 0;  // 1 + a problem whose shifted kernel matrix was not positive definite
 }
 
+// The kernels' replaceable entry points by name (slimfast/backends/lapack_provider.py hands in
+// another library's, after checking them). Not to be changed while a step runs.
+void** lapack_slot(const std::string& name) {
+  if (name == "dsyevd") return reinterpret_cast<void**>(&g_lapack.dsyevd);
+  if (name == "dgemm") return reinterpret_cast<void**>(&g_lapack.dgemm);
+  if (name == "dgemv") return reinterpret_cast<void**>(&g_lapack.dgemv);
+  if (name == "mkl_set_num_threads_local") return reinterpret_cast<void**>(&g_lapack.set_threads_local);
+  throw py::value_error("name must be 'dsyevd', 'dgemm', 'dgemv' or 'mkl_set_num_threads_local', got '" + name + "'");
+}
+
+std::uintptr_t py_lapack_function(const std::string& name) {
+  return reinterpret_cast<std::uintptr_t>(*lapack_slot(name));
+}
+
+void py_set_lapack_function(const std::string& name, std::uintptr_t address) {
+  void** slot = lapack_slot(name);
+  require(address != 0 || name == "mkl_set_num_threads_local", "address of " + name + " must not be 0");
+  *slot = reinterpret_cast<void*>(address);
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_cpu, mod) {
@@ -177,6 +197,10 @@ PYBIND11_MODULE(_cpu, mod) {
           py::arg("n_t"), py::arg("K_ptr"), py::arg("A_ptr"), py::arg("R0_ptr"), py::arg("WM_ptr"), py::arg("c_ptr"),
           py::arg("m_ptr"), py::arg("Lambda_ptr"), py::arg("options"), py::arg("X_out_ptr"), py::arg("info_ptr"),
           "Sample-side slimTik step of B wide heads from their kernel matrices (see slimfast/_cpu.pyi).");
+  mod.def("lapack_function", &py_lapack_function, py::arg("name"),
+          "Address of the kernels' current dsyevd, dgemm, dgemv or mkl_set_num_threads_local (0: none).");
+  mod.def("set_lapack_function", &py_set_lapack_function, py::arg("name"), py::arg("address"),
+          "Replace one of those entry points (an LP64 Fortran-interface function; not while a step runs).");
   bind_block_emulation(mod);
   bind_fused_head(mod, g_lapack);
   mod.attr("MODE_SGCV") = SLIMFAST_MODE_SGCV;

@@ -56,18 +56,22 @@ inline int usable_threads(int wanted) {
   return std::max(1, std::min(wanted, (int)(omp_procs() + 0.5 - busy)));
 }
 
-// Sets the BLAS thread count for the duration of a call and restores it afterwards. The count is
-// process-global (OpenBLAS), so concurrent calls (the GIL is released) share one saved value: the
-// first caller saves it, the last one restores it.
+// Sets the BLAS thread count for the duration of a call and restores it afterwards. OpenBLAS's
+// count is process-global, so concurrent calls (the GIL is released) share one saved value: the
+// first caller saves it, the last one restores it. MKL's (when the kernels call MKL) is set for
+// the calling thread only.
 class BlasThreads {
  public:
   BlasThreads(const Lapack& L, int wanted) : L_(L) {
+    // MKL's count is per calling thread: no sharing, no lock.
+    if (L_.set_threads_local) mkl_saved_ = L_.set_threads_local(wanted);
     if (!L_.get_threads || !L_.set_threads) return;
     std::lock_guard<std::mutex> lock(mutex_);
     if (users_++ == 0) saved_ = L_.get_threads();
     if (L_.get_threads() > wanted) L_.set_threads(wanted);
   }
   ~BlasThreads() {
+    if (L_.set_threads_local) L_.set_threads_local(mkl_saved_);
     if (!L_.get_threads || !L_.set_threads) return;
     std::lock_guard<std::mutex> lock(mutex_);
     if (--users_ == 0 && L_.get_threads() != saved_) L_.set_threads(saved_);
@@ -76,6 +80,7 @@ class BlasThreads {
 
  private:
   const Lapack& L_;
+  int mkl_saved_ = 0;
   static inline std::mutex mutex_;
   static inline int users_ = 0, saved_ = 0;
 };

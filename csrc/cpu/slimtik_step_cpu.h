@@ -50,6 +50,9 @@ struct Lapack {
   // from inside an OpenMP loop oversubscribes and may hang, so the batch loop sets it to 1.
   int (*get_threads)() = nullptr;
   void (*set_threads)(int) = nullptr;
+  // MKL's per-thread count (mkl_set_num_threads_local: returns the previous one, 0 = the global
+  // count), set when dsyevd/dgemm/dgemv are MKL's (slimfast/backends/lapack_provider.py).
+  int (*set_threads_local)(int) = nullptr;
 };
 
 // Which eigensolver factors G_mem. AUTO picks by n_f (see csrc/cpu/cpu_context.h).

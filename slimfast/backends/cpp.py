@@ -17,6 +17,9 @@ from .. import _cpu  # ImportError here means "backend unavailable" to the loade
 from .._torch_impl import N_INFO
 from ..config import SolverConfig
 from .boundary import BlockLayout, StepInputs, as_buffer, as_buffers, square_batch, step_buffers, step_entry
+from .lapack_provider import install as _install_lapack
+
+_install_lapack(_cpu)   # torch's MKL for dsyevd/dgemm/dgemv where it is there and passes its check
 
 __all__ = ["BLOCK_STEP", "EIGENSOLVERS", "jacobi_eigh", "slimtik_step"]
 
