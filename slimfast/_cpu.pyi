@@ -168,3 +168,14 @@ class FusedLinearStep:
         writing W_k to the output buffers and committing the memory slot and Λ_k."""
     def statistics(self, x_ptr: int, y_ptr: int, G_ptr: int, H_ptr: int, c_ptr: int) -> int:
         """G [n_f, n_f], H [n_t, n_f], c [1] of one batch; 0, or 1 for NaN/Inf in the data."""
+
+def lapack_function(name: str) -> int:
+    """Address of the kernels' current ``dsyevd``, ``dgemm``, ``dgemv`` or
+    ``mkl_set_num_threads_local`` (0: none). ValueError for any other name."""
+    ...
+
+def set_lapack_function(name: str, address: int) -> None:
+    """Replace one of those entry points by an LP64 Fortran-interface function at ``address``
+    (slimfast/backends/lapack_provider.py checks it first). Not while a step runs. ValueError
+    for another name or a zero address (allowed only for ``mkl_set_num_threads_local``)."""
+    ...
