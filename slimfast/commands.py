@@ -95,6 +95,7 @@ def _environment() -> dict[str, Any]:
     info = backend_info()
     return {"slimfast": __version__, "torch": torch.__version__, "python": platform.python_version(),
             "threads": torch.get_num_threads(), "default_cpu_backend": info["default_cpu"],
+            "cpu_lapack": info["cpu_lapack"],
             "available_backends": [k for k, v in info["available"].items() if v is True]}
 
 

@@ -19,6 +19,8 @@ def test_backend_info_reports_every_backend() -> None:
     assert info["available"]["torch"] is True
     assert info["default_cpu"] in ("cpp", "numba", "torch")
     assert info["available"][info["default_cpu"]] is True
+    cpp_loaded = info["available"]["cpp"] is True
+    assert info["cpu_lapack"] in (("scipy", "mkl (torch)") if cpp_loaded else (None,))
 
 
 def test_cpu_preference_order() -> None:

@@ -102,4 +102,12 @@ def backend_info() -> dict[str, Any]:
         "forced": _forced(),
         "available": available,
         "cuda_device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        # whose dsyevd/dgemm/dgemv the cpp kernels call ("scipy" or "mkl (torch)"; lapack_provider)
+        "cpu_lapack": _cpu_lapack() if available["cpp"] is True else None,
     }
+
+
+def _cpu_lapack() -> str:
+    from . import lapack_provider
+
+    return lapack_provider.PROVIDER
