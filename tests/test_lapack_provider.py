@@ -135,12 +135,15 @@ def test_block_step_same_with_both_providers(restore_provider: None) -> None:
 
 
 @pytest.mark.parametrize("value,expected", [("scipy", "scipy"), ("SciPy ", "scipy"), ("bogus", None)])
-def test_environment_variable(value: str, expected: str | None) -> None:
-    """SLIMFAST_LAPACK=scipy keeps SciPy's; an unknown value warns and falls back to 'auto'."""
+def test_environment_variable(value: str, expected: str | None, tmp_path) -> None:
+    """SLIMFAST_LAPACK=scipy keeps SciPy's; an unknown value warns and falls back to 'auto'.
+    Run from an empty folder, so that the child imports the installed slimfast as this process
+    does (not a source tree without the compiled module)."""
     code = ("import logging; logging.basicConfig(); import slimfast.backends.cpp; "
             "from slimfast.backends import lapack_provider as lp; print(lp.PROVIDER)")
     env = {**os.environ, lp.ENV: value}
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
     auto = "mkl (torch)" if MKL else "scipy"
     assert out.stdout.strip() == (expected or auto)
     if expected is None:
