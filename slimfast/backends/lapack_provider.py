@@ -40,7 +40,6 @@ PROVIDER = "scipy"
 
 _SCIPY: dict[str, int] = {}
 
-_c_double_p = ctypes.POINTER(ctypes.c_double)
 _POISON = -(1 << 32)   # added to each int: an ILP64 reader sees value − 2³², a negative number
 
 
@@ -158,7 +157,6 @@ def torch_mkl_functions() -> dict[str, int] | None:
 def use(cpu_module: Any, provider: str) -> None:
     """Point the kernels of ``cpu_module`` (``slimfast._cpu``) at ``provider``: "scipy" or
     "mkl (torch)" (ValueError when that one is not available here). Not while a step runs."""
-    global PROVIDER
     if not _SCIPY:
         _SCIPY.update({name: cpu_module.lapack_function(name) for name in REPLACEABLE})
     if provider == "scipy":
@@ -169,6 +167,11 @@ def use(cpu_module: Any, provider: str) -> None:
             raise ValueError("provider 'mkl (torch)' is not available: the loaded torch exports no LP64 MKL")
     else:
         raise ValueError(f"provider must be 'scipy' or 'mkl (torch)', got {provider!r}")
+    _point(cpu_module, provider, functions)
+
+
+def _point(cpu_module: Any, provider: str, functions: dict[str, int]) -> None:
+    global PROVIDER
     for name in REPLACEABLE:
         cpu_module.set_lapack_function(name, functions[name])
     PROVIDER = provider
@@ -183,8 +186,9 @@ def install(cpu_module: Any) -> str:
         wanted = "auto"
     try:
         use(cpu_module, "scipy")
-        if wanted == "auto" and torch_mkl_functions() is not None:
-            use(cpu_module, "mkl (torch)")
+        mkl = torch_mkl_functions() if wanted == "auto" else None
+        if mkl is not None:   # probed once: use() would probe again
+            _point(cpu_module, "mkl (torch)", mkl)
     except Exception as exc:   # an unusual library must never break the import: keep SciPy's
         _log.warning("keeping SciPy's LAPACK for the CPU kernels: %s", exc)
         if _SCIPY:
