@@ -53,6 +53,15 @@ def test_bounded_configs_match_torch_twin(step, B, n_f, n_t, memory, data, confi
     check_case(step, B, n_f, n_t, memory, data, config_name, BOUNDED_CONFIGS[config_name])
 
 
+@pytest.mark.parametrize("data", ["wellposed", "noise"])
+@pytest.mark.parametrize("memory", [False, True], ids=["empty", "memory"])
+@pytest.mark.parametrize(("B", "n_f", "n_t"), [(1, 17, 16), (3, 17, 72), (2, 5, 40), (1, 30, 40)])
+def test_many_targets_match_torch_twin(step, B, n_f, n_t, memory, data):
+    """Many targets on a small head (cdr's 17 × 72): the cpp kernel takes its products by BLAS
+    from 2·n_t rows (csrc/cpu/cpu_context.h kGemmMinRows) whatever n_f, the loops below."""
+    check_case(step, B, n_f, n_t, memory, data, "sgcv", CONFIGS["sgcv"])
+
+
 @pytest.mark.parametrize("memory", [False, True], ids=["empty", "memory"])
 def test_wellposed_data_has_interior_minimum(step, memory):
     """The test data really exercises the bracket and root: most λ_k are not at a bound."""

@@ -26,6 +26,10 @@ namespace cpu {
 // --step; measured on a 2-core EPYC).
 constexpr int kJacobiMaxN = 6;
 constexpr int kGemmMinN = 24;
+// From this many rows (2 n_t for the projections, n_t for W G and the products of B̃, W̃) the
+// products go to dgemm below kGemmMinN too: their cost then grows with n_t, not with the call
+// overhead (n_f = 17, n_t = 72: the loops took ~40 % of the compiled step).
+constexpr int kGemmMinRows = 32;
 // Full-memory sGCV grids with n_f at least this are evaluated with one dgemm (Q·D for all grid
 // points) instead of n_grid matrix-vector passes over Q0..Q2.
 constexpr int kGridGemmMinN = 32;
@@ -187,6 +191,9 @@ struct CpuCtx : SerialCtx {
   // Products of order n by BLAS: `blas` set and n >= kGemmMinN (the dense step sets blas by n_f, so
   // the size test only matters to the block step, whose hooks see every block's own n_p).
   bool use_blas(int n) const { return blas && n >= kGemmMinN; }
+  // Products of `rows` rows of order n (times_gram, to_eigenbasis, from_eigenbasis, form_q's
+  // products): by BLAS as use_blas, or for many rows (kGemmMinRows) whatever n.
+  bool use_blas_rows(int rows, int n) const { return use_blas(n) || rows >= kGemmMinRows; }
 
   // Block step: K = Uᵀ G U [n, n] for one block (T: n² scratch); two dgemms, or below kGemmMinN
   // the block contexts' loops.
@@ -223,13 +230,13 @@ struct CpuCtx : SerialCtx {
   // without -ffast-math): measured 3–8 % of the step at n_f = 16, n_t = 1..72.
   void times_gram(int nt, int n, const double* W, const double* G, double* WG) {
     const double one = 1.0, zero = 0.0;
-    if (use_blas(n)) return L->dgemm("N", "N", &n, &nt, &n, &one, G, &n, W, &n, &zero, WG, &n);
+    if (use_blas_rows(nt, n)) return L->dgemm("N", "N", &n, &nt, &n, &one, G, &n, W, &n, &zero, WG, &n);
     for (int t = 0; t < nt; ++t) rows_axpy(n, n, W + (long)t * n, G, nullptr, WG + (long)t * n);
   }
 
   void to_eigenbasis(int rows, int n, const double* X, const double* Ut, double* out) {
     const double one = 1.0, zero = 0.0;
-    if (use_blas(n)) return L->dgemm("T", "N", &n, &rows, &n, &one, Ut, &n, X, &n, &zero, out, &n);
+    if (use_blas_rows(rows, n)) return L->dgemm("T", "N", &n, &rows, &n, &one, Ut, &n, X, &n, &zero, out, &n);
     for (int i = 0; i < n; ++i)  // U = Utᵀ, so that out[r, :] = Σ_i X[r, i] U[i, :]
       for (int j = 0; j < n; ++j) Ucols[(long)i * n + j] = Ut[(long)j * n + i];
     for (int r = 0; r < rows; ++r) rows_axpy(n, n, X + (long)r * n, Ucols, nullptr, out + (long)r * n);
@@ -237,7 +244,7 @@ struct CpuCtx : SerialCtx {
 
   void from_eigenbasis(int nt, int n, const double* Y, const double* Ut, const double* W, double* W_out) {
     const double one = 1.0, minus_one = -1.0;
-    if (use_blas(n)) {
+    if (use_blas_rows(nt, n)) {
       std::memcpy(W_out, W, sizeof(double) * nt * n);
       return L->dgemm("N", "N", &n, &nt, &n, &minus_one, Ut, &n, Y, &n, &one, W_out, &n);  // Wᵀ − U Yᵀ
     }
@@ -268,9 +275,14 @@ struct CpuCtx : SerialCtx {
   }
 
   // Below kGemmMinN: K̃ = Uᵀ (G U) and the products B̃ᵀB̃, B̃ᵀW̃ + W̃ᵀB̃, W̃ᵀW̃ as sums of axpys over
-  // rows, then q_from_products. Ucols holds U from to_eigenbasis.
+  // rows, then q_from_products (Ucols holds U from to_eigenbasis); with many targets by BLAS.
   void form_q_loops(Projections& p, const double* Ut, const double* G, double* K, double* T) {
     const int nf = p.n_f;
+    if (use_blas_rows(2 * p.n_t, nf)) {  // to_eigenbasis took dgemm as well: Ucols was not filled
+      project_gram_blas(*L, nf, Ut, G, K, T);
+      products_blas(p);
+      return q_from_products(p, K);
+    }
     for (int i = 0; i < nf; ++i) rows_axpy(nf, nf, G + (long)i * nf, Ucols, nullptr, T + (long)i * nf);  // G U
     for (int i = 0; i < nf; ++i) rows_axpy(nf, nf, Ut + (long)i * nf, T, nullptr, K + (long)i * nf);   // Uᵀ (G U)
     const long nn = (long)nf * nf;
@@ -317,12 +329,18 @@ struct CpuCtx : SerialCtx {
       gram_from_factor(*L, nf, F, rank, K);
     else
       project_gram_blas(*L, nf, Ut, G, K, T);
+    products_blas(p);
+    q_from_products(p, K);
+  }
+
+  // Q0 = B̃ᵀB̃, Q1 = B̃ᵀW̃ + W̃ᵀB̃, Q2 = W̃ᵀW̃ [n_f, n_f] by four dgemms (before q_from_products).
+  void products_blas(Projections& p) const {
+    const int nf = p.n_f, nt = p.n_t;
     const double one = 1.0, zero = 0.0;
     L->dgemm("N", "T", &nf, &nf, &nt, &one, p.Bt, &nf, p.Bt, &nf, &zero, p.Q0, &nf);  // B̃ᵀB̃
     L->dgemm("N", "T", &nf, &nf, &nt, &one, p.Wt, &nf, p.Bt, &nf, &zero, p.Q1, &nf);  // B̃ᵀW̃
     L->dgemm("N", "T", &nf, &nf, &nt, &one, p.Bt, &nf, p.Wt, &nf, &one, p.Q1, &nf);   // + W̃ᵀB̃
     L->dgemm("N", "T", &nf, &nf, &nt, &one, p.Wt, &nf, p.Wt, &nf, &zero, p.Q2, &nf);  // W̃ᵀW̃
-    q_from_products(p, K);
   }
 
   // QD [npts, 3 n_f] for the rows d of D [npts, n_f]. Formed Q's: one dgemv (one point) or dgemm
