@@ -26,9 +26,9 @@ namespace cpu {
 // --step; measured on a 2-core EPYC).
 constexpr int kJacobiMaxN = 6;
 constexpr int kGemmMinN = 24;
-// From this many rows (2 n_t for the projections, n_t for W G and the products of B̃, W̃) the
-// products go to dgemm below kGemmMinN too: their cost then grows with n_t, not with the call
-// overhead (n_f = 17, n_t = 72: the loops took ~40 % of the compiled step).
+// From this many rows (2 n_t for the projections and the products of B̃, W̃; n_t for W G and the
+// update W − Y Uᵀ) the products go to dgemm below kGemmMinN too: their cost then grows with n_t,
+// not with the call overhead (n_f = 17, n_t = 72: the loops took ~40 % of the compiled step).
 constexpr int kGemmMinRows = 32;
 // Full-memory sGCV grids with n_f at least this are evaluated with one dgemm (Q·D for all grid
 // points) instead of n_grid matrix-vector passes over Q0..Q2.
