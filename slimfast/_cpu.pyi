@@ -99,6 +99,24 @@ def sample_side_woodbury_step(
     (1 <= n_b <= N) or a null/misaligned pointer; RuntimeError if LAPACK fails. The GIL is
     released while computing."""
 
+TapAxisArgs = tuple[int, int, int, list[int], list[int], list[int], list[int]]
+
+def conv_head_statistics(
+    x_ptr: int, x_dtype: int, n_b: int, C: int, H: int, W: int, y_ptr: int, y_dtype: int, n_t: int, H_out: int,
+    W_out: int, axis_h: TapAxisArgs, axis_w: TapAxisArgs, bias: bool, rows: float, beta2: float, G_ptr: int,
+    H_ptr: int, c_ptr: int,
+) -> float:
+    """Lagged statistics of a convolutional head's batch (csrc/cpu/conv_statistics_cpu.h; twin: the
+    torch formulation in slimfast.heads / slimfast.conv_statistics).
+
+    x [n_b, C, H, W] contiguous, dtype 0 = float64 or 1 = float32; axes (n, step, out_stride,
+    phase, start, count, base) as slimfast.conv_statistics.TapAxis plus the layer's stride.
+    Writes G [n_f, n_f] = β² Σ z zᵀ (n_f = C·k_h·k_w + bias; the bias entry is ``rows``) and, with
+    y_ptr != 0 (targets [n_b, n_t, H_out, W_out] of a ConvTranspose2d head), H [n_t, n_f] =
+    β² Σ y zᵀ and c = β² Σ y². Returns the largest magnitude written, NaN when any value is not
+    finite. ValueError for a bad size, dtype or pointer and for an axis that reads past the image
+    or feeds outputs past the target. The GIL is released while computing."""
+
 def jacobi_eigh(
     B: int, n: int, A_ptr: int, U0_ptr: int, s_out_ptr: int, U_out_ptr: int, tol: float, max_sweeps: int
 ) -> int:

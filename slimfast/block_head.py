@@ -7,8 +7,9 @@ order (``phase_blocks``), checks the zeros between blocks and takes the block st
 
 * the layout (shapes, strides, dtypes, devices, the head's geometry, the settings) is checked
   once and cached per ``SlimTik``, with the buffers the compiled step reads and writes;
-* the statistics are the library's own (``heads.head_statistics``): symmetric, with exact zeros
-  between blocks by construction, so only their values are checked (NaN/Inf, beyond ±MAX_ABS);
+* the statistics are the library's own (``heads.head_statistics``; on the CPU the compiled call,
+  which also returns their largest magnitude): symmetric, with exact zeros between blocks by
+  construction, so only their values are checked (NaN/Inf, beyond ±MAX_ABS);
 * the statistics' large temporaries are buffers kept across steps (``slimfast.workspace``);
 * only the entries the block step reads, the diagonal blocks and the border row
   (Σ_p n_p² + 2·n_f − 1 of n_f²), are summed over the memory and gathered into block order,
@@ -37,7 +38,7 @@ from ._torch_impl import N_INFO, _admissible_interval
 from .backends import load_backend
 from .distributed import use_data_parallel
 from .fused_head import compiled_record
-from .heads import check_head_inputs, head_statistics, head_to_matrix, matrix_to_params
+from .heads import check_head_inputs, head_to_matrix, matrix_to_params, statistics_and_magnitude
 from .phase_blocks import phase_blocks
 from .state import SlimTikState
 from .validation import INDEFINITE_RTOL, MAX_ABS
@@ -197,11 +198,13 @@ def block_head_step(slim: SlimTik, features: Any, target: Any) -> SlimTikInfo | 
     if not _state_fits(state, n_f, n_t) or not _bounds_admit(state, slim.config):
         return None
 
-    G, H, c, m = head_statistics(head, features, target, slim.reduction, check=False, workspace=plan.workspace)
+    G, H, c, m, largest = statistics_and_magnitude(head, features, target, slim.reduction, check=False,
+                                                   workspace=plan.workspace)
     W = head_to_matrix(head)
-    largest = torch.stack([G.abs().amax(), H.abs().amax(), c.abs(), W.abs().amax()]).amax()
-    if not float(largest) <= MAX_ABS:   # NaN/Inf or out of range: the general path names the culprit
-        return None
+    if largest is None:
+        largest = float(torch.stack([G.abs().amax(), H.abs().amax(), c.abs()]).amax())
+    if not (largest <= MAX_ABS and float(W.abs().amax()) <= MAX_ABS):
+        return None   # NaN/Inf or out of range: the general path names the culprit
 
     src, dst = plan.src, plan.dst
     batch_entries = G.view(-1).index_select(0, src)

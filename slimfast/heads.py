@@ -36,6 +36,9 @@ How the statistics are formed (never from an explicit design with structural zer
         H[o, f] = Σ_rows C[o, row] Z[f, row] is exactly that. A Conv2d with a column stride
         falls back to ``unfold`` (``_unfold`` computes exactly ``F.unfold`` from a strided view;
         ATen's CPU im2col is far slower), which a stride already makes small.
+    On the CPU a ConvTranspose2d head's G, H and c come from one compiled call that reads the
+    batch in its own dtype (``slimfast.compiled_statistics``; the torch formulation above is its
+    float64 twin, chosen with ``kernel="torch"``).
 """
 
 from __future__ import annotations
@@ -48,18 +51,21 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.grad import conv2d_weight
 
+from . import compiled_statistics
 from .conv_statistics import conv_axis, conv_transpose_axis, lagged_gram, tap_sums
 from .workspace import Workspace
 
 Reduction = Literal["mean", "sum"]
+Kernel = Literal["auto", "torch"]
 HeadLayer = nn.Linear | nn.Conv2d | nn.ConvTranspose2d
 
 F64 = torch.float64
 
 __all__ = [
-    "HeadLayer", "Reduction", "check_head", "check_head_inputs", "check_statistics_finite", "head_output_shape",
+    "HeadLayer", "Kernel", "Reduction", "check_head", "check_head_inputs", "check_statistics_finite", "head_output_shape",
     "head_shape",
-    "head_statistics", "head_to_matrix", "matrix_to_params", "params_to_matrix", "write_matrix_", "write_params_",
+    "head_statistics", "head_to_matrix", "matrix_to_params", "params_to_matrix", "statistics_and_magnitude", "write_matrix_",
+    "write_params_",
 ]
 
 
@@ -383,7 +389,7 @@ def _as_f64(t: torch.Tensor, workspace: Workspace | None, name: str) -> torch.Te
 
 def head_statistics(
     head: HeadLayer, features: torch.Tensor, target: torch.Tensor, reduction: Reduction = "mean",
-    *, check: bool = True, workspace: Workspace | None = None,
+    *, check: bool = True, workspace: Workspace | None = None, kernel: Kernel = "auto",
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
     """Sufficient statistics (G, H, c, m) of one batch for ``head`` (see the module docstring).
 
@@ -395,16 +401,34 @@ def head_statistics(
         check: validate shapes, devices and finiteness first (ValueError naming the argument).
         workspace: a conv head's large temporaries and G live in its buffers (``slimfast.workspace``;
             G is then overwritten by the next call with the same workspace).
+        kernel: "auto" takes the compiled statistics where they exist (a ConvTranspose2d head on
+            the CPU), "torch" always the torch formulation (their float64 twin).
 
     Returns:
         G [n_f, n_f], H [n_t, n_f], c [] (all float64, on the features' device, computed with
         autocast disabled) and m = target.numel(), the number of scalar residuals.
     """
+    G, H, c, m, _ = statistics_and_magnitude(head, features, target, reduction, check=check, workspace=workspace,
+                                             kernel=kernel)
+    return G, H, c, m
+
+
+def statistics_and_magnitude(
+    head: HeadLayer, features: torch.Tensor, target: torch.Tensor, reduction: Reduction = "mean",
+    *, check: bool = True, workspace: Workspace | None = None, kernel: Kernel = "auto",
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int, float | None]:
+    """``head_statistics`` and, when the compiled statistics formed them, the largest magnitude
+    of G, H and c (NaN when any is not finite); None when they came from torch."""
     check_head(head)
+    if kernel not in ("auto", "torch"):
+        raise ValueError(f"kernel must be 'auto' or 'torch', got {kernel!r}")
     if check:
         check_head_inputs(head, features, target)
     m = target.numel()
     beta2 = _beta2(reduction, m)
+    if kernel == "auto" and isinstance(head, nn.ConvTranspose2d) and compiled_statistics.takes(head, features, target):
+        G, H, c, largest = compiled_statistics.conv_transpose_statistics(head, features, target, beta2, workspace)
+        return G, H, c, m, largest
     dev_type = features.device.type
     # Under autocast the GEMMs below would run in bf16/fp16; entering the context costs more
     # than a small head's statistics, so only do it when autocast is on.
@@ -418,4 +442,4 @@ def head_statistics(
                 x, y = x[None], y[None]
             fn = _conv_stats if isinstance(head, nn.Conv2d) else _conv_transpose_stats
             G, H, c = fn(head, x, y, beta2, workspace)
-    return G, H, c, m
+    return G, H, c, m, None

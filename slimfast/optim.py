@@ -41,6 +41,7 @@ from .distributed import all_reduce_statistics, use_data_parallel
 from .block_head import block_head_step
 from .fused_head import fused_step
 from .phase_blocks import phase_blocks
+from . import solver
 from .solver import slimtik_step
 from .ownership import check_owner as _check_owner, claim as _claim, release_head
 from .sample_side_head import SolveSide, check_solve_side, sample_side_head_step, side_of, steps_on_samples
@@ -309,8 +310,10 @@ class SlimTik(torch.optim.Optimizer):
     def _statistics(self, features: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """The batch's float64 statistics (G [n_f, n_f], H [n_t, n_f], c, m), all-reduced if data parallel."""
         data_parallel = use_data_parallel(self.distributed, self.process_group)
+        # The torch backend is the float64 reference throughout: its statistics are the torch twin's too.
+        kernel = "torch" if solver.resolve_backend(self.backend, features.device)[0] == "torch" else "auto"
         G, H, c, m = head_statistics(self.head, features, target, "sum" if data_parallel else self.reduction,
-                                     check=False)
+                                     check=False, kernel=kernel)
         if data_parallel:   # the whole batch's statistics: one all-reduce of the unscaled sums
             G, H, c, m = all_reduce_statistics(G, H, c, m, self.reduction, self.process_group)
         return G, H, c, m

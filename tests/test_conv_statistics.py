@@ -40,9 +40,10 @@ def _random_conv(rng: random.Random) -> tuple[nn.Conv2d, tuple[int, ...]]:
     return head, (rng.randint(1, 3), head.in_channels, min_h + rng.randint(0, 4), min_w + rng.randint(0, 4))
 
 
+@pytest.mark.parametrize("kernel", ["auto", "torch"])
 @pytest.mark.parametrize("seed", range(40))
 @pytest.mark.parametrize("make", [_random_conv_transpose, _random_conv], ids=["conv_transpose", "conv"])
-def test_lag_statistics_equaldense_design(make, seed: int) -> None:
+def test_lag_statistics_equaldense_design(make, seed: int, kernel: str) -> None:
     rng = random.Random(seed)
     while True:   # redraw (deterministically) until the configuration has a non-empty output
         head, in_shape = make(rng)
@@ -53,7 +54,7 @@ def test_lag_statistics_equaldense_design(make, seed: int) -> None:
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(in_shape, dtype=F64, generator=g)
     y = torch.randn(out_shape, dtype=F64, generator=g)
-    got = head_statistics(head, x, y, "sum")
+    got = head_statistics(head, x, y, "sum", kernel=kernel)
     want = dense_statistics(head, x, y, "sum")
     scale = max(1.0, float(want[0].abs().max()))
     for a, b in zip(got[:3], want[:3]):
@@ -61,13 +62,14 @@ def test_lag_statistics_equaldense_design(make, seed: int) -> None:
     assert got[3] == want[3]
 
 
-def test_autoencoder_head_size_matchesdense_design() -> None:
+@pytest.mark.parametrize("kernel", ["auto", "torch"])
+def test_autoencoder_head_size_matchesdense_design(kernel: str) -> None:
     """The MNIST autoencoder's head shape (16 → 1 channels, 4×4 stride 2, 14×14 → 28×28)."""
     head = nn.ConvTranspose2d(16, 1, 4, stride=2, padding=1).double()
     g = torch.Generator().manual_seed(0)
     x = torch.rand(4, 16, 14, 14, dtype=F64, generator=g)
     y = torch.rand(4, 1, 28, 28, dtype=F64, generator=g)
-    G, H, c, _ = head_statistics(head, x, y, "mean")
+    G, H, c, _ = head_statistics(head, x, y, "mean", kernel=kernel)
     Gd, Hd, cd, _ = dense_statistics(head, x, y, "mean")
     assert float((G - Gd).abs().max()) <= 1e-12 * float(Gd.abs().max())
     assert float((H - Hd).abs().max()) <= 1e-12 * float(Hd.abs().max())

@@ -39,7 +39,7 @@ def _cpp_with_fused_kernel():
         pytest.skip("compiled module without the fused kernel")
 
 
-def _twin_statistics(head, features, target, reduction="mean", *, check=True):
+def _twin_statistics(head, features, target, reduction="mean", *, check=True, kernel="auto"):
     assert isinstance(head, nn.Linear)
     return fh._fused_linear_statistics(features, target, head.bias is not None, reduction)
 

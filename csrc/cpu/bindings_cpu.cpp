@@ -25,6 +25,7 @@ using namespace slimfast;
 
 void bind_block_emulation(py::module_& mod);  // bindings_emulate.cpp
 void bind_fused_head(py::module_& mod, const Lapack& lapack);  // bindings_fused.cpp
+void bind_conv_statistics(py::module_& mod, const Lapack& lapack);  // bindings_statistics.cpp
 
 namespace {
 
@@ -203,6 +204,7 @@ PYBIND11_MODULE(_cpu, mod) {
           "Replace one of those entry points (an LP64 Fortran-interface function; not while a step runs).");
   bind_block_emulation(mod);
   bind_fused_head(mod, g_lapack);
+  bind_conv_statistics(mod, g_lapack);
   mod.attr("MODE_SGCV") = SLIMFAST_MODE_SGCV;
   mod.attr("MODE_CONSTANT") = SLIMFAST_MODE_CONSTANT;
   mod.attr("MODE_REFERENCE") = SLIMFAST_MODE_REFERENCE;

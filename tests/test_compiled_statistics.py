@@ -1,0 +1,154 @@
+"""The compiled statistics of ConvTranspose2d heads (slimfast.compiled_statistics) equal their
+float64 torch twin (``head_statistics(kernel="torch")``) and the dense design, for float64 and
+float32 batches, over a random kernel / stride / padding / dilation / output-padding grid; their
+magnitude stands in for the finiteness check; bad geometry is refused by name."""
+
+from __future__ import annotations
+
+import math
+import random
+
+import pytest
+import torch
+from torch import nn
+
+from slimfast import compiled_statistics
+from slimfast.heads import head_output_shape, head_statistics, statistics_and_magnitude
+
+from .dense_reference import dense_statistics
+from .test_conv_statistics import _random_conv_transpose
+
+F64 = torch.float64
+
+
+@pytest.fixture(autouse=True)
+def _needs_compiled() -> None:
+    if compiled_statistics._module() is None:
+        pytest.skip("compiled module without the lagged statistics")
+
+
+def _draw(seed: int, batched: bool = True) -> tuple[nn.ConvTranspose2d, torch.Tensor, torch.Tensor]:
+    rng = random.Random(seed)
+    while True:   # redraw (deterministically) until the configuration has a non-empty output
+        head, in_shape = _random_conv_transpose(rng)
+        out_shape = head_output_shape(head, in_shape)
+        if min(out_shape[-2:]) > 0:
+            break
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(in_shape, dtype=F64, generator=g)
+    y = torch.randn(out_shape, dtype=F64, generator=g)
+    return head.double(), x, y
+
+
+def _rel_err(got, want) -> float:
+    scale = max(1.0, float(want[0].abs().max()))
+    return max(float((a - b).abs().max()) for a, b in zip(got[:3], want[:3])) / scale
+
+
+@pytest.mark.parametrize("seed", range(60))
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+def test_compiled_equals_twin_and_dense_design(seed: int, reduction: str) -> None:
+    head, x, y = _draw(seed)
+    got = head_statistics(head, x, y, reduction)
+    assert compiled_statistics.takes(head, x, y)
+    twin = head_statistics(head, x, y, reduction, kernel="torch")
+    dense = dense_statistics(head, x, y, reduction)
+    assert _rel_err(got, twin) <= 1e-12
+    assert _rel_err(got, dense) <= 1e-12
+    assert got[3] == dense[3]
+    assert torch.equal(got[0], got[0].T)
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_float32_batch_is_read_as_its_float64_values(seed: int) -> None:
+    """A float32 batch gives the statistics of its values in float64 (no float32 arithmetic)."""
+    head, x, y = _draw(seed)
+    x32, y32 = x.float(), y.float()
+    got = head_statistics(head.float(), x32, y32, "mean")
+    want = head_statistics(head, x32.double(), y32.double(), "mean", kernel="torch")
+    assert all(t.dtype == F64 for t in got[:3])
+    assert _rel_err(got, want) <= 1e-12
+
+
+def test_autoencoder_shape_and_workspace_buffers() -> None:
+    """The MNIST autoencoder's head (16 → 1, 4×4 stride 2, 14 → 28) with and without a workspace."""
+    from slimfast.workspace import Workspace
+
+    head = nn.ConvTranspose2d(16, 1, 4, stride=2, padding=1)
+    g = torch.Generator().manual_seed(1)
+    x = torch.rand(8, 16, 14, 14, generator=g)
+    y = torch.rand(8, 1, 28, 28, generator=g)
+    ws = Workspace()
+    first = [t.clone() for t in head_statistics(head, x, y, workspace=ws)[:3]]
+    again = head_statistics(head, x, y, workspace=ws)   # the same buffers, written again
+    plain = head_statistics(head, x, y)
+    twin = head_statistics(head, x, y, kernel="torch")
+    for a, b, c in zip(first, again[:3], plain[:3]):
+        assert torch.equal(a, b) and torch.equal(a, c)
+    assert _rel_err(plain, twin) <= 1e-12
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_magnitude_is_the_largest_entry(seed: int) -> None:
+    head, x, y = _draw(seed)
+    G, H, c, _, largest = statistics_and_magnitude(head, x, y, "sum")
+    assert largest == max(float(G.abs().max()), float(H.abs().max()), float(c.abs()))
+    assert statistics_and_magnitude(head, x, y, "sum", kernel="torch")[4] is None
+
+
+@pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf])
+@pytest.mark.parametrize("where", ["features", "target"])
+def test_non_finite_batch_gives_nan_magnitude(bad: float, where: str) -> None:
+    head = nn.ConvTranspose2d(3, 2, 4, stride=2, padding=1).double()
+    x, y = torch.randn(2, 3, 5, 5, dtype=F64), torch.randn(2, 2, 10, 10, dtype=F64)
+    (x if where == "features" else y)[1, 0, 2, 3] = bad
+    largest = statistics_and_magnitude(head, x, y, check=False)[4]
+    assert math.isnan(largest)
+
+
+def test_overflowing_batch_gives_nan_magnitude() -> None:
+    head = nn.ConvTranspose2d(1, 1, 2, stride=2).double()
+    x, y = torch.full((1, 1, 2, 2), 1e200, dtype=F64), torch.zeros(1, 1, 4, 4, dtype=F64)
+    assert math.isnan(statistics_and_magnitude(head, x, y, check=False)[4])
+
+
+def test_what_it_does_not_take_goes_to_torch() -> None:
+    head = nn.ConvTranspose2d(3, 2, 3, stride=2)
+    x, y = torch.randn(2, 3, 4, 4), torch.randn(2, 2, 9, 9)
+    assert compiled_statistics.takes(head, x, y)
+    assert not compiled_statistics.takes(head, x.bfloat16(), y)
+    assert not compiled_statistics.takes(head, x[0], y[0])              # unbatched
+    assert not compiled_statistics.takes(head, x, y[:1])                # one target short
+    assert not compiled_statistics.takes(head, x[:, :2], y)             # wrong channels
+    got = head_statistics(head, x.bfloat16(), y.bfloat16())             # still computed, by torch
+    want = head_statistics(head, x.bfloat16().double(), y.bfloat16().double(), kernel="torch")
+    assert _rel_err(got, want) == 0.0
+
+
+def test_bad_kernel_is_named() -> None:
+    head = nn.ConvTranspose2d(3, 2, 3, stride=2)
+    with pytest.raises(ValueError, match="kernel"):
+        head_statistics(head, torch.randn(2, 3, 4, 4), torch.randn(2, 2, 9, 9), kernel="cuda")
+
+
+def test_geometry_past_the_target_is_refused_by_name() -> None:
+    """Without the layer check, a target too small for the layer never reaches the kernel."""
+    head = nn.ConvTranspose2d(3, 2, 3, stride=2)
+    x, y = torch.randn(2, 3, 4, 4, dtype=F64), torch.randn(2, 2, 9, 9, dtype=F64)
+    module = compiled_statistics._module()
+    axis_h, axis_w = compiled_statistics._layout(x.shape, y.shape, (3, 3), (2, 2), (0, 0), (1, 1))
+    G, H, c = torch.empty(28, 28, dtype=F64), torch.empty(2, 28, dtype=F64), torch.empty((), dtype=F64)
+
+    def call(h_out: int, ax_h=axis_h, ax_w=axis_w, x_dtype: int = 0):
+        return module.conv_head_statistics(x.data_ptr(), x_dtype, 2, 3, 4, 4, y.data_ptr(), 0, 2, h_out, 9, ax_h,
+                                           ax_w, True, 162.0, 1.0, G.data_ptr(), H.data_ptr(), c.data_ptr())
+
+    call(9)
+    with pytest.raises(ValueError, match="axis_h: tap .* feeds outputs past the target"):
+        call(8)
+    with pytest.raises(ValueError, match="axis_w: n must equal"):
+        call(9, ax_w=(5,) + tuple(axis_w[1:]))
+    with pytest.raises(ValueError, match="axis_h: tap .* reads past the image"):
+        call(9, ax_h=axis_h[:4] + ([9, 9, 9],) + axis_h[5:])
+    with pytest.raises(ValueError, match="x_dtype"):
+        call(9, x_dtype=2)
