@@ -45,7 +45,18 @@ def takes(head: nn.ConvTranspose2d, features: torch.Tensor, target: torch.Tensor
     return (features.device.type == "cpu" and target.device.type == "cpu" and features.ndim == 4
             and target.ndim == 4 and features.dtype in _DTYPES and target.dtype in _DTYPES
             and features.shape[0] == target.shape[0] and features.shape[1] == head.in_channels
-            and target.shape[1] == head.out_channels and head.groups == 1 and _module() is not None)
+            and target.shape[1] == head.out_channels and head.groups == 1 and _module() is not None
+            and _fits_int32(head, tuple(features.shape), tuple(target.shape)))
+
+
+def _fits_int32(head: nn.ConvTranspose2d, in_shape: tuple[int, ...], out_shape: tuple[int, ...]) -> bool:
+    """The kernel's product sizes stay ints (the bound its binding enforces): larger batches go to torch."""
+    axis_h, axis_w = _layout(in_shape, out_shape, head.kernel_size, head.stride, head.padding, head.dilation)
+    bases = axis_w[6]
+    margin = max(bases) - min(bases)
+    columns = in_shape[0] * (in_shape[3] + 2 * margin) + 2 * margin
+    taps = len(axis_h[3]) * len(axis_w[3])
+    return columns * in_shape[1] < 2**31 and taps * out_shape[1] * columns < 2**31
 
 
 @lru_cache(maxsize=256)

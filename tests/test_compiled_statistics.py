@@ -152,3 +152,13 @@ def test_geometry_past_the_target_is_refused_by_name() -> None:
         call(9, ax_h=axis_h[:4] + ([9, 9, 9],) + axis_h[5:])
     with pytest.raises(ValueError, match="x_dtype"):
         call(9, x_dtype=2)
+    with pytest.raises(ValueError, match="too large"):   # refused before any pixel is read
+        module.conv_head_statistics(x.data_ptr(), 0, 1 << 24, 1024, 4, 4, y.data_ptr(), 0, 2, 9, 9, axis_h, axis_w,
+                                    True, 162.0, 1.0, G.data_ptr(), H.data_ptr(), c.data_ptr())
+
+
+def test_batches_past_the_int_sizes_go_to_torch() -> None:
+    head = nn.ConvTranspose2d(64, 4, 3, stride=2)
+    small = compiled_statistics._fits_int32(head, (2, 64, 4, 4), (2, 4, 9, 9))
+    huge = compiled_statistics._fits_int32(head, (1 << 24, 64, 4, 4), (1 << 24, 4, 9, 9))
+    assert small and not huge

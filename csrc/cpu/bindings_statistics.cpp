@@ -6,6 +6,7 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <string>
 #include <vector>
@@ -74,6 +75,13 @@ double py_conv_head_statistics(std::uintptr_t x, int x_dtype, int n_b, int C, in
   const TapAxisCpu ax_w = make_axis(axis_w, W, targets ? W_out : 0, "axis_w");
   require(ax_w.step == 1, "axis_w: step must be 1");
   require(!targets || (ax_h.out_stride > 0 && ax_w.out_stride > 0), "targets need axes with out_stride > 0");
+  // The kernel's dgemm sizes are ints: K = n_b·(W + 2M) columns per row, M ≤ the spread of the bases.
+  const auto spread = [](const std::vector<int>& v) {
+    return (long long)*std::max_element(v.begin(), v.end()) - *std::min_element(v.begin(), v.end());
+  };
+  const long long margin = std::max(spread(ax_w.base), 0LL), columns = (long long)n_b * (W + 2 * margin) + 2 * margin;
+  require(columns * C < (1LL << 31) && (long long)ax_h.taps() * ax_w.taps() * (targets ? n_t : 1) * columns < (1LL << 31),
+          "features too large for the lagged statistics: n_b * (W + 2 * lag) * C must stay below 2^31");
   const long long n_f = (long long)C * ax_h.taps() * ax_w.taps() + (bias ? 1 : 0);
   require_size(n_f, "n_f");
   const void* xp = reinterpret_cast<const void*>(x);
