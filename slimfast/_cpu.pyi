@@ -117,6 +117,15 @@ def conv_head_statistics(
     finite. ValueError for a bad size, dtype or pointer and for an axis that reads past the image
     or feeds outputs past the target. The GIL is released while computing."""
 
+def gather_block_entries(
+    G_ptr: int, src_ptr: int, dst_ptr: int, K: int, packed_ptr: int, n_stored: int, batch_ptr: int, G_blk_ptr: int,
+    G_mem_blk_ptr: int,
+) -> None:
+    """The phase-block fast path's gathers (csrc/cpu/block_gather_cpu.h; twin: the torch index
+    operations in slimfast.block_head). Float64 G [n_f²], int64 src, dst [K] (indices < n_f², not
+    checked), packed [n_stored, K]: batch[k] = G[src[k]], G_blk[dst[k]] = G[src[k]],
+    G_mem_blk[dst[k]] = G[src[k]] + Σ_j packed[j, k]. ValueError for a null or misaligned pointer."""
+
 def jacobi_eigh(
     B: int, n: int, A_ptr: int, U0_ptr: int, s_out_ptr: int, U_out_ptr: int, tol: float, max_sweeps: int
 ) -> int:

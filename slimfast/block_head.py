@@ -12,7 +12,8 @@ order (``phase_blocks``), checks the zeros between blocks and takes the block st
   construction, so only their values are checked (NaN/Inf, beyond ±MAX_ABS);
 * the statistics' large temporaries are buffers kept across steps (``slimfast.workspace``);
 * only the entries the block step reads, the diagonal blocks and the border row
-  (Σ_p n_p² + 2·n_f − 1 of n_f²), are summed over the memory and gathered into block order,
+  (Σ_p n_p² + 2·n_f − 1 of n_f²), are summed over the memory and gathered into block order in
+  one compiled pass (csrc/cpu/block_gather_cpu.h),
   the memory's from a packed copy of those entries that each fast step updates in its own slot:
 
       G_mem[order[i], order[j]] = G[order[i], order[j]] + Σ_j G_j[order[i], order[j]]   for (i, j) in a block or the border
@@ -77,10 +78,20 @@ def block_entries(order: tuple[int, ...], sizes: tuple[int, ...], border: bool) 
     return perm[i] * n + perm[j], i * n + j
 
 
+def _gather_block_entries(G: torch.Tensor, src: torch.Tensor, dst: torch.Tensor, packed: torch.Tensor | None,
+                          n_stored: int, G_blk: torch.Tensor, G_mem_blk: torch.Tensor) -> torch.Tensor:
+    """Float64 twin of ``_cpu.gather_block_entries``: batch [K] = G.flat[src], G_blk.flat[dst] =
+    batch, G_mem_blk.flat[dst] = batch + Σ_{j < n_stored} packed[j] (packed [r, K]); returns batch."""
+    batch = G.reshape(-1).index_select(0, src)
+    G_blk.view(-1).index_copy_(0, dst, batch)
+    G_mem_blk.view(-1).index_copy_(0, dst, batch + packed[:n_stored].sum(0) if n_stored > 0 else batch)
+    return batch
+
+
 class _Plan:
     """One cached layout: the block layout, the gather indices and the compiled step's buffers."""
 
-    __slots__ = ("key", "ok", "perm", "inverse", "src", "src_slots", "dst", "G_mem", "G", "H", "c", "m", "W", "W_out", "info",
+    __slots__ = ("key", "ok", "perm", "inverse", "src", "src_slots", "dst", "batch_entries", "G_mem", "G", "H", "c", "m", "W", "W_out", "info",
                  "offsets", "options", "buffers", "Lambda", "module", "workspace", "packed", "packed_of")
 
     def __init__(self, key: tuple[Any, ...]) -> None:
@@ -113,6 +124,7 @@ def _build(slim: SlimTik, features: torch.Tensor, target: torch.Tensor, key: tup
     plan.perm = torch.tensor(order, dtype=torch.long)
     plan.inverse = torch.argsort(plan.perm)
     plan.src, plan.dst = block_entries(order, blocks.sizes, blocks.border)
+    plan.batch_entries = torch.empty(plan.src.numel(), dtype=F64)   # this batch's entries, block order
     # The same entries in every ring slot of the memory [1, r, n_f, n_f], as one flat gather (a
     # gather along the last dimension of [r, n_f²] is several times slower).
     plan.src_slots = (torch.arange(slim.memory_depth)[:, None] * (n_f * n_f) + plan.src).reshape(-1)
@@ -206,12 +218,12 @@ def block_head_step(slim: SlimTik, features: Any, target: Any) -> SlimTikInfo | 
     if not (largest <= MAX_ABS and float(W.abs().amax()) <= MAX_ABS):
         return None   # NaN/Inf or out of range: the general path names the culprit
 
-    src, dst = plan.src, plan.dst
-    batch_entries = G.view(-1).index_select(0, src)
-    plan.G.view(-1).index_copy_(0, dst, batch_entries)
     packed = _packed_memory(plan, state) if state.memory_depth > 0 else None
-    entries = batch_entries + packed[: state.n_stored].sum(0) if state.n_stored > 0 else batch_entries
-    plan.G_mem.view(-1).index_copy_(0, dst, entries)
+    batch_entries = plan.batch_entries
+    G = G.contiguous()   # the statistics' own buffer: already contiguous float64
+    plan.module.gather_block_entries(G.data_ptr(), plan.src.data_ptr(), plan.dst.data_ptr(), plan.src.numel(),
+                                     0 if packed is None else packed.data_ptr(), state.n_stored,
+                                     batch_entries.data_ptr(), plan.G.data_ptr(), plan.G_mem.data_ptr())
     torch.index_select(H, 1, plan.perm, out=plan.H[0])
     torch.index_select(W, 1, plan.perm, out=plan.W[0])
     plan.c.copy_(c.reshape(1))

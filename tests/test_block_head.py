@@ -19,6 +19,7 @@ from torch import nn
 import slimfast.block_head as bh
 import slimfast.optim as optim
 from slimfast import SlimTik
+from slimfast.backends import load_backend
 from slimfast.ownership import release_head
 from slimfast.phase_blocks import phase_blocks
 from tests.conftest import require_backend
@@ -262,3 +263,27 @@ def test_fast_and_general_steps_interleaved_equal_the_general_path(monkeypatch) 
     for k, ((w, L), (w_ref, L_ref, *_)) in enumerate(zip(out, reference)):
         assert float((w - w_ref).norm() / w_ref.norm()) <= 1e-12, k
         assert abs(L - L_ref) <= 1e-12 * abs(L_ref), k
+
+
+@pytest.mark.parametrize("n_stored", [0, 1, 4])
+def test_compiled_gather_equals_its_twin(n_stored: int) -> None:
+    """_cpu.gather_block_entries = block_head._gather_block_entries on a random permuted layout."""
+    cpp = load_backend("cpp")
+    if cpp is None or not hasattr(cpp._cpu, "gather_block_entries"):
+        pytest.skip("compiled module without the block gathers")
+    g = torch.Generator().manual_seed(n_stored)
+    n_f, r = 13, 4
+    order = tuple(torch.randperm(n_f, generator=g).tolist())
+    src, dst = bh.block_entries(order, (4, 4, 4), True)
+    G = torch.randn(n_f, n_f, dtype=torch.float64, generator=g)
+    packed = torch.randn(r, src.numel(), dtype=torch.float64, generator=g)
+    want = [torch.zeros(n_f, n_f, dtype=torch.float64) for _ in range(2)]
+    got = [torch.zeros(n_f, n_f, dtype=torch.float64) for _ in range(2)]
+    batch_want = bh._gather_block_entries(G, src, dst, packed, n_stored, *want)
+    batch = torch.empty(src.numel(), dtype=torch.float64)
+    cpp._cpu.gather_block_entries(G.data_ptr(), src.data_ptr(), dst.data_ptr(), src.numel(), packed.data_ptr(),
+                                  n_stored, batch.data_ptr(), got[0].data_ptr(), got[1].data_ptr())
+    assert torch.equal(batch, batch_want)
+    assert torch.equal(got[0], want[0])
+    torch.testing.assert_close(got[1], want[1], rtol=1e-15, atol=0)
+    assert torch.count_nonzero(got[0]) == src.numel()   # the entries outside the blocks stay zero

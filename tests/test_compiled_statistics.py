@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from slimfast import compiled_statistics
+from slimfast.conv_statistics import conv_axis, lagged_gram, tap_sums
 from slimfast.heads import head_output_shape, head_statistics, statistics_and_magnitude
 
 from .dense_reference import dense_statistics
@@ -123,6 +124,31 @@ def test_what_it_does_not_take_goes_to_torch() -> None:
     got = head_statistics(head, x.bfloat16(), y.bfloat16())             # still computed, by torch
     want = head_statistics(head, x.bfloat16().double(), y.bfloat16().double(), kernel="torch")
     assert _rel_err(got, want) == 0.0
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_gram_alone_on_conv_axes_equals_lagged_gram(seed: int) -> None:
+    """Without targets the call forms G for any axes, here a Conv2d's (row stride > 1 included):
+    = the torch lag fields (``lagged_gram``) with the bias column of ``tap_sums``."""
+    rng = random.Random(seed)
+    k, s, d = (rng.randint(1, 4), rng.randint(1, 3)), (rng.randint(1, 3), 1), (rng.randint(1, 2), rng.randint(1, 2))
+    n_b, C = rng.randint(1, 3), rng.randint(1, 3)
+    H, W = d[0] * (k[0] - 1) + 1 + rng.randint(0, 5), d[1] * (k[1] - 1) + 1 + rng.randint(0, 5)
+    h_out, w_out = (H - d[0] * (k[0] - 1) - 1) // s[0] + 1, (W - d[1] * (k[1] - 1) - 1) // s[1] + 1
+    ax_h, ax_w = conv_axis(H, h_out, k[0], s[0], d[0]), conv_axis(W, w_out, k[1], s[1], d[1])
+    x = torch.randn(n_b, C, H, W, dtype=F64, generator=torch.Generator().manual_seed(seed))
+    n_z = C * k[0] * k[1]
+    want = torch.empty(n_z + 1, n_z + 1, dtype=F64)
+    want[:n_z, :n_z] = lagged_gram(x, ax_h, ax_w)
+    want[:n_z, n_z] = want[n_z, :n_z] = tap_sums(x, ax_h, ax_w)
+    want[n_z, n_z] = n_b * h_out * w_out
+    G = torch.empty_like(want)
+    args = [(a.n, a.step, 0, list(a.phase), list(a.start), list(a.count), list(a.base)) for a in (ax_h, ax_w)]
+    largest = compiled_statistics._module().conv_head_statistics(
+        x.data_ptr(), 0, n_b, C, H, W, 0, 0, 0, 0, 0, args[0], args[1], True, float(n_b * h_out * w_out), 1.0,
+        G.data_ptr(), 0, 0)
+    assert float((G - want).abs().max()) <= 1e-12 * float(want.abs().max())
+    assert largest == float(G.abs().max())
 
 
 def test_bad_kernel_is_named() -> None:

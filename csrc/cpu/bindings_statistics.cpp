@@ -1,5 +1,6 @@
 // slimfast._cpu.conv_head_statistics: lagged statistics of a convolutional head
-// (conv_statistics_cpu.h) on raw pointers. Registered into the _cpu module by bind_conv_statistics
+// (conv_statistics_cpu.h) on raw pointers, and gather_block_entries (block_gather_cpu.h), which
+// takes such a head's statistics into block order. Registered into the _cpu module by bind_conv_statistics
 // (called from bindings_cpu.cpp). The geometry is checked here so that no pixel or output index
 // can leave its image; the extent of the memory behind a pointer cannot be checked, so
 // slimfast/compiled_statistics.py guarantees it.
@@ -12,6 +13,7 @@
 #include <vector>
 
 #include "bindings_common.h"
+#include "block_gather_cpu.h"
 #include "conv_statistics_cpu.h"
 
 namespace py = pybind11;
@@ -95,6 +97,22 @@ double py_conv_head_statistics(std::uintptr_t x, int x_dtype, int n_b, int C, in
                                   y_dtype, n_t, H_out, W_out, ax_h, ax_w, bias, rows, beta2, Gp, Hp, cp);
 }
 
+void py_gather_block_entries(std::uintptr_t G, std::uintptr_t src, std::uintptr_t dst, long long K,
+                             std::uintptr_t packed, int n_stored, std::uintptr_t batch, std::uintptr_t G_blk,
+                             std::uintptr_t G_mem_blk) {
+  require(K >= 1 && K < (1LL << 40), "K must be positive");
+  require(n_stored >= 0 && n_stored <= (1 << 20), "n_stored must be in [0, 2^20]");
+  const double* packed_p = n_stored > 0 ? as_ptr<const double>(packed, "packed_ptr") : nullptr;
+  const auto* src_p = as_ptr<const std::int64_t>(src, "src_ptr");
+  const auto* dst_p = as_ptr<const std::int64_t>(dst, "dst_ptr");
+  const double* G_p = as_ptr<const double>(G, "G_ptr");
+  double* batch_p = as_ptr<double>(batch, "batch_ptr");
+  double* blk_p = as_ptr<double>(G_blk, "G_blk_ptr");
+  double* mem_p = as_ptr<double>(G_mem_blk, "G_mem_blk_ptr");
+  py::gil_scoped_release release;
+  gather_block_entries_cpu(G_p, src_p, dst_p, K, packed_p, n_stored, batch_p, blk_p, mem_p);
+}
+
 }  // namespace
 
 void bind_conv_statistics(py::module_& mod, const Lapack& lapack) {
@@ -105,4 +123,7 @@ void bind_conv_statistics(py::module_& mod, const Lapack& lapack) {
           py::arg("beta2"), py::arg("G_ptr"), py::arg("H_ptr"), py::arg("c_ptr"),
           "Lagged statistics G (and H, c) of a convolutional head's batch; returns their largest magnitude, NaN "
           "when not finite (see slimfast/_cpu.pyi).");
+  mod.def("gather_block_entries", &py_gather_block_entries, py::arg("G_ptr"), py::arg("src_ptr"), py::arg("dst_ptr"),
+          py::arg("K"), py::arg("packed_ptr"), py::arg("n_stored"), py::arg("batch_ptr"), py::arg("G_blk_ptr"),
+          py::arg("G_mem_blk_ptr"), "The phase-block fast path's gathers into block order (see slimfast/_cpu.pyi).");
 }

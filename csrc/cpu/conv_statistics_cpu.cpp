@@ -195,11 +195,10 @@ double conv_head_statistics_cpu(const Lapack& L, const void* x, int x_dtype, int
   std::vector<char> inside((std::size_t)kw * W, 0);
   for (int tw = 0; tw < kw; ++tw)
     for (int j = 0; j < ax_w.count[tw]; ++j) inside[(std::size_t)tw * W + ax_w.start[tw] + j] = 1;
-  std::vector<int> edges, slot(W, -1);
+  std::vector<int> edges;
   for (int e = 0; e < W; ++e)
     for (int tw = 0; tw < kw; ++tw)
       if (!inside[(std::size_t)tw * W + e]) {
-        slot[e] = (int)edges.size();
         edges.push_back(e);
         break;
       }
