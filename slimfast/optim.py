@@ -307,11 +307,18 @@ class SlimTik(torch.optim.Optimizer):
             self.check()
         return record
 
+    def _solves_with_torch(self, device: torch.device) -> bool:
+        """Whether the torch backend takes the step: the float64 reference throughout, so its
+        statistics are the torch twin's too. A backend that cannot run is named by the solver."""
+        try:
+            return solver.resolve_backend(self.backend, device)[0] == "torch"
+        except (ValueError, RuntimeError):
+            return False
+
     def _statistics(self, features: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """The batch's float64 statistics (G [n_f, n_f], H [n_t, n_f], c, m), all-reduced if data parallel."""
         data_parallel = use_data_parallel(self.distributed, self.process_group)
-        # The torch backend is the float64 reference throughout: its statistics are the torch twin's too.
-        kernel = "torch" if solver.resolve_backend(self.backend, features.device)[0] == "torch" else "auto"
+        kernel = "torch" if self._solves_with_torch(features.device) else "auto"
         G, H, c, m = head_statistics(self.head, features, target, "sum" if data_parallel else self.reduction,
                                      check=False, kernel=kernel)
         if data_parallel:   # the whole batch's statistics: one all-reduce of the unscaled sums

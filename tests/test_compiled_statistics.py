@@ -188,3 +188,27 @@ def test_batches_past_the_int_sizes_go_to_torch() -> None:
     small = compiled_statistics._fits_int32(head, (2, 64, 4, 4), (2, 4, 9, 9))
     huge = compiled_statistics._fits_int32(head, (1 << 24, 64, 4, 4), (1 << 24, 4, 9, 9))
     assert small and not huge
+
+
+@pytest.mark.parametrize("backend", ["torch", "cpp"])
+def test_torch_backend_keeps_the_torch_statistics(monkeypatch, backend: str) -> None:
+    """The float64 reference backend forms its statistics with the twin; cpp with the compiled call
+    (general path and phase-block path alike)."""
+    from slimfast import SlimTik
+    from slimfast.ownership import release_head
+
+    calls = []
+    real = compiled_statistics.conv_transpose_statistics
+
+    def spy(*args, **kwargs):
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(compiled_statistics, "conv_transpose_statistics", spy)
+    head = nn.ConvTranspose2d(3, 1, 4, stride=2, padding=1).double()
+    slim = SlimTik(head, memory_depth=2, backend=backend)
+    x, y = torch.randn(4, 3, 5, 5, dtype=F64), torch.randn(4, 1, 10, 10, dtype=F64)
+    for _ in range(3):
+        slim.step(x, y)
+    release_head(head)
+    assert (len(calls) == 3) if backend == "cpp" else not calls
