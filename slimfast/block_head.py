@@ -91,7 +91,8 @@ def _gather_block_entries(G: torch.Tensor, src: torch.Tensor, dst: torch.Tensor,
 class _Plan:
     """One cached layout: the block layout, the gather indices and the compiled step's buffers."""
 
-    __slots__ = ("key", "ok", "perm", "inverse", "src", "src_slots", "dst", "batch_entries", "G_mem", "G", "H", "c", "m", "W", "W_out", "info",
+    __slots__ = ("key", "ok", "perm", "inverse", "src", "src_slots", "dst", "batch_entries", "G_mem", "G", "H", "c",
+                 "m", "W", "W_out", "info",
                  "offsets", "options", "buffers", "Lambda", "module", "workspace", "packed", "packed_of")
 
     def __init__(self, key: tuple[Any, ...]) -> None:

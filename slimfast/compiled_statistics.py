@@ -78,7 +78,8 @@ def conv_transpose_statistics(
     """(G [n_f, n_f], H [n_t, n_f], c [], largest) for features [n_b, C_in, H, W] and target
     [n_b, n_t, H_out, W_out] (``takes`` must hold; shapes as checked by ``check_head_inputs``).
     With a ``workspace`` G, H and c live in its buffers (overwritten by the next call)."""
-    x, y = features.detach().contiguous(), target.detach().contiguous()
+    # The kernel reads memory as it lies: a lazily negated view must be materialised first.
+    x, y = features.detach().resolve_neg().contiguous(), target.detach().resolve_neg().contiguous()
     n_b, c_in, h_in, w_in = x.shape
     _, n_t, h_out, w_out = y.shape
     axis_h, axis_w = _layout(x.shape, y.shape, head.kernel_size, head.stride, head.padding, head.dilation)

@@ -62,10 +62,9 @@ HeadLayer = nn.Linear | nn.Conv2d | nn.ConvTranspose2d
 F64 = torch.float64
 
 __all__ = [
-    "HeadLayer", "Kernel", "Reduction", "check_head", "check_head_inputs", "check_statistics_finite", "head_output_shape",
-    "head_shape",
-    "head_statistics", "head_to_matrix", "matrix_to_params", "params_to_matrix", "statistics_and_magnitude", "write_matrix_",
-    "write_params_",
+    "HeadLayer", "Kernel", "Reduction", "check_head", "check_head_inputs", "check_statistics_finite",
+    "head_output_shape", "head_shape", "head_statistics", "head_to_matrix", "matrix_to_params", "params_to_matrix",
+    "statistics_and_magnitude", "write_matrix_", "write_params_",
 ]
 
 

@@ -151,6 +151,18 @@ def test_gram_alone_on_conv_axes_equals_lagged_gram(seed: int) -> None:
     assert largest == float(G.abs().max())
 
 
+def test_negated_and_strided_views_are_read_as_their_values() -> None:
+    head = nn.ConvTranspose2d(3, 2, 4, stride=2, padding=1).double()
+    x, y = torch.randn(2, 3, 5, 5, dtype=F64), torch.randn(2, 2, 10, 10, dtype=F64)
+    views = (torch._neg_view(x), torch._neg_view(y))
+    assert views[0].is_neg()
+    got = head_statistics(head, *views)
+    want = head_statistics(head, -x, -y, kernel="torch")
+    assert _rel_err(got, want) <= 1e-12
+    xt = torch.randn(2, 3, 5, 5, dtype=F64).transpose(2, 3)   # not contiguous
+    assert _rel_err(head_statistics(head, xt, y), head_statistics(head, xt, y, kernel="torch")) <= 1e-12
+
+
 def test_bad_kernel_is_named() -> None:
     head = nn.ConvTranspose2d(3, 2, 3, stride=2)
     with pytest.raises(ValueError, match="kernel"):

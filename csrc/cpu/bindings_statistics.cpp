@@ -82,7 +82,8 @@ double py_conv_head_statistics(std::uintptr_t x, int x_dtype, int n_b, int C, in
     return (long long)*std::max_element(v.begin(), v.end()) - *std::min_element(v.begin(), v.end());
   };
   const long long margin = std::max(spread(ax_w.base), 0LL), columns = (long long)n_b * (W + 2 * margin) + 2 * margin;
-  require(columns * C < (1LL << 31) && (long long)ax_h.taps() * ax_w.taps() * (targets ? n_t : 1) * columns < (1LL << 31),
+  const long long product_columns = (long long)ax_h.taps() * ax_w.taps() * (targets ? n_t : 1);
+  require(columns * C < (1LL << 31) && product_columns * columns < (1LL << 31),
           "features too large for the lagged statistics: n_b * (W + 2 * lag) * C must stay below 2^31");
   const long long n_f = (long long)C * ax_h.taps() * ax_w.taps() + (bias ? 1 : 0);
   require_size(n_f, "n_f");

@@ -269,7 +269,8 @@ double conv_head_statistics_cpu(const Lapack& L, const void* x, int x_dtype, int
     for (int ci = 0; ci < C; ++ci)
       for (int cj = 0; cj < C; ++cj) {
         // A diagonal block comes from one lag-0 field: mirror its mean, so that G is symmetric.
-        const double v = measure(beta2 * (a == b ? 0.5 * (block[ci * C + cj] + block[cj * C + ci]) : block[ci * C + cj]));
+        const double entry = a == b ? 0.5 * (block[ci * C + cj] + block[cj * C + ci]) : block[ci * C + cj];
+        const double v = measure(beta2 * entry);
         G[(std::size_t)(ci * kt + a) * n_f + cj * kt + b] = v;
         G[(std::size_t)(cj * kt + b) * n_f + ci * kt + a] = v;
       }
@@ -311,9 +312,10 @@ double conv_head_statistics_cpu(const Lapack& L, const void* x, int x_dtype, int
               scratch.acc.data(), &ldc);
     }
     std::vector<double> y_sum(n_t);
+    const int plane = H_out * W_out;
     const double squares = y_dtype == STATS_F64
-                               ? sum_squares_and_bias(static_cast<const double*>(y), n, n_t, H_out * W_out, y_sum.data())
-                               : sum_squares_and_bias(static_cast<const float*>(y), n, n_t, H_out * W_out, y_sum.data());
+                               ? sum_squares_and_bias(static_cast<const double*>(y), n, n_t, plane, y_sum.data())
+                               : sum_squares_and_bias(static_cast<const float*>(y), n, n_t, plane, y_sum.data());
     for (int t = 0; t < n_t; ++t) {
       double* h = Hout + (std::size_t)t * n_f;
       for (int ci = 0; ci < C; ++ci)

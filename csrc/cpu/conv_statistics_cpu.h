@@ -1,6 +1,7 @@
-// Statistics of weight-shared (convolutional) heads from lagged channel correlations, on the CPU:
-// the compiled twin of slimfast/conv_statistics.py (``lagged_gram``, ``tap_sums``) and of the
-// ConvTranspose2d cross term in slimfast/heads.py (method.md §6 "Lags").
+// Statistics of weight-shared (convolutional) heads from lagged channel correlations, on the CPU
+// (method.md §6 "Lags"). Float64 torch twin: slimfast/conv_statistics.py (``lagged_gram``,
+// ``tap_sums``) and the ConvTranspose2d cross term in slimfast/heads.py (``_conv_transpose_stats``).
+// CPU only: on a GPU the torch formulation's GEMMs are cuBLAS's already.
 //
 // One call reads the features (and targets) in their own dtype, lays the features out once as
 // float64 rows [H + h_pad][n·(W + 2M) + 2M][C] (channels innermost, zero margins), takes every lag
