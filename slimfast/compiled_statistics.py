@@ -19,10 +19,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from .conv_statistics import conv_transpose_axis
+from .conv_statistics import TapAxis, conv_transpose_axis
 from .workspace import Workspace
 
-__all__ = ["conv_transpose_statistics", "takes"]
+__all__ = ["conv_transpose_statistics", "lagged_head_gram", "takes", "takes_gram"]
 
 F64 = torch.float64
 _DTYPES = {torch.float64: 0, torch.float32: 1}
@@ -95,3 +95,33 @@ def conv_transpose_statistics(
         axis_h, axis_w, head.bias is not None, float(n_b * h_out * w_out), beta2, G.data_ptr(), H.data_ptr(),
         c.data_ptr())
     return G, H, c, largest
+
+
+def _axis_args(ax: TapAxis) -> tuple[Any, ...]:
+    return (ax.n, ax.step, 0, list(ax.phase), list(ax.start), list(ax.count), list(ax.base))
+
+
+def takes_gram(x: torch.Tensor, ax_h: TapAxis, ax_w: TapAxis) -> bool:
+    """Whether ``lagged_head_gram`` forms G for x [n_b, C, H, W] (CPU float64/float32, column step 1,
+    sizes within the kernel's ints)."""
+    if not (x.device.type == "cpu" and x.ndim == 4 and x.dtype in _DTYPES and ax_w.step == 1
+            and _module() is not None):
+        return False
+    margin = max(ax_w.base) - min(ax_w.base)
+    columns = x.shape[0] * (x.shape[3] + 2 * margin) + 2 * margin
+    return columns * x.shape[1] < 2**31 and len(ax_h.phase) * len(ax_w.phase) * columns < 2**31
+
+
+def lagged_head_gram(x: torch.Tensor, ax_h: TapAxis, ax_w: TapAxis, bias: bool, rows: int, beta2: float,
+                     workspace: Workspace | None = None) -> tuple[torch.Tensor, float]:
+    """G [n_f, n_f] = β² Σ_rows z zᵀ of a head with taps ax_h × ax_w on x [n_b, C, H, W] (a Conv2d's
+    padded input; ``takes_gram`` must hold), bias feature last (its own entry β²·rows), and the
+    largest |G| (NaN when not finite). Twin: ``lagged_gram`` with ``tap_sums``."""
+    x = x.detach().resolve_neg().contiguous()
+    n_b, c_in, h_in, w_in = x.shape
+    n_f = c_in * len(ax_h.phase) * len(ax_w.phase) + bias
+    G = torch.empty(n_f, n_f, dtype=F64) if workspace is None else workspace.empty("G", (n_f, n_f), F64, x.device)
+    largest = _module().conv_head_statistics(
+        x.data_ptr(), _DTYPES[x.dtype], n_b, c_in, h_in, w_in, 0, 0, 0, 0, 0, _axis_args(ax_h), _axis_args(ax_w), bias,
+        float(rows), beta2, G.data_ptr(), 0, 0)
+    return G, largest

@@ -37,8 +37,9 @@ How the statistics are formed (never from an explicit design with structural zer
         falls back to ``unfold`` (``_unfold`` computes exactly ``F.unfold`` from a strided view;
         ATen's CPU im2col is far slower), which a stride already makes small.
     On the CPU a ConvTranspose2d head's G, H and c come from one compiled call that reads the
-    batch in its own dtype (``slimfast.compiled_statistics``; the torch formulation above is its
-    float64 twin, chosen with ``kernel="torch"``).
+    batch in its own dtype, and a Conv2d head's G (no column stride) from the same lag-field
+    kernel (``slimfast.compiled_statistics``; the torch formulation above is their float64 twin,
+    chosen with ``kernel="torch"``).
 """
 
 from __future__ import annotations
@@ -338,7 +339,8 @@ def _pad_conv_input(head: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
     return x
 
 
-def _conv_stats(head: nn.Conv2d, x: torch.Tensor, y: torch.Tensor, beta2: float, workspace: Workspace | None = None):
+def _conv_stats(head: nn.Conv2d, x: torch.Tensor, y: torch.Tensor, beta2: float, workspace: Workspace | None = None,
+                compiled: bool = False):
     x = _pad_conv_input(head, x)
     (kh, kw), (sh, sw), (dh, dw) = head.kernel_size, head.stride, head.dilation
     Y = y.reshape(y.shape[0], y.shape[1], -1)                                                 # [n_b, n_t, L]
@@ -348,8 +350,14 @@ def _conv_stats(head: nn.Conv2d, x: torch.Tensor, y: torch.Tensor, beta2: float,
         # Lag fields (conv_statistics): the column ranges of the taps differ only at the edges.
         ax_h = conv_axis(x.shape[2], y.shape[2], kh, sh, dh)
         ax_w = conv_axis(x.shape[3], y.shape[3], kw, sw, dw)
-        G = lagged_gram(x, ax_h, ax_w, workspace)
         H = conv2d_weight(x, (y.shape[1], x.shape[1], kh, kw), y, head.stride, 0, head.dilation).reshape(y.shape[1], -1)
+        if compiled and compiled_statistics.takes_gram(x, ax_h, ax_w):   # G complete: bias and β² included
+            G, _ = compiled_statistics.lagged_head_gram(x, ax_h, ax_w, bias, rows, beta2, workspace)
+            if bias:
+                H = torch.cat([H, Y.sum((0, 2))[:, None]], dim=1)
+            Yf = Y.reshape(-1)
+            return G, H.mul(beta2).contiguous(), torch.dot(Yf, Yf).mul_(beta2)
+        G = lagged_gram(x, ax_h, ax_w, workspace)
         z_sum = tap_sums(x, ax_h, ax_w) if bias else None
     else:
         # A column stride makes every tap's column set sparse; the strided unfold is as cheap.
@@ -400,8 +408,9 @@ def head_statistics(
         check: validate shapes, devices and finiteness first (ValueError naming the argument).
         workspace: a conv head's large temporaries and G live in its buffers (``slimfast.workspace``;
             G is then overwritten by the next call with the same workspace).
-        kernel: "auto" takes the compiled statistics where they exist (a ConvTranspose2d head on
-            the CPU), "torch" always the torch formulation (their float64 twin).
+        kernel: "auto" takes the compiled statistics where they exist (on the CPU: a
+            ConvTranspose2d head's G, H and c; a Conv2d head's G without column stride), "torch"
+            always the torch formulation (their float64 twin).
 
     Returns:
         G [n_f, n_f], H [n_t, n_f], c [] (all float64, on the features' device, computed with
@@ -439,6 +448,8 @@ def statistics_and_magnitude(
         else:
             if x.ndim == 3:   # unbatched conv input
                 x, y = x[None], y[None]
-            fn = _conv_stats if isinstance(head, nn.Conv2d) else _conv_transpose_stats
-            G, H, c = fn(head, x, y, beta2, workspace)
+            if isinstance(head, nn.Conv2d):
+                G, H, c = _conv_stats(head, x, y, beta2, workspace, compiled=kernel == "auto")
+            else:
+                G, H, c = _conv_transpose_stats(head, x, y, beta2, workspace)
     return G, H, c, m, None

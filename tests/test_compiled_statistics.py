@@ -224,3 +224,25 @@ def test_torch_backend_keeps_the_torch_statistics(monkeypatch, backend: str) -> 
         slim.step(x, y)
     release_head(head)
     assert (len(calls) == 3) if backend == "cpp" else not calls
+
+
+@pytest.mark.parametrize("padding_mode", ["zeros", "reflect", "circular"])
+@pytest.mark.parametrize("stride", [(1, 1), (2, 1), (1, 2)])
+def test_conv2d_gram_from_the_compiled_call(monkeypatch, padding_mode: str, stride: tuple[int, int]) -> None:
+    """A Conv2d head without column stride takes G from the compiled call; a column stride keeps the
+    unfold. Either way the statistics equal the twin and the dense design."""
+    calls = []
+    real = compiled_statistics.lagged_head_gram
+
+    def spy(*args, **kwargs):
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(compiled_statistics, "lagged_head_gram", spy)
+    head = nn.Conv2d(3, 2, 3, stride=stride, padding=1, dilation=(1, 2), padding_mode=padding_mode).double()
+    x = torch.randn(2, 3, 7, 8, dtype=F64)
+    y = torch.randn(head_output_shape(head, tuple(x.shape)), dtype=F64)
+    got = head_statistics(head, x, y, "mean")
+    assert len(calls) == (stride[1] == 1)
+    assert _rel_err(got, head_statistics(head, x, y, "mean", kernel="torch")) <= 1e-12
+    assert _rel_err(got, dense_statistics(head, x, y, "mean")) <= 1e-12
