@@ -46,29 +46,34 @@ def takes(head: nn.ConvTranspose2d, features: torch.Tensor, target: torch.Tensor
             and target.ndim == 4 and features.dtype in _DTYPES and target.dtype in _DTYPES
             and features.shape[0] == target.shape[0] and features.shape[1] == head.in_channels
             and target.shape[1] == head.out_channels and head.groups == 1 and _module() is not None
-            and _fits_int32(head, tuple(features.shape), tuple(target.shape)))
+            and _fits_layout(head, tuple(features.shape), tuple(target.shape)))
 
 
-def _fits_int32(head: nn.ConvTranspose2d, in_shape: tuple[int, ...], out_shape: tuple[int, ...]) -> bool:
-    """The kernel's product sizes stay ints (the bound its binding enforces): larger batches go to torch."""
+def _fits_layout(head: nn.ConvTranspose2d, in_shape: tuple[int, ...], out_shape: tuple[int, ...]) -> bool:
     axis_h, axis_w = _layout(in_shape, out_shape, head.kernel_size, head.stride, head.padding, head.dilation)
-    bases = axis_w[6]
-    margin = max(bases) - min(bases)
-    columns = in_shape[0] * (in_shape[3] + 2 * margin) + 2 * margin
-    taps = len(axis_h[3]) * len(axis_w[3])
-    return columns * in_shape[1] < 2**31 and taps * out_shape[1] * columns < 2**31
+    return _fits_int32(in_shape[0], in_shape[1], in_shape[3], axis_w[6], len(axis_h[3]) * len(axis_w[3]),
+                       out_shape[1])
+
+
+def _fits_int32(n_b: int, C: int, W: int, column_bases: Any, taps: int, n_t: int = 1) -> bool:
+    """The kernel's product sizes stay ints (the bound its binding enforces): n_b·(W + 2M) + 2M
+    columns times C, and times taps·n_t, below 2³¹, M ≤ the spread of the column taps' bases."""
+    margin = max(column_bases) - min(column_bases)
+    columns = n_b * (W + 2 * margin) + 2 * margin
+    return columns * C < 2**31 and taps * n_t * columns < 2**31
+
+
+def _axis_args(ax: TapAxis, out_stride: int) -> tuple[Any, ...]:
+    """An axis as the compiled call takes it: (n, step, out_stride, phase, start, count, base)."""
+    return (ax.n, ax.step, out_stride, list(ax.phase), list(ax.start), list(ax.count), list(ax.base))
 
 
 @lru_cache(maxsize=256)
 def _layout(in_shape: tuple[int, ...], out_shape: tuple[int, ...], kernel: tuple[int, int], stride: tuple[int, int],
             padding: tuple[int, int], dilation: tuple[int, int]) -> tuple[Any, Any]:
-    """The two axes as the compiled call takes them: (n, step, out_stride, phase, start, count, base)."""
-    axes = []
-    for dim in range(2):
-        ax = conv_transpose_axis(in_shape[2 + dim], out_shape[2 + dim], kernel[dim], stride[dim], padding[dim],
-                                 dilation[dim])
-        axes.append((ax.n, ax.step, stride[dim], list(ax.phase), list(ax.start), list(ax.count), list(ax.base)))
-    return tuple(axes)
+    """A ConvTranspose2d head's two axes as the compiled call takes them."""
+    return tuple(_axis_args(conv_transpose_axis(in_shape[2 + dim], out_shape[2 + dim], kernel[dim], stride[dim],
+                                                padding[dim], dilation[dim]), stride[dim]) for dim in range(2))
 
 
 def conv_transpose_statistics(
@@ -97,19 +102,12 @@ def conv_transpose_statistics(
     return G, H, c, largest
 
 
-def _axis_args(ax: TapAxis) -> tuple[Any, ...]:
-    return (ax.n, ax.step, 0, list(ax.phase), list(ax.start), list(ax.count), list(ax.base))
-
-
 def takes_gram(x: torch.Tensor, ax_h: TapAxis, ax_w: TapAxis) -> bool:
     """Whether ``lagged_head_gram`` forms G for x [n_b, C, H, W] (CPU float64/float32, column step 1,
     sizes within the kernel's ints)."""
-    if not (x.device.type == "cpu" and x.ndim == 4 and x.dtype in _DTYPES and ax_w.step == 1
-            and _module() is not None):
-        return False
-    margin = max(ax_w.base) - min(ax_w.base)
-    columns = x.shape[0] * (x.shape[3] + 2 * margin) + 2 * margin
-    return columns * x.shape[1] < 2**31 and len(ax_h.phase) * len(ax_w.phase) * columns < 2**31
+    return (x.device.type == "cpu" and x.ndim == 4 and x.dtype in _DTYPES and ax_w.step == 1
+            and _module() is not None
+            and _fits_int32(x.shape[0], x.shape[1], x.shape[3], ax_w.base, len(ax_h.phase) * len(ax_w.phase)))
 
 
 def lagged_head_gram(x: torch.Tensor, ax_h: TapAxis, ax_w: TapAxis, bias: bool, rows: int, beta2: float,
@@ -122,6 +120,6 @@ def lagged_head_gram(x: torch.Tensor, ax_h: TapAxis, ax_w: TapAxis, bias: bool, 
     n_f = c_in * len(ax_h.phase) * len(ax_w.phase) + bias
     G = torch.empty(n_f, n_f, dtype=F64) if workspace is None else workspace.empty("G", (n_f, n_f), F64, x.device)
     largest = _module().conv_head_statistics(
-        x.data_ptr(), _DTYPES[x.dtype], n_b, c_in, h_in, w_in, 0, 0, 0, 0, 0, _axis_args(ax_h), _axis_args(ax_w), bias,
+        x.data_ptr(), _DTYPES[x.dtype], n_b, c_in, h_in, w_in, 0, 0, 0, 0, 0, _axis_args(ax_h, 0), _axis_args(ax_w, 0), bias,
         float(rows), beta2, G.data_ptr(), 0, 0)
     return G, largest

@@ -17,7 +17,7 @@ from slimfast.conv_statistics import conv_axis, lagged_gram, tap_sums
 from slimfast.heads import head_output_shape, head_statistics, statistics_and_magnitude
 
 from .dense_reference import dense_statistics
-from .test_conv_statistics import _random_conv_transpose
+from .test_conv_statistics import _random_conv_transpose, draw_case
 
 F64 = torch.float64
 
@@ -28,17 +28,21 @@ def _needs_compiled() -> None:
         pytest.skip("compiled module without the lagged statistics")
 
 
-def _draw(seed: int, batched: bool = True) -> tuple[nn.ConvTranspose2d, torch.Tensor, torch.Tensor]:
-    rng = random.Random(seed)
-    while True:   # redraw (deterministically) until the configuration has a non-empty output
-        head, in_shape = _random_conv_transpose(rng)
-        out_shape = head_output_shape(head, in_shape)
-        if min(out_shape[-2:]) > 0:
-            break
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randn(in_shape, dtype=F64, generator=g)
-    y = torch.randn(out_shape, dtype=F64, generator=g)
-    return head.double(), x, y
+def _draw(seed: int) -> tuple[nn.ConvTranspose2d, torch.Tensor, torch.Tensor]:
+    return draw_case(_random_conv_transpose, seed)
+
+
+def _spy(monkeypatch, name: str) -> list[int]:
+    """Counts the calls of ``compiled_statistics.<name>`` (which still runs)."""
+    calls: list[int] = []
+    real = getattr(compiled_statistics, name)
+
+    def spy(*args, **kwargs):
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(compiled_statistics, name, spy)
+    return calls
 
 
 def _rel_err(got, want) -> float:
@@ -197,8 +201,8 @@ def test_geometry_past_the_target_is_refused_by_name() -> None:
 
 def test_batches_past_the_int_sizes_go_to_torch() -> None:
     head = nn.ConvTranspose2d(64, 4, 3, stride=2)
-    small = compiled_statistics._fits_int32(head, (2, 64, 4, 4), (2, 4, 9, 9))
-    huge = compiled_statistics._fits_int32(head, (1 << 24, 64, 4, 4), (1 << 24, 4, 9, 9))
+    small = compiled_statistics._fits_layout(head, (2, 64, 4, 4), (2, 4, 9, 9))
+    huge = compiled_statistics._fits_layout(head, (1 << 24, 64, 4, 4), (1 << 24, 4, 9, 9))
     assert small and not huge
 
 
@@ -209,14 +213,7 @@ def test_torch_backend_keeps_the_torch_statistics(monkeypatch, backend: str) -> 
     from slimfast import SlimTik
     from slimfast.ownership import release_head
 
-    calls = []
-    real = compiled_statistics.conv_transpose_statistics
-
-    def spy(*args, **kwargs):
-        calls.append(1)
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(compiled_statistics, "conv_transpose_statistics", spy)
+    calls = _spy(monkeypatch, "conv_transpose_statistics")
     head = nn.ConvTranspose2d(3, 1, 4, stride=2, padding=1).double()
     slim = SlimTik(head, memory_depth=2, backend=backend)
     x, y = torch.randn(4, 3, 5, 5, dtype=F64), torch.randn(4, 1, 10, 10, dtype=F64)
@@ -231,14 +228,7 @@ def test_torch_backend_keeps_the_torch_statistics(monkeypatch, backend: str) -> 
 def test_conv2d_gram_from_the_compiled_call(monkeypatch, padding_mode: str, stride: tuple[int, int]) -> None:
     """A Conv2d head without column stride takes G from the compiled call; a column stride keeps the
     unfold. Either way the statistics equal the twin and the dense design."""
-    calls = []
-    real = compiled_statistics.lagged_head_gram
-
-    def spy(*args, **kwargs):
-        calls.append(1)
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(compiled_statistics, "lagged_head_gram", spy)
+    calls = _spy(monkeypatch, "lagged_head_gram")
     head = nn.Conv2d(3, 2, 3, stride=stride, padding=1, dilation=(1, 2), padding_mode=padding_mode).double()
     x = torch.randn(2, 3, 7, 8, dtype=F64)
     y = torch.randn(head_output_shape(head, tuple(x.shape)), dtype=F64)

@@ -40,20 +40,26 @@ def _random_conv(rng: random.Random) -> tuple[nn.Conv2d, tuple[int, ...]]:
     return head, (rng.randint(1, 3), head.in_channels, min_h + rng.randint(0, 4), min_w + rng.randint(0, 4))
 
 
-@pytest.mark.parametrize("kernel", ["auto", "torch"])
-@pytest.mark.parametrize("seed", range(40))
-@pytest.mark.parametrize("make", [_random_conv_transpose, _random_conv], ids=["conv_transpose", "conv"])
-def test_lag_statistics_equaldense_design(make, seed: int, kernel: str) -> None:
+def draw_case(make, seed: int) -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
+    """(float64 head, features, target) of ``make``'s configuration for ``seed``, redrawn
+    (deterministically) until the output is non-empty."""
     rng = random.Random(seed)
-    while True:   # redraw (deterministically) until the configuration has a non-empty output
+    while True:
         head, in_shape = make(rng)
         out_shape = head_output_shape(head, in_shape)
         if min(out_shape[-2:]) > 0:
             break
-    head = head.double()
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(in_shape, dtype=F64, generator=g)
     y = torch.randn(out_shape, dtype=F64, generator=g)
+    return head.double(), x, y
+
+
+@pytest.mark.parametrize("kernel", ["auto", "torch"])
+@pytest.mark.parametrize("seed", range(40))
+@pytest.mark.parametrize("make", [_random_conv_transpose, _random_conv], ids=["conv_transpose", "conv"])
+def test_lag_statistics_equaldense_design(make, seed: int, kernel: str) -> None:
+    head, x, y = draw_case(make, seed)
     got = head_statistics(head, x, y, "sum", kernel=kernel)
     want = dense_statistics(head, x, y, "sum")
     scale = max(1.0, float(want[0].abs().max()))
