@@ -46,7 +46,7 @@ from .config import SGCV_NULL_RTOL_PER_FEATURE, SolverConfig
 from .sample_side_woodbury import takes_woodbury, woodbury_step
 from .solver import StepInfo, raise_first_if_any
 from .state import SampleSideState
-from .validation import MAX_ABS, Fault, first_fault, residual_counts
+from .validation import MAX_ABS, Fault, first_fault, largest_magnitude, residual_counts
 
 __all__ = ["SAMPLE_SIDE_CROSSOVER", "SAMPLE_SIDE_CROSSOVER_CPP", "prefer_samples", "sample_side_step"]
 
@@ -201,7 +201,7 @@ def _check_array(name: str, x: Any, shape: tuple[int, ...], doc: str, device: to
         raise ValueError(f"{name} must have shape {doc} = {list(shape)}, got {list(x.shape)}")
     if x.device != device:
         raise ValueError(f"{name} is on {x.device}, but the solver state is on {device}")
-    top = float(x.abs().max()) if x.numel() else 0.0   # one pass: max propagates NaN
+    top = float(largest_magnitude(x)) if x.numel() else 0.0   # NaN where x has a NaN
     if not math.isfinite(top):
         raise ValueError(f"{name} contains NaN or Inf")
     if top > MAX_ABS:
@@ -290,7 +290,7 @@ def sample_side_step(
     A = torch.cat([stored[:, pick], gram], dim=1)
     K_mem = state.kernel if n_mem == r * cap else state.kernel[:, cols][:, :, cols]
     K = torch.cat([torch.cat([K_mem, A[:, :n_mem]], dim=2), A.mT], dim=1)
-    if not float(K.abs().max()) <= MAX_ABS:
+    if not float(largest_magnitude(K)) <= MAX_ABS:
         raise ValueError(f"Z too large: its kernel matrix exceeds ±{MAX_ABS:g} (the solver squares it); rescale")
     WM = torch.cat([(W @ state.blocks.mT)[:, :, pick], W @ Mz], dim=2)
     solved = None

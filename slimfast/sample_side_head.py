@@ -26,7 +26,7 @@ from .distributed import use_data_parallel
 from .heads import head_shape, head_to_matrix, matrix_to_params
 from .sample_side import prefer_samples, sample_side_step
 from .state import SampleSideState
-from .validation import MAX_ABS
+from .validation import MAX_ABS, largest_magnitude
 
 if TYPE_CHECKING:
     from .optim import SlimTik, SlimTikInfo
@@ -92,12 +92,15 @@ def linear_design(head: nn.Linear, features: torch.Tensor, target: torch.Tensor,
 def _data_fault(Z: torch.Tensor, C: torch.Tensor, beta: float) -> tuple[str, bool]:
     """("", _) if the batch is usable; else the message and whether it may be skipped (NaN/Inf in
     the data, not a scale error: one rule with the feature side, ``step_record.explain``)."""
-    finite = torch.stack([torch.isfinite(Z).all(), torch.isfinite(C).all()]).tolist()
-    bad = [name for name, ok in zip(("features", "target"), finite) if not ok]
+    tops = torch.stack([largest_magnitude(Z), largest_magnitude(C)]).tolist()   # NaN/Inf where not finite
+    bad = [name for name, top in zip(("features", "target"), tops) if not math.isfinite(top)]
     if bad:
         return f"{' and '.join(bad)} contain{'s' if len(bad) == 1 else ''} NaN or Inf", True
     b2 = beta * beta
-    scale = torch.stack([b2 * (Z * Z).sum(1).max(), b2 * (C * C).sum()]).tolist()
+    # β²‖z_j‖² ≤ β²·n_f·max|Z|² (and β²‖C‖² ≤ β²·|C|·max|C|²): the sums are needed only near the bound.
+    scale = [b2 * Z.shape[1] * tops[0] * tops[0], b2 * C.numel() * tops[1] * tops[1]]
+    if not max(scale) <= MAX_ABS:
+        scale = torch.stack([b2 * (Z * Z).sum(1).max(), b2 * (C * C).sum()]).tolist()
     big = [name for name, v in zip(("features", "target"), scale) if not (v <= MAX_ABS)]
     if big:
         return (f"{' and '.join(big)} too large: the float64 statistics exceed ±{MAX_ABS:g} (the solver squares "

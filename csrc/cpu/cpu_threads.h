@@ -1,5 +1,5 @@
 // Thread counts of the CPU launcher: OpenMP queries (1 without OpenMP), the load-aware thread
-// budget, and the scoped BLAS thread limit. Included by slimtik_step_cpu.cpp only.
+// budget, and the scoped BLAS thread limit. Included by the CPU launchers (.cpp) only.
 #pragma once
 
 #include <algorithm>

@@ -6,6 +6,7 @@
 #include <cstring>
 #include <vector>
 
+#include "cpu_threads.h"
 #include "slimtik_step.h"
 
 namespace slimfast {
@@ -60,56 +61,54 @@ void solve_shifted(int N, int nr, const double* dd, const double* l, double* x) 
 }
 
 // sGCV of one trial point (select_mu's evaluator, as DenseSgcv). In Q's basis, with
-// Ẽ = P1t + λ P2t = Qᵀ(E M)ᵀ and the solves Ys = (T + μI)⁻¹St, q = (T + μI)⁻¹Ẽ, p = (T + μI)⁻¹P2t,
-// q2 = (T + μI)⁻¹q:
-//   res = R0 − qᵀSt,                        res' = (q2 − p)ᵀSt
+// Ẽ = P1t + λ P2t = Qᵀ(E M)ᵀ and the solves Ys = (T + μI)⁻¹St, q = (T + μI)⁻¹Ẽ:
+//   res = R0 − ẼᵀYs,                        res' = (q − P2t)ᵀYs
 //   trace = tr(Aᵀ(K + μI)⁻¹S) = n_b − μ⟨St, Ys⟩,   trace' = μ‖Ys‖² − ⟨St, Ys⟩
-// (A = K S, so (K + μI)⁻¹A = S − μ(K + μI)⁻¹S). Scratch: dd, l [N]; sol [N, n_b + 2 n_t]
-// (Ys | q | p) and q2 [N, n_t]; acc [2, n_t, n_b]. *indefinite is set when some T + μI was not
-// numerically positive definite (the step is then not taken: see one_problem).
+// (A = K S, so (K + μI)⁻¹A = S − μ(K + μI)⁻¹S; res' = −d res/dμ, by the symmetry of T
+// (q − P2t)ᵀYs = qᵀ(T + μI)⁻¹St − P2tᵀ(T + μI)⁻¹St). Both n_t × n_b products are one GEMM with
+// Ys, the only O(N·n_t·n_b) work of a trial point. Scratch: dd, l [N]; sol [N, n_b + n_t]
+// (Ys | q); F [N, 2 n_t] (Ẽ | q − P2t); acc [2 n_t, n_b] (res's ẼᵀYs | res'). *indefinite is set
+// when some T + μI was not numerically positive definite (the step is then not taken: see
+// one_problem).
 struct WoodburySgcv {
   const Rotated& r;
+  const Lapack& lp;
   double m, Lambda_prev;
-  double *dd, *l, *sol, *q2, *acc;
+  double *dd, *l, *sol, *F, *acc;
   bool* indefinite;
 
   SgcvPoint at(double mu) const {
-    const int N = r.N, nb = r.n_b, nt = r.n_t, nr = nb + 2 * nt;
+    const int N = r.N, nb = r.n_b, nt = r.n_t, nr = nb + nt, nf = 2 * nt;
     const double lam = mu - Lambda_prev;
     for (int i = 0; i < N; ++i) {
       double* row = sol + (long)i * nr;
+      double* f = F + (long)i * nf;
       std::memcpy(row, r.St + (long)i * nb, sizeof(double) * nb);
-      for (int t = 0; t < nt; ++t) {
-        row[nb + t] = r.P1t[(long)i * nt + t] + lam * r.P2t[(long)i * nt + t];
-        row[nb + nt + t] = r.P2t[(long)i * nt + t];
-      }
+      for (int t = 0; t < nt; ++t) f[t] = row[nb + t] = r.P1t[(long)i * nt + t] + lam * r.P2t[(long)i * nt + t];
     }
     if (!factor_shifted(r, mu, dd, l)) *indefinite = true;
     solve_shifted(N, nr, dd, l, sol);
-    for (int i = 0; i < N; ++i) std::memcpy(q2 + (long)i * nt, sol + (long)i * nr + nb, sizeof(double) * nt);
-    solve_shifted(N, nt, dd, l, q2);
-    const long ntb = (long)nt * nb;
-    double* EY = acc;        // qᵀSt = E M (K + μI)⁻¹S
-    double* DY = acc + ntb;  // (q2 − p)ᵀSt = its derivative, negated
-    std::fill(acc, acc + 2 * ntb, 0.0);
     double sy = 0.0, yy = 0.0;
     for (int i = 0; i < N; ++i) {
-      const double* row = sol + (long)i * nr;
-      const double* st = r.St + (long)i * nb;
+      const double* __restrict row = sol + (long)i * nr;
+      const double* __restrict st = r.St + (long)i * nb;
+      double* f = F + (long)i * nf;
+      for (int t = 0; t < nt; ++t) f[nt + t] = row[nb + t] - r.P2t[(long)i * nt + t];
+#pragma omp simd reduction(+ : sy, yy)
       for (int j = 0; j < nb; ++j) {
         sy += st[j] * row[j];
         yy += row[j] * row[j];
       }
-      for (int t = 0; t < nt; ++t) {
-        const double qt = row[nb + t], dt = q2[(long)i * nt + t] - row[nb + nt + t];
-        double *ey = EY + (long)t * nb, *dy = DY + (long)t * nb;
-        for (int j = 0; j < nb; ++j) {
-          ey[j] += qt * st[j];
-          dy[j] += dt * st[j];
-        }
-      }
     }
+    // acc [2 n_t, n_b] row-major = (Ysᵀ F) column-major [n_b, 2 n_t]: Ys column-major is Ysᵀ
+    // [n_b, N] with leading dimension nr, F column-major is Fᵀ [2 n_t, N].
+    const double one = 1.0, zero = 0.0;
+    lp.dgemm("N", "T", &nb, &nf, &N, &one, sol, &nr, F, &nf, &zero, acc, &nb);
+    const long ntb = (long)nt * nb;
+    const double* EY = acc;
+    const double* DY = acc + ntb;
     double R = 0.0, R_der = 0.0;
+#pragma omp simd reduction(+ : R, R_der)
     for (long e = 0; e < ntb; ++e) {
       const double res = r.R0[e] - EY[e];
       R += res * res;
@@ -142,7 +141,7 @@ struct WoodburySgcv {
 
 // Workspace of one problem (doubles), after the LAPACK work of `lwork` doubles.
 struct Layout {
-  long Kt, d, e, tau, Cm, St, P1t, P2t, dd, l, sol, q2, acc, pts, stebz, total;
+  long Kt, d, e, tau, Cm, St, P1t, P2t, dd, l, sol, F, acc, pts, stebz, total;
 };
 
 Layout layout(int N, int nb, int nt, int n_grid, long lwork) {
@@ -159,13 +158,17 @@ Layout layout(int N, int nb, int nt, int n_grid, long lwork) {
   L.dd = L.P2t + n * nt;
   L.l = L.dd + n;
   L.sol = L.l + n;
-  L.q2 = L.sol + n * (nb + 2L * nt);
-  L.acc = L.q2 + n * nt;
+  L.F = L.sol + n * (nb + nt);
+  L.acc = L.F + n * 2L * nt;
   L.pts = L.acc + 2L * nt * nb;
   L.stebz = L.pts + 4 * npts;
   L.total = L.stebz + 6 * n;  // dstebz: w [N], work [4N]; its ints go to iwork
   return L;
 }
+
+// Smallest N for which LAPACK may use its own threads (idle machine, see usable_threads); below it
+// a trial point's small GEMM and the tridiagonalisation run single-threaded, as the dense step's.
+constexpr int kBlasThreadsMinN = 400;
 
 // The largest LAPACK work (doubles) of dsytrd and dormtr for N and up to ncols right-hand sides.
 int lapack_work(const Lapack& lp, int N, int ncols) {
@@ -213,22 +216,26 @@ int one_problem(const Lapack& lp, int N, int nb, int nt, const double* K, const 
   }
   const Rotated rot{N, nb, nt, d, e, St, P1t, P2t, R0};
   bool indefinite = false;
-  const WoodburySgcv eval{rot, m, Lambda_prev, ws + L.dd, ws + L.l, ws + L.sol, ws + L.q2, ws + L.acc, &indefinite};
+  const WoodburySgcv eval{rot, lp, m, Lambda_prev, ws + L.dd, ws + L.l, ws + L.sol, ws + L.F, ws + L.acc, &indefinite};
   SerialCtx ctx;
   const long npts = step_points(opts.n_grid);
   double* pts = ws + L.pts;
   const double mu = select_mu(ctx, eval, Lambda_prev, opts, pts, pts + npts, pts + 2 * npts, pts + 3 * npts);
-  const SgcvPoint pt = eval.at(mu);  // leaves Ys and p at μ in sol
+  const SgcvPoint pt = eval.at(mu);  // leaves Ys at μ in sol, T + μI's factors in dd, l
   if (indefinite) return kIndefinite;
-  // X = ((λ/μ) W M − R0 Sᵀ)(K + μI)⁻¹ = (Q ((λ/μ) p − Ys R0ᵀ))ᵀ, column-major [N, n_t] in Cm.
+  // X = ((λ/μ) W M − R0 Sᵀ)(K + μI)⁻¹ = (Q ((λ/μ) p − Ys R0ᵀ))ᵀ with p = (T + μI)⁻¹P2t,
+  // column-major [N, n_t] in Cm.
+  double* p = ws + L.F;
+  std::memcpy(p, P2t, sizeof(double) * N * nt);
+  solve_shifted(N, nt, ws + L.dd, ws + L.l, p);
   const double ratio = (mu - Lambda_prev) / mu;
   const double* sol = ws + L.sol;
-  const int nr = nb + 2 * nt;
+  const int nr = nb + nt;
   for (int i = 0; i < N; ++i)
     for (int t = 0; t < nt; ++t) {
       double s = 0.0;
       for (int j = 0; j < nb; ++j) s += sol[(long)i * nr + j] * R0[(long)t * nb + j];
-      Cm[(long)t * N + i] = ratio * sol[(long)i * nr + nb + nt + t] - s;
+      Cm[(long)t * N + i] = ratio * p[(long)i * nt + t] - s;
     }
   lp.dormtr("L", "L", "N", &N, &nt, Kt, &N, tau, Cm, &N, work, &lwork, &lapack_info);
   if (lapack_info != 0) return lapack_info;
@@ -256,6 +263,7 @@ int sample_side_woodbury_step_cpu(const Lapack& lapack, int B, int N, int n_b, i
                                   const double* A, const double* R0, const double* WM, const double* c,
                                   const double* m, const double* Lambda_prev, const StepOptions& opts, double* X_out,
                                   double* info, int* lapack_info) {
+  const BlasThreads blas_threads(lapack, N < kBlasThreadsMinN ? 1 : usable_threads(BlasThreads::current(lapack)));
   const int lwork = lapack_work(lapack, N, n_b + 2 * n_t);
   // Kept across calls: a wide head steps every batch, and fresh pages of this size cost a fault each.
   thread_local std::vector<double> ws;

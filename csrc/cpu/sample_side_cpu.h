@@ -14,8 +14,9 @@
 //
 // K = Q T Qᵀ is tridiagonalised once (dsytrd, 4/3 N³ flops against dsyevd's ~9 N³ with its
 // eigenvectors); S, A R0ᵀ and WMᵀ are rotated once (dormtr); every trial μ is then an LDLᵀ solve
-// with the tridiagonal T + μI for n_b + 3 n_t right-hand sides. sGCV and its derivative follow
-// from sgcv_point, λ from the dense step's select_mu (csrc/slimtik_step.h).
+// with the tridiagonal T + μI for n_b + n_t right-hand sides and one [2 n_t, N]·[N, n_b] GEMM.
+// sGCV and its derivative follow from sgcv_point, λ from the dense step's select_mu
+// (csrc/slimtik_step.h).
 #pragma once
 
 #include "slimtik_step_cpu.h"
