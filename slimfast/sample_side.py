@@ -192,7 +192,8 @@ def _as_scale(name: str, value: Any, B: int, device: torch.device) -> torch.Tens
     return t
 
 
-def _check_array(name: str, x: Any, shape: tuple[int, ...], doc: str, device: torch.device) -> torch.Tensor:
+def _check_array(name: str, x: Any, shape: tuple[int, ...], doc: str, device: torch.device,
+                 contiguous: bool = True) -> torch.Tensor:
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"{name} must be a torch tensor, got {type(x).__name__}")
     if x.dtype != F64:
@@ -206,7 +207,8 @@ def _check_array(name: str, x: Any, shape: tuple[int, ...], doc: str, device: to
         raise ValueError(f"{name} contains NaN or Inf")
     if top > MAX_ABS:
         raise ValueError(f"{name} has entries beyond ±{MAX_ABS:g}; rescale the data")
-    return x.resolve_neg().contiguous()
+    x = x.resolve_neg()
+    return x.contiguous() if contiguous else x
 
 
 def _check_inputs(state: SampleSideState, config: SolverConfig, Z: Any, C: Any, beta: Any, m: Any, W: Any):
@@ -220,7 +222,8 @@ def _check_inputs(state: SampleSideState, config: SolverConfig, Z: Any, C: Any, 
     if Z.ndim != 3 or Z.shape[-1] < 1:
         raise ValueError(f"Z must be a tensor of shape [B, n_f, n_b] with n_b >= 1, got {getattr(Z, 'shape', Z)!r}")
     n_b = Z.shape[-1]
-    Z = _check_array("Z", Z, (B, n_f, n_b), "[B, n_f, n_b]", dev)
+    # Z only enters torch products: any strides (the head passes the transpose of [B, n_b, n_f]).
+    Z = _check_array("Z", Z, (B, n_f, n_b), "[B, n_f, n_b]", dev, contiguous=False)
     C = _check_array("C", C, (B, n_t, n_b), "[B, n_t, n_b]", dev)
     W = _check_array("W", W, (B, n_t, n_f), "[B, n_t, n_f]", dev)
     beta = _as_scale("beta", beta, B, dev)
@@ -289,7 +292,11 @@ def sample_side_step(
     gram = _sym(Mz.mT @ Mz)
     A = torch.cat([stored[:, pick], gram], dim=1)
     K_mem = state.kernel if n_mem == r * cap else state.kernel[:, cols][:, :, cols]
-    K = torch.cat([torch.cat([K_mem, A[:, :n_mem]], dim=2), A.mT], dim=1)
+    # K = [[K_mem, A_mem], [A_memᵀ, MzᵀMz]] written once into its buffer (nested cats write it twice).
+    K = A.new_empty(B, n_mem + n_b, n_mem + n_b)
+    K[:, :n_mem, :n_mem] = K_mem
+    K[:, :, n_mem:] = A
+    K[:, n_mem:, :n_mem] = A[:, :n_mem].mT
     if not float(largest_magnitude(K)) <= MAX_ABS:
         raise ValueError(f"Z too large: its kernel matrix exceeds ±{MAX_ABS:g} (the solver squares it); rescale")
     WM = torch.cat([(W @ state.blocks.mT)[:, :, pick], W @ Mz], dim=2)

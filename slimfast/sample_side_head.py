@@ -79,14 +79,21 @@ def steps_on_samples(slim: SlimTik, features: torch.Tensor) -> bool:
 def linear_design(head: nn.Linear, features: torch.Tensor, target: torch.Tensor, reduction: str
                   ) -> tuple[torch.Tensor, torch.Tensor, float, int]:
     """(Z [1, n_f, n_b], C [1, n_t, n_b], β, m) of one batch in float64: the features as columns
-    with the bias row of ones, the targets likewise, β = 1/√m ("mean") or 1 ("sum"), m = n_b·n_t."""
+    with the bias row of ones, the targets likewise, β = 1/√m ("mean") or 1 ("sum"), m = n_b·n_t.
+
+    Z is the transpose of a contiguous [1, n_b, n_f] (one sample per row, as the features come
+    and as the memory stores them), written in one converting copy: at n_f = 2048 a transposing
+    copy costs more than the products with it."""
+    x = features.detach().reshape(-1, head.in_features)
+    n_b, n_in = x.shape
+    Zt = torch.empty(1, n_b, n_in + (head.bias is not None), dtype=F64, device=x.device)
+    Zt[0, :, :n_in].copy_(x)
+    if head.bias is not None:
+        Zt[0, :, n_in] = 1.0
     with torch.autocast(features.device.type, enabled=False):
-        x = features.detach().reshape(-1, head.in_features).to(F64)
-        rows = [x.T] + ([x.new_ones(1, x.shape[0])] if head.bias is not None else [])
-        Z = torch.cat(rows)[None].contiguous()
         C = target.detach().reshape(-1, head.out_features).to(F64).T[None].contiguous()
     m = C.numel()
-    return Z, C, (1.0 / math.sqrt(m) if reduction == "mean" else 1.0), m
+    return Zt.mT, C, (1.0 / math.sqrt(m) if reduction == "mean" else 1.0), m
 
 
 def _data_fault(Z: torch.Tensor, C: torch.Tensor, beta: float) -> tuple[str, bool]:

@@ -365,8 +365,9 @@ class SampleSideState(_RingState):
             if n_b > self.cap:
                 self._resize(n_b)
             h, cap = self.head, self.cap
-            self.slot(h).zero_()
             self.slot(h)[:, :, :n_b] = Mz
+            if n_b < cap:
+                self.slot(h)[:, :, n_b:] = 0.0
             self.beta[:, h] = beta
             self.sizes[h] = n_b
             # Kernel entries of the new block with every slot (its own slot: MzᵀMz), written to its
