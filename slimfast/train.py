@@ -30,6 +30,7 @@ from torch import nn
 
 from .checkpoint import get_rng_state, set_rng_state
 from .loop import EpochRun, REFIT_MODES, Stop, check_refit, eval_mode, new_history, record, run_epochs
+from .module_buffers import ModuleBuffers
 from .optim import SlimTik
 from .refit import refit_head
 
@@ -101,6 +102,7 @@ class SlimTrain:
         if any(id(p) in head_ids for g in body_optimizer.param_groups for p in g["params"]):
             raise ValueError("body_optimizer must not hold the head's parameters (SlimTik sets them)")
         self.body, self.head, self.body_optimizer, self.slim = body, head, body_optimizer, slim
+        self._body_buffers = ModuleBuffers()
         self.loss_fn = loss_fn if loss_fn is not None else nn.MSELoss(reduction=slim.reduction)
         self.last_skipped = False
         self.n_skipped = 0
@@ -135,7 +137,7 @@ class SlimTrain:
         self.body_optimizer.zero_grad(set_to_none=True)
         # Keep the body's buffers (BatchNorm running statistics; usually none or small) so that a
         # rejected or skipped batch's forward pass leaves no trace in the body.
-        buffers = [b.detach().clone() for b in self.body.buffers()]
+        buffers = [(b, b.detach().clone()) for b in self._body_buffers.of(self.body)]
         z = self.body(x)
         try:
             info = self.slim.step(z.detach(), y)
@@ -159,12 +161,12 @@ class SlimTrain:
         self.body_optimizer.step()
         return value
 
-    def _restore_buffers(self, buffers: list[torch.Tensor]) -> None:
+    def _restore_buffers(self, buffers: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
         with torch.no_grad():
-            for b, saved in zip(self.body.buffers(), buffers):
+            for b, saved in buffers:
                 b.copy_(saved)
 
-    def _skip_body(self, buffers: list[torch.Tensor]) -> None:
+    def _skip_body(self, buffers: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
         self._restore_buffers(buffers)
         self.body_optimizer.zero_grad(set_to_none=True)
         self.last_skipped = True
