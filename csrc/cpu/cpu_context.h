@@ -21,10 +21,13 @@
 namespace slimfast {
 namespace cpu {
 
-// Up to kJacobiMaxN the Jacobi eigensolver beats dsyevd's call and workspace overhead; below
-// kGemmMinN the loops of csrc/slimtik_loops.h beat the dgemm calls (benchmarks/bench_eigh.py
-// --step; measured on a 2-core EPYC).
-constexpr int kJacobiMaxN = 6;
+// Up to kJacobiMaxN the Jacobi eigensolver beats dsyevd inside a training loop: in isolation
+// dsyevd wins from n ≈ 7 (benchmarks/bench_eigh.py --step, 2-core EPYC), but between a backward
+// pass and an optimiser step its deep call chain runs from cold caches, and at n_f = 9 the
+// compact Jacobi took the fused step from 4.4 % to 3.3 % of an Adam step (benchmarks/RESULTS.md,
+// 2026-12-03); at n_f = 17 it did not pay. Below kGemmMinN the loops of csrc/slimtik_loops.h beat
+// the dgemm calls (bench_eigh.py --step, EPYC).
+constexpr int kJacobiMaxN = 12;
 constexpr int kGemmMinN = 24;
 // From this many rows (2 n_t for the projections and the products of B̃, W̃; n_t for W G and the
 // update W − Y Uᵀ) the products go to dgemm below kGemmMinN too: their cost then grows with n_t,

@@ -23,7 +23,7 @@ _install_lapack(_cpu)   # torch's MKL for dsyevd/dgemm/dgemv where it is there a
 
 __all__ = ["BLOCK_STEP", "EIGENSOLVERS", "jacobi_eigh", "slimtik_step"]
 
-#: Eigensolver choices of the compiled step: "auto" (the header's Jacobi for n_f <= 6, else
+#: Eigensolver choices of the compiled step: "auto" (the header's Jacobi for n_f <= 12, else
 #: "syevd"), "syevd", "syevr" (SciPy's LAPACK inside the kernel, one thread per problem), "jacobi"
 #: (the shared header's, as on the GPU), "torch" (torch.linalg.eigh, i.e. torch's LAPACK with its
 #: own threads, handed to the kernel). Measured at n_f = 257, B = 1 on 2 cores, "torch" was not
