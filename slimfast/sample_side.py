@@ -19,7 +19,7 @@ O(n_f·N·n_b + N³) instead of O(n_f³). The projected step is the existing bat
 chosen backend, with G_mem' = diag(σ²): the cuda kernel's Jacobi returns its eigenpairs without a
 rotation. The cpp backend needs no eigendecomposition at all when N < n_f: it takes the same step
 from solves with K + μI, K tridiagonalised once (``slimfast.sample_side_woodbury``; the whole step
-1.5× faster at N = 384, benchmarks/RESULTS.md); with N ≥ n_f (G_mem may have full rank), or where
+1.5–1.8× faster at N = 384, benchmarks/RESULTS.md); with N ≥ n_f (G_mem may have full rank), or where
 rounding leaves K + μI indefinite (K's scale far beyond μ/ε), it projects as the other backends.
 
 Numerics: MᵀM squares M's condition number, so a direction with σ_j² near the null threshold is
