@@ -263,7 +263,7 @@ def sample_side_step(
 
     Args:
         state: memory of scaled feature blocks, kernel cache and Λ; updated only on success.
-        Z: [B, n_f, n_b] features of this batch (bias row of ones included), float64.
+        Z: [B, n_f, n_b] features of this batch (bias row of ones included), float64, any strides.
         C: [B, n_t, n_b] targets, float64.
         beta: β_k (1/√m for a mean reduction, 1 for a sum): a positive number or [B].
         m: scalar residuals m_k (n_b·n_t): a number or [B].

@@ -56,6 +56,13 @@ inline int usable_threads(int wanted) {
   return std::max(1, std::min(wanted, (int)(omp_procs() + 0.5 - busy)));
 }
 
+// Smallest matrix order (n_f, or N on the sample side) for which LAPACK/BLAS may use their own
+// threads (serial batch loop, idle machine: see usable_threads). Below it OpenBLAS runs
+// single-threaded: its pthreads then never compete with torch's OpenMP threads, which spin for a
+// while after every torch op (a step right after torch.linalg.eigh took 16 ms instead of 5 with two
+// OpenBLAS threads at n_f = 257).
+inline constexpr int kBlasThreadsMinN = 400;
+
 // Sets the BLAS thread count for the duration of a call and restores it afterwards. OpenBLAS's
 // count is process-global, so concurrent calls (the GIL is released) share one saved value: the
 // first caller saves it, the last one restores it. MKL's (when the kernels call MKL) is set for

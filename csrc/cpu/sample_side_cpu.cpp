@@ -166,10 +166,6 @@ Layout layout(int N, int nb, int nt, int n_grid, long lwork) {
   return L;
 }
 
-// Smallest N for which LAPACK may use its own threads (idle machine, see usable_threads); below it
-// a trial point's small GEMM and the tridiagonalisation run single-threaded, as the dense step's.
-constexpr int kBlasThreadsMinN = 400;
-
 // The largest LAPACK work (doubles) of dsytrd and dormtr for N and up to ncols right-hand sides.
 int lapack_work(const Lapack& lp, int N, int ncols) {
   double q1 = 0.0, q2 = 0.0, dummy = 0.0;

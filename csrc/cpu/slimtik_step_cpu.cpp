@@ -24,11 +24,6 @@ using cpu::kGridGemmMinN;
 // region's fork/join is cheap on an idle machine but can cost a scheduler time slice (ms) when
 // the cores are shared, which would make small batches slower than serial.
 constexpr double kParallelMinMicros = 2000.0;
-// Smallest n_f for which LAPACK/BLAS may use their own threads (serial batch loop, idle machine:
-// see usable_threads). Below it OpenBLAS runs single-threaded: its pthreads then never compete with
-// torch's OpenMP threads, which spin for a while after every torch op (a step right after
-// torch.linalg.eigh took 16 ms instead of 5 with two OpenBLAS threads at n_f = 257).
-constexpr int kBlasThreadsMinN = 400;
 
 // Rough serial microseconds of one step problem (fit on a 2-core EPYC: eigensolver + projections
 // ~ n³, the sGCV grid ~ n_grid n², fixed overhead).
