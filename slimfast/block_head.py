@@ -42,7 +42,7 @@ from .fused_head import compiled_record
 from .heads import check_head_inputs, head_to_matrix, matrix_to_params, statistics_and_magnitude
 from .phase_blocks import phase_blocks
 from .state import SlimTikState
-from .validation import INDEFINITE_RTOL, MAX_ABS
+from .validation import INDEFINITE_RTOL, MAX_ABS, largest_magnitude
 from .workspace import Workspace
 
 if TYPE_CHECKING:
@@ -215,8 +215,8 @@ def block_head_step(slim: SlimTik, features: Any, target: Any) -> SlimTikInfo | 
                                                    workspace=plan.workspace)
     W = head_to_matrix(head)
     if largest is None:
-        largest = float(torch.stack([G.abs().amax(), H.abs().amax(), c.abs()]).amax())
-    if not (largest <= MAX_ABS and float(W.abs().amax()) <= MAX_ABS):
+        largest = float(torch.stack([largest_magnitude(G), largest_magnitude(H), c.abs()]).amax())
+    if not (largest <= MAX_ABS and float(largest_magnitude(W)) <= MAX_ABS):
         return None   # NaN/Inf or out of range: the general path names the culprit
 
     packed = _packed_memory(plan, state) if state.memory_depth > 0 else None

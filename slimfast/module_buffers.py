@@ -11,15 +11,12 @@ use) makes every ``ModuleBuffers`` look again.
 
 from __future__ import annotations
 
-import itertools
-
 import torch
 from torch import nn
 from torch.nn.modules import module as torch_module
 
 __all__ = ["ModuleBuffers"]
 
-_registrations = itertools.count(1)
 _generation = 0
 _hooks = None
 
@@ -27,7 +24,7 @@ _hooks = None
 def _registered(*_: object) -> None:
     """Global registration hook (buffers and submodules): the slots anywhere may have changed."""
     global _generation
-    _generation = next(_registrations)
+    _generation += 1
 
 
 def _install_hooks() -> None:
