@@ -47,6 +47,7 @@ from .ownership import check_owner as _check_owner, claim as _claim, release_hea
 from .sample_side_head import SolveSide, check_solve_side, sample_side_head_step, side_of, steps_on_samples
 from .state import SlimTikState, as_size, check_Lambda0, state_class
 from .optim_checkpoint import HISTORIES as _HISTORIES, parse_state_dict
+from .step_hooks import light_step_hooks
 from .step_record import SlimTikInfo, _PendingStep, data_flags, diagnose, explain, history_property, log_record
 
 logger = logging.getLogger("slimfast")
@@ -256,6 +257,7 @@ class SlimTik(torch.optim.Optimizer):
 
     # ------------------------------------------------------------------ the step
 
+    @light_step_hooks   # torch's hook-and-profile wrapper only when something observes it
     @torch.no_grad()
     def step(self, features: torch.Tensor | None = None, target: torch.Tensor | None = None  # type: ignore[override]
              ) -> SlimTikInfo:
