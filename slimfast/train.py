@@ -18,6 +18,7 @@ restored). A non-finite loss never reaches ``backward``: it raises FloatingPoint
 
 from __future__ import annotations
 
+import functools
 import itertools
 import logging
 import math
@@ -26,6 +27,7 @@ from collections.abc import Callable, Iterable
 from typing import Any, Literal
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .checkpoint import get_rng_state, set_rng_state
@@ -71,8 +73,9 @@ class SlimTrain:
         head: the linear head that ``slim`` owns (must be ``slim.head``).
         body_optimizer: any torch optimizer over the body's parameters (not the head's).
         slim: the ``SlimTik`` optimizer of ``head``.
-        loss_fn: loss of (head(z), y); default ``nn.MSELoss(reduction=slim.reduction)``, the
-            loss whose half the head step minimises exactly.
+        loss_fn: loss of (head(z), y); default ``F.mse_loss`` with ``reduction=slim.reduction``
+            (``nn.MSELoss``'s loss without a module call per step), the loss whose half the
+            head step minimises exactly.
 
     Batches are moved to the head's device. The head's forward in the body step runs with its
     parameters' ``requires_grad`` switched off, so no head gradient is computed or accumulated
@@ -103,7 +106,8 @@ class SlimTrain:
             raise ValueError("body_optimizer must not hold the head's parameters (SlimTik sets them)")
         self.body, self.head, self.body_optimizer, self.slim = body, head, body_optimizer, slim
         self._body_buffers = ModuleBuffers()
-        self.loss_fn = loss_fn if loss_fn is not None else nn.MSELoss(reduction=slim.reduction)
+        self._head_parameters = ModuleBuffers(parameters=True)
+        self.loss_fn = loss_fn if loss_fn is not None else functools.partial(F.mse_loss, reduction=slim.reduction)
         self.last_skipped = False
         self.n_skipped = 0
         self.epoch_running: tuple[float, int] = (0.0, 0)
@@ -114,7 +118,7 @@ class SlimTrain:
 
     def _head_forward(self, z: torch.Tensor) -> torch.Tensor:
         """head(z) with the head's parameters out of the graph: gradients reach the body only."""
-        params = [p for p in self.head.parameters() if p.requires_grad]
+        params = [p for p in self._head_parameters.of(self.head) if p.requires_grad]
         try:
             for p in params:
                 p.requires_grad_(False)

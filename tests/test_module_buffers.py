@@ -34,3 +34,23 @@ def test_another_module_is_looked_up_afresh() -> None:
     first, second = nn.BatchNorm1d(2), nn.Sequential(nn.Linear(2, 2), nn.BatchNorm1d(3))
     assert _matches(cache, first)
     assert _matches(cache, second) and cache.of(second)[0].shape == (3,)
+
+
+def test_parameters_follow_new_modules_parameters_and_replacements() -> None:
+    cache = ModuleBuffers(parameters=True)
+
+    def matches(module: nn.Module) -> bool:
+        got, want = cache.of(module), list(module.parameters())
+        return len(got) == len(want) and all(a is b for a, b in zip(got, want))
+
+    head = nn.Sequential(nn.Linear(3, 2))
+    assert len(cache.of(head)) == 2 and matches(head)
+    head[0].register_parameter("scale", nn.Parameter(torch.ones(2)))   # a new parameter
+    assert len(cache.of(head)) == 3 and matches(head)
+    head[0].weight = nn.Parameter(torch.zeros(2, 3))                   # assignment to a parameter name
+    assert cache.of(head)[0] is head[0].weight and matches(head)
+    head[0].bias = None                                                 # a None parameter is left out
+    assert matches(head)
+    head.append(nn.Linear(2, 1, bias=False))                            # a new submodule
+    assert len(cache.of(head)) == 3 and matches(head)
+    assert ModuleBuffers().of(head) == []                               # buffers and parameters apart
