@@ -28,6 +28,7 @@ exactly as before.
 
 from __future__ import annotations
 
+import math
 import weakref
 from typing import TYPE_CHECKING, Any
 
@@ -35,11 +36,11 @@ import torch
 from torch import nn
 
 from . import solver
-from ._torch_impl import N_INFO, _admissible_interval
+from ._torch_impl import N_INFO
 from .backends import load_backend
 from .distributed import use_data_parallel
 from .fused_head import compiled_record
-from .heads import check_head_inputs, head_to_matrix, matrix_to_params, statistics_and_magnitude
+from .heads import check_head_inputs, params_to_matrix, statistics_and_magnitude
 from .phase_blocks import phase_blocks
 from .state import SlimTikState
 from .validation import INDEFINITE_RTOL, MAX_ABS, largest_magnitude
@@ -78,6 +79,18 @@ def block_entries(order: tuple[int, ...], sizes: tuple[int, ...], border: bool) 
     return perm[i] * n + perm[j], i * n + j
 
 
+def parameter_order(head: nn.ConvTranspose2d, perm: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Where each entry of the head's matrix in block order lives among its parameters: (src, dst)
+    [n_t·n_f] with W_blk.flat[k] = params[src[k]] and params[i] = W_blk.flat[dst[i]], where
+    params = (weight.flatten(), bias) and W_blk = head_to_matrix(head)[:, perm] (a bijection: the
+    bias is W's last column)."""
+    n_w = head.weight.numel()
+    index_w = torch.arange(n_w, dtype=F64).view(head.weight.shape)
+    index_b = None if head.bias is None else torch.arange(n_w, n_w + head.bias.numel(), dtype=F64)
+    src = params_to_matrix(head, index_w, index_b).index_select(1, perm).reshape(-1).long()
+    return src, torch.argsort(src)
+
+
 def _gather_block_entries(G: torch.Tensor, src: torch.Tensor, dst: torch.Tensor, packed: torch.Tensor | None,
                           n_stored: int, G_blk: torch.Tensor, G_mem_blk: torch.Tensor) -> torch.Tensor:
     """Float64 twin of ``_cpu.gather_block_entries``: batch [K] = G.flat[src], G_blk.flat[dst] =
@@ -91,8 +104,8 @@ def _gather_block_entries(G: torch.Tensor, src: torch.Tensor, dst: torch.Tensor,
 class _Plan:
     """One cached layout: the block layout, the gather indices and the compiled step's buffers."""
 
-    __slots__ = ("key", "ok", "perm", "inverse", "src", "src_slots", "dst", "batch_entries", "G_mem", "G", "H", "c",
-                 "m", "W", "W_out", "info",
+    __slots__ = ("key", "ok", "perm", "src", "src_slots", "dst", "batch_entries", "G_mem", "G", "H", "c",
+                 "m", "W", "W_out", "info", "params", "param_src", "param_dst",
                  "offsets", "options", "buffers", "Lambda", "module", "workspace", "packed", "packed_of")
 
     def __init__(self, key: tuple[Any, ...]) -> None:
@@ -123,7 +136,8 @@ def _build(slim: SlimTik, features: torch.Tensor, target: torch.Tensor, key: tup
     n_f, n_t = blocks.n_features, head.out_channels
     order = blocks.order if blocks.order is not None else tuple(range(n_f))
     plan.perm = torch.tensor(order, dtype=torch.long)
-    plan.inverse = torch.argsort(plan.perm)
+    plan.param_src, plan.param_dst = parameter_order(head, plan.perm)
+    plan.params = torch.empty(n_t * n_f, dtype=F64)   # (weight.flatten(), bias) of this step, float64
     plan.src, plan.dst = block_entries(order, blocks.sizes, blocks.border)
     plan.batch_entries = torch.empty(plan.src.numel(), dtype=F64)   # this batch's entries, block order
     # The same entries in every ring slot of the memory [1, r, n_f, n_f], as one flat gather (a
@@ -184,9 +198,14 @@ def _packed_memory(plan: _Plan, state: SlimTikState) -> torch.Tensor:
 
 
 def _bounds_admit(state: SlimTikState, config: Any) -> bool:
-    """Λ_{k−1} is at most Λ_max (NaN is not) and some λ is admissible (``_admissible_interval``)."""
-    mu_lo, mu_hi = _admissible_interval(state.Lambda, config)
-    return bool(((state.Lambda <= config.Lambda_bounds[1]) & (mu_lo <= mu_hi)).all())
+    """Λ_{k−1} is at most Λ_max (NaN is not) and some λ is admissible: ``_admissible_interval``'s
+    bounds in float arithmetic on the one problem's Λ (torch's ops on a [1] tensor cost more)."""
+    Lambda = state.Lambda.item()
+    (Lmin, Lmax), (lmin, lmax) = config.Lambda_bounds, config.lambda_bounds
+    if not Lambda <= Lmax:
+        return False
+    mu_lo = max(Lambda + lmin, Lmin) if math.isfinite(lmin) else Lmin
+    return mu_lo <= min(Lambda + lmax, Lmax)
 
 
 def block_head_step(slim: SlimTik, features: Any, target: Any) -> SlimTikInfo | None:
@@ -213,10 +232,14 @@ def block_head_step(slim: SlimTik, features: Any, target: Any) -> SlimTikInfo | 
 
     G, H, c, m, largest = statistics_and_magnitude(head, features, target, slim.reduction, check=False,
                                                    workspace=plan.workspace)
-    W = head_to_matrix(head)
+    params = plan.params
+    if bias is None:
+        params.copy_(weight.reshape(-1))
+    else:
+        torch.cat((weight.reshape(-1), bias), out=params)
     if largest is None:
         largest = float(torch.stack([largest_magnitude(G), largest_magnitude(H), c.abs()]).amax())
-    if not (largest <= MAX_ABS and float(largest_magnitude(W)) <= MAX_ABS):
+    if not (largest <= MAX_ABS and float(largest_magnitude(params)) <= MAX_ABS):
         return None   # NaN/Inf or out of range: the general path names the culprit
 
     packed = _packed_memory(plan, state) if state.memory_depth > 0 else None
@@ -226,24 +249,25 @@ def block_head_step(slim: SlimTik, features: Any, target: Any) -> SlimTikInfo | 
                                      0 if packed is None else packed.data_ptr(), state.n_stored,
                                      batch_entries.data_ptr(), plan.G.data_ptr(), plan.G_mem.data_ptr())
     torch.index_select(H, 1, plan.perm, out=plan.H[0])
-    torch.index_select(W, 1, plan.perm, out=plan.W[0])
+    torch.index_select(params, 0, plan.param_src, out=plan.W.view(-1))
     plan.c.copy_(c.reshape(1))
     plan.module.slimtik_block_step(_step_buffers(plan, state), plan.offsets, plan.options, 0)
 
     lam, Lam, sgcv, rel, cond, eig_min = plan.info[0].tolist()
     if not eig_min >= -INDEFINITE_RTOL:
         return None
-    new_weight, new_bias = matrix_to_params(head, plan.W_out[0].index_select(1, plan.inverse).to(weight.dtype))
-    if not (bool(torch.isfinite(new_weight).all()) and (new_bias is None or bool(torch.isfinite(new_bias).all()))):
-        return None
+    new_params = plan.W_out.view(-1).index_select(0, plan.param_dst).to(weight.dtype)
+    if not float(largest_magnitude(new_params)) < math.inf:
+        return None   # NaN, or beyond the head's dtype: the general path raises or skips
     slot = state.head
     state.commit(G[None], plan.info[:, 1])
     if packed is not None:   # the slot just written, packed alike: the copy stays the memory's
         packed[slot].copy_(batch_entries)
         plan.packed_of = _memory_mark(state)
     # copy_ (not a write through the pointer) so that autograd sees the in-place update.
-    weight.copy_(new_weight)
+    n_w = weight.numel()
+    weight.copy_(new_params[:n_w].view(weight.shape))
     if bias is not None:
-        bias.copy_(new_bias)
+        bias.copy_(new_params[n_w:])
     return compiled_record(slim, (lam, Lam, sgcv, rel, cond), m)
 

@@ -11,6 +11,7 @@ path raises or skips exactly as before.
 from __future__ import annotations
 
 import copy
+import re
 
 import pytest
 import torch
@@ -133,16 +134,49 @@ def test_nonfinite_batch_gives_the_general_error_or_skip_and_leaves_state(monkey
     assert slim.n_steps_ == steps + 1
 
 
-def test_bounds_that_exclude_every_lambda_raise_like_the_general_path(monkeypatch) -> None:
+@pytest.mark.parametrize("config", [dict(Lambda0=5.0, Lambda_bounds=(1e-7, 1.0)),                 # Λ_{k−1} > Λ_max
+                                    dict(Lambda0=0.5, Lambda_bounds=(1e-7, 1.0), lambda_bounds=(0.7, 2.0))])
+def test_bounds_that_exclude_every_lambda_raise_like_the_general_path(monkeypatch, config) -> None:
     head = HEADS["s2k4p1"]().double()
     x, y = _batches(head, 1)[0]
-    config = dict(Lambda0=5.0, Lambda_bounds=(1e-7, 1.0))
     with pytest.raises(ValueError) as fast:
         SlimTik(copy.deepcopy(head), **config).step(x, y)
     monkeypatch.setattr(bh, "ENABLED", False)
     with pytest.raises(ValueError) as general:
         SlimTik(copy.deepcopy(head), **config).step(x, y)
     assert str(fast.value) == str(general.value)
+
+
+@pytest.mark.parametrize("name", sorted(HEADS))
+def test_parameter_order_is_the_block_ordered_matrix(name) -> None:
+    """params[src] = head_to_matrix(head)[:, perm] and W_blk.flat[dst] gives the parameters back."""
+    from slimfast.heads import head_to_matrix
+
+    torch.manual_seed(1)
+    head = HEADS[name]().double()
+    blocks = phase_blocks(head)
+    perm = torch.tensor(blocks.order if blocks.order is not None else range(blocks.n_features), dtype=torch.long)
+    src, dst = bh.parameter_order(head, perm)
+    params = torch.cat([p.detach().reshape(-1) for p in (head.weight, head.bias) if p is not None])
+    W_blk = head_to_matrix(head)[:, perm]
+    assert torch.equal(params[src], W_blk.reshape(-1))
+    assert torch.equal(W_blk.reshape(-1)[dst], params)
+
+
+@pytest.mark.parametrize("where", ["weight", "bias"])
+def test_nonfinite_head_weights_take_the_general_path(monkeypatch, where) -> None:
+    """A NaN in the head's parameters: the fast path declines before anything changes, and the
+    step is the general path's (which raises naming the weights)."""
+    head = HEADS["s2k4p1"]().double()
+    x, y = _batches(head, 1)[0]
+    with torch.no_grad():
+        getattr(head, where).view(-1)[1] = float("nan")
+    weight = head.weight.detach().clone()
+    calls = _counting(monkeypatch)
+    with pytest.raises(ValueError, match=re.escape("W contains NaN or Inf")):
+        SlimTik(head).step(x, y)
+    assert calls, "the fast path must hand a non-finite head to the general path"
+    assert torch.equal(head.weight.nan_to_num(), weight.nan_to_num())   # untouched
 
 
 def test_float32_overflow_raises_and_leaves_the_head(monkeypatch) -> None:
