@@ -198,14 +198,13 @@ def _packed_memory(plan: _Plan, state: SlimTikState) -> torch.Tensor:
 
 
 def _bounds_admit(state: SlimTikState, config: Any) -> bool:
-    """Λ_{k−1} is at most Λ_max (NaN is not) and some λ is admissible: ``_admissible_interval``'s
-    bounds in float arithmetic on the one problem's Λ (torch's ops on a [1] tensor cost more)."""
+    """Λ_{k−1} is at most Λ_max (NaN is not) and some λ is admissible (in floats: torch's ops on the
+    one problem's [1] tensor cost more)."""
     Lambda = state.Lambda.item()
-    (Lmin, Lmax), (lmin, lmax) = config.Lambda_bounds, config.lambda_bounds
-    if not Lambda <= Lmax:
+    if not Lambda <= config.Lambda_bounds[1]:
         return False
-    mu_lo = max(Lambda + lmin, Lmin) if math.isfinite(lmin) else Lmin
-    return mu_lo <= min(Lambda + lmax, Lmax)
+    mu_lo, mu_hi = config.admissible_mu(Lambda)
+    return mu_lo <= mu_hi
 
 
 def block_head_step(slim: SlimTik, features: Any, target: Any) -> SlimTikInfo | None:

@@ -83,6 +83,14 @@ class SolverConfig:
     def mode_code(self) -> int:
         return MODE_CODES[self.mode]
 
+    def admissible_mu(self, Lambda_prev: float) -> tuple[float, float]:
+        """The admissible interval of μ above for one problem's Λ_{k−1}, in float arithmetic (the
+        tensor form, for [B] problems, is ``_torch_impl._admissible_interval``); empty when
+        μ_lo > μ_hi."""
+        (Lmin, Lmax), (lmin, lmax) = self.Lambda_bounds, self.lambda_bounds
+        mu_lo = max(Lambda_prev + lmin, Lmin) if math.isfinite(lmin) else Lmin
+        return mu_lo, min(Lambda_prev + lmax, Lmax)
+
     def kernel_options(self) -> dict[str, float | int]:
         """Keyword arguments of the compiled modules' ``StepOptions`` (validated once, in C++)."""
         (Lmin, Lmax), (lmin, lmax) = self.Lambda_bounds, self.lambda_bounds

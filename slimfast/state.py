@@ -44,13 +44,13 @@ def check_Lambda0(Lambda0: Any, config: SolverConfig | None = None, name: str = 
         value = float(Lambda0)
     except (TypeError, ValueError):
         raise ValueError(f"{name} must be a number, got {Lambda0!r}") from None
-    lo, hi = (float(v) for v in config.Lambda_bounds)
+    hi = float(config.Lambda_bounds[1])
     if not (0.0 <= value <= hi):
         raise ValueError(f"{name} must lie in [0, Lambda_max={hi:g}], got {value:g} (a larger initial Λ would "
                          f"scale the head's weights by about Λ0/Λ_max = {value / hi:.3g} on the first step)"
                          if value > hi else f"{name} must be finite and >= 0, got {value:g}")
-    lam_lo, lam_hi = (float(v) for v in config.lambda_bounds)
-    if max(lo, value + lam_lo) > min(hi, value + lam_hi):
+    mu_lo, mu_hi = config.admissible_mu(value)
+    if mu_lo > mu_hi:
         raise ValueError(f"{name}={value:g} with lambda_bounds={config.lambda_bounds} leaves no admissible Λ in "
                          f"Lambda_bounds={config.Lambda_bounds} for the first step")
     return value

@@ -321,3 +321,14 @@ def test_compiled_gather_equals_its_twin(n_stored: int) -> None:
     assert torch.equal(got[0], want[0])
     torch.testing.assert_close(got[1], want[1], rtol=1e-15, atol=0)
     assert torch.count_nonzero(got[0]) == src.numel()   # the entries outside the blocks stay zero
+
+
+@pytest.mark.parametrize("lambda_bounds", [(-float("inf"), 1e3), (0.7, 2.0), (-0.3, 0.1), (-float("inf"), float("inf"))])
+@pytest.mark.parametrize("Lambda", [0.0, 0.5, 3.0])
+def test_scalar_admissible_interval_is_the_tensor_one(lambda_bounds, Lambda) -> None:
+    from slimfast._torch_impl import _admissible_interval
+    from slimfast.config import SolverConfig
+
+    config = SolverConfig(Lambda_bounds=(1e-7, 1.0), lambda_bounds=lambda_bounds)
+    lo, hi = _admissible_interval(torch.tensor([Lambda], dtype=F64), config)
+    assert config.admissible_mu(Lambda) == (float(lo), float(hi))
