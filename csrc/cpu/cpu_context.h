@@ -34,8 +34,12 @@ constexpr int kGemmMinN = 24;
 // not with the call overhead (n_f = 17, n_t = 72: the loops took ~40 % of the compiled step).
 constexpr int kGemmMinRows = 32;
 // Full-memory sGCV grids with n_f at least this are evaluated with one dgemm (Q·D for all grid
-// points) instead of n_grid matrix-vector passes over Q0..Q2.
-constexpr int kGridGemmMinN = 32;
+// points) instead of n_grid matrix-vector passes over Q0..Q2, also below kGemmMinN: at n_f = 17,
+// n_t = 72 (cdr) the dgemm took the compiled step from 68 to 62 µs; at n_f = 9 (peaks) neither won
+// (18 µs both; benchmarks/RESULTS.md, 2026-12-04).
+constexpr int kGridGemmMinN = 16;
+// From this n_f a factored K̃ = F Fᵀ may replace Q0..Q2 (with few targets, kFactoredMaxNt).
+constexpr int kFactoredMinN = 32;
 // Most targets for which sGCV uses a factored K̃ = F Fᵀ instead of forming Q0..Q2 (scratch grows
 // with n_t; the factored products only pay when 4 rank·n_t < 3 n_f anyway).
 constexpr int kFactoredMaxNt = 16;
@@ -356,7 +360,7 @@ struct CpuCtx : SerialCtx {
     const int nf = p.n_f, nt = p.n_t, nq = 3 * nf, inc = 1;
     const double one = 1.0, zero = 0.0;
     if (Fq == nullptr) {
-      if (!blas || (npts > 1 && !grid_gemm)) {  // point by point, row by row (as loop_q_times_d)
+      if (npts > 1 ? !grid_gemm : !blas) {  // point by point, row by row (as loop_q_times_d)
         for (int g = 0; g < npts; ++g) {
           double* qd = QD + (long)g * nq;
           for (int i = 0; i < nf; ++i) q_row_times_d(p, i, D + (long)g * nf, qd, qd + nf, qd + 2 * nf);

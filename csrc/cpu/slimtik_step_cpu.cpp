@@ -18,6 +18,7 @@ namespace {
 using cpu::CpuCtx;
 using cpu::kFactoredMaxNt;
 using cpu::kGemmMinN;
+using cpu::kFactoredMinN;
 using cpu::kGridGemmMinN;
 
 // Go parallel over problems only when the serial work would take more than ~2 ms: a parallel
@@ -47,7 +48,7 @@ int slimtik_step_cpu(const Lapack& L, int B, int n_f, int n_t, const double* G_m
   const bool blas = n_f >= kGemmMinN;
   const bool full_blas = blas && !memory_empty;  // form_q's factor_gram and its scratch
   // A factored K̃ (no Q's; CpuCtx::q_times_d) needs V, Y: n_f × 2 n_t × (trial points) each.
-  const bool factored_ok = full_blas && n_f >= kGridGemmMinN && n_t <= kFactoredMaxNt;
+  const bool factored_ok = full_blas && n_f >= kFactoredMinN && n_t <= kFactoredMaxNt;
   const long factored_doubles = factored_ok ? 2L * n_f * n_t * step_points(opts.n_grid) : 0L;
   const long step_doubles = step_layout(n_f, n_t, opts.n_grid, memory_empty).total;
   const long work_doubles = std::max<long>((long)lwork, 2L * n_f);  // LAPACK work, dpstrf's 2 n_f
