@@ -62,13 +62,23 @@ SLIMFAST_HD inline int block_of(const BlockDims& bd, int j) {
 struct BlockStepLayout {
   long s, Ut, K, kd, z, kb, Bt, Wt;  // what every trial μ reads: s, kd, z, kb [n_c], Ut, K [n_c·nmax]
   long A, T, Kp, Xg, Og, eig;        // one block's scratch: [nmax²] ×3, [(2 n_t + 2)·nmax] ×2, eigensolver
-  long d, e, Ke, X, Y, YG, M, rows;  // one trial μ: [n_c] ×3, [n_t, n_f] ×4, [2 n_t]
+  long d, e, Ke, X, Y, YG, M, rows;  // trial points (chunk of them): [chunk, n_c] ×3, [chunk, n_t, n_f] ×3, [n_t, n_f], [2 n_t]
   long pt_t, pt_mu, pt_f, pt_g;      // trial points [step_points(n_grid)] each
   long total;
 };
 
+// Most trial points the block step's sGCV evaluates together (BlockSgcv), and how many it does for
+// n_t targets: about SLIMFAST_BLOCK_POINTS rows per product with K, so with many targets one point
+// at a time (its rows already make the products matrix products).
+inline constexpr int SLIMFAST_BLOCK_POINTS = 8;
+
+SLIMFAST_HD inline int block_points_chunk(int n_t) {
+  return n_t >= SLIMFAST_BLOCK_POINTS ? 1 : SLIMFAST_BLOCK_POINTS / n_t;
+}
+
 SLIMFAST_HD inline BlockStepLayout block_step_layout(const BlockDims& bd, int n_f, int n_t, int n_grid) {
   const long nc = bd.n_c, nm = bd.nmax, ntf = (long)n_t * n_f, npts = step_points(n_grid);
+  const long chunk = block_points_chunk(n_t);
   const long rg = (2L * n_t + 2) * nm;
   BlockStepLayout L;
   L.s = 0;
@@ -86,12 +96,12 @@ SLIMFAST_HD inline BlockStepLayout block_step_layout(const BlockDims& bd, int n_
   L.Og = L.Xg + rg;
   L.eig = L.Og + rg;
   L.d = L.eig + jacobi_layout(bd.nmax).total;
-  L.e = L.d + nc;
-  L.Ke = L.e + nc;
-  L.X = L.Ke + nc;
-  L.Y = L.X + ntf;
-  L.YG = L.Y + ntf;
-  L.M = L.YG + ntf;
+  L.e = L.d + chunk * nc;
+  L.Ke = L.e + chunk * nc;
+  L.X = L.Ke + chunk * nc;
+  L.Y = L.X + chunk * ntf;
+  L.YG = L.Y + chunk * ntf;
+  L.M = L.YG + chunk * ntf;
   L.rows = L.M + ntf;
   L.pt_t = L.rows + 2L * n_t;
   L.pt_mu = L.pt_t + npts;
@@ -183,110 +193,150 @@ struct BlockProj {
   double alpha, gamma, res0;
 };
 
-// _block_sgcv_eval for select_mu (points / point, as DenseSgcv); point() leaves Y(μ) in Y.
+// _block_sgcv_eval for select_mu (points / point, as DenseSgcv). Up to `chunk` trial points
+// (block_points_chunk) are evaluated together: their products with the blocks of K (K e and Y G')
+// are then one ctx.blockdiag_times over all their rows (on the CPU one dgemm per block instead of
+// one dgemv per point and block); everything else is per point, as the twin's _block_terms.
+// Scratch per point k: d, e, Ke + k·n_c; X, Y, YG + k·n_t·n_f; M and rows are shared.
+// point() leaves Y(μ) in Y.
 struct BlockSgcv {
   const BlockProj& p;
   double m, Lambda_prev;
+  int chunk;
   double *d, *e, *Ke, *X, *Y, *YG, *M, *rows;
 
-  // (f, R, g) at μ with all threads: the twin's _block_terms, then sgcv_point.
+  // (f, R, g) at mu[0..cnt), cnt <= chunk, with all threads; Y(mu[k]) left in Y + k·n_t·n_f.
   template <class Ctx>
-  SLIMFAST_BLOCK SgcvPoint point(Ctx& ctx, double mu) const {
+  SLIMFAST_BLOCK void evaluate(Ctx& ctx, int cnt, const double* mu, SgcvPoint* out) const {
     const BlockDims& bd = p.bd;
     const int nc = bd.n_c, nf = p.n_f, nt = p.n_t;
     const long ntf = (long)nt * nf;
     const bool border = bd.border;
-    const double lam = mu - Lambda_prev;
     ctx.par([&](int tid, int nthr) {
-      for (int j = tid; j < nc; j += nthr) {
-        d[j] = 1.0 / (p.s[j] + mu);
-        e[j] = border ? d[j] * p.z[j] : 0.0;
-      }
-      for (long i = tid; i < ntf; i += nthr) X[i] = p.Bt[i] + lam * p.Wt[i];
-    });
-    if (border) ctx.blockdiag_times(bd, 1, e, nc, p.K, bd.nmax, false, Ke, nc);  // K e
-    // T = Σ d K_jj (+ uᵀG'u/σ), T' and σ from the sums of the twin's _block_terms.
-    double acc[7];
-    ctx.template sums<7>(
-        [&](int tid, int nthr, double* a) {
-          for (int j = tid; j < nc; j += nthr) {
-            const double dj = d[j], kj = p.kd[j];
-            a[0] += dj * kj;
-            a[1] += dj * dj * kj;
-            if (border) {
-              const double ej = e[j];
-              a[2] += p.z[j] * ej;
-              a[3] += ej * Ke[j];
-              a[4] += ej * p.kb[j];
-              a[5] += dj * ej * (p.kb[j] - Ke[j]);
-              a[6] += ej * ej;
-            }
-          }
-        },
-        acc);
-    double T = acc[0], T_der = -acc[1], sigma = 1.0;
-    if (border) {
-      sigma = p.alpha + mu - acc[2];
-      const double uGu = acc[3] - 2.0 * acc[4] + p.gamma;
-      const double dDu_Gu = -acc[5];  // (D̂u)ᵀ G'u
-      const double uu = acc[6] + 1.0;
-      T = T + uGu / sigma;
-      T_der = T_der - (2.0 * dDu_Gu / sigma + uu * uGu / (sigma * sigma));
-    }
-    // Y = X (D̂ + u uᵀ/σ) (times_arrowhead_inverse).
-    double* xe = rows;       // [n_t] X_core·e, then (W' − Y)_core·e
-    double* ykb = rows + nt;  // [n_t] Y_core·k_b
-    times_arrowhead_inverse(ctx, nt, nf, nc, border, X, d, e, sigma, xe, Y);
-    // Y G': core Y_core K + y_b k_b, border Y_core·k_b + y_b γ.
-    ctx.blockdiag_times(bd, nt, Y, nf, p.K, bd.nmax, false, YG, nf);
-    if (border) row_dots(ctx, nt, nc, Y, nf, p.kb, ykb);
-    ctx.par([&](int tid, int nthr) {
-      for_items(tid, nthr, nt, nf, [&](int t, int j, long i) {
-        if (j < nc) {
-          if (border) YG[i] += Y[(long)t * nf + nc] * p.kb[j];
-        } else {
-          YG[i] = ykb[t] + Y[i] * p.gamma;
-        }
-        M[i] = p.Wt[i] - Y[i];
+      for_items(tid, nthr, cnt, nc, [&](int k, int j, long i) {
+        d[i] = 1.0 / (p.s[j] + mu[k]);
+        e[i] = border ? d[i] * p.z[j] : 0.0;
       });
+      for (int k = 0; k < cnt; ++k) {
+        const double lam = mu[k] - Lambda_prev;
+        double* Xk = X + k * ntf;
+        for (long i = tid; i < ntf; i += nthr) Xk[i] = p.Bt[i] + lam * p.Wt[i];
+      }
     });
-    // V = (W' − Y) A into X (X is not read again at this μ).
-    double* V = X;
-    times_arrowhead_inverse(ctx, nt, nf, nc, border, M, d, e, sigma, xe, V);
-    double r[3];  // ⟨Y, B'⟩, ⟨Y, Y G'⟩, ⟨V, Y G' − B'⟩
-    ctx.template sums<3>(
-        [&](int tid, int nthr, double* a) {
-          for (long i = tid; i < ntf; i += nthr) {
-            a[0] += Y[i] * p.Bt[i];
-            a[1] += Y[i] * YG[i];
-            a[2] += V[i] * (YG[i] - p.Bt[i]);
+    if (border) ctx.blockdiag_times(bd, cnt, e, nc, p.K, bd.nmax, false, Ke, nc);  // K e of every point
+    // T = Σ d K_jj (+ uᵀG'u/σ), T' and σ from the sums of the twin's _block_terms.
+    double T[SLIMFAST_BLOCK_POINTS], T_der[SLIMFAST_BLOCK_POINTS], sigma[SLIMFAST_BLOCK_POINTS];
+    double* xe = rows;        // [n_t] X_core·e, then (W' − Y)_core·e
+    double* ykb = rows + nt;  // [n_t] Y_core·k_b
+    for (int k = 0; k < cnt; ++k) {
+      const double *dk = d + (long)k * nc, *ek = e + (long)k * nc, *Kek = Ke + (long)k * nc;
+      double acc[7];
+      ctx.template sums<7>(
+          [&](int tid, int nthr, double* a) {
+            for (int j = tid; j < nc; j += nthr) {
+              const double dj = dk[j], kj = p.kd[j];
+              a[0] += dj * kj;
+              a[1] += dj * dj * kj;
+              if (border) {
+                const double ej = ek[j];
+                a[2] += p.z[j] * ej;
+                a[3] += ej * Kek[j];
+                a[4] += ej * p.kb[j];
+                a[5] += dj * ej * (p.kb[j] - Kek[j]);
+                a[6] += ej * ej;
+              }
+            }
+          },
+          acc);
+      T[k] = acc[0];
+      T_der[k] = -acc[1];
+      sigma[k] = 1.0;
+      if (border) {
+        sigma[k] = p.alpha + mu[k] - acc[2];
+        const double uGu = acc[3] - 2.0 * acc[4] + p.gamma;
+        const double dDu_Gu = -acc[5];  // (D̂u)ᵀ G'u
+        const double uu = acc[6] + 1.0;
+        T[k] = T[k] + uGu / sigma[k];
+        T_der[k] = T_der[k] - (2.0 * dDu_Gu / sigma[k] + uu * uGu / (sigma[k] * sigma[k]));
+      }
+      // Y = X (D̂ + u uᵀ/σ) (times_arrowhead_inverse).
+      times_arrowhead_inverse(ctx, nt, nf, nc, border, X + k * ntf, dk, ek, sigma[k], xe, Y + k * ntf);
+    }
+    // Y G' of every point: core Y_core K + y_b k_b, border Y_core·k_b + y_b γ.
+    ctx.blockdiag_times(bd, cnt * nt, Y, nf, p.K, bd.nmax, false, YG, nf);
+    for (int k = 0; k < cnt; ++k) {
+      const double *dk = d + (long)k * nc, *ek = e + (long)k * nc, *Yk = Y + k * ntf;
+      double* YGk = YG + k * ntf;
+      if (border) row_dots(ctx, nt, nc, Yk, nf, p.kb, ykb);
+      ctx.par([&](int tid, int nthr) {
+        for_items(tid, nthr, nt, nf, [&](int t, int j, long i) {
+          if (j < nc) {
+            if (border) YGk[i] += Yk[(long)t * nf + nc] * p.kb[j];
+          } else {
+            YGk[i] = ykb[t] + Yk[i] * p.gamma;
           }
-        },
-        r);
-    const double R = p.res0 - 2.0 * r[0] + r[1];
-    return sgcv_point(R, 2.0 * r[2], m - nt * T, -nt * T_der, m);
+          M[i] = p.Wt[i] - Yk[i];
+        });
+      });
+      // V = (W' − Y) A into X's slot of this point (not read again).
+      double* V = X + k * ntf;
+      times_arrowhead_inverse(ctx, nt, nf, nc, border, M, dk, ek, sigma[k], xe, V);
+      double r[3];  // ⟨Y, B'⟩, ⟨Y, Y G'⟩, ⟨V, Y G' − B'⟩
+      ctx.template sums<3>(
+          [&](int tid, int nthr, double* a) {
+            for (long i = tid; i < ntf; i += nthr) {
+              a[0] += Yk[i] * p.Bt[i];
+              a[1] += Yk[i] * YGk[i];
+              a[2] += V[i] * (YGk[i] - p.Bt[i]);
+            }
+          },
+          r);
+      const double R = p.res0 - 2.0 * r[0] + r[1];
+      out[k] = sgcv_point(R, 2.0 * r[2], m - nt * T[k], -nt * T_der[k], m);
+    }
+  }
+
+  // (f, R, g) at μ with all threads; Y(μ) left in Y.
+  template <class Ctx>
+  SLIMFAST_BLOCK SgcvPoint point(Ctx& ctx, double mu) const {
+    SgcvPoint pt;
+    evaluate(ctx, 1, &mu, &pt);
+    return pt;
   }
 
   // f, g [npts] at mu [npts]; with `admissible_only` points outside [mu_lo, mu_hi] (or NaN) get
-  // f = +inf, g = NaN unevaluated (as sgcv_eval_points).
+  // f = +inf, g = NaN unevaluated (as sgcv_eval_points). The others in groups of `chunk`.
   template <class Ctx>
   SLIMFAST_BLOCK void points(Ctx& ctx, int npts, const double* mu, bool admissible_only, double mu_lo, double mu_hi,
                              double* f, double* g) const {
+    double group_mu[SLIMFAST_BLOCK_POINTS];
+    int group_index[SLIMFAST_BLOCK_POINTS];
+    SgcvPoint group_pt[SLIMFAST_BLOCK_POINTS];
+    int cnt = 0;
     for (int i = 0; i < npts; ++i) {
       const double mi = mu[i];
-      SgcvPoint pt;
       if (admissible_only && !(mi >= mu_lo && mi <= mu_hi)) {
-        pt.f = slim_inf();
-        pt.g = slim_nan();
+        ctx.par([&](int tid, int) {
+          if (tid == 0) {
+            f[i] = slim_inf();
+            g[i] = slim_nan();
+          }
+        });
       } else {
-        pt = point(ctx, mi);
+        group_mu[cnt] = mi;
+        group_index[cnt++] = i;
       }
-      ctx.par([&](int tid, int) {
-        if (tid == 0) {
-          f[i] = pt.f;
-          g[i] = pt.g;
-        }
-      });
+      if (cnt == chunk || (i == npts - 1 && cnt > 0)) {
+        evaluate(ctx, cnt, group_mu, group_pt);
+        ctx.par([&](int tid, int) {
+          if (tid == 0)
+            for (int k = 0; k < cnt; ++k) {
+              f[group_index[k]] = group_pt[k].f;
+              g[group_index[k]] = group_pt[k].g;
+            }
+        });
+        cnt = 0;
+      }
     }
   }
 };
@@ -438,8 +488,8 @@ SLIMFAST_BLOCK int slimtik_block_problem(Ctx& ctx, const BlockStepArgs& args, lo
 
   // λ search (the dense step's select_mu), then Y at the chosen μ.
   const BlockProj p{bd, nf, nt, s, K, kd, z, kb, Bt, Wt, alpha, gamma, res0};
-  const BlockSgcv eval{p, m, Lambda_prev, ws + L.d, ws + L.e, ws + L.Ke, ws + L.X, ws + L.Y, ws + L.YG, ws + L.M,
-                       ws + L.rows};
+  const BlockSgcv eval{p,          m,          Lambda_prev, block_points_chunk(nt), ws + L.d,   ws + L.e, ws + L.Ke,
+                       ws + L.X,   ws + L.Y,   ws + L.YG,   ws + L.M,               ws + L.rows};
   const double mu = select_mu(ctx, eval, Lambda_prev, a.opts, ws + L.pt_t, ws + L.pt_mu, ws + L.pt_f, ws + L.pt_g);
   const SgcvPoint pt = eval.point(ctx, mu);
   const double* Y = eval.Y;
