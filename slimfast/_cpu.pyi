@@ -126,6 +126,18 @@ def gather_block_entries(
     checked), packed [n_stored, K]: batch[k] = G[src[k]], G_blk[dst[k]] = G[src[k]],
     G_mem_blk[dst[k]] = G[src[k]] + Σ_j packed[j, k]. ValueError for a null or misaligned pointer."""
 
+def gather_parameters(weight_ptr: int, bias_ptr: int, dtype: int, n_w: int, n_p: int, src_ptr: int, W_ptr: int) -> float:
+    """A phase-block head's parameters into block order (csrc/cpu/block_gather_cpu.h; twin:
+    slimfast.block_head._gather_parameters): params = (weight [n_w], bias [n_p − n_w]), contiguous,
+    float64 (dtype 0) or float32 (1); W[k] = params[src[k]] as float64, int64 src [n_p] (indices
+    < n_p, not checked). Returns max |params|, NaN when any is NaN or ±inf. ValueError for a bad
+    dtype or size, or a null or misaligned pointer."""
+
+def scatter_parameters(W_ptr: int, dst_ptr: int, dtype: int, n_w: int, n_p: int, weight_ptr: int, bias_ptr: int) -> bool:
+    """The inverse move (twin: slimfast.block_head._scatter_parameters): params[i] = W[dst[i]]
+    rounded to dtype into weight and bias, only when every rounded value is finite; returns
+    whether they were (False: nothing written). Errors as gather_parameters."""
+
 def jacobi_eigh(
     B: int, n: int, A_ptr: int, U0_ptr: int, s_out_ptr: int, U_out_ptr: int, tol: float, max_sweeps: int
 ) -> int:

@@ -11,6 +11,10 @@ order (``phase_blocks``), checks the zeros between blocks and takes the block st
   which also returns their largest magnitude): symmetric, with exact zeros between blocks by
   construction, so only their values are checked (NaN/Inf, beyond ±MAX_ABS);
 * the statistics' large temporaries are buffers kept across steps (``slimfast.workspace``);
+* float64/float32 weights and bias are read into block order (with their largest magnitude) and
+  the new ones written back (when they all fit the head's dtype) by one compiled call each
+  (csrc/cpu/block_gather_cpu.h; twins ``_gather_parameters``, ``_scatter_parameters``), their
+  versions bumped as ``copy_`` would; other dtypes go through torch ops;
 * only the entries the block step reads, the diagonal blocks and the border row
   (Σ_p n_p² + 2·n_f − 1 of n_f²), are summed over the memory and gathered into block order in
   one compiled pass (csrc/cpu/block_gather_cpu.h),
@@ -34,6 +38,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
+from torch.autograd.graph import increment_version
 
 from . import solver
 from ._torch_impl import N_INFO
@@ -105,7 +110,7 @@ class _Plan:
     """One cached layout: the block layout, the gather indices and the compiled step's buffers."""
 
     __slots__ = ("key", "ok", "perm", "src", "src_slots", "dst", "batch_entries", "G_mem", "G", "H", "c",
-                 "m", "W", "W_out", "info", "params", "param_src", "param_dst",
+                 "m", "W", "W_out", "info", "params", "param_src", "param_dst", "param_dtype",
                  "offsets", "options", "buffers", "Lambda", "module", "workspace", "packed", "packed_of")
 
     def __init__(self, key: tuple[Any, ...]) -> None:
@@ -138,6 +143,7 @@ def _build(slim: SlimTik, features: torch.Tensor, target: torch.Tensor, key: tup
     plan.perm = torch.tensor(order, dtype=torch.long)
     plan.param_src, plan.param_dst = parameter_order(head, plan.perm)
     plan.params = torch.empty(n_t * n_f, dtype=F64)   # (weight.flatten(), bias) of this step, float64
+    plan.param_dtype = _parameter_dtype(head)
     plan.src, plan.dst = block_entries(order, blocks.sizes, blocks.border)
     plan.batch_entries = torch.empty(plan.src.numel(), dtype=F64)   # this batch's entries, block order
     # The same entries in every ring slot of the memory [1, r, n_f, n_f], as one flat gather (a
@@ -156,6 +162,42 @@ def _build(slim: SlimTik, features: torch.Tensor, target: torch.Tensor, key: tup
     plan.options = cpp._kernel_options(slim.config)
     plan.ok = True
     return plan
+
+
+#: Parameter dtypes the compiled moves read and write (``_cpu.gather_parameters``; csrc PARAM_*).
+_PARAMETER_DTYPES = {torch.float64: 0, torch.float32: 1}
+
+
+def _parameter_dtype(head: nn.ConvTranspose2d) -> int | None:
+    """The compiled moves' code for the head's parameters, or None (torch ops) when they are not
+    contiguous float64/float32 tensors of one dtype."""
+    weight, bias = head.weight, head.bias
+    plain = [p for p in (weight, bias) if p is not None]
+    if any(not p.is_contiguous() or p.is_neg() or p.dtype != weight.dtype for p in plain):
+        return None
+    return _PARAMETER_DTYPES.get(weight.dtype)
+
+
+def _gather_parameters(weight: torch.Tensor, bias: torch.Tensor | None, src: torch.Tensor) -> tuple[torch.Tensor, float]:
+    """Float64 twin of ``_cpu.gather_parameters``: W [n_p] = params[src] with params =
+    (weight.flatten(), bias) as float64, and max |params| (NaN when any is NaN or ±inf)."""
+    params = torch.cat([weight.detach().reshape(-1)] + ([bias.detach()] if bias is not None else [])).to(F64)
+    largest = float(largest_magnitude(params)) if bool(torch.isfinite(params).all()) else math.nan
+    return params.index_select(0, src), largest
+
+
+def _scatter_parameters(W: torch.Tensor, dst: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> bool:
+    """Float64 twin of ``_cpu.scatter_parameters``: params = W.flat[dst] in the parameters' dtype
+    into weight and bias when all are finite; returns whether they were (else nothing written)."""
+    params = W.reshape(-1).index_select(0, dst).to(weight.dtype)
+    if not bool(torch.isfinite(params).all()):
+        return False
+    n_w = weight.numel()
+    with torch.no_grad():
+        weight.copy_(params[:n_w].view(weight.shape))
+        if bias is not None:
+            bias.copy_(params[n_w:])
+    return True
 
 
 def _step_buffers(plan: _Plan, state: SlimTikState) -> Any:
@@ -216,8 +258,9 @@ def block_head_step(slim: SlimTik, features: Any, target: Any) -> SlimTikInfo | 
         return None
     weight, bias = head.weight, head.bias
     key = (features.shape, features.stride(), features.dtype, features.device, target.shape, target.stride(),
-           target.dtype, target.device, weight.shape, weight.dtype, weight.device,
-           None if bias is None else bias.dtype, phase_blocks(head), slim.reduction, slim.memory_depth, slim.config)
+           target.dtype, target.device, weight.shape, weight.stride(), weight.dtype, weight.device, weight.is_neg(),
+           None if bias is None else (bias.stride(), bias.dtype, bias.is_neg()), phase_blocks(head), slim.reduction,
+           slim.memory_depth, slim.config)
     plan = _PLANS.get(slim)
     if plan is None or plan.key != key:
         plan = _PLANS[slim] = _build(slim, features, target, key)
@@ -231,14 +274,22 @@ def block_head_step(slim: SlimTik, features: Any, target: Any) -> SlimTikInfo | 
 
     G, H, c, m, largest = statistics_and_magnitude(head, features, target, slim.reduction, check=False,
                                                    workspace=plan.workspace)
-    params = plan.params
-    if bias is None:
-        params.copy_(weight.reshape(-1))
+    n_w, n_p = weight.numel(), plan.W.numel()
+    bias_ptr = 0 if bias is None else bias.data_ptr()
+    compiled_moves = plan.param_dtype is not None
+    if compiled_moves:   # straight into W in block order, with their largest magnitude
+        largest_params = plan.module.gather_parameters(weight.data_ptr(), bias_ptr, plan.param_dtype, n_w, n_p,
+                                                       plan.param_src.data_ptr(), plan.W.data_ptr())
     else:
-        torch.cat((weight.reshape(-1), bias), out=params)
+        params = plan.params
+        if bias is None:
+            params.copy_(weight.reshape(-1))
+        else:
+            torch.cat((weight.reshape(-1), bias), out=params)
+        largest_params = float(largest_magnitude(params))
     if largest is None:
         largest = float(torch.stack([largest_magnitude(G), largest_magnitude(H), c.abs()]).amax())
-    if not (largest <= MAX_ABS and float(largest_magnitude(params)) <= MAX_ABS):
+    if not (largest <= MAX_ABS and largest_params <= MAX_ABS):
         return None   # NaN/Inf or out of range: the general path names the culprit
 
     packed = _packed_memory(plan, state) if state.memory_depth > 0 else None
@@ -248,25 +299,33 @@ def block_head_step(slim: SlimTik, features: Any, target: Any) -> SlimTikInfo | 
                                      0 if packed is None else packed.data_ptr(), state.n_stored,
                                      batch_entries.data_ptr(), plan.G.data_ptr(), plan.G_mem.data_ptr())
     torch.index_select(H, 1, plan.perm, out=plan.H[0])
-    torch.index_select(params, 0, plan.param_src, out=plan.W.view(-1))
+    if not compiled_moves:
+        torch.index_select(params, 0, plan.param_src, out=plan.W.view(-1))
     plan.c.copy_(c.reshape(1))
     plan.module.slimtik_block_step(_step_buffers(plan, state), plan.offsets, plan.options, 0)
 
     lam, Lam, sgcv, rel, cond, eig_min = plan.info[0].tolist()
     if not eig_min >= -INDEFINITE_RTOL:
         return None
-    new_params = plan.W_out.view(-1).index_select(0, plan.param_dst).to(weight.dtype)
-    if not float(largest_magnitude(new_params)) < math.inf:
-        return None   # NaN, or beyond the head's dtype: the general path raises or skips
+    if compiled_moves:
+        if not plan.module.scatter_parameters(plan.W_out.data_ptr(), plan.param_dst.data_ptr(), plan.param_dtype, n_w,
+                                              n_p, weight.data_ptr(), bias_ptr):
+            return None   # NaN, or beyond the head's dtype (nothing written): the general path raises or skips
+        # Written through their pointers: bump their versions as copy_ would, so that autograd
+        # still rejects a graph that saved the old values.
+        increment_version([weight] if bias is None else [weight, bias])
+    else:
+        new_params = plan.W_out.view(-1).index_select(0, plan.param_dst).to(weight.dtype)
+        if not float(largest_magnitude(new_params)) < math.inf:
+            return None   # NaN, or beyond the head's dtype: the general path raises or skips
+        # copy_ (not a write through the pointer) so that autograd sees the in-place update.
+        weight.copy_(new_params[:n_w].view(weight.shape))
+        if bias is not None:
+            bias.copy_(new_params[n_w:])
     slot = state.head
     state.commit(G[None], plan.info[:, 1])
     if packed is not None:   # the slot just written, packed alike: the copy stays the memory's
         packed[slot].copy_(batch_entries)
         plan.packed_of = _memory_mark(state)
-    # copy_ (not a write through the pointer) so that autograd sees the in-place update.
-    n_w = weight.numel()
-    weight.copy_(new_params[:n_w].view(weight.shape))
-    if bias is not None:
-        bias.copy_(new_params[n_w:])
     return compiled_record(slim, (lam, Lam, sgcv, rel, cond), m)
 

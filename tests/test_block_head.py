@@ -11,6 +11,7 @@ path raises or skips exactly as before.
 from __future__ import annotations
 
 import copy
+import math
 import re
 
 import pytest
@@ -332,3 +333,94 @@ def test_scalar_admissible_interval_is_the_tensor_one(lambda_bounds, Lambda) -> 
     config = SolverConfig(Lambda_bounds=(1e-7, 1.0), lambda_bounds=lambda_bounds)
     lo, hi = _admissible_interval(torch.tensor([Lambda], dtype=F64), config)
     assert config.admissible_mu(Lambda) == (float(lo), float(hi))
+
+
+def _compiled_moves():
+    cpp = load_backend("cpp")
+    if cpp is None or not hasattr(cpp._cpu, "gather_parameters"):
+        pytest.skip("compiled module without the parameter moves")
+    return cpp._cpu
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("name", ["s2k4p1", "s2k3-nobias"])
+def test_compiled_parameter_moves_equal_their_twins(dtype, name) -> None:
+    """_cpu.gather_parameters / scatter_parameters = block_head._gather_parameters /
+    _scatter_parameters on fresh random parameters and block-order weights, bit for bit."""
+    cpu = _compiled_moves()
+    torch.manual_seed(3)
+    head = HEADS[name]().to(dtype)
+    plan_dtype = bh._parameter_dtype(head)
+    assert plan_dtype == {torch.float64: 0, torch.float32: 1}[dtype]
+    layout = phase_blocks(head)
+    src, dst = bh.parameter_order(head, torch.tensor(layout.order))
+    weight, bias = head.weight.detach(), None if head.bias is None else head.bias.detach()
+    n_w, n_p = weight.numel(), src.numel()
+    bias_ptr = 0 if bias is None else bias.data_ptr()
+    W_want, largest_want = bh._gather_parameters(weight, bias, src)
+    W = torch.empty(n_p, dtype=F64)
+    largest = cpu.gather_parameters(weight.data_ptr(), bias_ptr, plan_dtype, n_w, n_p, src.data_ptr(), W.data_ptr())
+    assert torch.equal(W, W_want) and largest == largest_want > 0
+
+    W_new = torch.randn(n_p, dtype=F64) * 3.0
+    want_w, want_b = weight.clone(), None if bias is None else bias.clone()
+    assert bh._scatter_parameters(W_new, dst, want_w, want_b)
+    assert cpu.scatter_parameters(W_new.data_ptr(), dst.data_ptr(), plan_dtype, n_w, n_p, weight.data_ptr(), bias_ptr)
+    assert torch.equal(weight, want_w) and (bias is None or torch.equal(bias, want_b))
+    assert not torch.equal(want_w, W_want[dst[:n_w]].to(dtype).view(weight.shape))   # the new values landed
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_compiled_parameter_moves_flag_nonfinite_and_write_nothing(dtype) -> None:
+    cpu = _compiled_moves()
+    head = HEADS["s2k4p1"]().to(dtype)
+    code = bh._parameter_dtype(head)
+    src, dst = bh.parameter_order(head, torch.tensor(phase_blocks(head).order))
+    weight, bias = head.weight.detach(), head.bias.detach()
+    n_w, n_p = weight.numel(), src.numel()
+    W = torch.empty(n_p, dtype=F64)
+    bias[0] = float("nan")
+    largest = cpu.gather_parameters(weight.data_ptr(), bias.data_ptr(), code, n_w, n_p, src.data_ptr(), W.data_ptr())
+    assert math.isnan(largest) and math.isnan(bh._gather_parameters(weight, bias, src)[1])
+    bias[0] = 0.5
+    before = [weight.clone(), bias.clone()]
+    # Beyond float32's range (finite in float64), or not finite at all: nothing is written.
+    W_bad = torch.randn(n_p, dtype=F64)
+    W_bad[n_p // 2] = 1e39 if dtype == torch.float32 else float("inf")
+    assert not cpu.scatter_parameters(W_bad.data_ptr(), dst.data_ptr(), code, n_w, n_p, weight.data_ptr(),
+                                      bias.data_ptr())
+    assert not bh._scatter_parameters(W_bad, dst, weight.clone(), bias.clone())
+    assert torch.equal(weight, before[0]) and torch.equal(bias, before[1])
+
+
+def test_compiled_parameter_moves_reject_bad_arguments() -> None:
+    cpu = _compiled_moves()
+    W = torch.zeros(8, dtype=F64)
+    src = torch.arange(8)
+    w = torch.zeros(6, dtype=F64)
+    with pytest.raises(ValueError, match="dtype"):
+        cpu.gather_parameters(w.data_ptr(), w.data_ptr(), 2, 6, 8, src.data_ptr(), W.data_ptr())
+    with pytest.raises(ValueError, match="n_p at least n_w"):
+        cpu.gather_parameters(w.data_ptr(), w.data_ptr(), 0, 6, 5, src.data_ptr(), W.data_ptr())
+    with pytest.raises(ValueError, match="weight_ptr"):
+        cpu.scatter_parameters(W.data_ptr(), src.data_ptr(), 0, 6, 8, 0, w.data_ptr())
+    with pytest.raises(ValueError, match="bias_ptr"):
+        cpu.gather_parameters(w.data_ptr(), 0, 0, 6, 8, src.data_ptr(), W.data_ptr())
+
+
+def test_parameters_the_moves_do_not_cover_take_torch_ops(monkeypatch) -> None:
+    """A float16 or non-contiguous weight: no compiled moves; the fast step still equals the general path."""
+    assert bh._parameter_dtype(HEADS["s2k4p1"]().half()) is None
+    head = HEADS["s2k4p1"]().double()
+    with torch.no_grad():
+        strided = torch.empty(tuple(reversed(head.weight.shape)), dtype=F64).permute(3, 2, 1, 0)
+        strided.copy_(head.weight)
+    head.weight = nn.Parameter(strided)
+    assert not head.weight.is_contiguous() and bh._parameter_dtype(head) is None
+    batches = _batches(head, 4)
+    calls = _counting(monkeypatch)
+    fast, _ = _run(copy.deepcopy(head), batches, True, monkeypatch, memory_depth=2)
+    assert calls == []
+    general, _ = _run(copy.deepcopy(head), batches, False, monkeypatch, memory_depth=2)
+    for (w_f, *_), (w_g, *_) in zip(fast, general):
+        assert float((w_f - w_g).norm() / w_g.norm()) <= 1e-12

@@ -114,6 +114,38 @@ void py_gather_block_entries(std::uintptr_t G, std::uintptr_t src, std::uintptr_
   gather_block_entries_cpu(G_p, src_p, dst_p, K, packed_p, n_stored, batch_p, blk_p, mem_p);
 }
 
+void require_parameters(int dtype, long long n_w, long long n_p) {
+  require(dtype == PARAM_F64 || dtype == PARAM_F32, "dtype must be 0 (float64) or 1 (float32)");
+  require(n_w >= 1 && n_p >= n_w && n_p < (1LL << 40), "n_w must be positive and n_p at least n_w");
+}
+
+// A parameter pointer, checked for null and for the alignment of its dtype.
+void* parameter_ptr(std::uintptr_t value, int dtype, const char* name) {
+  return dtype == PARAM_F32 ? static_cast<void*>(as_ptr<float>(value, name)) : as_ptr<double>(value, name);
+}
+
+double py_gather_parameters(std::uintptr_t weight, std::uintptr_t bias, int dtype, long long n_w, long long n_p,
+                            std::uintptr_t src, std::uintptr_t W) {
+  require_parameters(dtype, n_w, n_p);
+  const void* w_p = parameter_ptr(weight, dtype, "weight_ptr");
+  const void* b_p = n_p > n_w ? parameter_ptr(bias, dtype, "bias_ptr") : nullptr;
+  const auto* src_p = as_ptr<const std::int64_t>(src, "src_ptr");
+  double* W_p = as_ptr<double>(W, "W_ptr");
+  py::gil_scoped_release release;
+  return gather_parameters_cpu(w_p, b_p, dtype, n_w, n_p, src_p, W_p);
+}
+
+bool py_scatter_parameters(std::uintptr_t W, std::uintptr_t dst, int dtype, long long n_w, long long n_p,
+                           std::uintptr_t weight, std::uintptr_t bias) {
+  require_parameters(dtype, n_w, n_p);
+  const double* W_p = as_ptr<const double>(W, "W_ptr");
+  const auto* dst_p = as_ptr<const std::int64_t>(dst, "dst_ptr");
+  void* w_p = parameter_ptr(weight, dtype, "weight_ptr");
+  void* b_p = n_p > n_w ? parameter_ptr(bias, dtype, "bias_ptr") : nullptr;
+  py::gil_scoped_release release;
+  return scatter_parameters_cpu(W_p, dst_p, dtype, n_w, n_p, w_p, b_p);
+}
+
 }  // namespace
 
 void bind_conv_statistics(py::module_& mod, const Lapack& lapack) {
@@ -127,4 +159,12 @@ void bind_conv_statistics(py::module_& mod, const Lapack& lapack) {
   mod.def("gather_block_entries", &py_gather_block_entries, py::arg("G_ptr"), py::arg("src_ptr"), py::arg("dst_ptr"),
           py::arg("K"), py::arg("packed_ptr"), py::arg("n_stored"), py::arg("batch_ptr"), py::arg("G_blk_ptr"),
           py::arg("G_mem_blk_ptr"), "The phase-block fast path's gathers into block order (see slimfast/_cpu.pyi).");
+  mod.def("gather_parameters", &py_gather_parameters, py::arg("weight_ptr"), py::arg("bias_ptr"), py::arg("dtype"),
+          py::arg("n_w"), py::arg("n_p"), py::arg("src_ptr"), py::arg("W_ptr"),
+          "A head's parameters into block order as float64; returns their largest magnitude, NaN when not finite "
+          "(see slimfast/_cpu.pyi).");
+  mod.def("scatter_parameters", &py_scatter_parameters, py::arg("W_ptr"), py::arg("dst_ptr"), py::arg("dtype"),
+          py::arg("n_w"), py::arg("n_p"), py::arg("weight_ptr"), py::arg("bias_ptr"),
+          "Block-order float64 weights back into a head's parameters when all fit their dtype "
+          "(see slimfast/_cpu.pyi).");
 }
