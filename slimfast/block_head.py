@@ -178,7 +178,8 @@ def _parameter_dtype(head: nn.ConvTranspose2d) -> int | None:
     return _PARAMETER_DTYPES.get(weight.dtype)
 
 
-def _gather_parameters(weight: torch.Tensor, bias: torch.Tensor | None, src: torch.Tensor) -> tuple[torch.Tensor, float]:
+def _gather_parameters(weight: torch.Tensor, bias: torch.Tensor | None, src: torch.Tensor
+                       ) -> tuple[torch.Tensor, float]:
     """Float64 twin of ``_cpu.gather_parameters``: W [n_p] = params[src] with params =
     (weight.flatten(), bias) as float64, and max |params| (NaN when any is NaN or ±inf)."""
     params = torch.cat([weight.detach().reshape(-1)] + ([bias.detach()] if bias is not None else [])).to(F64)
