@@ -40,9 +40,8 @@ import torch
 from torch import nn
 from torch.autograd.graph import increment_version
 
-from . import solver
 from ._torch_impl import N_INFO
-from .backends import load_backend
+from .backends import load_backend, picks_cpp
 from .distributed import use_data_parallel
 from .fused_head import compiled_record
 from .heads import check_head_inputs, params_to_matrix, statistics_and_magnitude
@@ -265,8 +264,8 @@ def block_head_step(slim: SlimTik, features: Any, target: Any) -> SlimTikInfo | 
     plan = _PLANS.get(slim)
     if plan is None or plan.key != key:
         plan = _PLANS[slim] = _build(slim, features, target, key)
-    if not plan.ok or use_data_parallel(slim.distributed, slim.process_group) \
-            or solver.resolve_backend(slim.backend, weight.device)[0] != "cpp":
+    if not plan.ok or not picks_cpp(slim.backend, weight.device) \
+            or use_data_parallel(slim.distributed, slim.process_group):   # the solver's own choice
         return None
     state = slim._ensure_state()
     n_t, n_f = plan.W.shape[1:]

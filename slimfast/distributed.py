@@ -35,6 +35,7 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+import torch.distributed as dist
 
 from .heads import Reduction
 
@@ -93,8 +94,6 @@ def unpack_statistics(buf: torch.Tensor, n_features: int, n_targets: int
 
 def is_data_parallel(process_group: Any = None) -> bool:
     """True when torch.distributed is initialised and ``process_group`` has more than one rank."""
-    import torch.distributed as dist
-
     return dist.is_available() and dist.is_initialized() and dist.get_world_size(process_group) > 1
 
 
@@ -103,8 +102,6 @@ def use_data_parallel(distributed: bool | None, process_group: Any = None) -> bo
     if distributed is None:
         return is_data_parallel(process_group)
     if distributed:
-        import torch.distributed as dist
-
         if not (dist.is_available() and dist.is_initialized()):
             raise RuntimeError("distributed=True but torch.distributed is not initialised "
                                "(call torch.distributed.init_process_group first)")
@@ -135,8 +132,6 @@ def all_reduce_statistics(
     n_f, n_t = G.shape[-1], H.shape[0]
     buf = pack_statistics(G.to(F64), H.to(F64), c.to(F64), m)
     if is_data_parallel(process_group):
-        import torch.distributed as dist
-
         dist.all_reduce(buf, op=dist.ReduceOp.SUM, group=process_group)
     G_s, H_s, c_s, m_s = unpack_statistics(buf, n_f, n_t)
     m_total = int(m_s.item())   # exact: counts stay far below 2**53

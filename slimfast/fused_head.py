@@ -36,8 +36,7 @@ import torch
 from torch import nn
 
 from ._torch_impl import _slimtik_step
-from . import solver
-from .backends import load_backend
+from .backends import load_backend, picks_cpp
 from .config import SolverConfig
 from .distributed import use_data_parallel
 from .heads import Reduction, check_head_inputs
@@ -170,8 +169,8 @@ def fused_step(slim: SlimTik, features: Any, target: Any) -> SlimTikInfo | None:
     if entry is None or entry.key != key:
         entry = _build(slim, features, target, key)
         _LAYOUTS[slim] = entry
-    if entry.plan is None or use_data_parallel(slim.distributed, slim.process_group) \
-            or solver.resolve_backend(slim.backend, weight.device)[0] != "cpp":   # the solver's own choice
+    if entry.plan is None or not picks_cpp(slim.backend, weight.device) \
+            or use_data_parallel(slim.distributed, slim.process_group):   # the solver's own choice
         return None
     state = slim._ensure_state()
     n_t, n_f = head.out_features, entry.plan.n_features

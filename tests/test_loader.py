@@ -37,6 +37,32 @@ def test_environment_variable_forces_backend(monkeypatch: pytest.MonkeyPatch) ->
         loader.resolve_backend(None, torch.device("cpu"))
 
 
+@pytest.mark.parametrize("forced", [None, "torch", " CPP ", "nonsense", ""])
+@pytest.mark.parametrize("name", [None, "cpp", "torch", "numba"])
+def test_picks_cpp_agrees_with_resolve_backend(name: str | None, forced: str | None,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """The fast paths' check is resolve_backend(...) == "cpp", False where resolve_backend raises."""
+    if forced is None:
+        monkeypatch.delenv("SLIMFAST_BACKEND", raising=False)
+    else:
+        monkeypatch.setenv("SLIMFAST_BACKEND", forced)
+    for device in (torch.device("cpu"), torch.device("meta")):
+        try:
+            expected = loader.resolve_backend(name, device)[0] == "cpp"
+        except (ValueError, RuntimeError):
+            expected = False
+        assert loader.picks_cpp(name, device) is expected
+
+
+def test_environment_value_follows_os_environ(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("SLIMFAST_TEST_VALUE", raising=False)
+    assert loader._environment_value("SLIMFAST_TEST_VALUE") == ""
+    monkeypatch.setenv("SLIMFAST_TEST_VALUE", "naïve value")
+    assert loader._environment_value("SLIMFAST_TEST_VALUE") == "naïve value"
+    monkeypatch.delenv("SLIMFAST_TEST_VALUE")
+    assert loader._environment_value("SLIMFAST_TEST_VALUE") == ""
+
+
 def test_missing_compiled_module_falls_back_to_numba_with_notice(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -7,6 +7,6 @@ only). A module with ``BLOCK_CODE = True`` (cuda) also takes the warm start and 
 the solver keeps in the state.
 """
 
-from .loader import BACKEND_NAMES, backend_info, load_backend, resolve_backend
+from .loader import BACKEND_NAMES, backend_info, load_backend, picks_cpp, resolve_backend
 
-__all__ = ["BACKEND_NAMES", "backend_info", "load_backend", "resolve_backend"]
+__all__ = ["BACKEND_NAMES", "backend_info", "load_backend", "picks_cpp", "resolve_backend"]

@@ -54,8 +54,35 @@ def load_backend(name: str) -> ModuleType | None:
 
 
 def _forced() -> str | None:
-    value = os.environ.get("SLIMFAST_BACKEND", "").strip().lower()
+    value = _environment_value("SLIMFAST_BACKEND").strip().lower()
     return value or None
+
+
+def _environment_value(name: str) -> str:
+    """``os.environ.get(name, "")`` without its exceptions: when the variable is unset, ``get``
+    raises and catches KeyError twice, which the fast head paths pay every step, from cold caches
+    after the body's backward pass. ``os.environ``'s own store, where the interpreter keeps one,
+    is read directly; it is what ``get`` reads."""
+    store = getattr(os.environ, "_data", None)
+    encode = getattr(os.environ, "encodekey", None)
+    if store is None or encode is None:
+        return os.environ.get(name, "")
+    raw = store.get(encode(name))
+    if raw is None:
+        return ""
+    return os.environ.decodevalue(raw)
+
+
+def picks_cpp(name: str | None, device: torch.device) -> bool:
+    """Whether ``resolve_backend(name, device)`` picks "cpp" (False where it would raise, so
+    that the caller's general path names the error): the compiled fast paths' check, one
+    environment read and one cache lookup."""
+    if device.type in _DEVICE_BACKENDS and device.type != "cpu":   # as resolve_backend: others count as CPU
+        return False
+    requested = name if name is not None else _forced()
+    if requested is not None and requested != "cpp":
+        return False
+    return load_backend("cpp") is not None
 
 
 def resolve_backend(name: str | None, device: torch.device) -> tuple[str, ModuleType]:
