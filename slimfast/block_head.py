@@ -217,14 +217,14 @@ def _step_buffers(plan: _Plan, state: SlimTikState) -> Any:
 
 def _state_fits(state: Any, n_f: int, n_t: int) -> bool:
     return (isinstance(state, SlimTikState) and state.batch == 1 and state.device.type == "cpu"
-            and (state.n_features, state.n_targets) == (n_f, n_t) and state.memory.dtype == F64
-            and state.memory.is_contiguous() and state.Lambda.dtype == F64 and state.Lambda.is_contiguous())
+            and (state.n_features, state.n_targets) == (n_f, n_t) and state.memory_storage.dtype == F64
+            and state.memory_storage.is_contiguous() and state.Lambda.dtype == F64 and state.Lambda.is_contiguous())
 
 
 def _memory_mark(state: SlimTikState) -> tuple[Any, ...]:
     """What identifies the memory's contents: the state, its buffer and the counters every
     commit (and every undo of one) moves. Equal marks, equal memory."""
-    return id(state), state.memory.data_ptr(), state.step_count, state.head, state.n_stored
+    return id(state), state.memory_storage.data_ptr(), state.step_count, state.head, state.n_stored
 
 
 def _packed_memory(plan: _Plan, state: SlimTikState) -> torch.Tensor:
@@ -287,6 +287,7 @@ def block_head_step(slim: SlimTik, features: Any, target: Any) -> SlimTikInfo | 
         else:
             torch.cat((weight.reshape(-1), bias), out=params)
         largest_params = float(largest_magnitude(params))
+    largest_from_kernel = largest is not None   # the compiled statistics: zero-filled, then the block entries
     if largest is None:
         largest = float(torch.stack([largest_magnitude(G), largest_magnitude(H), c.abs()]).amax())
     if not (largest <= MAX_ABS and largest_params <= MAX_ABS):
@@ -322,10 +323,14 @@ def block_head_step(slim: SlimTik, features: Any, target: Any) -> SlimTikInfo | 
         weight.copy_(new_params[:n_w].view(weight.shape))
         if bias is not None:
             bias.copy_(new_params[n_w:])
-    slot = state.head
-    state.commit(G[None], plan.info[:, 1])
-    if packed is not None:   # the slot just written, packed alike: the copy stays the memory's
-        packed[slot].copy_(batch_entries)
+    if packed is None:
+        state.commit(G[None], plan.info[:, 1])
+    else:   # the slot just written, packed alike: the copy stays the memory's
+        packed[state.head].copy_(batch_entries)
+        if largest_from_kernel:   # G is +0.0 outside the block entries: the slot is written when read
+            state.commit_entries(packed, plan.src, plan.info[:, 1])
+        else:
+            state.commit(G[None], plan.info[:, 1])
         plan.packed_of = _memory_mark(state)
     return compiled_record(slim, (lam, Lam, sgcv, rel, cond), m)
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import math
+import pickle
 import re
 
 import pytest
@@ -22,6 +23,7 @@ import slimfast.block_head as bh
 import slimfast.optim as optim
 from slimfast import SlimTik
 from slimfast.backends import load_backend
+from slimfast.heads import statistics_and_magnitude
 from slimfast.ownership import release_head
 from slimfast.phase_blocks import phase_blocks
 from tests.conftest import require_backend
@@ -424,3 +426,58 @@ def test_parameters_the_moves_do_not_cover_take_torch_ops(monkeypatch) -> None:
     general, _ = _run(copy.deepcopy(head), batches, False, monkeypatch, memory_depth=2)
     for (w_f, *_), (w_g, *_) in zip(fast, general):
         assert float((w_f - w_g).norm() / w_g.norm()) <= 1e-12
+
+
+@pytest.mark.parametrize("data_dtype", [F64, torch.float32])
+@pytest.mark.parametrize("name", sorted(HEADS))
+def test_compiled_statistics_are_plus_zero_outside_the_block_entries(name, data_dtype) -> None:
+    """What lets a fast step defer its memory write (``SlimTikState.commit_entries``): the compiled
+    statistics' G is exactly +0.0 everywhere a block step does not read."""
+    head = HEADS[name]().double()
+    x, y = _batches(head, 1, dtype=data_dtype)[0]
+    G, _, _, _, largest = statistics_and_magnitude(head, x, y, check=False)
+    assert largest is not None, "the compiled statistics did not run"
+    layout = phase_blocks(head)
+    order = layout.order if layout.order is not None else tuple(range(layout.n_features))
+    src, _ = bh.block_entries(order, layout.sizes, layout.border)
+    outside = torch.ones(G.numel(), dtype=torch.bool)
+    outside[src] = False
+    rest = G.reshape(-1)[outside]
+    assert rest.numel() > 0 and not rest.any() and not torch.signbit(rest).any()
+
+
+def test_fast_steps_write_the_memory_only_when_it_is_read(monkeypatch) -> None:
+    """Fast steps leave the memory's buffer unwritten; reading ``memory``, pickling or a state dict
+    writes it first, equal to the general path's bit for bit, and later steps stay exact."""
+    torch.manual_seed(7)
+    head = HEADS["s2k4p1"]().double()
+    batches = _batches(head, 8)
+    _, mem_general = _run(copy.deepcopy(head), batches[:5], False, monkeypatch, memory_depth=3)
+    reference, mem_reference = _run(copy.deepcopy(head), batches, False, monkeypatch, memory_depth=3)
+    fast_head = copy.deepcopy(head)
+    monkeypatch.setattr(bh, "ENABLED", True)
+    slim = SlimTik(fast_head, memory_depth=3)
+    for x, y in batches[:5]:
+        slim.step(x, y)
+    state = slim.solver_state
+    assert not state.memory_storage.any()   # five fast steps, nothing written yet
+    assert torch.equal(pickle.loads(pickle.dumps(state)).memory, mem_general)
+    assert torch.equal(state.memory_storage, mem_general)   # pickling wrote the deferred slots
+    for x, y in batches[5:]:
+        rec = slim.step(x, y)
+    assert torch.equal(slim.state_dict()["slimtik"]["solver"]["memory"], mem_reference)
+    weights = torch.cat([p.detach().reshape(-1) for p in fast_head.parameters()])
+    assert float((weights - reference[-1][0]).norm() / reference[-1][0].norm()) <= 1e-12
+    assert abs(rec.Lambda - reference[-1][1]) <= 1e-12 * abs(reference[-1][1])
+
+
+def test_commit_entries_rejects_what_it_cannot_defer() -> None:
+    from slimfast.state import SlimTikState
+
+    index = torch.tensor([0, 3])
+    for state, entries in ((SlimTikState(2, 2, 1, memory_depth=2), torch.zeros(2, 2)),
+                           (SlimTikState(1, 2, 1, memory_depth=0), torch.zeros(0, 2)),
+                           (SlimTikState(1, 2, 1, memory_depth=2), torch.zeros(3, 2))):
+        with pytest.raises(ValueError, match="commit_entries"):
+            state.commit_entries(entries, index, torch.ones(1, dtype=F64))
+        assert state.step_count == 0
