@@ -93,14 +93,22 @@ double sum_squares_and_bias(const T* y, int n, int n_t, int plane, double* y_sum
 // Y [kt·n_t, K] for image row i_h: column (n, i_w) of tap t's slot holds y[n, target, o_t(i_h, i_w)]
 // for the pixels tap t reads in this row, zero elsewhere; then the cross term of the row is one
 // product X_{i_h}ᵀ Yᵀ [C, kt·n_t].
+// A tap's slot is written at the same columns in every row that it reads (they depend on its
+// column range only), so Y is cleared once per call (`written` all 0) and afterwards only the
+// slots of row taps that fall idle: written[th] says whether row tap th's slots hold values.
 template <class T>
 void cross_targets_of_row(const T* y, int n, int n_t, int H_out, int W_out, const TapAxisCpu& ax_h,
-                          const TapAxisCpu& ax_w, const LagRows& R, int i_h, double* Y) {
-  const int kw = ax_w.taps(), kt = ax_h.taps() * kw;
-  std::fill(Y, Y + (std::size_t)kt * n_t * R.K, 0.0);
+                          const TapAxisCpu& ax_w, const LagRows& R, int i_h, double* Y, char* written) {
+  const int kw = ax_w.taps();
+  const std::size_t row_tap_len = (std::size_t)kw * n_t * R.K;
   for (int th = 0; th < ax_h.taps(); ++th) {
     const int jh = i_h - ax_h.start[th];
-    if (jh < 0 || jh >= ax_h.count[th]) continue;
+    if (jh < 0 || jh >= ax_h.count[th]) {
+      if (written[th]) std::fill_n(Y + th * row_tap_len, row_tap_len, 0.0);
+      written[th] = 0;
+      continue;
+    }
+    written[th] = 1;
     const int o_h = ax_h.phase[th] + ax_h.out_stride * (i_h - ax_h.base[th]);
     for (int tw = 0; tw < kw; ++tw)
       for (int t = 0; t < n_t; ++t) {
@@ -118,9 +126,17 @@ void cross_targets_of_row(const T* y, int n, int n_t, int H_out, int W_out, cons
 
 // Scratch kept per thread across calls: fresh buffers of this size are mapped from the system and
 // fault on every page each call (see slimfast/workspace.py).
+struct RowsGeometry {
+  int n = -1, C = 0, H = 0, W = 0, h_pad = 0, M = 0;
+  bool operator==(const RowsGeometry& o) const {
+    return n == o.n && C == o.C && H == o.H && W == o.W && h_pad == o.h_pad && M == o.M;
+  }
+};
+
 struct Scratch {
   std::vector<double> rows, fields, columns, sums, Y, acc, pixel;
-  std::vector<char> have;
+  std::vector<char> have, Y_written;
+  RowsGeometry rows_geometry;   // what `rows` holds the zero margins of
 };
 thread_local Scratch scratch;
 
@@ -162,7 +178,13 @@ double conv_head_statistics_cpu(const Lapack& L, const void* x, int x_dtype, int
   R.width = W + 2 * M;
   R.K = n * R.width;
   R.row_len = (std::size_t)(R.K + 2 * M) * C;
-  scratch.rows.assign((std::size_t)(H + h_pad) * R.row_len, 0.0);
+  // The margins stay zero between calls of one geometry and fill_rows rewrites every image
+  // pixel, so the ~1 MB buffer (MNIST shape) is only cleared when the geometry changes.
+  const RowsGeometry geometry{n, C, H, W, h_pad, M};
+  if (!(scratch.rows_geometry == geometry) || scratch.rows.size() != (std::size_t)(H + h_pad) * R.row_len) {
+    scratch.rows.assign((std::size_t)(H + h_pad) * R.row_len, 0.0);
+    scratch.rows_geometry = geometry;
+  }
   scratch.pixel.assign((std::size_t)H * W * C, 0.0);
   R.data = scratch.rows.data();
   if (x_dtype == STATS_F64)
@@ -175,7 +197,8 @@ double conv_head_statistics_cpu(const Lapack& L, const void* x, int x_dtype, int
   // transpose's column-major form. Then their running sums over the rows, so that a block's sum
   // over a range of rows is one difference (axes of step 1).
   std::vector<double>& fields = scratch.fields;   // [nl, H + 1, CC]: Σ_{i' < i} A_l[i']
-  fields.assign((std::size_t)nl * (H + 1) * CC, 0.0);
+  fields.resize((std::size_t)nl * (H + 1) * CC);   // every prefix after the first is written below
+  for (int l = 0; l < nl; ++l) std::fill_n(fields.data() + (std::size_t)l * (H + 1) * CC, CC, 0.0);
   {
     int K = R.K;
     std::vector<double> field(CC);
@@ -298,16 +321,17 @@ double conv_head_statistics_cpu(const Lapack& L, const void* x, int x_dtype, int
   if (y != nullptr) {
     // H: per image row one product of the row's features with the targets its taps reach.
     const int cols = kt * n_t;
-    scratch.Y.resize((std::size_t)cols * R.K);
+    scratch.Y.assign((std::size_t)cols * R.K, 0.0);
+    scratch.Y_written.assign(kh, 0);
     scratch.acc.assign((std::size_t)cols * C, 0.0);   // [kt·n_t, C] column-major C × (kt·n_t)
     int K = R.K, ncols = cols;
     for (int i_h = 0; i_h < H; ++i_h) {
       if (y_dtype == STATS_F64)
         cross_targets_of_row(static_cast<const double*>(y), n, n_t, H_out, W_out, ax_h, ax_w, R, i_h,
-                             scratch.Y.data());
+                             scratch.Y.data(), scratch.Y_written.data());
       else
         cross_targets_of_row(static_cast<const float*>(y), n, n_t, H_out, W_out, ax_h, ax_w, R, i_h,
-                             scratch.Y.data());
+                             scratch.Y.data(), scratch.Y_written.data());
       L.dgemm("N", "N", &ldc, &ncols, &K, &one, R.at(i_h, 0, -M), &ldc, scratch.Y.data(), &K, &one,
               scratch.acc.data(), &ldc);
     }
