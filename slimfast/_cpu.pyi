@@ -119,12 +119,14 @@ def conv_head_statistics(
 
 def gather_block_entries(
     G_ptr: int, src_ptr: int, dst_ptr: int, K: int, packed_ptr: int, n_stored: int, batch_ptr: int, G_blk_ptr: int,
-    G_mem_blk_ptr: int,
+    G_mem_blk_ptr: int, H_ptr: int, perm_ptr: int, n_t: int, n_f: int, H_blk_ptr: int, c_ptr: int, c_blk_ptr: int,
 ) -> None:
-    """The phase-block fast path's gathers (csrc/cpu/block_gather_cpu.h; twin: the torch index
-    operations in slimfast.block_head). Float64 G [n_f²], int64 src, dst [K] (indices < n_f², not
-    checked), packed [n_stored, K]: batch[k] = G[src[k]], G_blk[dst[k]] = G[src[k]],
-    G_mem_blk[dst[k]] = G[src[k]] + Σ_j packed[j, k]. ValueError for a null or misaligned pointer."""
+    """The phase-block fast path's gathers (csrc/cpu/block_gather_cpu.h; twin:
+    slimfast.block_head._gather_block_entries). Float64 G [n_f²], int64 src, dst [K] (indices
+    < n_f², not checked), packed [n_stored, K]: batch[k] = G[src[k]], G_blk[dst[k]] = G[src[k]],
+    G_mem_blk[dst[k]] = G[src[k]] + Σ_j packed[j, k]; float64 H [n_t, n_f] (contiguous) and int64
+    perm [n_f] (a permutation, not checked): H_blk[o, j] = H[o, perm[j]]; c_blk[0] = c[0].
+    ValueError for a bad size or a null or misaligned pointer."""
 
 def gather_parameters(weight_ptr: int, bias_ptr: int, dtype: int, n_w: int, n_p: int, src_ptr: int, W_ptr: int) -> float:
     """A phase-block head's parameters into block order (csrc/cpu/block_gather_cpu.h; twin:

@@ -96,12 +96,16 @@ def parameter_order(head: nn.ConvTranspose2d, perm: torch.Tensor) -> tuple[torch
 
 
 def _gather_block_entries(G: torch.Tensor, src: torch.Tensor, dst: torch.Tensor, packed: torch.Tensor | None,
-                          n_stored: int, G_blk: torch.Tensor, G_mem_blk: torch.Tensor) -> torch.Tensor:
+                          n_stored: int, G_blk: torch.Tensor, G_mem_blk: torch.Tensor, H: torch.Tensor,
+                          perm: torch.Tensor, H_blk: torch.Tensor, c: torch.Tensor, c_blk: torch.Tensor) -> torch.Tensor:
     """Float64 twin of ``_cpu.gather_block_entries``: batch [K] = G.flat[src], G_blk.flat[dst] =
-    batch, G_mem_blk.flat[dst] = batch + Σ_{j < n_stored} packed[j] (packed [r, K]); returns batch."""
+    batch, G_mem_blk.flat[dst] = batch + Σ_{j < n_stored} packed[j] (packed [r, K]), H_blk [n_t, n_f]
+    = H[:, perm] and c_blk [1] = c; returns batch."""
     batch = G.reshape(-1).index_select(0, src)
     G_blk.view(-1).index_copy_(0, dst, batch)
     G_mem_blk.view(-1).index_copy_(0, dst, batch + packed[:n_stored].sum(0) if n_stored > 0 else batch)
+    torch.index_select(H, 1, perm, out=H_blk)
+    c_blk.copy_(c.reshape(1))
     return batch
 
 
@@ -109,7 +113,7 @@ class _Plan:
     """One cached layout: the block layout, the gather indices and the compiled step's buffers."""
 
     __slots__ = ("key", "ok", "perm", "src", "src_slots", "dst", "batch_entries", "G_mem", "G", "H", "c",
-                 "m", "W", "W_out", "info", "params", "param_src", "param_dst", "param_dtype",
+                 "m", "W", "W_out", "info", "info_values", "params", "param_src", "param_dst", "param_dtype",
                  "offsets", "options", "buffers", "Lambda", "module", "workspace", "packed", "packed_of")
 
     def __init__(self, key: tuple[Any, ...]) -> None:
@@ -156,6 +160,7 @@ def _build(slim: SlimTik, features: torch.Tensor, target: torch.Tensor, key: tup
     plan.m = torch.full((1,), float(target.numel()), dtype=F64)
     plan.W_out = torch.empty(1, n_t, n_f, dtype=F64)
     plan.info = torch.empty(1, N_INFO, dtype=F64)
+    plan.info_values = plan.info[0].numpy()   # the same memory, read as Python floats without torch's overhead
     plan.module = cpp._cpu
     plan.offsets = cpp._block_offsets(blocks.contiguous(), n_f)
     plan.options = cpp._kernel_options(slim.config)
@@ -295,17 +300,16 @@ def block_head_step(slim: SlimTik, features: Any, target: Any) -> SlimTikInfo | 
 
     packed = _packed_memory(plan, state) if state.memory_depth > 0 else None
     batch_entries = plan.batch_entries
-    G = G.contiguous()   # the statistics' own buffer: already contiguous float64
+    G, H = G.contiguous(), H.contiguous()   # the statistics' own float64 buffers: already contiguous
     plan.module.gather_block_entries(G.data_ptr(), plan.src.data_ptr(), plan.dst.data_ptr(), plan.src.numel(),
                                      0 if packed is None else packed.data_ptr(), state.n_stored,
-                                     batch_entries.data_ptr(), plan.G.data_ptr(), plan.G_mem.data_ptr())
-    torch.index_select(H, 1, plan.perm, out=plan.H[0])
+                                     batch_entries.data_ptr(), plan.G.data_ptr(), plan.G_mem.data_ptr(), H.data_ptr(),
+                                     plan.perm.data_ptr(), n_t, n_f, plan.H.data_ptr(), c.data_ptr(), plan.c.data_ptr())
     if not compiled_moves:
         torch.index_select(params, 0, plan.param_src, out=plan.W.view(-1))
-    plan.c.copy_(c.reshape(1))
     plan.module.slimtik_block_step(_step_buffers(plan, state), plan.offsets, plan.options, 0)
 
-    lam, Lam, sgcv, rel, cond, eig_min = plan.info[0].tolist()
+    lam, Lam, sgcv, rel, cond, eig_min = plan.info_values.tolist()
     if not eig_min >= -INDEFINITE_RTOL:
         return None
     if compiled_moves:

@@ -314,15 +314,21 @@ def test_compiled_gather_equals_its_twin(n_stored: int) -> None:
     src, dst = bh.block_entries(order, (4, 4, 4), True)
     G = torch.randn(n_f, n_f, dtype=torch.float64, generator=g)
     packed = torch.randn(r, src.numel(), dtype=torch.float64, generator=g)
-    want = [torch.zeros(n_f, n_f, dtype=torch.float64) for _ in range(2)]
-    got = [torch.zeros(n_f, n_f, dtype=torch.float64) for _ in range(2)]
-    batch_want = bh._gather_block_entries(G, src, dst, packed, n_stored, *want)
+    n_t = 3
+    H, c, perm = torch.randn(n_t, n_f, dtype=F64, generator=g), torch.randn((), dtype=F64, generator=g), torch.tensor(order)
+    want = [torch.zeros(n_f, n_f, dtype=torch.float64) for _ in range(2)] + [torch.zeros(n_t, n_f, dtype=F64),
+                                                                          torch.zeros(1, dtype=F64)]
+    got = [torch.zeros_like(w) for w in want]
+    batch_want = bh._gather_block_entries(G, src, dst, packed, n_stored, want[0], want[1], H, perm, want[2], c, want[3])
     batch = torch.empty(src.numel(), dtype=torch.float64)
     cpp._cpu.gather_block_entries(G.data_ptr(), src.data_ptr(), dst.data_ptr(), src.numel(), packed.data_ptr(),
-                                  n_stored, batch.data_ptr(), got[0].data_ptr(), got[1].data_ptr())
+                                  n_stored, batch.data_ptr(), got[0].data_ptr(), got[1].data_ptr(), H.data_ptr(),
+                                  perm.data_ptr(), n_t, n_f, got[2].data_ptr(), c.data_ptr(), got[3].data_ptr())
     assert torch.equal(batch, batch_want)
     assert torch.equal(got[0], want[0])
     torch.testing.assert_close(got[1], want[1], rtol=1e-15, atol=0)
+    assert torch.equal(got[2], H[:, perm]) and torch.equal(got[2], want[2])
+    assert torch.equal(got[3], c.reshape(1)) and torch.equal(got[3], want[3])
     assert torch.count_nonzero(got[0]) == src.numel()   # the entries outside the blocks stay zero
 
 

@@ -100,9 +100,16 @@ double py_conv_head_statistics(std::uintptr_t x, int x_dtype, int n_b, int C, in
 
 void py_gather_block_entries(std::uintptr_t G, std::uintptr_t src, std::uintptr_t dst, long long K,
                              std::uintptr_t packed, int n_stored, std::uintptr_t batch, std::uintptr_t G_blk,
-                             std::uintptr_t G_mem_blk) {
+                             std::uintptr_t G_mem_blk, std::uintptr_t H, std::uintptr_t perm, int n_t, int n_f,
+                             std::uintptr_t H_blk, std::uintptr_t c, std::uintptr_t c_blk) {
   require(K >= 1 && K < (1LL << 40), "K must be positive");
   require(n_stored >= 0 && n_stored <= (1 << 20), "n_stored must be in [0, 2^20]");
+  require(n_t >= 1 && n_f >= 1 && (long long)n_t * n_f < (1LL << 40), "n_t and n_f must be positive");
+  const double* H_p = as_ptr<const double>(H, "H_ptr");
+  const auto* perm_p = as_ptr<const std::int64_t>(perm, "perm_ptr");
+  double* H_blk_p = as_ptr<double>(H_blk, "H_blk_ptr");
+  const double* c_p = as_ptr<const double>(c, "c_ptr");
+  double* c_blk_p = as_ptr<double>(c_blk, "c_blk_ptr");
   const double* packed_p = n_stored > 0 ? as_ptr<const double>(packed, "packed_ptr") : nullptr;
   const auto* src_p = as_ptr<const std::int64_t>(src, "src_ptr");
   const auto* dst_p = as_ptr<const std::int64_t>(dst, "dst_ptr");
@@ -111,7 +118,8 @@ void py_gather_block_entries(std::uintptr_t G, std::uintptr_t src, std::uintptr_
   double* blk_p = as_ptr<double>(G_blk, "G_blk_ptr");
   double* mem_p = as_ptr<double>(G_mem_blk, "G_mem_blk_ptr");
   py::gil_scoped_release release;
-  gather_block_entries_cpu(G_p, src_p, dst_p, K, packed_p, n_stored, batch_p, blk_p, mem_p);
+  gather_block_entries_cpu(G_p, src_p, dst_p, K, packed_p, n_stored, batch_p, blk_p, mem_p, H_p, perm_p, n_t, n_f,
+                           H_blk_p, c_p, c_blk_p);
 }
 
 void require_parameters(int dtype, long long n_w, long long n_p) {
@@ -158,7 +166,9 @@ void bind_conv_statistics(py::module_& mod, const Lapack& lapack) {
           "when not finite (see slimfast/_cpu.pyi).");
   mod.def("gather_block_entries", &py_gather_block_entries, py::arg("G_ptr"), py::arg("src_ptr"), py::arg("dst_ptr"),
           py::arg("K"), py::arg("packed_ptr"), py::arg("n_stored"), py::arg("batch_ptr"), py::arg("G_blk_ptr"),
-          py::arg("G_mem_blk_ptr"), "The phase-block fast path's gathers into block order (see slimfast/_cpu.pyi).");
+          py::arg("G_mem_blk_ptr"), py::arg("H_ptr"), py::arg("perm_ptr"), py::arg("n_t"), py::arg("n_f"),
+          py::arg("H_blk_ptr"), py::arg("c_ptr"), py::arg("c_blk_ptr"),
+          "The phase-block fast path's gathers into block order (see slimfast/_cpu.pyi).");
   mod.def("gather_parameters", &py_gather_parameters, py::arg("weight_ptr"), py::arg("bias_ptr"), py::arg("dtype"),
           py::arg("n_w"), py::arg("n_p"), py::arg("src_ptr"), py::arg("W_ptr"),
           "A head's parameters into block order as float64; returns their largest magnitude, NaN when not finite "

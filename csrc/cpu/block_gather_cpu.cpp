@@ -6,7 +6,15 @@
 namespace slimfast {
 
 void gather_block_entries_cpu(const double* G, const std::int64_t* src, const std::int64_t* dst, std::int64_t K,
-                              const double* packed, int n_stored, double* batch, double* G_blk, double* G_mem_blk) {
+                              const double* packed, int n_stored, double* batch, double* G_blk, double* G_mem_blk,
+                              const double* H, const std::int64_t* perm, int n_t, int n_f, double* H_blk,
+                              const double* c, double* c_blk) {
+  for (int o = 0; o < n_t; ++o) {
+    const double* row = H + (std::int64_t)o * n_f;
+    double* out = H_blk + (std::int64_t)o * n_f;
+    for (int j = 0; j < n_f; ++j) out[j] = row[perm[j]];
+  }
+  *c_blk = *c;
   for (std::int64_t k = 0; k < K; ++k) batch[k] = G[src[k]];
   // The stored slots summed first slot first, then the batch added: the order of
   // batch + packed[:n_stored].sum(0), and of the general path's G + Σ_j G_j.

@@ -10,9 +10,12 @@ namespace slimfast {
 
 // For k < K, with s = src[k] (into G, feature order) and d = dst[k] (into the block-order matrices):
 //   batch[k] = G[s],   G_blk[d] = G[s],   G_mem_blk[d] = G[s] + Σ_{j < n_stored} packed[j·K + k]
-// packed [r, K]: the memory slots' entries in the same order (null when n_stored = 0).
+// packed [r, K]: the memory slots' entries in the same order (null when n_stored = 0). And the
+// batch's H [n_t, n_f] in block order, H_blk[o, j] = H[o, perm[j]], and c_blk[0] = c[0].
 void gather_block_entries_cpu(const double* G, const std::int64_t* src, const std::int64_t* dst, std::int64_t K,
-                              const double* packed, int n_stored, double* batch, double* G_blk, double* G_mem_blk);
+                              const double* packed, int n_stored, double* batch, double* G_blk, double* G_mem_blk,
+                              const double* H, const std::int64_t* perm, int n_t, int n_f, double* H_blk,
+                              const double* c, double* c_blk);
 
 // Parameter dtypes the moves read and write (others: the torch ops of slimfast/block_head.py).
 enum ParameterDtype { PARAM_F64 = 0, PARAM_F32 = 1 };
