@@ -118,6 +118,12 @@ class SlimTikState(_RingState):
         state.pop("_deferred", None)
         return state
 
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        if "memory" in state:   # pickled before the memory could be deferred: a plain attribute then
+            state = dict(state)
+            state["_memory"] = state.pop("memory")
+        self.__dict__.update(state)
+
     def _reset_block_caches(self) -> None:
         """Caches of the CUDA block code (``solver._block_options``), never saved: G_mem's
         eigenvectors [B, n_f, n_f] of the last step (the next Jacobi's warm start; only the speed

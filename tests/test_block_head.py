@@ -487,3 +487,14 @@ def test_commit_entries_rejects_what_it_cannot_defer() -> None:
         with pytest.raises(ValueError, match="commit_entries"):
             state.commit_entries(entries, index, torch.ones(1, dtype=F64))
         assert state.step_count == 0
+
+
+def test_states_pickled_with_a_plain_memory_attribute_still_load() -> None:
+    from slimfast.state import SlimTikState
+
+    state = SlimTikState(1, 3, 1, memory_depth=2)
+    state.memory.copy_(torch.randn(1, 2, 3, 3, dtype=F64))
+    old_form = {k if k != "_memory" else "memory": v for k, v in state.__getstate__().items()}
+    loaded = object.__new__(SlimTikState)
+    loaded.__setstate__(old_form)
+    assert torch.equal(loaded.memory, state.memory) and loaded.memory_storage is loaded.memory
