@@ -300,7 +300,9 @@ def block_head_step(slim: SlimTik, features: Any, target: Any) -> SlimTikInfo | 
 
     packed = _packed_memory(plan, state) if state.memory_depth > 0 else None
     batch_entries = plan.batch_entries
-    G, H = G.contiguous(), H.contiguous()   # the statistics' own float64 buffers: already contiguous
+    if H.dtype != F64 or c.dtype != F64:   # the statistics are float64; the compiled gather reads them so
+        return None
+    G, H = G.contiguous(), H.contiguous()   # the statistics' own buffers: already contiguous
     plan.module.gather_block_entries(G.data_ptr(), plan.src.data_ptr(), plan.dst.data_ptr(), plan.src.numel(),
                                      0 if packed is None else packed.data_ptr(), state.n_stored,
                                      batch_entries.data_ptr(), plan.G.data_ptr(), plan.G_mem.data_ptr(), H.data_ptr(),
