@@ -33,7 +33,9 @@ import weakref
 from typing import TYPE_CHECKING, Any
 
 import torch
+import torch.distributed as dist
 from torch import nn
+from torch.autograd.graph import increment_version
 
 from ._torch_impl import _slimtik_step
 from .backends import load_backend, picks_cpp
@@ -69,8 +71,8 @@ class _Layout:
     """What one layout of (features, target, head, state) resolved to: the compiled plan and the
     output buffers, or ``plan=None`` for a layout the fused path does not take."""
 
-    __slots__ = ("key", "plan", "reshape_x", "reshape_y", "w_out", "b_out", "w_out_ptr", "b_out_ptr", "memory",
-                 "Lambda")
+    __slots__ = ("key", "plan", "reshape_x", "reshape_y", "w_out", "b_out", "w_out_ptr", "b_out_ptr", "direct",
+                 "memory", "Lambda")
 
     def __init__(self, key: tuple[Any, ...]) -> None:
         self.key = key
@@ -78,6 +80,7 @@ class _Layout:
         self.reshape_x = self.reshape_y = False
         self.w_out = self.b_out = None
         self.w_out_ptr = self.b_out_ptr = 0
+        self.direct = False   # the kernel writes the head's own (contiguous) weight and bias
         self.memory = self.Lambda = None   # the state tensors last checked (identity)
 
 
@@ -127,6 +130,7 @@ def _build(slim: SlimTik, features: torch.Tensor, target: torch.Tensor, key: tup
     entry.b_out = torch.empty(n_t, dtype=weight.dtype) if bias is not None else None
     entry.w_out_ptr = entry.w_out.data_ptr()
     entry.b_out_ptr = entry.b_out.data_ptr() if bias is not None else 0
+    entry.direct = weight.is_contiguous() and (bias is None or bias.is_contiguous())
     entry.plan = cpu.FusedLinearStep(
         rows, n_in, n_t, bias is not None, slim.reduction == "mean", slim.memory_depth,
         _DATA_DTYPES[x.dtype], x.stride(0), x.stride(1), _DATA_DTYPES[y.dtype], y.stride(0), y.stride(1),
@@ -170,22 +174,27 @@ def fused_step(slim: SlimTik, features: Any, target: Any) -> SlimTikInfo | None:
         entry = _build(slim, features, target, key)
         _LAYOUTS[slim] = entry
     if entry.plan is None or not picks_cpp(slim.backend, weight.device) \
-            or use_data_parallel(slim.distributed, slim.process_group):   # the solver's own choice
+            or ((slim.distributed is not None or (dist.is_available() and dist.is_initialized()))
+                and use_data_parallel(slim.distributed, slim.process_group)):   # the solver's own choice
         return None
     state = slim._ensure_state()
     n_t, n_f = head.out_features, entry.plan.n_features
     if not _state_ok(entry, state, n_f, n_t, slim.memory_depth):
         return None
-    res = entry.plan.step(features.data_ptr(), target.data_ptr(), weight.data_ptr(), 0 if bias is None else bias.data_ptr(),
-                          state.memory.data_ptr(), state.n_stored, state.head, state.Lambda.data_ptr(),
-                          entry.w_out_ptr, entry.b_out_ptr)
+    w_ptr, b_ptr = weight.data_ptr(), 0 if bias is None else bias.data_ptr()
+    direct = entry.direct   # the kernel writes the new weights last, after every check has passed
+    res = entry.plan.step(features.data_ptr(), target.data_ptr(), w_ptr, b_ptr, state.memory.data_ptr(),
+                          state.n_stored, state.head, state.Lambda.data_ptr(), w_ptr if direct else entry.w_out_ptr,
+                          b_ptr if direct else entry.b_out_ptr)
     if res[0]:
         logger.debug("slimtik: fused step declined (fault %d); taking the general path", res[0])
         return None
-    # copy_ (not a write through the pointer) so that autograd sees the in-place update.
-    weight.copy_(entry.w_out)
-    if bias is not None:
-        bias.copy_(entry.b_out)
+    if direct:   # written through their pointers: bump their versions as copy_ would, for autograd
+        increment_version([weight] if bias is None else [weight, bias])
+    else:
+        weight.copy_(entry.w_out)
+        if bias is not None:
+            bias.copy_(entry.b_out)
     _advance(state)
     return compiled_record(slim, res[1:6], target.numel())
 

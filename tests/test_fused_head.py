@@ -327,3 +327,23 @@ def test_compiled_plan_rejects_bad_arguments() -> None:
         with pytest.raises(ValueError, match=match):
             plan.step(**{**ptrs, name: value})
     assert plan.step(**ptrs)[0] == 0
+
+
+@pytest.mark.parametrize("contiguous", [True, False])
+def test_new_weights_written_in_place_or_copied_equal_the_general_path(monkeypatch, contiguous) -> None:
+    """A contiguous head is written by the kernel through its own pointers; a strided one (here a
+    transposed weight) through the output buffers and copy_. Both equal the general path."""
+    fused, general = _pair(6, 3, True, memory_depth=2)
+    if not contiguous:
+        for slim in (fused, general):
+            with torch.no_grad():
+                slim.head.weight = nn.Parameter(slim.head.weight.detach().T.contiguous().T)
+    for x, y in _batches(6, 3, 4):
+        with monkeypatch.context() as mp:
+            _no_general_path(mp)
+            fused.step(x, y)
+        _general(monkeypatch, general, x, y)
+    assert fh._LAYOUTS[fused].direct is contiguous
+    assert fused.head.weight.is_contiguous() is contiguous
+    assert torch.equal(fused.head.weight, general.head.weight) and torch.equal(fused.head.bias, general.head.bias)
+    _assert_same_state(fused, general)

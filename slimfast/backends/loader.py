@@ -53,8 +53,15 @@ def load_backend(name: str) -> ModuleType | None:
     return None if isinstance(found, Exception) else found
 
 
+_FORCE_VARIABLE = "SLIMFAST_BACKEND"
+# os.environ's own store (updated in place by every set and delete) and the variable's key in it,
+# where the interpreter keeps one: reading it is what os.environ.get does, without the exceptions.
+_ENV_STORE = getattr(os.environ, "_data", None)
+_ENV_KEY = os.environ.encodekey(_FORCE_VARIABLE) if hasattr(os.environ, "encodekey") else None
+
+
 def _forced() -> str | None:
-    value = _environment_value("SLIMFAST_BACKEND").strip().lower()
+    value = _environment_value(_FORCE_VARIABLE).strip().lower()
     return value or None
 
 
@@ -75,14 +82,16 @@ def _environment_value(name: str) -> str:
 
 def picks_cpp(name: str | None, device: torch.device) -> bool:
     """Whether ``resolve_backend(name, device)`` picks "cpp" (False where it would raise, so
-    that the caller's general path names the error): the compiled fast paths' check, one
-    environment read and one cache lookup."""
+    that the caller's general path names the error): the compiled fast paths' check every step,
+    written as one dictionary read of the environment and one of the loaded backends."""
     if device.type in _DEVICE_BACKENDS and device.type != "cpu":   # as resolve_backend: others count as CPU
         return False
-    requested = name if name is not None else _forced()
-    if requested is not None and requested != "cpp":
+    if name is None and (_ENV_STORE is None or _ENV_STORE.get(_ENV_KEY)):   # set (or unknown): read it fully
+        name = _forced()
+    if name is not None and name != "cpp":
         return False
-    return load_backend("cpp") is not None
+    found = _cache.get("cpp")
+    return load_backend("cpp") is not None if found is None else not isinstance(found, Exception)
 
 
 def resolve_backend(name: str | None, device: torch.device) -> tuple[str, ModuleType]:
