@@ -206,7 +206,8 @@ class FusedLinearStep:
              Lambda_ptr: int, w_out_ptr: int, b_out_ptr: int) -> tuple[int] | tuple[int, float, float, float, float,
                                                                                    float, float]:
         """(fault,) with nothing written, or (0, λ_k, Λ_k, sGCV, rel_residual, cond, eig_min) after
-        writing W_k to the output buffers and committing the memory slot and Λ_k."""
+        writing W_k to the output buffers and committing the memory slot and Λ_k. The outputs may
+        be the head's own contiguous weight and bias (they are read first, written last)."""
     def statistics(self, x_ptr: int, y_ptr: int, G_ptr: int, H_ptr: int, c_ptr: int) -> int:
         """G [n_f, n_f], H [n_t, n_f], c [1] of one batch; 0, or 1 for NaN/Inf in the data."""
 

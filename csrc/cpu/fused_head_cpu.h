@@ -55,7 +55,9 @@ struct FusedLinearLayout {
 };
 
 // Pointers of one step. memory [r, n_f, n_f] and Lambda [1] are the state's float64 tensors;
-// w_out [n_t, n_in] and b_out [n_t] are contiguous buffers in the head's dtype.
+// w_out [n_t, n_in] and b_out [n_t] are contiguous buffers in the head's dtype; they may be w and b
+// themselves (a contiguous head): step reads w and b before anything else and writes the outputs
+// only after every check has passed.
 struct FusedLinearCall {
   const void *x, *y, *w, *b;
   double* memory;
