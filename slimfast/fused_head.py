@@ -33,7 +33,6 @@ import weakref
 from typing import TYPE_CHECKING, Any
 
 import torch
-import torch.distributed as dist
 from torch import nn
 from torch.autograd.graph import increment_version
 
@@ -174,8 +173,7 @@ def fused_step(slim: SlimTik, features: Any, target: Any) -> SlimTikInfo | None:
         entry = _build(slim, features, target, key)
         _LAYOUTS[slim] = entry
     if entry.plan is None or not picks_cpp(slim.backend, weight.device) \
-            or ((slim.distributed is not None or (dist.is_available() and dist.is_initialized()))
-                and use_data_parallel(slim.distributed, slim.process_group)):   # the solver's own choice
+            or use_data_parallel(slim.distributed, slim.process_group):   # the solver's own choice
         return None
     state = slim._ensure_state()
     n_t, n_f = head.out_features, entry.plan.n_features

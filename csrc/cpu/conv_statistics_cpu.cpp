@@ -124,8 +124,7 @@ void cross_targets_of_row(const T* y, int n, int n_t, int H_out, int W_out, cons
   }
 }
 
-// Scratch kept per thread across calls: fresh buffers of this size are mapped from the system and
-// fault on every page each call (see slimfast/workspace.py).
+// The features' layout that the rows' zero margins were cleared for.
 struct RowsGeometry {
   int n = -1, C = 0, H = 0, W = 0, h_pad = 0, M = 0;
   bool operator==(const RowsGeometry& o) const {
@@ -133,6 +132,8 @@ struct RowsGeometry {
   }
 };
 
+// Scratch kept per thread across calls: fresh buffers of this size are mapped from the system and
+// fault on every page each call (see slimfast/workspace.py).
 struct Scratch {
   std::vector<double> rows, fields, columns, sums, Y, acc, pixel;
   std::vector<char> have, Y_written;
@@ -181,7 +182,7 @@ double conv_head_statistics_cpu(const Lapack& L, const void* x, int x_dtype, int
   // The margins stay zero between calls of one geometry and fill_rows rewrites every image
   // pixel, so the ~1 MB buffer (MNIST shape) is only cleared when the geometry changes.
   const RowsGeometry geometry{n, C, H, W, h_pad, M};
-  if (!(scratch.rows_geometry == geometry) || scratch.rows.size() != (std::size_t)(H + h_pad) * R.row_len) {
+  if (!(scratch.rows_geometry == geometry)) {   // the geometry fixes the buffer's size too
     scratch.rows.assign((std::size_t)(H + h_pad) * R.row_len, 0.0);
     scratch.rows_geometry = geometry;
   }

@@ -70,11 +70,9 @@ def _environment_value(name: str) -> str:
     raises and catches KeyError twice, which the fast head paths pay every step, from cold caches
     after the body's backward pass. ``os.environ``'s own store, where the interpreter keeps one,
     is read directly; it is what ``get`` reads."""
-    store = getattr(os.environ, "_data", None)
-    encode = getattr(os.environ, "encodekey", None)
-    if store is None or encode is None:
+    if _ENV_STORE is None or _ENV_KEY is None:
         return os.environ.get(name, "")
-    raw = store.get(encode(name))
+    raw = _ENV_STORE.get(os.environ.encodekey(name))
     if raw is None:
         return ""
     return os.environ.decodevalue(raw)
